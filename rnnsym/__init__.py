@@ -1,0 +1,50 @@
+"""rnnsym: derive, generate and verify back-propagation through time for recurrent cells."""
+
+from __future__ import annotations
+
+from . import cells
+from .activations import elementwise
+from .cell import Cell
+from .derive import Derivation, derive
+from .errors import CellError, DerivationError, RnnsymError, ShapeError
+from .expr import Term, exp, log, relu, sigmoid, softplus, tanh
+from .losses import linear_loss, squared_error
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cell",
+    "Term",
+    "Derivation",
+    "derive",
+    "compile",
+    "check_gradients",
+    "cells",
+    "elementwise",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "softplus",
+    "exp",
+    "log",
+    "squared_error",
+    "linear_loss",
+    "RnnsymError",
+    "CellError",
+    "ShapeError",
+    "DerivationError",
+]
+
+
+def compile(cell: Cell, **options):  # noqa: A001 - the public name the issue asks for
+    """Derive ``cell`` and generate, import and return its NumPy kernel."""
+    from .kernel import compile_cell
+
+    return compile_cell(cell, **options)
+
+
+def check_gradients(kernel, params, inputs, targets, h0=None, **options):
+    """Central finite differences of ``kernel``'s loss against its gradients, per parameter."""
+    from .verify import check_gradients as _check
+
+    return _check(kernel, params, inputs, targets, h0=h0, **options)

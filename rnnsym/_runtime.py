@@ -1,0 +1,186 @@
+"""Helpers every generated kernel carries, copied verbatim into the generated module.
+
+The generated module must run with NumPy alone, so these functions are part of its text; this
+file is their single source and is imported by rnnsym's tests like any module. Arrays use the
+row layout: a vector quantity of one step is an array (B, size), a sequence is (T, B, size).
+"""
+
+import numpy as np
+
+def _sigmoid(a):
+    # 1 / (1 + exp(-a)) without overflow for large |a|
+    return np.exp(-np.logaddexp(0.0, -a))
+
+
+def _softplus(a):
+    # log(1 + exp(a)) without overflow for large a
+    return np.logaddexp(0.0, a)
+
+
+def _relu(a):
+    return np.maximum(a, 0.0)
+
+
+def _step(a):
+    # Heaviside step, the derivative of relu (0 at a = 0)
+    return (a > 0).astype(a.dtype)
+
+
+def _sum_outer(u, v):
+    # sum over time and batch of the outer products u(t, b) v(t, b)^T: one matrix product
+    return u.reshape(-1, u.shape[-1]).T @ v.reshape(-1, v.shape[-1])
+
+
+def _sum_rows(u):
+    # sum over time and batch of the vectors u(t, b)
+    return u.reshape(-1, u.shape[-1]).sum(axis=0)
+
+
+def _shape_text(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_arrays(spec, params, inputs, targets, initial):
+    """Validate the arrays against SPEC; return (sizes, T, B, dtype, initial states).
+
+    Every failure raises ValueError naming the array, its shape or dtype and what was expected.
+    """
+    groups = [("params", params, spec["params"], False)]
+    groups.append(("inputs", inputs, spec["inputs"], True))
+    if targets is not None:
+        groups.append(("targets", targets, spec["targets"], True))
+    for group, given, expected, _ in groups:
+        if not isinstance(given, dict):
+            raise ValueError(
+                f"{group} must be a dict mapping names to arrays, got {type(given).__name__}"
+            )
+        missing = [name for name in expected if name not in given]
+        extra = [name for name in given if name not in expected]
+        if missing:
+            name = missing[0]
+            raise ValueError(
+                f"{group}[{name!r}] is missing; expected an array of shape "
+                f"{_expected_text(expected[name], group != 'params')}"
+            )
+        if extra:
+            raise ValueError(
+                f"{group}[{extra[0]!r}] is not a name of this kernel; expected "
+                f"{group} {sorted(expected)}"
+            )
+    dtype = None
+    dtype_source = None
+    sizes = {}
+    size_source = {}
+    steps = None
+    for group, given, expected, is_sequence in groups:
+        for name, dims in expected.items():
+            label = f"{group}[{name!r}]"
+            array = given[name]
+            if not isinstance(array, np.ndarray):
+                raise ValueError(
+                    f"{label} must be a NumPy array, got {type(array).__name__}"
+                )
+            if array.dtype not in (np.float32, np.float64):
+                raise ValueError(
+                    f"{label} has dtype {array.dtype}; expected float32 or float64"
+                )
+            if dtype is None:
+                dtype, dtype_source = array.dtype, label
+            elif array.dtype != dtype:
+                raise ValueError(
+                    f"{label} has dtype {array.dtype}, but {dtype_source} has dtype {dtype}; "
+                    f"all arrays must share one dtype"
+                )
+            if is_sequence:
+                if array.ndim != 3:
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(array.shape)}; expected "
+                        f"{_expected_text(dims, True)} (time, batch, size)"
+                    )
+                if steps is None:
+                    steps = (array.shape[0], array.shape[1], label)
+                elif array.shape[:2] != steps[:2]:
+                    raise ValueError(
+                        f"{label} has {array.shape[0]} steps and batch {array.shape[1]}, but "
+                        f"{steps[2]} has {steps[0]} steps and batch {steps[1]}; sequences "
+                        f"must not be ragged"
+                    )
+                body = array.shape[2:]
+            else:
+                body = array.shape
+            _match(label, body, dims, sizes, size_source, array.shape, is_sequence)
+    T, B = steps[0], steps[1]
+    if T < 1 or B < 1:
+        raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
+    states = {}
+    if initial is None:
+        initial = {}
+    elif not isinstance(initial, dict):
+        if len(spec["states"]) != 1:
+            raise ValueError(
+                f"h0 must be a dict with keys {sorted(spec['states'])} for a cell with "
+                f"several states, got {type(initial).__name__}"
+            )
+        initial = {next(iter(spec["states"])): initial}
+    extra = [name for name in initial if name not in spec["states"]]
+    if extra:
+        raise ValueError(
+            f"h0[{extra[0]!r}] is not a state of this kernel; states: {sorted(spec['states'])}"
+        )
+    for name, dims in spec["states"].items():
+        size = _resolve(dims[0], sizes)
+        value = initial.get(name)
+        if value is None:
+            states[name] = np.zeros((B, size), dtype=dtype)
+            continue
+        label = f"h0[{name!r}]"
+        if not isinstance(value, np.ndarray) or value.dtype != dtype:
+            got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise ValueError(f"{label} must be a {dtype} array like the others, got {got}")
+        if value.shape not in ((B, size), (size,)):
+            raise ValueError(
+                f"{label} has shape {_shape_text(value.shape)}; expected ({B}, {size}) "
+                f"(batch, size) or ({size},)"
+            )
+        states[name] = np.array(np.broadcast_to(value, (B, size)), dtype=dtype)
+    return sizes, T, B, dtype, states
+
+
+def _resolve(dim, sizes):
+    return dim if isinstance(dim, int) else sizes[dim]
+
+
+def _expected_text(dims, is_sequence):
+    inner = ", ".join(str(d) for d in dims)
+    if is_sequence:
+        return f"(T, B, {inner})"
+    return f"({inner},)" if len(dims) == 1 else f"({inner})"
+
+
+def _match(label, body, dims, sizes, size_source, shape, is_sequence):
+    if len(body) != len(dims):
+        raise ValueError(
+            f"{label} has shape {_shape_text(shape)}; expected {_expected_text(dims, is_sequence)}"
+        )
+    for axis, (dim, got) in enumerate(zip(dims, body)):
+        if isinstance(dim, int):
+            if got != dim:
+                raise ValueError(
+                    f"{label} has shape {_shape_text(shape)}; expected "
+                    f"{_expected_text(dims, is_sequence)}: axis {axis} must be {dim}"
+                )
+        elif dim not in sizes:
+            if got < 1:
+                raise ValueError(f"{label} has shape {_shape_text(shape)}; {dim} must be >= 1")
+            sizes[dim] = got
+            size_source[dim] = label
+        elif sizes[dim] != got:
+            concrete = tuple(_resolve(d, sizes) if d in sizes or isinstance(d, int) else d
+                             for d in dims)
+            lead = "(T, B, " if is_sequence else "("
+            raise ValueError(
+                f"{label} has shape {_shape_text(shape)}; expected "
+                f"{_expected_text(dims, is_sequence)} = {lead}"
+                f"{', '.join(str(c) for c in concrete)}) with {dim} = {sizes[dim]} from "
+                f"{size_source[dim]}"
+            )

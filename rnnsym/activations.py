@@ -1,0 +1,185 @@
+"""Elementwise functions: their scalar definition, derivative, NumPy name and LaTeX.
+
+An :class:`Activation` is data, as in autograd's ``defvjp`` tables. Its ``derivative`` receives
+the argument ``x`` *and* the forward result ``ans`` (both matrix expressions) so that rules reuse
+forward values: tanh′ = 1 − ans∘ans, σ′ = ans∘(1 − ans), exp′ = ans. An activation made by
+:func:`elementwise` from a scalar SymPy function gets its derivative from ``sympy.diff``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from .errors import CellError
+from .ops import Apply, add, hadamard, mul, ones
+
+__all__ = ["Activation", "get_activation", "register", "elementwise", "ACTIVATIONS"]
+
+Derivative = Callable[[sp.MatrixExpr, sp.MatrixExpr], sp.MatrixExpr]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A scalar function applied elementwise.
+
+    ``scalar`` maps a SymPy scalar to a SymPy scalar (used by the oracle and for user
+    functions); ``derivative(x, ans)`` gives f′(x) as a matrix expression; ``numpy`` names a
+    one-argument NumPy callable (``np.tanh``, or a helper of the generated module such as
+    ``_sigmoid``) or is ``None`` to print ``scalar`` itself.
+    """
+
+    name: str
+    scalar: Callable[[sp.Expr], sp.Expr]
+    derivative: Derivative
+    latex: str
+    numpy: str | None = None
+
+
+ACTIVATIONS: dict[str, Activation] = {}
+_USER_DEFINITIONS: dict[str, sp.Expr] = {}
+
+
+def register(activation: Activation) -> Activation:
+    """Add an activation to the table; a name is never silently redefined."""
+    old = ACTIVATIONS.get(activation.name)
+    if old is not None and old is not activation:
+        raise CellError(f"an elementwise function named {activation.name!r} already exists")
+    ACTIVATIONS[activation.name] = activation
+    return activation
+
+
+def get_activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        known = ", ".join(sorted(ACTIVATIONS))
+        raise CellError(f"unknown elementwise function {name!r}; known: {known}") from None
+
+
+def _scalar_derivative(name: str, scalar: Callable[[sp.Expr], sp.Expr]) -> Derivative:
+    """f′ as a new activation ``d<name>`` derived by SymPy, applied to the argument."""
+    d = sp.Dummy("d")
+    expr = sp.diff(scalar(d), d)
+    prime_name = f"d{name}"
+    if prime_name not in ACTIVATIONS:
+        _register_scalar(prime_name, sp.Lambda(d, expr), rf"\operatorname{{{name}}}'")
+    return lambda x, ans: Apply(prime_name, x)
+
+
+def _register_scalar(name: str, fn: sp.Lambda, latex: str) -> Activation:
+    act = Activation(
+        name=name,
+        scalar=lambda z, fn=fn: fn(z),
+        derivative=_LazyDerivative(name, fn),
+        latex=latex,
+    )
+    _USER_DEFINITIONS[name] = fn
+    return register(act)
+
+
+class _LazyDerivative:
+    """Derive f′ only when first needed (user functions may have piecewise derivatives)."""
+
+    def __init__(self, name: str, fn: sp.Lambda):
+        self.name, self.fn, self._rule = name, fn, None
+
+    def __call__(self, x, ans):
+        if self._rule is None:
+            self._rule = _scalar_derivative(self.name, self.fn)
+        return self._rule(x, ans)
+
+
+def elementwise(name: str, function) -> Callable:
+    """Make an elementwise activation from a scalar SymPy function.
+
+    ``function`` is a one-argument callable returning a SymPy expression (``lambda z: z /
+    (1 + sympy.Abs(z))``) or a ``sympy.Lambda``. Returns a function that applies it to a cell
+    expression. Its derivative is derived by SymPy when a cell using it is derived.
+    """
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise CellError(f"elementwise name must be a Python identifier, got {name!r}")
+    d = sp.Dummy("d")
+    try:
+        body = sp.sympify(function(d))
+    except Exception as exc:  # the user's function could raise anything
+        raise CellError(
+            f"elementwise({name!r}): calling the function on a SymPy symbol failed: {exc}"
+        ) from exc
+    if not isinstance(body, sp.Expr) or body.free_symbols - {d}:
+        raise CellError(
+            f"elementwise({name!r}): the function must return a scalar SymPy expression of its "
+            f"one argument, got {body!r}"
+        )
+    lam = sp.Lambda(d, body)
+    existing = _USER_DEFINITIONS.get(name)
+    if existing is not None:
+        if existing != lam:
+            raise CellError(
+                f"elementwise function {name!r} is already defined as {existing.expr} "
+                f"(argument {existing.variables[0]}); choose another name"
+            )
+    elif name in ACTIVATIONS:
+        raise CellError(f"{name!r} is a built-in elementwise function; choose another name")
+    else:
+        _register_scalar(name, lam, rf"\operatorname{{{name}}}")
+
+    from .expr import apply
+
+    def applied(x):
+        return apply(name, x)
+
+    applied.__name__ = name
+    applied.__doc__ = f"Elementwise {name}(z) = {body.subs(d, sp.Symbol('z'))}."
+    return applied
+
+
+# ----- Built-in activations; derivatives reuse the forward value ``ans`` -----
+
+
+def _one_minus(ans):
+    return add(ones(*ans.shape), mul(-1, ans))
+
+
+register(
+    Activation(
+        "tanh",
+        sp.tanh,
+        lambda x, ans: _one_minus(hadamard(ans, ans)),
+        r"\tanh",
+        "np.tanh",
+    )
+)
+register(
+    Activation(
+        "sigmoid",
+        lambda z: 1 / (1 + sp.exp(-z)),
+        lambda x, ans: hadamard(ans, _one_minus(ans)),
+        r"\sigma",
+        "_sigmoid",
+    )
+)
+register(Activation("exp", sp.exp, lambda x, ans: ans, r"\exp", "np.exp"))
+register(Activation("reciprocal", lambda z: 1 / z, None, r"\operatorname{inv}", "np.reciprocal"))
+register(Activation("log", sp.log, lambda x, ans: Apply("reciprocal", x), r"\log", "np.log"))
+register(Activation("step", sp.Heaviside, None, r"\operatorname{step}", "_step"))
+register(
+    Activation(
+        "relu",
+        lambda z: sp.Max(0, z),
+        lambda x, ans: Apply("step", x),
+        r"\operatorname{relu}",
+        "_relu",
+    )
+)
+register(
+    Activation(
+        "softplus",
+        lambda z: sp.log(1 + sp.exp(z)),
+        lambda x, ans: Apply("sigmoid", x),
+        r"\operatorname{softplus}",
+        "_softplus",
+    )
+)

@@ -1,0 +1,289 @@
+"""A recurrent cell: sizes, inputs, states, parameters, targets, the step and the loss.
+
+One step of the cell maps the previous states, the inputs x(t) and the parameters to the new
+states (eqs. (2)–(3) for the Elman cell), the outputs (eq. (4)) and the per-step loss (eq. (5));
+the total loss is the sum over t. A state's update may use states updated before it in the same
+step (an LSTM's h(t) uses c(t)); ``h.prev`` is h(t−1).
+"""
+
+from __future__ import annotations
+
+import keyword
+
+import sympy as sp
+from sympy import MatrixSymbol
+
+from .errors import CellError, ShapeError
+from .expr import State, Term, Variable, as_term
+from .ops import add, leaves, shape_str
+
+__all__ = ["Cell"]
+
+# Names the generated code uses for itself.
+RESERVED = frozenset(
+    {"np", "numpy", "t", "T", "B", "loss", "grads", "params", "inputs", "targets", "h0"}
+)
+
+
+def _sstr(expr) -> str:
+    return sp.sstr(expr)
+
+
+class Cell:
+    """A recurrent cell defined with SymPy matrix expressions; see the README for an example."""
+
+    def __init__(self, name: str):
+        if not isinstance(name, str) or not name:
+            raise CellError(f"a cell needs a non-empty name, got {name!r}")
+        self.name = name
+        self._dims: dict[str, sp.Symbol] = {}
+        self._vars: dict[str, Variable] = {}
+        self._by_symbol: dict[MatrixSymbol, Variable] = {}
+        self.updates: dict[str, Term] = {}
+        self.output_defs: dict[str, Term] = {}
+        self._loss_terms: list[Term] = []
+
+    # ----- declarations -----
+
+    def dims(self, names: str):
+        """Symbolic sizes (positive integers); ``n, m = cell.dims("n m")``."""
+        syms = sp.symbols(names, integer=True, positive=True)
+        for s in syms if isinstance(syms, tuple) else (syms,):
+            if not s.name.isidentifier():
+                raise CellError(f"size name {s.name!r} is not a valid identifier")
+            self._dims[s.name] = s
+        return syms
+
+    def _size(self, size, what: str):
+        if isinstance(size, bool):
+            raise CellError(f"{what}: size must be a positive integer or a size symbol, got {size}")
+        if isinstance(size, int):
+            if size < 1:
+                raise CellError(f"{what}: size must be positive, got {size}")
+            return sp.Integer(size)
+        if isinstance(size, sp.Symbol):
+            if self._dims.get(size.name) is not size:
+                self._dims.setdefault(size.name, size)
+            return size
+        if isinstance(size, sp.Integer) and size > 0:
+            return size
+        raise CellError(
+            f"{what}: size must be a positive integer or a symbol from cell.dims(), "
+            f"got {size!r}"
+        )
+
+    def _new_symbol(self, name: str, rows, cols, what: str) -> MatrixSymbol:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise CellError(f"{what} name must be a Python identifier, got {name!r}")
+        if name.startswith("_") or name.startswith("g_") or name in RESERVED:
+            raise CellError(
+                f"{what} name {name!r} is reserved for generated code (names starting with "
+                f"'_' or 'g_', or one of {sorted(RESERVED)})"
+            )
+        if name in self._vars or name in self._dims:
+            raise CellError(f"{what} name {name!r} is already used in cell {self.name!r}")
+        for state in self.states.values():
+            if name == state.prev.name:
+                raise CellError(f"{what} name {name!r} clashes with {state.name}.prev")
+        if name.endswith("_prev") and name[:-5] in self._vars:
+            raise CellError(f"{what} name {name!r} clashes with {name[:-5]}.prev")
+        return MatrixSymbol(name, self._size(rows, f"{what} {name!r}"),
+                            self._size(cols, f"{what} {name!r}"))
+
+    def _add(self, var: Variable) -> Variable:
+        self._vars[var.name] = var
+        self._by_symbol[var.symbol] = var
+        if isinstance(var, State):
+            self._by_symbol[var.prev.symbol] = var.prev
+        return var
+
+    def input(self, name: str, size) -> Variable:
+        """A per-step input x(t), a column vector of the given size."""
+        return self._add(Variable(self._new_symbol(name, size, 1, "input"), self, "input"))
+
+    def state(self, name: str, size) -> State:
+        """A recurrent state h(t); ``.prev`` is h(t−1), and h(0) is zero unless given."""
+        return self._add(State(self._new_symbol(name, size, 1, "state"), self))
+
+    def param(self, name: str, rows, cols=None) -> Variable:
+        """A parameter shared over time: a matrix ``(rows, cols)`` or a vector ``(rows,)``."""
+        symbol = self._new_symbol(name, rows, 1 if cols is None else cols, "parameter")
+        return self._add(Variable(symbol, self, "param"))
+
+    def target(self, name: str, size) -> Variable:
+        """A per-step target y(t) used by the loss."""
+        return self._add(Variable(self._new_symbol(name, size, 1, "target"), self, "target"))
+
+    # ----- the step -----
+
+    def _term(self, expr, what: str) -> Term:
+        try:
+            term = as_term(expr, self)
+        except CellError as exc:
+            raise CellError(f"{what}: {exc}") from None
+        if term.cell is not None and term.cell is not self:
+            raise CellError(f"{what}: the expression belongs to cell {term.cell.name!r}")
+        unknown = sorted(
+            s.name for s in leaves(term.expr) if self._by_symbol.get(s) is None
+        )
+        if unknown:
+            raise CellError(
+                f"{what}: {_sstr(term.expr)} uses {', '.join(unknown)}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not declared in cell {self.name!r}"
+            )
+        return term
+
+    def update(self, state: State, expr) -> None:
+        """Set the update of ``state``: state(t) = expr (eqs. (2)–(3) for the Elman cell)."""
+        if not isinstance(state, State) or self._vars.get(state.name) is not state:
+            raise CellError(
+                f"update: {state!r} is not a state of cell {self.name!r}; declare it with "
+                f"cell.state(name, size)"
+            )
+        if state.name in self.updates:
+            raise CellError(f"update: state {state.name!r} already has an update")
+        term = self._term(expr, f"update of {state.name}")
+        if term.shape != state.shape:
+            raise ShapeError(
+                f"update of {state.name}: {_sstr(term.expr)} has shape {shape_str(term.expr)}, "
+                f"but state {state.name} has shape {shape_str(state.expr)}"
+            )
+        self.updates[state.name] = term
+
+    def output(self, name: str, expr) -> Variable:
+        """A named per-step output o(t) = expr (eq. (4) for the Elman cell)."""
+        term = self._term(expr, f"output {name!r}")
+        rows, cols = term.shape
+        if cols != 1:
+            raise ShapeError(
+                f"output {name!r}: {_sstr(term.expr)} has shape {shape_str(term.expr)}; "
+                f"outputs are column vectors (size, 1)"
+            )
+        var = self._add(Variable(self._new_symbol(name, rows, 1, "output"), self, "output"))
+        self.output_defs[name] = term
+        return var
+
+    def loss(self, expr) -> None:
+        """Add a per-step loss term L(t) (a 1×1 expression); the total is summed over t."""
+        term = self._term(expr, "loss")
+        if term.shape != (1, 1):
+            raise ShapeError(
+                f"loss: {_sstr(term.expr)} has shape {shape_str(term.expr)}; a loss must be a "
+                f"scalar (1, 1), e.g. rs.squared_error(o, y)"
+            )
+        self._loss_terms.append(term)
+
+    # ----- views -----
+
+    def _of_kind(self, kind: str) -> dict[str, Variable]:
+        return {n: v for n, v in self._vars.items() if v.kind == kind}
+
+    @property
+    def inputs(self) -> dict[str, Variable]:
+        return self._of_kind("input")
+
+    @property
+    def states(self) -> dict[str, State]:
+        return self._of_kind("state")
+
+    @property
+    def params(self) -> dict[str, Variable]:
+        return self._of_kind("param")
+
+    @property
+    def targets(self) -> dict[str, Variable]:
+        return self._of_kind("target")
+
+    @property
+    def outputs(self) -> dict[str, Variable]:
+        return self._of_kind("output")
+
+    @property
+    def size_symbols(self) -> dict[str, sp.Symbol]:
+        return dict(self._dims)
+
+    def variable(self, symbol: MatrixSymbol) -> Variable | None:
+        """The declared variable (or ``h.prev``) whose symbol this is."""
+        return self._by_symbol.get(symbol)
+
+    @property
+    def loss_expr(self):
+        """The per-step loss L(t) as one SymPy expression (sum of the ``loss`` terms)."""
+        if not self._loss_terms:
+            raise CellError(
+                f"cell {self.name!r} has no loss; add one with cell.loss(rs.squared_error(o, y))"
+            )
+        return add(*[t.expr for t in self._loss_terms])
+
+    # ----- whole-cell checks -----
+
+    def check(self) -> None:
+        """Check what needs the whole cell; raises :class:`CellError` naming the problem."""
+        if not self._vars:
+            raise CellError(f"cell {self.name!r} declares nothing")
+        for name in self.states:
+            if name not in self.updates:
+                raise CellError(
+                    f"state {name!r} has no update; call cell.update({name}, expression)"
+                )
+        loss = self.loss_expr
+        allowed = {v.symbol for v in self._vars.values() if v.kind in ("input", "param")}
+        allowed |= {s.prev.symbol for s in self.states.values()}
+        for name, term in self.updates.items():
+            bad = sorted(
+                s.name for s in leaves(term.expr)
+                if s not in allowed
+            )
+            if bad:
+                later = [b for b in bad if b in self.states]
+                reason = (
+                    f"state(s) {', '.join(later)} updated later in the step (use .prev for "
+                    f"the previous value, or update them first)"
+                    if later
+                    else "targets and outputs, which a state update cannot use"
+                )
+                raise CellError(
+                    f"update of {name}: {_sstr(term.expr)} uses {', '.join(bad)}: {reason}"
+                )
+            allowed.add(self._vars[name].symbol)
+        allowed |= {v.symbol for v in self.targets.values()}
+        for name, term in self.output_defs.items():
+            bad = sorted(s.name for s in leaves(term.expr) if s not in allowed)
+            if bad:
+                raise CellError(
+                    f"output {name}: {_sstr(term.expr)} uses {', '.join(bad)}, defined after it"
+                )
+            allowed.add(self._vars[name].symbol)
+        self._check_params_reach_loss(loss)
+
+    def _check_params_reach_loss(self, loss) -> None:
+        definitions = {self._vars[n].symbol: t.expr for n, t in self.updates.items()}
+        definitions |= {self._vars[n].symbol: t.expr for n, t in self.output_defs.items()}
+        for state in self.states.values():
+            definitions[state.prev.symbol] = definitions[state.symbol]
+        reached: set[MatrixSymbol] = set()
+        frontier = set(leaves(loss))
+        while frontier:
+            symbol = frontier.pop()
+            if symbol in reached:
+                continue
+            reached.add(symbol)
+            if symbol in definitions:
+                frontier |= leaves(definitions[symbol]) - reached
+        unused = [name for name, p in self.params.items() if p.symbol not in reached]
+        if unused:
+            raise CellError(
+                f"the loss of cell {self.name!r} does not depend on parameter(s) "
+                f"{', '.join(unused)}; their gradient would be identically zero. Remove them "
+                f"or use them in an update or output"
+            )
+
+    def __repr__(self) -> str:
+        parts = [f"Cell({self.name!r}"]
+        for kind in ("inputs", "states", "params", "targets", "outputs"):
+            group = getattr(self, kind)
+            if group:
+                parts.append(
+                    f"{kind}=" + ",".join(f"{n}{shape_str(v.expr)}" for n, v in group.items())
+                )
+        return " ".join(parts) + ")"

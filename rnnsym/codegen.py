@@ -1,0 +1,611 @@
+"""Generate the NumPy kernel module of a derived cell.
+
+The kernel is laid out in five phases, each a list of statements printed by
+:class:`~rnnsym.numpy_printer.RowPrinter`:
+
+1. forward recurrence (eqs. (2)–(3)): a loop over t for the states; everything in the update that
+   does not depend on the previous states (``b + U x(t)``) is computed for all t at once first;
+2. outputs, loss and the loss-local adjoints (eqs. (4), (5), first term of (9)): all t at once;
+3. adjoint recurrence (eq. (9)): the only sequential part of the backward pass;
+4. parameter gradients (eqs. (6)–(8)): for each parameter one contraction over time and batch,
+   Σ_t u(t) v(t)ᵀ, computed as one matrix product.
+
+Names come from the cell; generated temporaries are numbered (``v0``, ``d0``), never random, so the
+same cell gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pprint
+import re
+
+import sympy as sp
+from sympy import MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
+
+from . import _runtime
+from .derive import Derivation, adjoint_symbol
+from .errors import DerivationError
+from .numpy_printer import (
+    Assign,
+    Comment,
+    Function,
+    Line,
+    Loop,
+    RowPrinter,
+    SumOuter,
+    SumRows,
+    TotalLoss,
+)
+from .ops import add, coeff_and_factors, hadamard, leaves, mul, transpose
+
+__all__ = ["generate_module"]
+
+
+class Namer:
+    """Deterministic fresh names that avoid every name already taken."""
+
+    def __init__(self, taken):
+        self.taken = set(taken)
+
+    def fresh(self, base: str) -> str:
+        if base not in self.taken:
+            self.taken.add(base)
+            return base
+        i = 0
+        while f"{base}{i}" in self.taken:
+            i += 1
+        self.taken.add(f"{base}{i}")
+        return f"{base}{i}"
+
+    def numbered(self, prefix: str) -> str:
+        i = 0
+        while f"{prefix}{i}" in self.taken:
+            i += 1
+        self.taken.add(f"{prefix}{i}")
+        return f"{prefix}{i}"
+
+
+def _is_worth_binding(expr) -> bool:
+    if isinstance(expr, (MatrixSymbol, OneMatrix)):
+        return False
+    if isinstance(expr, Transpose) and isinstance(expr.arg, MatrixSymbol):
+        return False
+    if isinstance(expr, MatMul):
+        _, factors = coeff_and_factors(expr)
+        return len(factors) > 1 or _is_worth_binding(factors[0])
+    return True
+
+
+def _postorder_unique(roots):
+    order, seen = [], set()
+
+    def visit(node):
+        if node in seen:
+            return
+        seen.add(node)
+        if not isinstance(node, MatrixSymbol):
+            for arg in node.args:
+                if isinstance(arg, MatrixExpr):
+                    visit(arg)
+        order.append(node)
+
+    for root in roots:
+        visit(root)
+    return order
+
+
+def _parent_counts(roots) -> dict:
+    counts: dict = {}
+    for node in _postorder_unique(roots):
+        if isinstance(node, MatrixSymbol):
+            continue
+        for arg in set(a for a in node.args if isinstance(a, MatrixExpr)):
+            counts[arg] = counts.get(arg, 0) + 1
+    for root in roots:
+        counts[root] = counts.get(root, 0) + 1
+    return counts
+
+
+class Phase:
+    """Statements of one phase, printed with the names its expressions have there."""
+
+    def __init__(self, gen: KernelGenerator, names: dict, temp_prefix: str):
+        self.gen = gen
+        self.names = dict(names)
+        self.temp_prefix = temp_prefix
+        self.stmts: list = []
+        self.bound: dict = {}  # subexpression -> placeholder symbol
+
+    def print(self, expr: MatrixExpr) -> str:
+        printer = RowPrinter(self.names, self.gen.batch)
+        text = printer.doprint(expr)
+        self.gen.helpers |= printer.used_helpers
+        return text
+
+    def name(self, symbol: MatrixSymbol, text: str, batch: bool) -> MatrixSymbol:
+        self.names[symbol] = text
+        if batch:
+            self.gen.batch.add(symbol)
+        return symbol
+
+    def assign(self, name: str, expr: MatrixExpr, comment: str = "") -> None:
+        self.stmts.append(Assign(name, self.print(expr.xreplace(self.bound)), comment))
+
+    def emit(self, targets: list[tuple[str, MatrixExpr, str]], force=frozenset()) -> dict:
+        """Assign each (name, expr, comment), binding shared and forced subexpressions first.
+
+        Returns the temporaries bound for ``force`` as {subexpression: name}.
+        """
+        roots = [e.xreplace(self.bound) for _, e, _ in targets]
+        counts = _parent_counts(roots)
+        root_name = {}
+        for (name, _, _), root in zip(targets, roots, strict=True):
+            root_name.setdefault(root, name)
+        done = set()
+        forced = {}
+        for node in _postorder_unique(roots):
+            if not _is_worth_binding(node) or isinstance(node, MatrixSymbol):
+                continue
+            if node in root_name and counts.get(node, 0) >= 2:
+                # a result that other results use: compute it once, under its own name
+                name = root_name[node]
+                comment = next(c for n, _, c in targets if n == name)
+                self.assign(name, node, comment)
+                self.bound[node] = self.name(
+                    MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node)
+                )
+                done.add(name)
+                continue
+            if node in root_name:
+                continue
+            if counts.get(node, 0) >= 2 or node in force:
+                name = self.gen.namer.numbered(self.temp_prefix)
+                self.assign(name, node)
+                self.bound[node] = self.name(
+                    MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node)
+                )
+                if node in force:
+                    forced[node] = name
+        for (name, _, comment), root in zip(targets, roots, strict=True):
+            if name not in done:
+                self.assign(name, root, comment)
+        return forced
+
+
+class KernelGenerator:
+    """Builds the kernel module of one derivation."""
+
+    def __init__(self, derivation: Derivation):
+        self.d = derivation
+        cell = derivation.cell
+        self.cell = cell
+        self.state_order = list(cell.updates)
+        taken = set(cell._vars) | set(cell._dims) | {"np", "t", "T", "B", "dtype", "loss"}
+        taken |= {s.prev.name for s in cell.states.values()}
+        taken |= {name for name in dir(_runtime) if not name.startswith("__")}
+        taken |= {"params", "inputs", "targets", "h0", "sizes", "grads", "states", "SPEC"}
+        taken |= {"forward", "loss_and_grad", "_forward", "_loss_and_grad"}
+        taken |= {f"g_{n}" for n in list(cell.states) + list(cell.outputs) + list(cell.params)}
+        taken |= {f"{n}_t" for n in cell.states} | {f"g_{n}_t" for n in cell.states}
+        taken |= {f"{s.prev.name}_t" for s in cell.states.values()}
+        self.namer = Namer(taken)
+        self.all_name = {n: self.namer.fresh(f"{n}_all") for n in self.state_order}
+        self.batch: set = set()
+        for var in cell._vars.values():
+            if var.kind != "param":
+                self.batch.add(var.symbol)
+                self.batch.add(adjoint_symbol(var.symbol))
+        for state in cell.states.values():
+            self.batch.add(state.prev.symbol)
+        self.helpers: set[str] = set()
+        self.unhoist: dict = {}  # placeholder "v0[t]" -> the subexpression it stands for
+
+    def is_batch(self, expr) -> bool:
+        return bool(leaves(expr) & self.batch)
+
+    def size_text(self, size) -> str:
+        return str(int(size)) if size.is_Integer else size.name
+
+    def sequence_names(self) -> dict:
+        """Names of whole-sequence arrays (T, B, size) and of the parameters."""
+        cell = self.cell
+        names = {p.symbol: n for n, p in cell.params.items()}
+        for group in (cell.inputs, cell.targets, cell.outputs):
+            names |= {v.symbol: n for n, v in group.items()}
+        for n, s in cell.states.items():
+            names[s.symbol] = n
+            names[s.prev.symbol] = s.prev.name
+        return names
+
+    # ----- hoisting loop-invariant work out of a loop -----
+
+    def hoist(self, expr, variant: set, pre: Phase, loop_names: dict, hoisted: dict):
+        """Replace the parts of ``expr`` free of ``variant`` by arrays computed for all t."""
+        if not (leaves(expr) & variant):
+            if not _is_worth_binding(expr) or not self.is_batch(expr):
+                return expr
+            if expr not in hoisted:
+                name = self.namer.numbered("v")
+                pre.assign(name, expr)
+                symbol = MatrixSymbol(f"{name}[t]", *expr.shape)
+                self.batch.add(symbol)
+                loop_names[symbol] = f"{name}[t]"
+                self.unhoist[symbol] = expr
+                hoisted[expr] = symbol
+            return hoisted[expr]
+        if isinstance(expr, MatrixSymbol):
+            return expr
+        if isinstance(expr, MatAdd):
+            invariant = [a for a in expr.args if not (leaves(a) & variant)]
+            rest = [
+                self.hoist(a, variant, pre, loop_names, hoisted)
+                for a in expr.args
+                if leaves(a) & variant
+            ]
+            head = [self.hoist(add(*invariant), variant, pre, loop_names, hoisted)]
+            return add(*(head if invariant else []), *rest)
+        args = [
+            self.hoist(a, variant, pre, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
+            for a in expr.args
+        ]
+        return expr.func(*args)
+
+    # ----- phase 1: forward recurrence -----
+
+    def forward_phase(self) -> tuple[list, dict]:
+        cell = self.cell
+        seq = self.sequence_names()
+        stmts: list = [Comment("forward recurrence, eqs. (2)-(3): the states for t = 1..T")]
+        for n in self.state_order:
+            size = self.size_text(cell.states[n].shape[0])
+            stmts.append(Line(f"{self.all_name[n]} = np.empty((T + 1, B, {size}), dtype=dtype)"))
+            stmts.append(Line(f"{self.all_name[n]}[0] = states[{n!r}]"))
+        variant = {s.prev.symbol for s in cell.states.values()}
+        variant |= {s.symbol for s in cell.states.values()}
+        pre = Phase(self, seq, "v")
+        loop_names = {p.symbol: n for n, p in cell.params.items()}
+        hoisted: dict = {}
+        body = [
+            self.hoist(cell.updates[n].expr, variant, pre, loop_names, hoisted)
+            for n in self.state_order
+        ]
+        if pre.stmts:
+            stmts.append(Comment("the part of each update that does not depend on t - 1, all t"))
+            stmts.extend(pre.stmts)
+        loop = Phase(self, loop_names, "a")
+        for var in cell.inputs.values():
+            loop.names[var.symbol] = f"{var.name}[t]"
+        used = set().union(*(leaves(e) for e in body))
+        for n, state in cell.states.items():
+            if state.prev.symbol in used:
+                loop.stmts.append(Line(f"{state.prev.name}_t = {self.all_name[n]}[t]"))
+                loop.names[state.prev.symbol] = f"{state.prev.name}_t"
+        # a later update may use a state updated earlier in the same step: emit in order
+        for n, expr in zip(self.state_order, body, strict=True):
+            loop.emit([(f"{n}_t", expr, "eqs. (2)-(3)")])
+            loop.names[cell.states[n].symbol] = f"{n}_t"
+            loop.stmts.append(Line(f"{self.all_name[n]}[t + 1] = {n}_t"))
+        stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
+        for n, state in cell.states.items():
+            stmts.append(Line(f"{n} = {self.all_name[n]}[1:]", defines=n))
+            stmts.append(Line(f"{state.prev.name} = {self.all_name[n]}[:-1]", defines=state.prev.name))
+        return stmts, seq
+
+    # ----- phase 2: outputs, loss and loss-local adjoints, all t at once -----
+
+    def output_phase(self, seq: dict) -> Phase:
+        cell = self.cell
+        phase = Phase(self, seq, "e")
+        if cell.output_defs:
+            phase.stmts.append(Comment("outputs, eq. (4), all t at once"))
+        for name, term in cell.output_defs.items():
+            phase.emit([(name, term.expr, "")])
+        return phase
+
+    def loss_phase(self, phase: Phase) -> dict:
+        cell, d = self.cell, self.d
+        targets = [("loss", TotalLoss(cell.loss_expr), "eq. (5), summed over t and batch")]
+        for name, expr in d.output_adjoints.items():
+            targets.append((f"g_{name}", expr, f"gradient w.r.t. {name}(t)"))
+        phase.stmts.append(Comment("loss, eq. (5), and the adjoints of the outputs"))
+        phase.emit(targets)
+        for name in d.output_adjoints:
+            phase.name(adjoint_symbol(cell.outputs[name].symbol), f"g_{name}", True)
+        adjoint_syms = {adjoint_symbol(s.symbol) for s in cell.states.values()}
+        local_names, local_targets = {}, []
+        self.loop_local = {}
+        for n in self.state_order:
+            invariant = [e for e in d.state_local[n] if not (leaves(e) & adjoint_syms)]
+            self.loop_local[n] = [e for e in d.state_local[n] if leaves(e) & adjoint_syms]
+            if invariant:
+                local_names[n] = self.namer.fresh(f"l_{n}")
+                local_targets.append((local_names[n], add(*invariant), ""))
+        if local_targets:
+            phase.stmts.append(
+                Comment("the part of each state adjoint that arises within step t, eq. (9)")
+            )
+            phase.emit(local_targets)
+        return local_names
+
+    # ----- phase 3: the adjoint recurrence -----
+
+    def backward_phase(self, phase: Phase, local_names: dict, wanted: set) -> dict:
+        """Emit the backward loop; returns {vector needed later: name of its stored sequence}."""
+        cell, d = self.cell, self.d
+        states = cell.states
+        adjoint_syms = {adjoint_symbol(states[n].symbol) for n in self.state_order}
+        carry_names = {n: self.namer.fresh(f"carry_{n}") for n in d.carry}
+        stmts = phase.stmts
+        stmts.append(Comment("adjoint recurrence, eq. (9): the only sequential part"))
+        for n in self.state_order:
+            stmts.append(Line(f"g_{n} = np.empty_like({n})"))
+        for n in d.carry:
+            stmts.append(Line(f"{carry_names[n]} = np.zeros_like({self.all_name[n]}[0])"))
+        pre = Phase(self, phase.names, "v")
+        pre.bound = dict(phase.bound)
+        loop_names = {p.symbol: n for n, p in cell.params.items()}
+        hoisted: dict = {}
+        order = list(reversed(self.state_order))
+        local_exprs = {
+            n: [self.hoist(e, adjoint_syms, pre, loop_names, hoisted) for e in self.loop_local[n]]
+            for n in order
+        }
+        carry_exprs = {
+            n: self.hoist(e, adjoint_syms, pre, loop_names, hoisted) for n, e in d.carry.items()
+        }
+        if pre.stmts:
+            stmts.append(Comment("forward-only factors of the recurrence, all t at once"))
+            stmts.extend(pre.stmts)
+        loop = Phase(self, loop_names, "d")
+        for n, state in states.items():
+            loop.names[state.symbol] = f"{n}[t]"
+            loop.names[state.prev.symbol] = f"{state.prev.name}[t]"
+        for var in [*cell.inputs.values(), *cell.targets.values(), *cell.outputs.values()]:
+            loop.names[var.symbol] = f"{var.name}[t]"
+        for var in cell.outputs.values():
+            loop.names[adjoint_symbol(var.symbol)] = f"g_{var.name}[t]"
+        for n in order:
+            terms = []
+            shape = states[n].shape
+            if n in local_names:
+                terms.append(loop.name(MatrixSymbol(f"{local_names[n]}[t]", *shape),
+                                       f"{local_names[n]}[t]", True))
+            terms.extend(local_exprs[n])
+            if n in d.carry:
+                terms.append(loop.name(MatrixSymbol(carry_names[n], *shape), carry_names[n], True))
+            value = add(*terms) if terms else sp.ZeroMatrix(*shape)
+            loop.emit([(f"g_{n}_t", value, "eq. (9)")])
+            loop.name(adjoint_symbol(states[n].symbol), f"g_{n}_t", True)
+            loop.stmts.append(Line(f"g_{n}[t] = g_{n}_t"))
+        # products the parameter gradients need are kept for all t
+        force = set()
+        for expr in carry_exprs.values():
+            for node in _postorder_unique([expr]):
+                if self.original(node) in wanted and _is_worth_binding(node):
+                    force.add(node)
+        first = len(loop.stmts)
+        forced = loop.emit([(carry_names[n], e, "") for n, e in carry_exprs.items()], force)
+        stored = {}
+        store_after = {}
+        for node, temp in forced.items():
+            seq_name = self.namer.fresh(f"{temp}_seq")
+            size = self.size_text(node.shape[0])
+            stmts.append(Line(f"{seq_name} = np.empty((T, B, {size}), dtype=dtype)"))
+            stored[self.original(node)] = seq_name
+            store_after[temp] = Line(f"{seq_name}[t] = {temp}")
+        body = loop.stmts[:first]
+        for stmt in loop.stmts[first:]:
+            body.append(stmt)
+            if isinstance(stmt, Assign) and stmt.target in store_after:
+                body.append(store_after[stmt.target])
+        stmts.append(Loop("t", "range(T - 1, -1, -1)", tuple(body)))
+        return stored
+
+    def original(self, node):
+        """A loop expression with its hoisted placeholders replaced by what they stand for."""
+        rule = {s: self.unhoist[s] for s in leaves(node) if s in self.unhoist}
+        return node.xreplace(rule) if rule else node
+
+    # ----- the whole module -----
+
+    def generate(self) -> str:
+        cell, d = self.cell, self.d
+        base_names = set(self.namer.taken)
+        fwd_stmts, seq = self.forward_phase()
+        out = self.output_phase(seq)
+        result = ", ".join(f"{n!r}: {n}" for n in [*cell.states, *cell.outputs])
+        forward_body = [*fwd_stmts, *out.stmts, Line(f"return {{{result}}}")]
+
+        self.namer = Namer(base_names)  # each function is its own namespace
+        fwd_stmts, seq = self.forward_phase()
+        phase = self.output_phase(seq)
+        local_names = self.loss_phase(phase)
+        sums = {n: batch_sum(t, self.is_batch) for n, t in d.param_terms.items()}
+        wanted = set()
+        for total in sums.values():
+            for vector in _sum_vectors(total):
+                wanted |= {
+                    node for node in sp.preorder_traversal(vector) if isinstance(node, MatrixExpr)
+                }
+        stored = self.backward_phase(phase, local_names, wanted)
+        grads = Phase(self, phase.names, "s")
+        grads.bound = dict(phase.bound)
+        for original, seq_name in stored.items():
+            grads.bound[original] = grads.name(
+                MatrixSymbol(seq_name, *original.shape), seq_name, True
+            )
+        for n in self.state_order:
+            grads.name(adjoint_symbol(cell.states[n].symbol), f"g_{n}", True)
+        grads.stmts.append(Comment("parameter gradients, eqs. (6)-(8): one contraction each"))
+        grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
+        grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
+        grad_body = [
+            *fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")
+        ]
+        return self.module(forward_body, grad_body)
+
+    def unpack(self, groups) -> list:
+        return [Line(f"{n} = {group}[{n!r}]") for group, names in groups for n in names]
+
+    def module(self, forward_body: list, grad_body: list) -> str:
+        cell = self.cell
+        first_input = next(iter(cell.inputs))
+        header = [
+            Line(f"T, B = inputs[{first_input!r}].shape[:2]"),
+            Line(f"dtype = inputs[{first_input!r}].dtype"),
+            *[Line(f"{n} = sizes[{n!r}]", defines=n) for n in sorted(cell._dims)],
+        ]
+        fwd = Function(
+            "_forward",
+            ("params", "inputs", "states", "sizes"),
+            "States and outputs for all t, eqs. (2)-(4).",
+            tuple(
+                self.unpack([("params", cell.params), ("inputs", cell.inputs)])
+                + header
+                + forward_body
+            ),
+        )
+        grad = Function(
+            "_loss_and_grad",
+            ("params", "inputs", "targets", "states", "sizes"),
+            "Loss (eq. (5)) and the gradient of every parameter, eqs. (6)-(9).",
+            tuple(
+                self.unpack(
+                    [("params", cell.params), ("inputs", cell.inputs), ("targets", cell.targets)]
+                )
+                + header
+                + grad_body
+            ),
+        )
+        printer = RowPrinter({}, self.batch)
+        return _assemble(self, printer.doprint(fwd), printer.doprint(grad), self.helpers)
+
+
+def batch_sum(term: MatrixExpr, is_batch) -> MatrixExpr:
+    """Σ over time and batch of a per-step gradient term, as SumOuter / SumRows nodes."""
+    if not is_batch(term):
+        raise DerivationError(
+            f"the gradient term {sp.sstr(term)} does not depend on the data; rnnsym cannot "
+            f"sum it over time and batch"
+        )
+    if isinstance(term, MatAdd):
+        return add(*[batch_sum(t, is_batch) for t in term.args])
+    if term.shape[1] == 1:
+        return SumRows(term)
+    coeff, factors = coeff_and_factors(term)
+    if isinstance(term, MatMul):
+        for j in range(1, len(factors)):
+            left, right = factors[:j], factors[j:]
+            if left[-1].shape[1] != 1:
+                continue
+            u, v = mul(*left), transpose(mul(*right))
+            if is_batch(u) and is_batch(v):
+                return mul(coeff, SumOuter(u, v))
+    if isinstance(term, Transpose):
+        inner = batch_sum(term.arg, is_batch)
+        if isinstance(inner, SumOuter):
+            return SumOuter(inner.args[1], inner.args[0])
+    if isinstance(term, sp.HadamardProduct):
+        const = [f for f in term.args if not is_batch(f)]
+        data = [f for f in term.args if is_batch(f)]
+        if len(data) == 1:
+            return hadamard(*const, batch_sum(data[0], is_batch))
+    raise DerivationError(
+        f"cannot sum the gradient term {sp.sstr(term)} over time and batch as a contraction "
+        f"of vectors"
+    )
+
+
+def _sum_vectors(expr) -> list:
+    found = []
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, SumOuter):
+            found.extend(node.args)
+        elif isinstance(node, SumRows):
+            found.append(node.args[0])
+    return found
+
+
+_HELPER_ORDER = ["_sigmoid", "_softplus", "_relu", "_step", "_sum_outer", "_sum_rows"]
+
+
+def _runtime_source(used: set[str]) -> str:
+    """The runtime helpers the module needs, copied from rnnsym/_runtime.py."""
+    pieces = []
+    for name in _HELPER_ORDER:
+        if name in used:
+            pieces.append(inspect.getsource(getattr(_runtime, name)).rstrip())
+    checks = ["_shape_text", "_check_arrays", "_resolve", "_expected_text", "_match"]
+    pieces.extend(inspect.getsource(getattr(_runtime, n)).rstrip() for n in checks)
+    return "\n\n\n".join(pieces)
+
+
+def _assemble(gen: KernelGenerator, fwd: str, grad: str, helpers: set[str]) -> str:
+    from . import __version__
+    from .printing import derivation_text
+
+    cell = gen.cell
+    spec = _spec(cell)
+    equations = derivation_text(gen.d)
+    doc = (
+        f'"""NumPy kernel for the recurrent cell {cell.name!r}, generated by rnnsym '
+        f"{__version__}.\n\nDo not edit: regenerate with rnnsym. Needs only NumPy.\n\n"
+        f"Arrays: params[name] has the parameter's shape (vectors 1-D); inputs and targets "
+        f"are\n(T, B, size) arrays (time, batch, size); h0 is None (zeros), an array (B, size) "
+        f"or (size,),\nor a dict of them by state name. float32 and float64 are supported.\n\n"
+        f"The derivation this kernel implements (report eqs. (2)-(9)):\n\n"
+        f"{_indent_doc(equations)}\n" + '"""'
+    )
+    forward_api = (
+        "def forward(params, inputs, h0=None):\n"
+        '    """States and outputs for all t: dict of (T, B, size) arrays."""\n'
+        "    sizes, _, _, _, states = _check_arrays(SPEC, params, inputs, None, h0)\n"
+        "    return _forward(params, inputs, states, sizes)"
+    )
+    grad_api = (
+        "def loss_and_grad(params, inputs, targets, h0=None):\n"
+        '    """(loss, grads): the total loss and its gradient for every parameter."""\n'
+        "    sizes, _, _, _, states = _check_arrays(SPEC, params, inputs, targets, h0)\n"
+        "    return _loss_and_grad(params, inputs, targets, states, sizes)"
+    )
+    parts = [
+        doc,
+        "import numpy as np",
+        "SPEC = " + pprint.pformat(spec, width=96, sort_dicts=False),
+        _runtime_source(helpers),
+        forward_api,
+        grad_api,
+        fwd,
+        grad,
+    ]
+    text = "\n\n\n".join(parts) + "\n"
+    return re.sub(r"[ \t]+\n", "\n", text)
+
+
+def _indent_doc(text: str) -> str:
+    return "\n".join(("    " + line) if line else "" for line in text.replace("\\", "\\\\")
+                     .splitlines())
+
+
+def _spec(cell) -> dict:
+    def dims(symbol):
+        rows, cols = symbol.shape
+        out = [int(rows) if rows.is_Integer else rows.name]
+        if cols != 1:
+            out.append(int(cols) if cols.is_Integer else cols.name)
+        return tuple(out)
+
+    return {
+        "params": {n: dims(v.symbol) for n, v in cell.params.items()},
+        "inputs": {n: dims(v.symbol) for n, v in cell.inputs.items()},
+        "targets": {n: dims(v.symbol) for n, v in cell.targets.items()},
+        "states": {n: dims(v.symbol) for n, v in cell.states.items()},
+        "outputs": {n: dims(v.symbol) for n, v in cell.outputs.items()},
+    }
+
+
+def generate_module(derivation: Derivation) -> str:
+    """The source of the kernel module of a derived cell."""
+    return KernelGenerator(derivation).generate()
+

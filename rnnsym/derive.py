@@ -1,0 +1,258 @@
+"""Back-propagation through time, derived symbolically for any cell.
+
+The step of a cell is a list of named equations, in order: the state updates (eqs. (2)–(3)),
+the outputs (eq. (4)) and the per-step loss L(t) (eq. (5)). Reverse mode runs over them
+backwards, and inside each equation over its expression DAG with the rules of
+:mod:`rnnsym.rules`. Every named quantity q gets an adjoint symbol ``g_q`` standing for
+∇_{q(t)} L, so the results stay short and read like the report:
+
+* ``output_adjoints[o]``: ∇_{o(t)} L (for eq. (5), o(t) − y(t));
+* ``state_local[h]``: the part of ∇_{h(t)} L that arises within step t (through outputs, the
+  loss and states updated later in the step);
+* ``carry[h]``: the part that step t hands back to step t − 1, (∂h(t)/∂h(t−1))ᵀ-products of the
+  step-t adjoints; so ∇_{h(t)} L = state_local[h](t) + carry[h](t + 1) — eq. (9) in general;
+* ``param_terms[W]``: the per-step term whose sum over t is ∇_W L — eqs. (6)–(8) in general.
+
+Nothing depends on T or on the sizes: the derivation is done once, for one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy import Identity, MatrixExpr, MatrixSymbol
+
+from .cell import Cell
+from .errors import DerivationError
+from .ops import add, leaves
+from .rules import vjp
+
+__all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
+
+
+@dataclass(frozen=True)
+class Equation:
+    """``lhs = rhs``, with the report's equation it implements or generalises."""
+
+    lhs: MatrixSymbol | str
+    rhs: MatrixExpr
+    label: str = ""
+
+
+def adjoint_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
+    """The symbol of ∇_{q(t)} L for a named quantity q(t)."""
+    return MatrixSymbol(f"g_{symbol.name}", *symbol.shape)
+
+
+def next_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
+    """The symbol of q(t+1)."""
+    return MatrixSymbol(f"{symbol.name}_next", *symbol.shape)
+
+
+@dataclass
+class Derivation:
+    """The derived BPTT equations of a cell (see the module docstring)."""
+
+    cell: Cell
+    forward: list[Equation]
+    output_adjoints: dict[str, MatrixExpr]
+    state_local: dict[str, list[MatrixExpr]]
+    carry: dict[str, MatrixExpr]
+    param_terms: dict[str, MatrixExpr]
+    input_terms: dict[str, MatrixExpr]
+    labels: dict[str, str] = field(default_factory=dict)
+
+    # ----- derived views -----
+
+    def adjoint(self, name: str) -> MatrixSymbol:
+        return adjoint_symbol(self.cell._vars[name].symbol)
+
+    def shift_forward(self, expr: MatrixExpr) -> MatrixExpr:
+        """Rewrite a step-t expression at step t+1 (h(t−1) → h(t), h(t) → h(t+1), ...)."""
+        rule = {}
+        cell = self.cell
+        for name, state in cell.states.items():
+            rule[state.prev.symbol] = state.symbol
+            rule[state.symbol] = next_symbol(state.symbol)
+            rule[self.adjoint(name)] = next_symbol(self.adjoint(name))
+        for var in list(cell.inputs.values()) + list(cell.targets.values()):
+            rule[var.symbol] = next_symbol(var.symbol)
+        for name, var in cell.outputs.items():
+            rule[var.symbol] = next_symbol(var.symbol)
+            rule[self.adjoint(name)] = next_symbol(self.adjoint(name))
+        return expr.xreplace(rule)
+
+    def state_adjoint(self, name: str) -> MatrixExpr:
+        """∇_{h(t)} L = (within-step part) + (part from step t+1): eq. (9) in general."""
+        local = self.state_local[name]
+        from_next = self.shift_forward(self.carry[name]) if name in self.carry else None
+        terms = list(local) + ([from_next] if from_next is not None else [])
+        symbol = self.cell._vars[name].symbol
+        return add(*terms) if terms else sp.ZeroMatrix(*symbol.shape)
+
+    def equations(self) -> list[Equation]:
+        """Forward step, adjoints and gradients, in reading order."""
+        eqs = list(self.forward)
+        for name, expr in self.output_adjoints.items():
+            eqs.append(Equation(self.adjoint(name), expr, self.labels.get(f"g_{name}", "")))
+        for name in reversed(list(self.cell.states)):
+            eqs.append(
+                Equation(self.adjoint(name), self.state_adjoint(name), self.labels.get(f"g_{name}", ""))
+            )
+        for name, expr in self.param_terms.items():
+            eqs.append(Equation(f"grad:{name}", expr, self.labels.get(name, "")))
+        return eqs
+
+    def latex(self) -> str:
+        """The derivation as a LaTeX ``align*`` block in the report's notation."""
+        from .printing import derivation_latex
+
+        return derivation_latex(self)
+
+    def pretty(self) -> str:
+        """The derivation as readable Unicode text for a terminal."""
+        from .printing import derivation_text
+
+        return derivation_text(self)
+
+    def __str__(self) -> str:
+        return self.pretty()
+
+
+# ----- reverse mode over one expression DAG -----
+
+
+def _postorder(root: MatrixExpr) -> list[MatrixExpr]:
+    order: list[MatrixExpr] = []
+    seen: set[MatrixExpr] = set()
+    stack: list[tuple[MatrixExpr, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        if not isinstance(node, MatrixSymbol):
+            for arg in reversed(node.args):
+                if isinstance(arg, MatrixExpr) and arg not in seen:
+                    stack.append((arg, False))
+    return order
+
+
+def backprop(root: MatrixExpr, ans: MatrixExpr, g: MatrixExpr, differentiable: set) -> dict:
+    """Cotangents of the leaves in ``differentiable`` reached from ``root`` with cotangent g."""
+    live = {
+        node for node in _postorder(root) if leaves(node) & differentiable
+    }
+    cotangents: dict[MatrixExpr, list[MatrixExpr]] = {root: [g]}
+    result: dict[MatrixSymbol, MatrixExpr] = {}
+    for node in reversed(_postorder(root)):
+        if node not in live or node not in cotangents:
+            continue
+        total = add(*cotangents.pop(node))
+        if isinstance(node, MatrixSymbol):
+            result[node] = total
+            continue
+        node_ans = ans if node == root else node
+        for arg, ct in zip(node.args, vjp(node, node_ans, total), strict=True):
+            if ct is None or arg not in live:
+                continue
+            if ct.shape != arg.shape:
+                raise DerivationError(
+                    f"internal error: cotangent of {sp.sstr(arg)} has shape {ct.shape}, "
+                    f"expected {arg.shape} (rule for {type(node).__name__})"
+                )
+            cotangents.setdefault(arg, []).append(ct)
+    return result
+
+
+def _param_label(cell: Cell, name: str, term: MatrixExpr) -> str:
+    symbol = cell.params[name].symbol
+    in_outputs = any(symbol in leaves(t.expr) for t in cell.output_defs.values())
+    in_loss = symbol in leaves(cell.loss_expr)
+    syms = leaves(term)
+    if in_outputs or in_loss:
+        return "eq. (6)" if symbol.shape[1] != 1 else "bias, cf. eq. (6)"
+    if symbol.shape[1] == 1:
+        return "bias, cf. eqs. (7)-(8)"
+    if any(s.name.endswith("_prev") for s in syms):
+        return "eq. (7)"
+    return "eq. (8)"
+
+
+def derive(cell: Cell) -> Derivation:
+    """Derive the backward recurrence and the parameter gradients of a cell."""
+    cell.check()
+    states = cell.states
+    loss_symbol = MatrixSymbol("L", 1, 1)
+    eqs: list[tuple[MatrixSymbol, MatrixExpr, str]] = []
+    for name, term in cell.updates.items():
+        eqs.append((states[name].symbol, term.expr, "eqs. (2)-(3)"))
+    for name, term in cell.output_defs.items():
+        eqs.append((cell.outputs[name].symbol, term.expr, "eq. (4)"))
+    eqs.append((loss_symbol, cell.loss_expr, "eq. (5)"))
+
+    prev_of = {s.prev.symbol: n for n, s in states.items()}
+    named = {sym for sym, _, _ in eqs}
+    differentiable = (
+        named
+        | set(prev_of)
+        | {p.symbol for p in cell.params.values()}
+        | {x.symbol for x in cell.inputs.values()}
+    )
+    by_symbol = {cell._vars[n].symbol: n for n in list(states) + list(cell.outputs)}
+
+    pending: dict[MatrixSymbol, list[MatrixExpr]] = {}
+    output_adjoints: dict[str, MatrixExpr] = {}
+    state_local: dict[str, list[MatrixExpr]] = {n: [] for n in states}
+    carry: dict[str, list[MatrixExpr]] = {}
+    param_terms: dict[str, list[MatrixExpr]] = {n: [] for n in cell.params}
+    input_terms: dict[str, list[MatrixExpr]] = {}
+    labels: dict[str, str] = {}
+
+    for symbol, expr, _label in reversed(eqs):
+        if symbol is loss_symbol:
+            g = Identity(1)
+        else:
+            name = by_symbol[symbol]
+            contributions = pending.pop(symbol, [])
+            if name in states:
+                state_local[name] = contributions
+                labels[f"g_{name}"] = "eq. (9)"
+            else:
+                output_adjoints[name] = (
+                    add(*contributions) if contributions else sp.ZeroMatrix(*symbol.shape)
+                )
+                labels[f"g_{name}"] = "from eq. (5)"
+            g = adjoint_symbol(symbol)
+        for leaf, ct in backprop(expr, symbol, g, differentiable).items():
+            if leaf in named:
+                pending.setdefault(leaf, []).append(ct)
+            elif leaf in prev_of:
+                carry.setdefault(prev_of[leaf], []).append(ct)
+            elif (v := cell.variable(leaf)) is not None and v.kind == "param":
+                param_terms[v.name].append(ct)
+            elif (v := cell.variable(leaf)) is not None and v.kind == "input":
+                input_terms.setdefault(v.name, []).append(ct)
+
+    # The loss's contributions to outputs and states are in dependency order; reading order is
+    # outputs, then states from the last updated back to the first.
+    output_adjoints = {n: output_adjoints[n] for n in cell.outputs}
+    summed_params = {}
+    for name, terms in param_terms.items():
+        summed_params[name] = add(*terms)
+        labels[name] = _param_label(cell, name, summed_params[name])
+    return Derivation(
+        cell=cell,
+        forward=[Equation(sym, expr, label) for sym, expr, label in eqs],
+        output_adjoints=output_adjoints,
+        state_local=state_local,
+        carry={n: add(*terms) for n, terms in carry.items()},
+        param_terms=summed_params,
+        input_terms={n: add(*terms) for n, terms in input_terms.items()},
+        labels=labels,
+    )

@@ -1,0 +1,248 @@
+"""User-facing expressions: thin wrappers over SymPy matrix expressions with cell semantics.
+
+SymPy's own ``*`` is the matrix product and ``1 - z`` with a matrix ``z`` is an error; in a cell
+``@`` is the matrix product, ``*`` between vectors is the elementwise (Hadamard) product and
+scalars broadcast. A :class:`Term` implements exactly that, checks shapes when the expression is
+written, and keeps the SymPy object in ``.expr`` (``sympy.latex(term)`` and ``term.subs(...)``
+work on it directly).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import sympy as sp
+from sympy import MatrixExpr, MatrixSymbol
+
+from .errors import CellError, ShapeError
+from .ops import Apply, add, hadamard, mul, ones, shape_str, transpose
+
+__all__ = ["Term", "Variable", "State", "apply", "as_term"]
+
+
+def _describe(term: Term) -> str:
+    return f"{sp.sstr(term.expr)} {shape_str(term.expr)}"
+
+
+def _is_scalar(value) -> bool:
+    if isinstance(value, (Term, MatrixExpr)):
+        return False
+    if isinstance(value, numbers.Number):
+        return True
+    return isinstance(value, sp.Expr) and value.is_number
+
+
+def as_term(value, cell=None) -> Term:
+    """Wrap a SymPy matrix expression (or return a Term unchanged)."""
+    if isinstance(value, Term):
+        return value
+    if isinstance(value, MatrixExpr):
+        return Term(value, cell)
+    raise CellError(
+        f"expected a cell expression (vector or matrix), got {value!r} of type "
+        f"{type(value).__name__}"
+    )
+
+
+class Term:
+    """An expression of a cell; ``.expr`` is the underlying SymPy matrix expression."""
+
+    __slots__ = ("expr", "cell")
+    __array_priority__ = 1000  # keep NumPy from broadcasting over a Term
+
+    def __init__(self, expr: MatrixExpr, cell=None):
+        self.expr = expr
+        self.cell = cell
+
+    # ----- SymPy interoperability -----
+
+    @property
+    def shape(self) -> tuple:
+        return self.expr.shape
+
+    def _sympy_(self) -> MatrixExpr:
+        return self.expr
+
+    def _latex(self, printer) -> str:
+        return printer._print(self.expr)
+
+    def _repr_latex_(self) -> str:
+        return f"${sp.latex(self.expr)}$"
+
+    def __repr__(self) -> str:
+        return sp.sstr(self.expr)
+
+    def subs(self, *args, **kwargs) -> Term:
+        return Term(self.expr.subs(*args, **kwargs), self.cell)
+
+    def xreplace(self, rule) -> Term:
+        return Term(self.expr.xreplace(rule), self.cell)
+
+    @property
+    def free_symbols(self) -> set:
+        return self.expr.free_symbols
+
+    def __eq__(self, other) -> bool:
+        other_expr = other.expr if isinstance(other, Term) else other
+        return self.expr == other_expr
+
+    def __hash__(self) -> int:
+        return hash(self.expr)
+
+    # ----- arithmetic -----
+
+    def _cell_of(self, other: Term):
+        if self.cell is not None and other.cell is not None and self.cell is not other.cell:
+            raise CellError(
+                f"cannot combine {_describe(self)} of cell {self.cell.name!r} with "
+                f"{_describe(other)} of cell {other.cell.name!r}"
+            )
+        return self.cell if self.cell is not None else other.cell
+
+    def _wrap(self, expr: MatrixExpr, other: Term | None = None) -> Term:
+        cell = self.cell if other is None else self._cell_of(other)
+        return Term(expr, cell)
+
+    def _same_shape(self, other: Term, op: str) -> None:
+        if self.shape != other.shape:
+            raise ShapeError(
+                f"cannot {op} {_describe(self)} and {_describe(other)}: shapes differ"
+            )
+
+    def __matmul__(self, other) -> Term:
+        if _is_scalar(other):
+            raise ShapeError(
+                f"'@' is the matrix product; to scale {_describe(self)} by {other} use '*'"
+            )
+        other = as_term(other, self.cell)
+        if self.shape[1] != other.shape[0]:
+            raise ShapeError(
+                f"cannot multiply {_describe(self)} @ {_describe(other)}: inner dimensions "
+                f"{self.shape[1]} and {other.shape[0]} differ"
+            )
+        return self._wrap(mul(self.expr, other.expr), other)
+
+    def __rmatmul__(self, other) -> Term:
+        return as_term(other, self.cell).__matmul__(self)
+
+    def __mul__(self, other) -> Term:
+        if _is_scalar(other):
+            return self._wrap(mul(sp.sympify(other), self.expr))
+        other = as_term(other, self.cell)
+        self._same_shape(other, "multiply elementwise ('*')")
+        return self._wrap(hadamard(self.expr, other.expr), other)
+
+    def __rmul__(self, other) -> Term:
+        return self.__mul__(other)
+
+    def __truediv__(self, other) -> Term:
+        if not _is_scalar(other):
+            raise CellError(
+                f"only division by a scalar is supported, got {_describe(self)} / {other!r}"
+            )
+        return self._wrap(mul(1 / sp.sympify(other), self.expr))
+
+    def __neg__(self) -> Term:
+        return self._wrap(mul(-1, self.expr))
+
+    def __pos__(self) -> Term:
+        return self
+
+    def _broadcast(self, scalar) -> MatrixExpr:
+        return mul(sp.sympify(scalar), ones(*self.shape))
+
+    def __add__(self, other) -> Term:
+        if _is_scalar(other):
+            return self._wrap(add(self.expr, self._broadcast(other)))
+        other = as_term(other, self.cell)
+        self._same_shape(other, "add")
+        return self._wrap(add(self.expr, other.expr), other)
+
+    def __radd__(self, other) -> Term:
+        if _is_scalar(other):
+            return self._wrap(add(self._broadcast(other), self.expr))
+        return as_term(other, self.cell).__add__(self)
+
+    def __sub__(self, other) -> Term:
+        if _is_scalar(other):
+            return self._wrap(add(self.expr, self._broadcast(-sp.sympify(other))))
+        other = as_term(other, self.cell)
+        self._same_shape(other, "subtract")
+        return self._wrap(add(self.expr, mul(-1, other.expr)), other)
+
+    def __rsub__(self, other) -> Term:
+        if _is_scalar(other):
+            return self._wrap(add(self._broadcast(other), mul(-1, self.expr)))
+        return as_term(other, self.cell).__sub__(self)
+
+    @property
+    def T(self) -> Term:
+        return self._wrap(transpose(self.expr))
+
+
+class Variable(Term):
+    """A named leaf of a cell: input, state, parameter, target or output."""
+
+    __slots__ = ("name", "kind")
+
+    def __init__(self, symbol: MatrixSymbol, cell, kind: str):
+        super().__init__(symbol, cell)
+        self.name = symbol.name
+        self.kind = kind
+
+    @property
+    def symbol(self) -> MatrixSymbol:
+        return self.expr
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class State(Variable):
+    """A recurrent state; ``h.prev`` is its value at the previous step, h(t−1)."""
+
+    __slots__ = ("prev",)
+
+    def __init__(self, symbol: MatrixSymbol, cell):
+        super().__init__(symbol, cell, "state")
+        prev_symbol = MatrixSymbol(f"{symbol.name}_prev", *symbol.shape)
+        self.prev = Variable(prev_symbol, cell, "prev")
+
+
+def apply(name: str, x) -> Term:
+    """Apply the registered elementwise function ``name`` to a cell expression."""
+    from .activations import get_activation
+
+    get_activation(name)
+    term = as_term(x)
+    return Term(Apply(name, term.expr), term.cell)
+
+
+def tanh(x) -> Term:
+    """Elementwise hyperbolic tangent."""
+    return apply("tanh", x)
+
+
+def sigmoid(x) -> Term:
+    """Elementwise logistic sigmoid 1 / (1 + exp(−z))."""
+    return apply("sigmoid", x)
+
+
+def relu(x) -> Term:
+    """Elementwise max(0, z)."""
+    return apply("relu", x)
+
+
+def softplus(x) -> Term:
+    """Elementwise log(1 + exp(z))."""
+    return apply("softplus", x)
+
+
+def exp(x) -> Term:
+    """Elementwise exponential."""
+    return apply("exp", x)
+
+
+def log(x) -> Term:
+    """Elementwise natural logarithm."""
+    return apply("log", x)

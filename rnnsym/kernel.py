@@ -1,0 +1,61 @@
+"""Compile a cell to a NumPy kernel: derive, generate the module source, import it."""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import types
+from pathlib import Path
+
+from .cell import Cell
+from .codegen import generate_module
+from .derive import Derivation, derive
+
+__all__ = ["Kernel", "compile_cell"]
+
+
+class Kernel:
+    """A generated NumPy kernel.
+
+    ``forward(params, inputs, h0=None)`` returns a dict of state and output sequences;
+    ``loss_and_grad(params, inputs, targets, h0=None)`` returns ``(loss, grads)``. Sequences are
+    ``(T, B, size)`` arrays; ``grads`` has the keys and shapes of ``params``, summed over time and
+    batch, in the input dtype. ``source`` is the module text, runnable with NumPy alone.
+    """
+
+    def __init__(self, derivation: Derivation, source: str):
+        self.derivation = derivation
+        self.cell = derivation.cell
+        self.source = source
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        filename = f"<rnnsym kernel {self.cell.name} {digest}>"
+        module = types.ModuleType(f"rnnsym_kernel_{digest}")
+        module.__file__ = filename
+        # registered with linecache so tracebacks and inspect show the generated lines
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
+        self.module = module
+        self.spec = module.SPEC
+
+    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
+        """States and outputs for all t, each an array (T, B, size)."""
+        return self.module.forward(params, inputs, h0)
+
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """The total loss and the gradient of every parameter."""
+        return self.module.loss_and_grad(params, inputs, targets, h0)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the module source to ``path`` (importable without rnnsym)."""
+        path = Path(path)
+        path.write_text(self.source, encoding="utf-8")
+        return path
+
+    def __repr__(self) -> str:
+        return f"<Kernel {self.cell.name!r}: {len(self.source.splitlines())} lines of NumPy>"
+
+
+def compile_cell(cell: Cell) -> Kernel:
+    """Derive ``cell`` and build its kernel."""
+    derivation = derive(cell)
+    return Kernel(derivation, generate_module(derivation))

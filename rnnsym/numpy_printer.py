@@ -1,0 +1,363 @@
+"""A SymPy printer from the IR to NumPy source in the row (batch-major) layout.
+
+A column-vector quantity v (size, 1) of the IR is, in code, an array of shape (..., B, size): one
+row per batch element, with any number of leading axes (one step, or all T steps at once). Hence
+``W @ v`` prints as ``v @ W.T``, ``uᵀ v`` as a row-wise dot product and ``u ∘ v`` as ``u * v``.
+Expressions free of batch data (parameters only) print literally (``W @ V``). Statements are
+small dataclasses printed by ``_print_<Class>`` methods, like SymPy's ``codegen.ast``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy import (
+    HadamardProduct,
+    MatAdd,
+    MatMul,
+    MatrixExpr,
+    MatrixSymbol,
+    OneMatrix,
+    Transpose,
+)
+from sympy.core.basic import Basic
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.printer import Printer
+
+from .errors import DerivationError
+from .ops import Apply, coeff_and_factors, leaves
+
+__all__ = [
+    "SumOuter",
+    "SumRows",
+    "TotalLoss",
+    "Assign",
+    "Comment",
+    "Loop",
+    "Line",
+    "Block",
+    "Function",
+    "RowPrinter",
+]
+
+
+class SumOuter(MatrixExpr):
+    """Σ over time and batch of u vᵀ (both vectors): one matrix product in code."""
+
+    def __new__(cls, u: MatrixExpr, v: MatrixExpr):
+        return Basic.__new__(cls, u, v)
+
+    @property
+    def shape(self):
+        return (self.args[0].shape[0], self.args[1].shape[0])
+
+
+class SumRows(MatrixExpr):
+    """Σ over time and batch of a vector u."""
+
+    def __new__(cls, u: MatrixExpr):
+        return Basic.__new__(cls, u)
+
+    @property
+    def shape(self):
+        return self.args[0].shape
+
+
+class TotalLoss(MatrixExpr):
+    """Σ over time and batch of a 1×1 per-step loss."""
+
+    def __new__(cls, expr: MatrixExpr):
+        return Basic.__new__(cls, expr)
+
+    @property
+    def shape(self):
+        return (1, 1)
+
+
+# ----- statements -----
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    value: object  # a MatrixExpr, or a str for bookkeeping code
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Line:
+    """A statement given as code (array allocation, indexing, return).
+
+    With ``defines``, the line is left out when nothing after it uses that name.
+    """
+
+    code: str
+    defines: str = ""
+
+
+@dataclass(frozen=True)
+class Loop:
+    index: str
+    iterable: str
+    body: tuple
+
+
+@dataclass(frozen=True)
+class Block:
+    body: tuple
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    args: tuple[str, ...]
+    doc: str
+    body: tuple = field(default_factory=tuple)
+
+
+_ATOMS = (MatrixSymbol, Apply, OneMatrix, SumOuter, SumRows, TotalLoss)
+
+
+class _ScalarPrinter(NumPyPrinter):
+    """Prints the scalar body of a user activation with its argument already printed."""
+
+    def __init__(self, argument: sp.Dummy, text: str):
+        super().__init__({"fully_qualified_modules": False, "inline": True})
+        self._argument, self._text = argument, text
+
+    def _print_Dummy(self, expr):
+        if expr == self._argument:
+            return self._text
+        return super()._print_Dummy(expr)
+
+    def _module_format(self, fqn, register=True):
+        # numpy.exp -> np.exp: the generated module imports numpy as np
+        return "np." + fqn.split(".")[-1] if fqn.startswith("numpy.") else fqn
+
+
+class RowPrinter(Printer):
+    """Print IR expressions as NumPy code; ``names`` maps each leaf symbol to a Python name.
+
+    ``batch`` is the set of symbols that carry batch data; everything else is a parameter.
+    Unknown node types and unnamed symbols raise :class:`DerivationError` (strict printing).
+    """
+
+    printmethod = "_rnnsym_numpy"
+
+    def __init__(self, names: dict[MatrixSymbol, str], batch: set[MatrixSymbol]):
+        super().__init__()
+        self.names = names
+        self.batch = batch
+        self.used_helpers: set[str] = set()
+
+    # ----- helpers -----
+
+    def is_batch(self, expr) -> bool:
+        return bool(leaves(expr) & self.batch)
+
+    def paren(self, expr) -> str:
+        text = self._print(expr)
+        if isinstance(expr, _ATOMS):
+            return text
+        return f"({text})"
+
+    def _number(self, c) -> str:
+        c = sp.sympify(c)
+        if c.is_Integer:
+            return str(int(c))
+        if c.is_Rational:
+            value = float(c)
+            return repr(value) if sp.Rational(value) == c else f"({c.p} / {c.q})"
+        if c.is_Float:
+            return repr(float(c))
+        raise DerivationError(f"cannot print the coefficient {c} of a matrix product")
+
+    def _scaled(self, coeff, text: str) -> str:
+        if coeff == 1:
+            return text
+        if coeff == -1:
+            return f"-{text}"
+        return f"{self._number(coeff)} * {text}"
+
+    def _print_not_supported(self, expr):
+        raise DerivationError(
+            f"cannot print {type(expr).__name__} as NumPy code: {sp.sstr(expr)}"
+        )
+
+    emptyPrinter = _print_not_supported
+
+    # ----- leaves -----
+
+    def _print_MatrixSymbol(self, expr) -> str:
+        try:
+            return self.names[expr]
+        except KeyError:
+            raise DerivationError(
+                f"internal error: no array is bound to {expr.name} at this point"
+            ) from None
+
+    def _print_OneMatrix(self, expr) -> str:
+        return "1.0"
+
+    def _print_ZeroMatrix(self, expr) -> str:
+        return "0.0"
+
+    # ----- nodes -----
+
+    def _print_MatAdd(self, expr: MatAdd) -> str:
+        parts: list[str] = []
+        for i, term in enumerate(expr.args):
+            coeff, factors = coeff_and_factors(term)
+            if coeff.is_number and coeff < 0:
+                positive = factors[0] if coeff == -1 and len(factors) == 1 else MatMul(
+                    -coeff, *factors
+                ) if coeff != -1 else MatMul(*factors)
+                parts.append(f" - {self.paren_sum(positive)}" if i else f"-{self.paren_sum(positive)}")
+            else:
+                parts.append(f" + {self._print(term)}" if i else self._print(term))
+        return "".join(parts)
+
+    def paren_sum(self, expr) -> str:
+        text = self._print(expr)
+        return f"({text})" if isinstance(expr, MatAdd) else text
+
+    def _print_HadamardProduct(self, expr: HadamardProduct) -> str:
+        return " * ".join(self.paren(arg) for arg in expr.args)
+
+    def _print_Apply(self, expr: Apply) -> str:
+        act = expr.activation
+        argument = self._print(expr.arg)
+        if act.numpy is not None:
+            if act.numpy.startswith("_"):
+                self.used_helpers.add(act.numpy)
+            return f"{act.numpy}({argument})"
+        d = sp.Dummy("d")
+        return _ScalarPrinter(d, f"({argument})").doprint(act.scalar(d))
+
+    def _literal(self, expr) -> str:
+        """Parameter-only expressions print as written."""
+        if isinstance(expr, MatrixSymbol):
+            return self._print(expr)
+        if isinstance(expr, Transpose):
+            inner = expr.arg
+            return f"{self._literal(inner)}.T" if isinstance(inner, MatrixSymbol) else (
+                f"({self._literal(inner)}).T"
+            )
+        if isinstance(expr, MatMul):
+            coeff, factors = coeff_and_factors(expr)
+            text = " @ ".join(
+                self._literal(f) if isinstance(f, (MatrixSymbol, Transpose)) else
+                f"({self._literal(f)})" for f in factors
+            )
+            return self._scaled(coeff, text)
+        return self._print(expr)
+
+    def _right_factor(self, factor) -> str:
+        """The array that multiplies a row from the right for the column factor ``factor``."""
+        if isinstance(factor, Transpose):
+            return self._literal(factor.arg)
+        text = self._literal(factor)
+        return f"{text}.T" if isinstance(factor, MatrixSymbol) else f"({text}).T"
+
+    def _print_MatMul(self, expr: MatMul) -> str:
+        coeff, factors = coeff_and_factors(expr)
+        if not self.is_batch(expr):
+            return self._literal(expr)
+        batch_positions = [i for i, f in enumerate(factors) if self.is_batch(f)]
+        last = factors[-1]
+        # W1 ⋯ Wk v (params, then one batch vector): rows times the transposed chain
+        if batch_positions == [len(factors) - 1] and last.shape[1] == 1:
+            text = self.paren(last) + "".join(
+                f" @ {self._right_factor(f)}" for f in reversed(factors[:-1])
+            )
+            return self._scaled(coeff, text)
+        # uᵀ v: one number per row
+        if (
+            len(factors) == 2
+            and isinstance(factors[0], Transpose)
+            and factors[0].shape[0] == 1
+            and factors[1].shape[1] == 1
+        ):
+            u, v = factors[0].arg, factors[1]
+            return self._scaled(
+                coeff, f"np.sum({self.paren(u)} * {self.paren(v)}, axis=-1, keepdims=True)"
+            )
+        # v s with s a 1×1 per-row quantity
+        if len(factors) == 2 and factors[1].shape == (1, 1):
+            return self._scaled(coeff, f"{self.paren(factors[0])} * {self.paren(factors[1])}")
+        raise DerivationError(
+            f"cannot print the batched matrix product {sp.sstr(expr)} in row layout"
+        )
+
+    def _print_Transpose(self, expr: Transpose) -> str:
+        if not self.is_batch(expr):
+            return self._literal(expr)
+        if isinstance(expr.arg, SumOuter):
+            return f"{self._print(expr.arg)}.T"
+        raise DerivationError(f"cannot print the batched transpose {sp.sstr(expr)}")
+
+    def _print_SumOuter(self, expr: SumOuter) -> str:
+        self.used_helpers.add("_sum_outer")
+        u, v = expr.args
+        return f"_sum_outer({self._print(u)}, {self._print(v)})"
+
+    def _print_SumRows(self, expr: SumRows) -> str:
+        self.used_helpers.add("_sum_rows")
+        return f"_sum_rows({self._print(expr.args[0])})"
+
+    def _print_TotalLoss(self, expr: TotalLoss) -> str:
+        inner = expr.args[0]
+        parts = []
+        for term in inner.args if isinstance(inner, MatAdd) else (inner,):
+            coeff, factors = coeff_and_factors(term)
+            if len(factors) == 2 and isinstance(factors[0], Transpose) and factors[1].shape[1] == 1:
+                # the sum over t and batch of uᵀv is one dot product of the flattened sequences
+                text = f"np.vdot({self._print(factors[0].arg)}, {self._print(factors[1])})"
+            else:
+                text, coeff = f"np.sum({self._print(term)})", sp.S.One
+            parts.append(self._scaled(coeff, text))
+        return " + ".join(parts)
+
+    # ----- statements -----
+
+    def _print_Comment(self, stmt: Comment) -> str:
+        return "\n".join(f"# {line}".rstrip() for line in stmt.text.splitlines())
+
+    def _print_Line(self, stmt: Line) -> str:
+        return stmt.code
+
+    def _print_Assign(self, stmt: Assign) -> str:
+        value = stmt.value if isinstance(stmt.value, str) else self._print(stmt.value)
+        tail = f"  # {stmt.comment}" if stmt.comment else ""
+        return f"{stmt.target} = {value}{tail}"
+
+    def _print_Block(self, stmt: Block) -> str:
+        return "\n".join(self._print(s) for s in stmt.body)
+
+    def _print_Loop(self, stmt: Loop) -> str:
+        body = "\n".join(self._print(s) for s in stmt.body)
+        indented = "\n".join(("    " + line) if line else line for line in body.splitlines())
+        return f"for {stmt.index} in {stmt.iterable}:\n{indented}"
+
+    def _print_Function(self, stmt: Function) -> str:
+        texts = [self._print(s) for s in stmt.body]
+        kept = []
+        for i, (s, text) in enumerate(zip(stmt.body, texts, strict=True)):
+            if isinstance(s, Line) and s.defines:
+                later = "\n".join(texts[i + 1 :])
+                if not re.search(rf"\b{re.escape(s.defines)}\b", later):
+                    continue
+            kept.append(text)
+        body = "\n".join(kept)
+        doc = f'"""{stmt.doc}"""'
+        lines = [doc] + body.splitlines()
+        indented = "\n".join(("    " + line) if line else line for line in lines)
+        return f"def {stmt.name}({', '.join(stmt.args)}):\n{indented}"
+

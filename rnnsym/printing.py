@@ -1,0 +1,196 @@
+"""Derivations as readable text and as LaTeX, in the report's notation.
+
+Symbols carry their time step: h⁽ᵗ⁻¹⁾ for ``h.prev``, ∇_{h⁽ᵗ⁾}L for the adjoint ``g_h``, and the
+step-(t+1) quantities of the backward recurrence as h⁽ᵗ⁺¹⁾. Parameters are shared over time and
+print bare. ``∘`` is the elementwise (Hadamard) product.
+"""
+
+from __future__ import annotations
+
+from sympy import MatAdd, MatMul, MatrixSymbol
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+from .ops import coeff_and_factors
+
+__all__ = ["derivation_text", "derivation_latex", "TextPrinter", "DerivationLatexPrinter"]
+
+_SUP = {"t": "ᵗ", "-": "⁻", "+": "⁺", "1": "¹", "(": "⁽", ")": "⁾"}
+
+
+def _time_tables(cell) -> tuple[dict, dict]:
+    text, tex = {"L": "L⁽ᵗ⁾"}, {"L": "L^{(t)}"}
+    steps = {"": "(t)", "_prev": "(t-1)", "_next": "(t+1)"}
+
+    def sup(s: str) -> str:
+        return "".join(_SUP[c] for c in s)
+
+    timed = [v for v in cell._vars.values() if v.kind != "param"]
+    for var in timed:
+        for suffix, step in steps.items():
+            if suffix == "_prev" and var.kind != "state":
+                continue
+            name = var.name + suffix
+            text[name] = f"{var.name}{sup(step)}"
+            tex[name] = f"{_latex_name(var.name)}^{{{step}}}"
+            if var.kind in ("state", "output"):
+                text[f"g_{name}"] = f"∇_{{{text[name]}}}L"
+                tex[f"g_{name}"] = rf"\nabla_{{{tex[name]}}} L"
+    for name in cell.params:
+        text[name] = name
+        tex[name] = _latex_name(name)
+    return text, tex
+
+
+def _latex_name(name: str) -> str:
+    if "_" in name:
+        head, tail = name.split("_", 1)
+        return f"{head}_{{{tail}}}"
+    return name
+
+
+class TextPrinter(StrPrinter):
+    """Unicode text: Wᵀ, ∘, h⁽ᵗ⁻¹⁾, ∇_{h⁽ᵗ⁾}L."""
+
+    def __init__(self, names: dict[str, str]):
+        super().__init__()
+        self.names = names
+
+    def _print_MatrixSymbol(self, expr) -> str:
+        return self.names.get(expr.name, expr.name)
+
+    def _paren(self, expr) -> str:
+        text = self._print(expr)
+        simple = isinstance(expr, MatrixSymbol) or type(expr).__name__ in ("Apply", "OneMatrix")
+        simple = simple or (type(expr).__name__ == "Transpose" and isinstance(expr.arg, MatrixSymbol))
+        return text if simple else f"({text})"
+
+    def _print_OneMatrix(self, expr) -> str:
+        return "1"
+
+    def _print_ZeroMatrix(self, expr) -> str:
+        return "0"
+
+    def _print_Identity(self, expr) -> str:
+        return "I"
+
+    def _print_Transpose(self, expr) -> str:
+        return f"{self._paren(expr.arg)}ᵀ"
+
+    def _print_HadamardProduct(self, expr) -> str:
+        return " ∘ ".join(self._paren(a) for a in expr.args)
+
+    def _print_MatMul(self, expr) -> str:
+        coeff, factors = coeff_and_factors(expr)
+        body = " ".join(self._paren(f) for f in factors)
+        if coeff == 1:
+            return body
+        if coeff == -1:
+            return f"−{body}"
+        return f"{self._print(coeff)} {body}"
+
+    def _print_MatAdd(self, expr) -> str:
+        out = []
+        for i, term in enumerate(expr.args):
+            coeff, factors = coeff_and_factors(term)
+            if coeff.is_number and coeff < 0:
+                positive = MatMul(-coeff, *factors) if coeff != -1 else (
+                    factors[0] if len(factors) == 1 else MatMul(*factors)
+                )
+                text = self._print(positive)
+                out.append(f" − {text}" if i else f"−{text}")
+            else:
+                text = self._print(term)
+                out.append(f" + {text}" if i else text)
+        return "".join(out)
+
+    def _print_Rational(self, expr) -> str:
+        return "½" if (expr.p, expr.q) == (1, 2) else f"{expr.p}/{expr.q}"
+
+    def _print_Apply(self, expr) -> str:
+        return f"{expr.name}({self._print(expr.arg)})"
+
+
+class DerivationLatexPrinter(LatexPrinter):
+    """LaTeX with time-stepped symbols and ∘ for the Hadamard product."""
+
+    def __init__(self, names: dict[str, str]):
+        super().__init__()
+        self.names = names
+
+    def _print_MatrixSymbol(self, expr) -> str:
+        return self.names.get(expr.name, expr.name)
+
+    def _print_OneMatrix(self, expr) -> str:
+        return r"\mathbf{1}"
+
+
+def _rows(derivation) -> list[tuple[str, object, str, str]]:
+    """(section, lhs, rhs, label) for every equation, in reading order."""
+    cell = derivation.cell
+    rows = []
+    for eq in derivation.forward:
+        rows.append(("forward", eq.lhs, eq.rhs, eq.label))
+    for name, expr in derivation.output_adjoints.items():
+        rows.append(("backward", derivation.adjoint(name), expr, "from eq. (5)"))
+    for name in reversed(list(cell.updates)):
+        rows.append(
+            ("backward", derivation.adjoint(name), derivation.state_adjoint(name), "eq. (9)")
+        )
+    for name, expr in derivation.param_terms.items():
+        rows.append(("gradient", name, expr, derivation.labels.get(name, "")))
+    return rows
+
+
+_TITLES = {
+    "forward": "Forward step, t = 1..T (h(0) given, zero by default)",
+    "backward": "Backward recurrence, t = T..1 (step T+1 terms are zero)",
+    "gradient": "Gradients, summed over t (and over the batch)",
+}
+
+
+def derivation_text(derivation) -> str:
+    """The derivation as aligned Unicode text."""
+    names, _ = _time_tables(derivation.cell)
+    printer = TextPrinter(names)
+    lines: list[str] = [f"Cell {derivation.cell.name!r}"]
+    section = None
+    body = []
+    for sect, lhs, rhs, label in _rows(derivation):
+        if sect == "gradient":
+            left = f"∇_{lhs} L = Σ_t"
+        else:
+            left = printer.doprint(lhs)
+        body.append((sect, left, printer.doprint(rhs), label))
+    width = max(len(left) for _, left, _, _ in body)
+    for sect, left, right, label in body:
+        if sect != section:
+            lines.append("")
+            lines.append(_TITLES[sect])
+            section = sect
+        tag = f"    [{label}]" if label else ""
+        lines.append(f"  {left.rjust(width)} {'=' if sect != 'gradient' else ''}"
+                     f"{' ' if sect != 'gradient' else ''}{right}{tag}".replace("  =", " ="))
+    return "\n".join(lines)
+
+
+def derivation_latex(derivation) -> str:
+    """The derivation as a LaTeX ``align*`` environment."""
+    _, names = _time_tables(derivation.cell)
+    printer = DerivationLatexPrinter(names)
+    out = [r"\begin{align*}"]
+    rows = _rows(derivation)
+    for i, (sect, lhs, rhs, label) in enumerate(rows):
+        if sect == "gradient":
+            left = rf"\nabla_{{{_latex_name(lhs)}}} L &= \sum_{{t}} "
+            right = printer.doprint(rhs)
+            if isinstance(rhs, MatAdd):
+                right = rf"\left({right}\right)"
+        else:
+            left = f"{printer.doprint(lhs)} &= "
+            right = printer.doprint(rhs)
+        tag = rf" && \text{{{label}}}" if label else ""
+        end = r" \\" if i < len(rows) - 1 else ""
+        out.append(f"  {left}{right}{tag}{end}")
+    out.append(r"\end{align*}")
+    return "\n".join(out)
