@@ -7,6 +7,7 @@ row layout: a vector quantity of one step is an array (B, size), a sequence is (
 
 import numpy as np
 
+
 def _sigmoid(a):
     # 1 / (1 + exp(-a)) without overflow for large |a|
     return np.exp(-np.logaddexp(0.0, -a))
@@ -77,13 +78,9 @@ def _check_arrays(spec, params, inputs, targets, initial):
             label = f"{group}[{name!r}]"
             array = given[name]
             if not isinstance(array, np.ndarray):
-                raise ValueError(
-                    f"{label} must be a NumPy array, got {type(array).__name__}"
-                )
+                raise ValueError(f"{label} must be a NumPy array, got {type(array).__name__}")
             if array.dtype not in (np.float32, np.float64):
-                raise ValueError(
-                    f"{label} has dtype {array.dtype}; expected float32 or float64"
-                )
+                raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")
             if dtype is None:
                 dtype, dtype_source = array.dtype, label
             elif array.dtype != dtype:
@@ -175,8 +172,9 @@ def _match(label, body, dims, sizes, size_source, shape, is_sequence):
             sizes[dim] = got
             size_source[dim] = label
         elif sizes[dim] != got:
-            concrete = tuple(_resolve(d, sizes) if d in sizes or isinstance(d, int) else d
-                             for d in dims)
+            concrete = tuple(
+                _resolve(d, sizes) if d in sizes or isinstance(d, int) else d for d in dims
+            )
             lead = "(T, B, " if is_sequence else "("
             raise ValueError(
                 f"{label} has shape {_shape_text(shape)}; expected "

@@ -68,8 +68,7 @@ class Cell:
         if isinstance(size, sp.Integer) and size > 0:
             return size
         raise CellError(
-            f"{what}: size must be a positive integer or a symbol from cell.dims(), "
-            f"got {size!r}"
+            f"{what}: size must be a positive integer or a symbol from cell.dims(), got {size!r}"
         )
 
     def _new_symbol(self, name: str, rows, cols, what: str) -> MatrixSymbol:
@@ -87,8 +86,9 @@ class Cell:
                 raise CellError(f"{what} name {name!r} clashes with {state.name}.prev")
         if name.endswith("_prev") and name[:-5] in self._vars:
             raise CellError(f"{what} name {name!r} clashes with {name[:-5]}.prev")
-        return MatrixSymbol(name, self._size(rows, f"{what} {name!r}"),
-                            self._size(cols, f"{what} {name!r}"))
+        return MatrixSymbol(
+            name, self._size(rows, f"{what} {name!r}"), self._size(cols, f"{what} {name!r}")
+        )
 
     def _add(self, var: Variable) -> Variable:
         self._vars[var.name] = var
@@ -123,9 +123,7 @@ class Cell:
             raise CellError(f"{what}: {exc}") from None
         if term.cell is not None and term.cell is not self:
             raise CellError(f"{what}: the expression belongs to cell {term.cell.name!r}")
-        unknown = sorted(
-            s.name for s in leaves(term.expr) if self._by_symbol.get(s) is None
-        )
+        unknown = sorted(s.name for s in leaves(term.expr) if self._by_symbol.get(s) is None)
         if unknown:
             raise CellError(
                 f"{what}: {_sstr(term.expr)} uses {', '.join(unknown)}, which "
@@ -230,10 +228,7 @@ class Cell:
         allowed = {v.symbol for v in self._vars.values() if v.kind in ("input", "param")}
         allowed |= {s.prev.symbol for s in self.states.values()}
         for name, term in self.updates.items():
-            bad = sorted(
-                s.name for s in leaves(term.expr)
-                if s not in allowed
-            )
+            bad = sorted(s.name for s in leaves(term.expr) if s not in allowed)
             if bad:
                 later = [b for b in bad if b in self.states]
                 reason = (

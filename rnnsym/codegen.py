@@ -289,7 +289,9 @@ class KernelGenerator:
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
         for n, state in cell.states.items():
             stmts.append(Line(f"{n} = {self.all_name[n]}[1:]", defines=n))
-            stmts.append(Line(f"{state.prev.name} = {self.all_name[n]}[:-1]", defines=state.prev.name))
+            stmts.append(
+                Line(f"{state.prev.name} = {self.all_name[n]}[:-1]", defines=state.prev.name)
+            )
         return stmts, seq
 
     # ----- phase 2: outputs, loss and loss-local adjoints, all t at once -----
@@ -369,8 +371,11 @@ class KernelGenerator:
             terms = []
             shape = states[n].shape
             if n in local_names:
-                terms.append(loop.name(MatrixSymbol(f"{local_names[n]}[t]", *shape),
-                                       f"{local_names[n]}[t]", True))
+                terms.append(
+                    loop.name(
+                        MatrixSymbol(f"{local_names[n]}[t]", *shape), f"{local_names[n]}[t]", True
+                    )
+                )
             terms.extend(local_exprs[n])
             if n in d.carry:
                 terms.append(loop.name(MatrixSymbol(carry_names[n], *shape), carry_names[n], True))
@@ -440,9 +445,7 @@ class KernelGenerator:
         grads.stmts.append(Comment("parameter gradients, eqs. (6)-(8): one contraction each"))
         grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
-        grad_body = [
-            *fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")
-        ]
+        grad_body = [*fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")]
         return self.module(forward_body, grad_body)
 
     def unpack(self, groups) -> list:
@@ -584,8 +587,9 @@ def _assemble(gen: KernelGenerator, fwd: str, grad: str, helpers: set[str]) -> s
 
 
 def _indent_doc(text: str) -> str:
-    return "\n".join(("    " + line) if line else "" for line in text.replace("\\", "\\\\")
-                     .splitlines())
+    return "\n".join(
+        ("    " + line) if line else "" for line in text.replace("\\", "\\\\").splitlines()
+    )
 
 
 def _spec(cell) -> dict:
@@ -608,4 +612,3 @@ def _spec(cell) -> dict:
 def generate_module(derivation: Derivation) -> str:
     """The source of the kernel module of a derived cell."""
     return KernelGenerator(derivation).generate()
-

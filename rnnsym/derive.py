@@ -98,7 +98,9 @@ class Derivation:
             eqs.append(Equation(self.adjoint(name), expr, self.labels.get(f"g_{name}", "")))
         for name in reversed(list(self.cell.states)):
             eqs.append(
-                Equation(self.adjoint(name), self.state_adjoint(name), self.labels.get(f"g_{name}", ""))
+                Equation(
+                    self.adjoint(name), self.state_adjoint(name), self.labels.get(f"g_{name}", "")
+                )
             )
         for name, expr in self.param_terms.items():
             eqs.append(Equation(f"grad:{name}", expr, self.labels.get(name, "")))
@@ -145,9 +147,7 @@ def _postorder(root: MatrixExpr) -> list[MatrixExpr]:
 
 def backprop(root: MatrixExpr, ans: MatrixExpr, g: MatrixExpr, differentiable: set) -> dict:
     """Cotangents of the leaves in ``differentiable`` reached from ``root`` with cotangent g."""
-    live = {
-        node for node in _postorder(root) if leaves(node) & differentiable
-    }
+    live = {node for node in _postorder(root) if leaves(node) & differentiable}
     cotangents: dict[MatrixExpr, list[MatrixExpr]] = {root: [g]}
     result: dict[MatrixSymbol, MatrixExpr] = {}
     for node in reversed(_postorder(root)):

@@ -105,9 +105,7 @@ class Term:
 
     def _same_shape(self, other: Term, op: str) -> None:
         if self.shape != other.shape:
-            raise ShapeError(
-                f"cannot {op} {_describe(self)} and {_describe(other)}: shapes differ"
-            )
+            raise ShapeError(f"cannot {op} {_describe(self)} and {_describe(other)}: shapes differ")
 
     def __matmul__(self, other) -> Term:
         if _is_scalar(other):

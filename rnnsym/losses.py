@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sympy as sp
+from sympy import Transpose
 
 from .errors import ShapeError
 from .expr import Term, as_term
-from sympy import Transpose
-
 from .ops import add, mul, shape_str
 
 __all__ = ["squared_error", "linear_loss"]

@@ -187,9 +187,7 @@ class RowPrinter(Printer):
         return f"{self._number(coeff)} * {text}"
 
     def _print_not_supported(self, expr):
-        raise DerivationError(
-            f"cannot print {type(expr).__name__} as NumPy code: {sp.sstr(expr)}"
-        )
+        raise DerivationError(f"cannot print {type(expr).__name__} as NumPy code: {sp.sstr(expr)}")
 
     emptyPrinter = _print_not_supported
 
@@ -216,10 +214,16 @@ class RowPrinter(Printer):
         for i, term in enumerate(expr.args):
             coeff, factors = coeff_and_factors(term)
             if coeff.is_number and coeff < 0:
-                positive = factors[0] if coeff == -1 and len(factors) == 1 else MatMul(
-                    -coeff, *factors
-                ) if coeff != -1 else MatMul(*factors)
-                parts.append(f" - {self.paren_sum(positive)}" if i else f"-{self.paren_sum(positive)}")
+                positive = (
+                    factors[0]
+                    if coeff == -1 and len(factors) == 1
+                    else MatMul(-coeff, *factors)
+                    if coeff != -1
+                    else MatMul(*factors)
+                )
+                parts.append(
+                    f" - {self.paren_sum(positive)}" if i else f"-{self.paren_sum(positive)}"
+                )
             else:
                 parts.append(f" + {self._print(term)}" if i else self._print(term))
         return "".join(parts)
@@ -247,14 +251,18 @@ class RowPrinter(Printer):
             return self._print(expr)
         if isinstance(expr, Transpose):
             inner = expr.arg
-            return f"{self._literal(inner)}.T" if isinstance(inner, MatrixSymbol) else (
-                f"({self._literal(inner)}).T"
+            return (
+                f"{self._literal(inner)}.T"
+                if isinstance(inner, MatrixSymbol)
+                else (f"({self._literal(inner)}).T")
             )
         if isinstance(expr, MatMul):
             coeff, factors = coeff_and_factors(expr)
             text = " @ ".join(
-                self._literal(f) if isinstance(f, (MatrixSymbol, Transpose)) else
-                f"({self._literal(f)})" for f in factors
+                self._literal(f)
+                if isinstance(f, (MatrixSymbol, Transpose))
+                else f"({self._literal(f)})"
+                for f in factors
             )
             return self._scaled(coeff, text)
         return self._print(expr)
@@ -360,4 +368,3 @@ class RowPrinter(Printer):
         lines = [doc] + body.splitlines()
         indented = "\n".join(("    " + line) if line else line for line in lines)
         return f"def {stmt.name}({', '.join(stmt.args)}):\n{indented}"
-

@@ -62,7 +62,9 @@ class TextPrinter(StrPrinter):
     def _paren(self, expr) -> str:
         text = self._print(expr)
         simple = isinstance(expr, MatrixSymbol) or type(expr).__name__ in ("Apply", "OneMatrix")
-        simple = simple or (type(expr).__name__ == "Transpose" and isinstance(expr.arg, MatrixSymbol))
+        simple = simple or (
+            type(expr).__name__ == "Transpose" and isinstance(expr.arg, MatrixSymbol)
+        )
         return text if simple else f"({text})"
 
     def _print_OneMatrix(self, expr) -> str:
@@ -94,8 +96,10 @@ class TextPrinter(StrPrinter):
         for i, term in enumerate(expr.args):
             coeff, factors = coeff_and_factors(term)
             if coeff.is_number and coeff < 0:
-                positive = MatMul(-coeff, *factors) if coeff != -1 else (
-                    factors[0] if len(factors) == 1 else MatMul(*factors)
+                positive = (
+                    MatMul(-coeff, *factors)
+                    if coeff != -1
+                    else (factors[0] if len(factors) == 1 else MatMul(*factors))
                 )
                 text = self._print(positive)
                 out.append(f" − {text}" if i else f"−{text}")
@@ -169,8 +173,10 @@ def derivation_text(derivation) -> str:
             lines.append(_TITLES[sect])
             section = sect
         tag = f"    [{label}]" if label else ""
-        lines.append(f"  {left.rjust(width)} {'=' if sect != 'gradient' else ''}"
-                     f"{' ' if sect != 'gradient' else ''}{right}{tag}".replace("  =", " ="))
+        lines.append(
+            f"  {left.rjust(width)} {'=' if sect != 'gradient' else ''}"
+            f"{' ' if sect != 'gradient' else ''}{right}{tag}".replace("  =", " =")
+        )
     return "\n".join(lines)
 
 

@@ -1,0 +1,115 @@
+"""The ``rnnsym`` command: derive, generate and verify a cell from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from . import __version__, cells
+from .cell import Cell
+from .errors import RnnsymError
+
+__all__ = ["main"]
+
+
+def _load_user_cell(spec: str) -> Cell:
+    """``path/to/file.py:function`` -> the Cell that function returns."""
+    path_text, sep, func_name = spec.rpartition(":")
+    if not sep or not path_text or not func_name:
+        raise RnnsymError(f"expected PATH.py:FUNCTION, got {spec!r}")
+    path = Path(path_text)
+    if not path.is_file():
+        raise RnnsymError(f"no such file: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"rnnsym_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    func = getattr(module, func_name, None)
+    if func is None or not callable(func):
+        raise RnnsymError(f"{path} defines no function {func_name!r}")
+    cell = func()
+    if not isinstance(cell, Cell):
+        raise RnnsymError(f"{spec} returned {type(cell).__name__}; it must return an rnnsym.Cell")
+    return cell
+
+
+def _run(cell: Cell, args: argparse.Namespace) -> int:
+    from .kernel import compile_cell
+    from .verify import verify
+
+    kernel = compile_cell(cell)
+    out = sys.stdout
+    if args.latex:
+        out.write(kernel.derivation.latex() + "\n")
+    else:
+        out.write(kernel.derivation.pretty() + "\n")
+    if args.emit:
+        path = kernel.write(args.emit)
+        out.write(
+            f"\nKernel written to {path} ({len(kernel.source.splitlines())} lines, "
+            f"needs only NumPy)\n"
+        )
+    if args.no_verify:
+        return 0
+    out.write("\n")
+    out.flush()
+    report = verify(cell, kernel=kernel, T=args.T)
+    out.write(str(report) + "\n")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnsym",
+        description="Derive back-propagation through time for a recurrent cell, generate a "
+        "NumPy kernel for it and verify both.",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnsym {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--latex", action="store_true", help="print the derivation as LaTeX")
+        p.add_argument("--emit", metavar="PATH", help="write the generated kernel module here")
+        p.add_argument("--no-verify", action="store_true", help="skip the verification report")
+        p.add_argument("--T", type=int, default=3, help="steps for the scalar oracle (default 3)")
+
+    derive_p = sub.add_parser("derive", help="derive a built-in cell and verify it")
+    derive_p.add_argument(
+        "cell",
+        nargs="?",
+        default="elman",
+        help=f"built-in cell: {', '.join(sorted(cells.BUILTIN))} (default elman)",
+    )
+    common(derive_p)
+    verify_p = sub.add_parser("verify", help="derive and verify a cell defined in a file")
+    verify_p.add_argument(
+        "target",
+        metavar="PATH.py:FUNC",
+        help="a file and the function in it that returns an rnnsym.Cell",
+    )
+    common(verify_p)
+    sub.add_parser("cells", help="list the built-in cells")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "cells":
+            for name, make in sorted(cells.BUILTIN.items()):
+                print(f"{name:12s} {(make.__doc__ or '').strip().splitlines()[0]}")
+            return 0
+        cell = cells.get(args.cell) if args.command == "derive" else _load_user_cell(args.target)
+        return _run(cell, args)
+    except (RnnsymError, ValueError) as exc:
+        print(f"rnnsym: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

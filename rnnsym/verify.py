@@ -1,0 +1,337 @@
+"""Independent checks of a derivation and of a generated kernel.
+
+* :func:`scalar_oracle` unrolls the cell for small concrete sizes and T into scalar SymPy
+  expressions, differentiates the total loss with ``sympy.diff`` (nothing of rnnsym's derivation
+  is used), and compares with the matrix-form derivation evaluated step by step; both are
+  evaluated with mpmath at ``digits`` significant digits at a random rational point.
+* :func:`check_gradients` compares a kernel's gradients with central finite differences.
+* :func:`verify` runs both and gives the report ``rnnsym derive`` prints.
+
+Expression swell keeps the symbolic oracle to tiny sizes (n ≈ 2, T ≈ 3): that is its purpose,
+an exact reference for small cases; finite differences cover realistic sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+from sympy import ImmutableMatrix, MatrixSymbol
+
+from .cell import Cell
+from .derive import Derivation, adjoint_symbol, derive
+
+__all__ = [
+    "OracleReport",
+    "GradientReport",
+    "VerificationReport",
+    "scalar_oracle",
+    "check_gradients",
+    "random_problem",
+    "verify",
+]
+
+
+# ----- the scalar oracle -----
+
+
+@dataclass
+class OracleReport:
+    """Agreement between ``sympy.diff`` of the unrolled loss and the derivation, per parameter."""
+
+    sizes: dict[str, int]
+    T: int
+    digits: int
+    agreement: dict[str, float]  # agreeing significant digits (worst entry), per parameter
+    required: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(d >= self.required for d in self.agreement.values())
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        worst = min(self.agreement.values()) if self.agreement else float("inf")
+        status = "ok" if self.ok else "FAILED"
+        shown = "exact" if math.isinf(worst) else f"{worst:.0f} digits"
+        return (
+            f"scalar oracle ({sizes}, T={self.T}, sympy.diff of the unrolled loss, "
+            f"{self.digits}-digit mpmath): worst agreement {shown} "
+            f"(need {self.required}) — {status} [{self.seconds:.1f} s]"
+        )
+
+
+def _concrete_sizes(cell: Cell, sizes: dict | None) -> dict[sp.Symbol, int]:
+    chosen = {}
+    for i, (name, symbol) in enumerate(sorted(cell.size_symbols.items())):
+        chosen[symbol] = int((sizes or {}).get(name, 2 + i % 2))
+    return chosen
+
+
+def _concrete(symbol: MatrixSymbol, dims: dict) -> MatrixSymbol:
+    return symbol.xreplace(dims)
+
+
+def _explicit(expr, dims: dict, env: dict) -> ImmutableMatrix:
+    """Evaluate a matrix expression with concrete matrices bound to its symbols."""
+    concrete = expr.xreplace(dims)
+    bound = concrete.xreplace(env)
+    return ImmutableMatrix(bound.as_explicit())
+
+
+def _rational(rng: random.Random) -> sp.Rational:
+    return sp.Rational(rng.randint(-9, 9), 10) + sp.Rational(rng.choice((1, -1)), 37)
+
+
+def _random_matrix(rng, rows, cols) -> ImmutableMatrix:
+    return ImmutableMatrix(rows, cols, [_rational(rng) for _ in range(rows * cols)])
+
+
+def _agreement(a: sp.Expr, b: sp.Expr, digits: int) -> float:
+    a, b = sp.Float(a, digits), sp.Float(b, digits)
+    scale = max(abs(a), abs(b))
+    if scale == 0 or a == b:
+        return float("inf")
+    return float(-sp.log(abs(a - b) / scale, 10))
+
+
+def scalar_oracle(
+    cell: Cell,
+    sizes: dict[str, int] | None = None,
+    T: int = 3,
+    seed: int = 0,
+    digits: int = 60,
+    required: int = 40,
+    derivation: Derivation | None = None,
+) -> OracleReport:
+    """Check the derivation against ``sympy.diff`` of the scalar-unrolled loss."""
+    start = time.perf_counter()
+    d = derivation or derive(cell)
+    dims = _concrete_sizes(cell, sizes)
+    rng = random.Random(seed)
+
+    def shape(var):
+        return tuple(int(s.xreplace(dims)) for s in var.symbol.shape)
+
+    param_syms = {
+        n: ImmutableMatrix(*shape(p), lambda i, j, n=n: sp.Symbol(f"{n}_{i}_{j}"))
+        for n, p in cell.params.items()
+    }
+    point = {s: _rational(rng) for m in param_syms.values() for s in m.free_symbols}
+    point = dict(sorted(point.items(), key=lambda kv: kv[0].name))
+    data = []
+    for _ in range(T):
+        step = {}
+        for var in [*cell.inputs.values(), *cell.targets.values()]:
+            step[var.name] = _random_matrix(rng, *shape(var))
+        data.append(step)
+    h0 = {n: ImmutableMatrix.zeros(*shape(s)) for n, s in cell.states.items()}
+
+    def run_forward(params: dict, evaluate):
+        """Per-step environments {concrete symbol: matrix} of the unrolled cell."""
+        envs = []
+        prev = dict(h0)
+        for t in range(T):
+            env = {_concrete(p.symbol, dims): params[n] for n, p in cell.params.items()}
+            for var in [*cell.inputs.values(), *cell.targets.values()]:
+                env[_concrete(var.symbol, dims)] = data[t][var.name]
+            for n, s in cell.states.items():
+                env[_concrete(s.prev.symbol, dims)] = prev[n]
+            for n in cell.updates:
+                value = evaluate(_explicit(cell.updates[n].expr, dims, env))
+                env[_concrete(cell.states[n].symbol, dims)] = value
+            for n, term in cell.output_defs.items():
+                env[_concrete(cell.outputs[n].symbol, dims)] = evaluate(
+                    _explicit(term.expr, dims, env)
+                )
+            prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
+            envs.append(env)
+        return envs
+
+    # 1. the oracle: the total loss as one scalar expression, differentiated by SymPy
+    envs = run_forward(param_syms, lambda m: m)
+    total = sp.Add(*[_explicit(cell.loss_expr, dims, env)[0, 0] for env in envs])
+    oracle = {}
+    for n, matrix in param_syms.items():
+        oracle[n] = matrix.applyfunc(lambda s: sp.diff(total, s).xreplace(point).evalf(digits))
+
+    # 2. the matrix-form derivation, evaluated step by step at the same point
+    def num(m):
+        return m.evalf(digits)
+
+    values = {n: num(m.xreplace(point)) for n, m in param_syms.items()}
+    envs = run_forward(values, num)
+    grads = {n: ImmutableMatrix.zeros(*m.shape) for n, m in values.items()}
+    carry: dict[str, ImmutableMatrix] = {}
+    for env in reversed(envs):
+        for n, expr in d.output_adjoints.items():
+            symbol = _concrete(adjoint_symbol(cell.outputs[n].symbol), dims)
+            env[symbol] = num(_explicit(expr, dims, env))
+        for n in reversed(list(cell.updates)):
+            state = cell.states[n]
+            total_adjoint = ImmutableMatrix.zeros(*shape(state))
+            for term in d.state_local[n]:
+                total_adjoint += _explicit(term, dims, env)
+            if n in carry:
+                total_adjoint += carry[n]
+            env[_concrete(adjoint_symbol(state.symbol), dims)] = num(total_adjoint)
+        for n, term in d.param_terms.items():
+            grads[n] = grads[n] + num(_explicit(term, dims, env))
+        carry = {n: num(_explicit(expr, dims, env)) for n, expr in d.carry.items()}
+
+    agreement = {}
+    for n in param_syms:
+        agreement[n] = min(
+            _agreement(a, b, digits) for a, b in zip(oracle[n], grads[n], strict=True)
+        )
+    return OracleReport(
+        sizes={s.name: v for s, v in dims.items()},
+        T=T,
+        digits=digits,
+        agreement=agreement,
+        required=required,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ----- finite differences -----
+
+
+@dataclass
+class GradientReport:
+    """Relative error ‖g_fd − g‖ / max(‖g_fd‖, ‖g‖) of each parameter's gradient."""
+
+    errors: dict[str, float]
+    eps: float
+    tolerance: float
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values()) if self.errors else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.max_error <= self.tolerance
+
+    def __getitem__(self, name: str) -> float:
+        return self.errors[name]
+
+    def __str__(self) -> str:
+        width = max((len(n) for n in self.errors), default=4)
+        lines = [
+            f"central finite differences (eps={self.eps:g}, float64), relative error per "
+            f"parameter (tolerance {self.tolerance:g}):"
+        ]
+        for name, err in self.errors.items():
+            mark = "ok" if err <= self.tolerance else "FAILED"
+            lines.append(f"  {name.ljust(width)}  {err:9.2e}  {mark}")
+        return "\n".join(lines)
+
+
+def check_gradients(
+    kernel,
+    params: dict,
+    inputs: dict,
+    targets: dict,
+    h0=None,
+    eps: float = 1e-6,
+    tolerance: float = 1e-6,
+) -> GradientReport:
+    """Central finite differences of the kernel's loss against its gradients, in float64.
+
+    The tolerance is relative: central differences have truncation error O(eps²) and rounding
+    error O(1e-16 / eps) relative to the loss, about 1e-9 to 1e-8 here, so 1e-6 flags real
+    errors and not noise.
+    """
+    as64 = {n: np.asarray(v, dtype=np.float64) for n, v in params.items()}
+    inputs64 = {n: np.asarray(v, dtype=np.float64) for n, v in inputs.items()}
+    targets64 = {n: np.asarray(v, dtype=np.float64) for n, v in targets.items()}
+    if isinstance(h0, dict):
+        h064 = {n: np.asarray(v, dtype=np.float64) for n, v in h0.items()}
+    else:
+        h064 = None if h0 is None else np.asarray(h0, dtype=np.float64)
+    _, grads = kernel.loss_and_grad(as64, inputs64, targets64, h064)
+    errors = {}
+    for name, value in as64.items():
+        numeric = np.zeros_like(value)
+        flat = value.reshape(-1)
+        out = numeric.reshape(-1)
+        for i in range(flat.size):
+            saved = flat[i]
+            flat[i] = saved + eps
+            plus = float(kernel.loss_and_grad(as64, inputs64, targets64, h064)[0])
+            flat[i] = saved - eps
+            minus = float(kernel.loss_and_grad(as64, inputs64, targets64, h064)[0])
+            flat[i] = saved
+            out[i] = (plus - minus) / (2 * eps)
+        scale = max(np.linalg.norm(numeric), np.linalg.norm(grads[name]), 1e-300)
+        errors[name] = float(np.linalg.norm(numeric - grads[name]) / scale)
+    return GradientReport(errors=errors, eps=eps, tolerance=tolerance)
+
+
+def random_problem(
+    cell: Cell, sizes: dict[str, int] | None = None, T: int = 5, B: int = 2, seed: int = 0
+):
+    """Random float64 (params, inputs, targets) for a cell at concrete sizes."""
+    rng = np.random.default_rng(seed)
+    dims = {}
+    for i, (name, symbol) in enumerate(sorted(cell.size_symbols.items())):
+        dims[symbol] = int((sizes or {}).get(name, 3 + i))
+
+    def shape(var):
+        return tuple(int(s.xreplace(dims)) for s in var.symbol.shape)
+
+    params = {}
+    for n, p in cell.params.items():
+        rows, cols = shape(p)
+        scale = 0.8 / math.sqrt(cols) if cols > 1 else 0.3
+        params[n] = rng.normal(0.0, scale, size=(rows, cols) if cols > 1 else (rows,))
+    inputs = {n: rng.normal(size=(T, B, shape(v)[0])) for n, v in cell.inputs.items()}
+    targets = {n: rng.normal(size=(T, B, shape(v)[0])) for n, v in cell.targets.items()}
+    return params, inputs, targets
+
+
+# ----- both -----
+
+
+@dataclass
+class VerificationReport:
+    """The oracle and finite-difference checks of one cell."""
+
+    oracle: OracleReport
+    gradients: GradientReport
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.oracle.ok and self.gradients.ok
+
+    def __str__(self) -> str:
+        lines = ["Verification", f"  {self.oracle}"]
+        for name, digits in self.oracle.agreement.items():
+            shown = "exact" if math.isinf(digits) else f"{digits:.0f} digits"
+            lines.append(f"    {name}: {shown}")
+        lines.append("  " + str(self.gradients).replace("\n", "\n  "))
+        lines.extend(f"  {note}" for note in self.notes)
+        lines.append(f"  result: {'all checks passed' if self.ok else 'CHECKS FAILED'}")
+        return "\n".join(lines)
+
+
+def verify(cell: Cell, kernel=None, T: int = 3, seed: int = 0) -> VerificationReport:
+    """Run the scalar oracle on the derivation and finite differences on the kernel."""
+    from .kernel import compile_cell
+
+    kernel = kernel or compile_cell(cell)
+    oracle = scalar_oracle(cell, T=T, seed=seed, derivation=kernel.derivation)
+    params, inputs, targets = random_problem(cell, T=5, B=2, seed=seed)
+    grads = check_gradients(kernel, params, inputs, targets)
+    sizes = ", ".join(
+        f"{s.name}={3 + i}" for i, (_, s) in enumerate(sorted(cell.size_symbols.items()))
+    )
+    note = f"(finite differences at {sizes}, T=5, B=2)"
+    return VerificationReport(oracle=oracle, gradients=grads, notes=[note])
