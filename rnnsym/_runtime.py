@@ -41,14 +41,14 @@ def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _check_arrays(spec, params, inputs, targets, initial):
+def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
     """Validate the arrays against SPEC; return (sizes, T, B, dtype, initial states).
 
     Every failure raises ValueError naming the array, its shape or dtype and what was expected.
     """
     groups = [("params", params, spec["params"], False)]
     groups.append(("inputs", inputs, spec["inputs"], True))
-    if targets is not None:
+    if with_targets:
         groups.append(("targets", targets, spec["targets"], True))
     for group, given, expected, _ in groups:
         if not isinstance(given, dict):
@@ -159,7 +159,7 @@ def _match(label, body, dims, sizes, size_source, shape, is_sequence):
         raise ValueError(
             f"{label} has shape {_shape_text(shape)}; expected {_expected_text(dims, is_sequence)}"
         )
-    for axis, (dim, got) in enumerate(zip(dims, body)):
+    for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
         if isinstance(dim, int):
             if got != dim:
                 raise ValueError(
@@ -173,12 +173,10 @@ def _match(label, body, dims, sizes, size_source, shape, is_sequence):
             size_source[dim] = label
         elif sizes[dim] != got:
             concrete = tuple(
-                _resolve(d, sizes) if d in sizes or isinstance(d, int) else d for d in dims
+                _resolve(d, sizes) if isinstance(d, int) or d in sizes else d for d in dims
             )
-            lead = "(T, B, " if is_sequence else "("
             raise ValueError(
                 f"{label} has shape {_shape_text(shape)}; expected "
-                f"{_expected_text(dims, is_sequence)} = {lead}"
-                f"{', '.join(str(c) for c in concrete)}) with {dim} = {sizes[dim]} from "
-                f"{size_source[dim]}"
+                f"{_expected_text(dims, is_sequence)} = {_expected_text(concrete, is_sequence)} "
+                f"with {dim} = {sizes[dim]} from {size_source[dim]}"
             )

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import keyword
+
 import sympy as sp
 
 from .errors import CellError
@@ -60,12 +62,16 @@ def get_activation(name: str) -> Activation:
 
 
 def _scalar_derivative(name: str, scalar: Callable[[sp.Expr], sp.Expr]) -> Derivative:
-    """f′ as a new activation ``d<name>`` derived by SymPy, applied to the argument."""
-    d = sp.Dummy("d")
+    """f′ as a new activation named ``f'`` derived by SymPy, applied to the argument.
+
+    The apostrophe keeps derivative names apart from anything a user can name.
+    """
+    d = sp.Dummy("d", real=True)
     expr = sp.diff(scalar(d), d)
-    prime_name = f"d{name}"
+    prime_name = f"{name}'"
     if prime_name not in ACTIVATIONS:
-        _register_scalar(prime_name, sp.Lambda(d, expr), rf"\operatorname{{{name}}}'")
+        latex = get_activation(name).latex + "'"
+        _register_scalar(prime_name, sp.Lambda(d, expr), latex)
     return lambda x, ans: Apply(prime_name, x)
 
 
@@ -99,16 +105,16 @@ def elementwise(name: str, function) -> Callable:
     (1 + sympy.Abs(z))``) or a ``sympy.Lambda``. Returns a function that applies it to a cell
     expression. Its derivative is derived by SymPy when a cell using it is derived.
     """
-    if not (isinstance(name, str) and name.isidentifier()):
+    if not (isinstance(name, str) and name.isidentifier()) or keyword.iskeyword(name):
         raise CellError(f"elementwise name must be a Python identifier, got {name!r}")
-    d = sp.Dummy("d")
+    d = sp.Dummy("d", real=True)
     try:
         body = sp.sympify(function(d))
     except Exception as exc:  # the user's function could raise anything
         raise CellError(
             f"elementwise({name!r}): calling the function on a SymPy symbol failed: {exc}"
         ) from exc
-    if not isinstance(body, sp.Expr) or body.free_symbols - {d}:
+    if not isinstance(body, sp.Expr) or body.is_Matrix or body.free_symbols - {d}:
         raise CellError(
             f"elementwise({name!r}): the function must return a scalar SymPy expression of its "
             f"one argument, got {body!r}"
@@ -116,7 +122,7 @@ def elementwise(name: str, function) -> Callable:
     lam = sp.Lambda(d, body)
     existing = _USER_DEFINITIONS.get(name)
     if existing is not None:
-        if existing != lam:
+        if sp.simplify(existing(d) - body) != 0:
             raise CellError(
                 f"elementwise function {name!r} is already defined as {existing.expr} "
                 f"(argument {existing.variables[0]}); choose another name"

@@ -19,10 +19,44 @@ from .ops import add, leaves, shape_str
 
 __all__ = ["Cell"]
 
-# Names the generated code uses for itself.
+# Names the generated code uses for itself (and the builtins it calls).
 RESERVED = frozenset(
-    {"np", "numpy", "t", "T", "B", "loss", "grads", "params", "inputs", "targets", "h0"}
+    {
+        "np",
+        "numpy",
+        "t",
+        "T",
+        "B",
+        "L",
+        "loss",
+        "grads",
+        "params",
+        "inputs",
+        "targets",
+        "h0",
+        "sizes",
+        "states",
+        "dtype",
+        "range",
+        "dict",
+        "float",
+        "int",
+        "len",
+        "SPEC",
+        "forward",
+        "loss_and_grad",
+    }
 )
+
+
+def _check_name(name, what: str) -> None:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise CellError(f"{what} name must be a Python identifier, got {name!r}")
+    if name.startswith("_") or name.startswith("g_") or name in RESERVED:
+        raise CellError(
+            f"{what} name {name!r} is reserved for generated code (names starting with "
+            f"'_' or 'g_', or one of {', '.join(sorted(RESERVED))})"
+        )
 
 
 def _sstr(expr) -> str:
@@ -47,10 +81,15 @@ class Cell:
 
     def dims(self, names: str):
         """Symbolic sizes (positive integers); ``n, m = cell.dims("n m")``."""
+        if not isinstance(names, str):
+            raise CellError(f"dims() takes the size names in one string, got {names!r}")
         syms = sp.symbols(names, integer=True, positive=True)
-        for s in syms if isinstance(syms, tuple) else (syms,):
-            if not s.name.isidentifier():
-                raise CellError(f"size name {s.name!r} is not a valid identifier")
+        group = syms if isinstance(syms, tuple) else (syms,)
+        for s in group:  # check every name before declaring any
+            _check_name(s.name, "size")
+            if s.name in self._dims or s.name in self._vars:
+                raise CellError(f"size name {s.name!r} is already used in cell {self.name!r}")
+        for s in group:
             self._dims[s.name] = s
         return syms
 
@@ -62,8 +101,17 @@ class Cell:
                 raise CellError(f"{what}: size must be positive, got {size}")
             return sp.Integer(size)
         if isinstance(size, sp.Symbol):
-            if self._dims.get(size.name) is not size:
-                self._dims.setdefault(size.name, size)
+            known = self._dims.get(size.name)
+            if known is None:
+                raise CellError(
+                    f"{what}: size {size} is not declared in cell {self.name!r}; declare it "
+                    f"with cell.dims({size.name!r})"
+                )
+            if known is not size:
+                raise CellError(
+                    f"{what}: size {size} is a different symbol from the size {size.name!r} "
+                    f"returned by cell.dims(); use that one"
+                )
             return size
         if isinstance(size, sp.Integer) and size > 0:
             return size
@@ -72,13 +120,7 @@ class Cell:
         )
 
     def _new_symbol(self, name: str, rows, cols, what: str) -> MatrixSymbol:
-        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            raise CellError(f"{what} name must be a Python identifier, got {name!r}")
-        if name.startswith("_") or name.startswith("g_") or name in RESERVED:
-            raise CellError(
-                f"{what} name {name!r} is reserved for generated code (names starting with "
-                f"'_' or 'g_', or one of {sorted(RESERVED)})"
-            )
+        _check_name(name, what)
         if name in self._vars or name in self._dims:
             raise CellError(f"{what} name {name!r} is already used in cell {self.name!r}")
         for state in self.states.values():
@@ -86,6 +128,17 @@ class Cell:
                 raise CellError(f"{what} name {name!r} clashes with {state.name}.prev")
         if name.endswith("_prev") and name[:-5] in self._vars:
             raise CellError(f"{what} name {name!r} clashes with {name[:-5]}.prev")
+        if what == "state" and f"{name}_prev" in self._vars:
+            raise CellError(f"state name {name!r}: {name}.prev would clash with {name}_prev")
+        for var in self._vars.values():
+            if var.kind == "state" and name in (f"{var.name}_t", f"{var.name}_prev_t"):
+                raise CellError(
+                    f"{what} name {name!r} clashes with the generated code of {var.name}"
+                )
+            if what == "state" and var.name in (f"{name}_t", f"{name}_prev_t"):
+                raise CellError(
+                    f"state name {name!r} clashes with {var.kind} {var.name!r} in the generated code"
+                )
         return MatrixSymbol(
             name, self._size(rows, f"{what} {name!r}"), self._size(cols, f"{what} {name!r}")
         )
@@ -121,8 +174,17 @@ class Cell:
             term = as_term(expr, self)
         except CellError as exc:
             raise CellError(f"{what}: {exc}") from None
+        foreign = sorted(
+            f"{sym.name} {shape_str(sym)}"
+            for sym in leaves(term.expr)
+            if self._by_symbol.get(sym) is None
+        )
         if term.cell is not None and term.cell is not self:
-            raise CellError(f"{what}: the expression belongs to cell {term.cell.name!r}")
+            raise CellError(
+                f"{what}: {_sstr(term.expr)} {shape_str(term.expr)} belongs to cell "
+                f"{term.cell.name!r}"
+                + (f" ({', '.join(foreign)} not declared in {self.name!r})" if foreign else "")
+            )
         unknown = sorted(s.name for s in leaves(term.expr) if self._by_symbol.get(s) is None)
         if unknown:
             raise CellError(
@@ -219,6 +281,14 @@ class Cell:
         """Check what needs the whole cell; raises :class:`CellError` naming the problem."""
         if not self._vars:
             raise CellError(f"cell {self.name!r} declares nothing")
+        if not self.states:
+            raise CellError(
+                f"cell {self.name!r} has no state; a recurrent cell needs cell.state(name, size)"
+            )
+        if not self.inputs:
+            raise CellError(
+                f"cell {self.name!r} has no input; declare x(t) with cell.input(name, size)"
+            )
         for name in self.states:
             if name not in self.updates:
                 raise CellError(

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cell = cells.get(args.cell) if args.command == "derive" else _load_user_cell(args.target)
         return _run(cell, args)
-    except (RnnsymError, ValueError) as exc:
+    except (RnnsymError, ValueError, OSError) as exc:
         print(f"rnnsym: error: {exc}", file=sys.stderr)
         return 2
 

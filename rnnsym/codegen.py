@@ -199,6 +199,7 @@ class KernelGenerator:
         for state in cell.states.values():
             self.batch.add(state.prev.symbol)
         self.helpers: set[str] = set()
+        self.hoisted_seq: dict = {}  # subexpression -> name of its array for all t
         self.unhoist: dict = {}  # placeholder "v0[t]" -> the subexpression it stands for
 
     def is_batch(self, expr) -> bool:
@@ -227,7 +228,8 @@ class KernelGenerator:
                 return expr
             if expr not in hoisted:
                 name = self.namer.numbered("v")
-                pre.assign(name, expr)
+                self.pending.append((name, expr, ""))
+                self.hoisted_seq[expr] = name
                 symbol = MatrixSymbol(f"{name}[t]", *expr.shape)
                 self.batch.add(symbol)
                 loop_names[symbol] = f"{name}[t]"
@@ -243,8 +245,9 @@ class KernelGenerator:
                 for a in expr.args
                 if leaves(a) & variant
             ]
-            head = [self.hoist(add(*invariant), variant, pre, loop_names, hoisted)]
-            return add(*(head if invariant else []), *rest)
+            if invariant:
+                rest.insert(0, self.hoist(add(*invariant), variant, pre, loop_names, hoisted))
+            return add(*rest)
         args = [
             self.hoist(a, variant, pre, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
             for a in expr.args
@@ -266,10 +269,12 @@ class KernelGenerator:
         pre = Phase(self, seq, "v")
         loop_names = {p.symbol: n for n, p in cell.params.items()}
         hoisted: dict = {}
+        self.pending = []
         body = [
             self.hoist(cell.updates[n].expr, variant, pre, loop_names, hoisted)
             for n in self.state_order
         ]
+        pre.emit(self.pending)
         if pre.stmts:
             stmts.append(Comment("the part of each update that does not depend on t - 1, all t"))
             stmts.extend(pre.stmts)
@@ -348,6 +353,7 @@ class KernelGenerator:
         pre.bound = dict(phase.bound)
         loop_names = {p.symbol: n for n, p in cell.params.items()}
         hoisted: dict = {}
+        self.pending = []
         order = list(reversed(self.state_order))
         local_exprs = {
             n: [self.hoist(e, adjoint_syms, pre, loop_names, hoisted) for e in self.loop_local[n]]
@@ -356,6 +362,7 @@ class KernelGenerator:
         carry_exprs = {
             n: self.hoist(e, adjoint_syms, pre, loop_names, hoisted) for n, e in d.carry.items()
         }
+        pre.emit(self.pending)
         if pre.stmts:
             stmts.append(Comment("forward-only factors of the recurrence, all t at once"))
             stmts.extend(pre.stmts)
@@ -423,19 +430,17 @@ class KernelGenerator:
         forward_body = [*fwd_stmts, *out.stmts, Line(f"return {{{result}}}")]
 
         self.namer = Namer(base_names)  # each function is its own namespace
+        self.hoisted_seq = {}
         fwd_stmts, seq = self.forward_phase()
         phase = self.output_phase(seq)
         local_names = self.loss_phase(phase)
         sums = {n: batch_sum(t, self.is_batch) for n, t in d.param_terms.items()}
-        wanted = set()
-        for total in sums.values():
-            for vector in _sum_vectors(total):
-                wanted |= {
-                    node for node in sp.preorder_traversal(vector) if isinstance(node, MatrixExpr)
-                }
+        wanted = {vector for total in sums.values() for vector in _sum_vectors(total)}
         stored = self.backward_phase(phase, local_names, wanted)
         grads = Phase(self, phase.names, "s")
         grads.bound = dict(phase.bound)
+        for expr, name in self.hoisted_seq.items():
+            grads.bound[expr] = grads.name(MatrixSymbol(name, *expr.shape), name, True)
         for original, seq_name in stored.items():
             grads.bound[original] = grads.name(
                 MatrixSymbol(seq_name, *original.shape), seq_name, True
@@ -563,7 +568,7 @@ def _assemble(gen: KernelGenerator, fwd: str, grad: str, helpers: set[str]) -> s
     forward_api = (
         "def forward(params, inputs, h0=None):\n"
         '    """States and outputs for all t: dict of (T, B, size) arrays."""\n'
-        "    sizes, _, _, _, states = _check_arrays(SPEC, params, inputs, None, h0)\n"
+        "    sizes, _, _, _, states = _check_arrays(SPEC, params, inputs, None, h0, False)\n"
         "    return _forward(params, inputs, states, sizes)"
     )
     grad_api = (

@@ -25,7 +25,7 @@ from sympy import Identity, MatrixExpr, MatrixSymbol
 
 from .cell import Cell
 from .errors import DerivationError
-from .ops import add, leaves
+from .ops import add, coeff_and_factors, leaves
 from .rules import vjp
 
 __all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
@@ -171,21 +171,28 @@ def backprop(root: MatrixExpr, ans: MatrixExpr, g: MatrixExpr, differentiable: s
 
 
 def _param_label(cell: Cell, name: str, term: MatrixExpr) -> str:
+    """Which of the report's eqs. (6)-(8) a parameter's gradient generalises."""
     symbol = cell.params[name].symbol
-    in_outputs = any(symbol in leaves(t.expr) for t in cell.output_defs.values())
-    in_loss = symbol in leaves(cell.loss_expr)
-    syms = leaves(term)
-    if in_outputs or in_loss:
+    if any(symbol in leaves(t.expr) for t in cell.output_defs.values()) or symbol in leaves(
+        cell.loss_expr
+    ):
         return "eq. (6)" if symbol.shape[1] != 1 else "bias, cf. eq. (6)"
     if symbol.shape[1] == 1:
         return "bias, cf. eqs. (7)-(8)"
-    if any(s.name.endswith("_prev") for s in syms):
-        return "eq. (7)"
-    return "eq. (8)"
+    last = coeff_and_factors(term)[1][-1] if isinstance(term, sp.MatMul) else None
+    if isinstance(last, sp.Transpose) and isinstance(last.arg, MatrixSymbol):
+        var = cell.variable(last.arg)
+        if var is not None and var.kind == "prev":
+            return "eq. (7)"
+        if var is not None and var.kind == "input":
+            return "eq. (8)"
+    return "cf. eqs. (7)-(8)"
 
 
 def derive(cell: Cell) -> Derivation:
     """Derive the backward recurrence and the parameter gradients of a cell."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"derive() needs an rnnsym.Cell, got {type(cell).__name__} {cell!r}")
     cell.check()
     states = cell.states
     loss_symbol = MatrixSymbol("L", 1, 1)

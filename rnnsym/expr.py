@@ -32,6 +32,17 @@ def _is_scalar(value) -> bool:
     return isinstance(value, sp.Expr) and value.is_number
 
 
+def _scalar(value) -> sp.Expr:
+    """A scalar as an exact SymPy number: a float becomes the rational of its shortest repr.
+
+    ``0.1`` is kept as 1/10, so the oracle can evaluate the cell at any precision; the
+    generated code prints it back as ``0.1``.
+    """
+    if isinstance(value, float):
+        return sp.Rational(repr(value))
+    return sp.sympify(value)
+
+
 def as_term(value, cell=None) -> Term:
     """Wrap a SymPy matrix expression (or return a Term unchanged)."""
     if isinstance(value, Term):
@@ -121,11 +132,15 @@ class Term:
         return self._wrap(mul(self.expr, other.expr), other)
 
     def __rmatmul__(self, other) -> Term:
+        if _is_scalar(other):
+            raise ShapeError(
+                f"'@' is the matrix product; to scale {_describe(self)} by {other} use '*'"
+            )
         return as_term(other, self.cell).__matmul__(self)
 
     def __mul__(self, other) -> Term:
         if _is_scalar(other):
-            return self._wrap(mul(sp.sympify(other), self.expr))
+            return self._wrap(mul(_scalar(other), self.expr))
         other = as_term(other, self.cell)
         self._same_shape(other, "multiply elementwise ('*')")
         return self._wrap(hadamard(self.expr, other.expr), other)
@@ -138,7 +153,9 @@ class Term:
             raise CellError(
                 f"only division by a scalar is supported, got {_describe(self)} / {other!r}"
             )
-        return self._wrap(mul(1 / sp.sympify(other), self.expr))
+        if _scalar(other) == 0:
+            raise CellError(f"division of {_describe(self)} by zero")
+        return self._wrap(mul(1 / _scalar(other), self.expr))
 
     def __neg__(self) -> Term:
         return self._wrap(mul(-1, self.expr))
@@ -147,7 +164,7 @@ class Term:
         return self
 
     def _broadcast(self, scalar) -> MatrixExpr:
-        return mul(sp.sympify(scalar), ones(*self.shape))
+        return mul(_scalar(scalar), ones(*self.shape))
 
     def __add__(self, other) -> Term:
         if _is_scalar(other):
@@ -163,7 +180,7 @@ class Term:
 
     def __sub__(self, other) -> Term:
         if _is_scalar(other):
-            return self._wrap(add(self.expr, self._broadcast(-sp.sympify(other))))
+            return self._wrap(add(self.expr, self._broadcast(-_scalar(other))))
         other = as_term(other, self.cell)
         self._same_shape(other, "subtract")
         return self._wrap(add(self.expr, mul(-1, other.expr)), other)

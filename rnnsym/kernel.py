@@ -57,5 +57,5 @@ class Kernel:
 
 def compile_cell(cell: Cell) -> Kernel:
     """Derive ``cell`` and build its kernel."""
-    derivation = derive(cell)
+    derivation = derive(cell)  # checks the cell first
     return Kernel(derivation, generate_module(derivation))

@@ -242,8 +242,9 @@ class RowPrinter(Printer):
             if act.numpy.startswith("_"):
                 self.used_helpers.add(act.numpy)
             return f"{act.numpy}({argument})"
-        d = sp.Dummy("d")
-        return _ScalarPrinter(d, f"({argument})").doprint(act.scalar(d))
+        d = sp.Dummy("d", real=True)
+        # parenthesised: the inlined body may be a sum, and the caller treats Apply as atomic
+        return "(" + _ScalarPrinter(d, f"({argument})").doprint(act.scalar(d)) + ")"
 
     def _literal(self, expr) -> str:
         """Parameter-only expressions print as written."""

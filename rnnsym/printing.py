@@ -7,7 +7,7 @@ print bare. ``∘`` is the elementwise (Hadamard) product.
 
 from __future__ import annotations
 
-from sympy import MatAdd, MatMul, MatrixSymbol
+from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
@@ -127,6 +127,47 @@ class DerivationLatexPrinter(LatexPrinter):
 
     def _print_OneMatrix(self, expr) -> str:
         return r"\mathbf{1}"
+
+    def _factor(self, expr) -> str:
+        text = self._print(expr)
+        if isinstance(expr, (MatAdd, HadamardProduct)):
+            return rf"\left({text}\right)"
+        return text
+
+    def _print_Transpose(self, expr) -> str:
+        arg = expr.arg
+        if isinstance(arg, MatrixSymbol):
+            return rf"{{{self._print(arg)}}}^{{\top}}"
+        return rf"\left({self._print(arg)}\right)^{{\top}}"
+
+    def _print_HadamardProduct(self, expr) -> str:
+        return r" \circ ".join(self._factor(a) for a in expr.args)
+
+    def _print_MatMul(self, expr) -> str:
+        coeff, factors = coeff_and_factors(expr)
+        body = " ".join(self._factor(f) for f in factors)
+        if coeff == 1:
+            return body
+        if coeff == -1:
+            return f"-{body}"
+        return f"{self._print(coeff)} {body}"
+
+    def _print_MatAdd(self, expr) -> str:
+        out = []
+        for i, term in enumerate(expr.args):
+            coeff, factors = coeff_and_factors(term)
+            if coeff.is_number and coeff < 0:
+                positive = (
+                    MatMul(-coeff, *factors)
+                    if coeff != -1
+                    else (factors[0] if len(factors) == 1 else MatMul(*factors))
+                )
+                text = self._print(positive)
+                out.append(f" - {text}" if i else f"-{text}")
+            else:
+                text = self._print(term)
+                out.append(f" + {text}" if i else text)
+        return "".join(out)
 
 
 def _rows(derivation) -> list[tuple[str, object, str, str]]:
