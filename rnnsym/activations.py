@@ -8,10 +8,9 @@ forward values: tanh′ = 1 − ans∘ans, σ′ = ans∘(1 − ans), exp′ = a
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import keyword
 
 import sympy as sp
 

@@ -137,7 +137,8 @@ class Cell:
                 )
             if what == "state" and var.name in (f"{name}_t", f"{name}_prev_t"):
                 raise CellError(
-                    f"state name {name!r} clashes with {var.kind} {var.name!r} in the generated code"
+                    f"state name {name!r} clashes with {var.kind} {var.name!r} in the "
+                    "generated code"
                 )
         return MatrixSymbol(
             name, self._size(rows, f"{what} {name!r}"), self._size(cols, f"{what} {name!r}")
