@@ -77,7 +77,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
         for name, dims in expected.items():
             label = f"{group}[{name!r}]"
             array = given[name]
-            if not isinstance(array, np.ndarray):
+            if not isinstance(array, np.ndarray) or isinstance(array, np.matrix):
                 raise ValueError(f"{label} must be a NumPy array, got {type(array).__name__}")
             if array.dtype not in (np.float32, np.float64):
                 raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")

@@ -81,7 +81,7 @@ class Cell:
 
     def dims(self, names: str):
         """Symbolic sizes (positive integers); ``n, m = cell.dims("n m")``."""
-        if not isinstance(names, str):
+        if not isinstance(names, str) or not names.strip():
             raise CellError(f"dims() takes the size names in one string, got {names!r}")
         syms = sp.symbols(names, integer=True, positive=True)
         group = syms if isinstance(syms, tuple) else (syms,)

@@ -449,9 +449,28 @@ class KernelGenerator:
             grads.name(adjoint_symbol(cell.states[n].symbol), f"g_{n}", True)
         grads.stmts.append(Comment("parameter gradients, eqs. (6)-(8): one contraction each"))
         grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
+        self._drop_unused_adjoint_sequences(phase, grads)
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
         grad_body = [*fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")]
         return self.module(forward_body, grad_body)
+
+    def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase) -> None:
+        """Keep ∇h(t) for all t only where a parameter gradient reads it."""
+        used = " ".join(s.value for s in grads.stmts if isinstance(s, Assign))
+        unused = {n for n in self.state_order if not re.search(rf"\bg_{n}\b", used)}
+        drop = {f"g_{n} = np.empty_like({n})" for n in unused}
+        drop |= {f"g_{n}[t] = g_{n}_t" for n in unused}
+        kept = []
+        for stmt in phase.stmts:
+            if isinstance(stmt, Loop):
+                stmt = Loop(
+                    stmt.index,
+                    stmt.iterable,
+                    tuple(s for s in stmt.body if not (isinstance(s, Line) and s.code in drop)),
+                )
+            if not (isinstance(stmt, Line) and stmt.code in drop):
+                kept.append(stmt)
+        phase.stmts[:] = kept
 
     def unpack(self, groups) -> list:
         return [Line(f"{n} = {group}[{n!r}]") for group, names in groups for n in names]

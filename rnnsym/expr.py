@@ -9,6 +9,7 @@ work on it directly).
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import sympy as sp
@@ -25,7 +26,7 @@ def _describe(term: Term) -> str:
 
 
 def _is_scalar(value) -> bool:
-    if isinstance(value, (Term, MatrixExpr)):
+    if isinstance(value, (Term, MatrixExpr, bool)):
         return False
     if isinstance(value, numbers.Number):
         return True
@@ -39,8 +40,13 @@ def _scalar(value) -> sp.Expr:
     generated code prints it back as ``0.1``.
     """
     if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CellError(f"scalars in a cell must be finite, got {value}")
         return sp.Rational(repr(value))
-    return sp.sympify(value)
+    result = sp.sympify(value)
+    if not result.is_finite:
+        raise CellError(f"scalars in a cell must be finite, got {value}")
+    return result
 
 
 def as_term(value, cell=None) -> Term:
