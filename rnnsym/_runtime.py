@@ -27,6 +27,11 @@ def _step(a):
     return (a > 0).astype(a.dtype)
 
 
+def _mm(v, a):
+    # rows of v (any leading axes) times the matrix a, as one 2-D matrix product
+    return (v.reshape(-1, v.shape[-1]) @ a).reshape(v.shape[:-1] + (a.shape[-1],))
+
+
 def _sum_outer(u, v):
     # sum over time and batch of the outer products u(t, b) v(t, b)^T: one matrix product
     return u.reshape(-1, u.shape[-1]).T @ v.reshape(-1, v.shape[-1])

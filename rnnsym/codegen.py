@@ -21,7 +21,7 @@ import pprint
 import re
 
 import sympy as sp
-from sympy import MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
+from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
 
 from . import _runtime
 from .derive import Derivation, adjoint_symbol
@@ -37,7 +37,7 @@ from .numpy_printer import (
     SumRows,
     TotalLoss,
 )
-from .ops import add, coeff_and_factors, hadamard, leaves, mul, transpose
+from .ops import Apply, add, coeff_and_factors, hadamard, leaves, mul, transpose
 
 __all__ = ["generate_module"]
 
@@ -77,6 +77,30 @@ def _is_worth_binding(expr) -> bool:
     return True
 
 
+_UFUNCS = {"np.tanh", "np.exp", "np.log", "np.reciprocal"}
+
+
+def _allocates(expr) -> bool:
+    """Whether the printed expression yields a new array (not a name or a view)."""
+    if isinstance(expr, (MatrixSymbol, OneMatrix)):
+        return False
+    if isinstance(expr, Transpose):
+        return _allocates(expr.arg)
+    return True
+
+
+def _gemm_rooted(expr, is_batch) -> bool:
+    """A batched matrix product, possibly plus terms or under an activation: worth hoisting."""
+    if isinstance(expr, MatMul):
+        _, factors = coeff_and_factors(expr)
+        return len(factors) > 1 and is_batch(expr)
+    if isinstance(expr, MatAdd):
+        return any(_gemm_rooted(a, is_batch) for a in expr.args)
+    if isinstance(expr, Apply):
+        return _gemm_rooted(expr.arg, is_batch)
+    return False
+
+
 def _postorder_unique(roots):
     order, seen = [], set()
 
@@ -110,15 +134,17 @@ def _parent_counts(roots) -> dict:
 class Phase:
     """Statements of one phase, printed with the names its expressions have there."""
 
-    def __init__(self, gen: KernelGenerator, names: dict, temp_prefix: str):
+    def __init__(self, gen: KernelGenerator, names: dict, temp_prefix: str, sequence: bool = True):
         self.gen = gen
         self.names = dict(names)
         self.temp_prefix = temp_prefix
+        self.sequence = sequence  # whole (T, B, size) arrays rather than one step
         self.stmts: list = []
         self.bound: dict = {}  # subexpression -> placeholder symbol
+        self.values: dict = {}  # name -> the expression assigned to it
 
     def print(self, expr: MatrixExpr) -> str:
-        printer = RowPrinter(self.names, self.gen.batch)
+        printer = RowPrinter(self.names, self.gen.batch, self.sequence)
         text = printer.doprint(expr)
         self.gen.helpers |= printer.used_helpers
         return text
@@ -129,8 +155,75 @@ class Phase:
             self.gen.batch.add(symbol)
         return symbol
 
+    def print_into(self, expr: MatrixExpr, dest: str, substitute: bool = True) -> str | None:
+        """``expr`` computed straight into the array ``dest`` (NumPy's ``out=``), if possible."""
+        if substitute:
+            expr = expr.xreplace(self.bound)
+        if isinstance(expr, Apply) and expr.activation.numpy in _UFUNCS:
+            return f"{expr.activation.numpy}({self.print(expr.arg)}, out={dest})"
+        if isinstance(expr, HadamardProduct) and len(expr.args) == 2:
+            a, b = (self.print(x) for x in expr.args)
+            return f"np.multiply({a}, {b}, out={dest})"
+        if isinstance(expr, MatAdd) and len(expr.args) == 2:
+            a, b = expr.args
+            coeff, factors = coeff_and_factors(b)
+            if coeff == -1:
+                rest = factors[0] if len(factors) == 1 else MatMul(*factors)
+                return f"np.subtract({self.print(a)}, {self.print(rest)}, out={dest})"
+            return f"np.add({self.print(a)}, {self.print(b)}, out={dest})"
+        return None
+
+    def assign_into(self, name: str, expr: MatrixExpr, dest: str, comment: str = "") -> None:
+        """``name = expr`` kept in ``dest`` too, written there directly where NumPy allows."""
+        text = self.print_into(expr, dest)
+        if text is None:
+            self.assign(name, expr, comment)
+            self.stmts.append(Line(f"{dest} = {name}"))
+        else:
+            self.stmts.append(Line(f"{text}" + (f"  # {comment}" if comment else "")))
+            self.stmts.append(Line(f"{name} = {dest}", defines=name))
+
     def assign(self, name: str, expr: MatrixExpr, comment: str = "") -> None:
-        self.stmts.append(Assign(name, self.print(expr.xreplace(self.bound)), comment))
+        expr = expr.xreplace(self.bound)
+        self.values[name] = expr
+        if self.sequence and isinstance(expr, MatAdd) and self.gen.is_batch(expr):
+            # a sum over whole sequences: one new array, the other terms added in place
+            # (a fresh large temporary per term costs more than the arithmetic)
+            terms = list(expr.args)
+            fresh = [
+                t
+                for t in terms
+                if _allocates(t) and t.shape == expr.shape and coeff_and_factors(t)[0] > 0
+            ]
+            if fresh:
+                first = fresh[0]
+                self.stmts.append(Assign(name, self.print(first), comment))
+                for term in terms:
+                    if term is first:
+                        continue
+                    coeff, factors = coeff_and_factors(term)
+                    if coeff.is_number and coeff < 0:
+                        text = self.print(mul(-coeff, *factors))
+                        self.stmts.append(Line(f"{name} -= {text}"))
+                    else:
+                        self.stmts.append(Line(f"{name} += {self.print(term)}"))
+                return
+        self.stmts.append(Assign(name, self.print(expr), comment))
+
+    def emit_shared(self, exprs: list[MatrixExpr]) -> list[MatrixExpr]:
+        """Bind the subexpressions shared by ``exprs``; return them with the bindings used."""
+        roots = [e.xreplace(self.bound) for e in exprs]
+        counts = _parent_counts(roots)
+        for node in _postorder_unique(roots):
+            if node in roots or isinstance(node, MatrixSymbol) or not _is_worth_binding(node):
+                continue
+            if counts.get(node, 0) >= 2:
+                name = self.gen.namer.numbered(self.temp_prefix)
+                self.assign(name, node)
+                self.bound[node] = self.name(
+                    MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node)
+                )
+        return [r.xreplace(self.bound) for r in roots]
 
     def emit(self, targets: list[tuple[str, MatrixExpr, str]], force=frozenset()) -> dict:
         """Assign each (name, expr, comment), binding shared and forced subexpressions first.
@@ -223,9 +316,17 @@ class KernelGenerator:
 
     def hoist(self, expr, variant: set, pre: Phase, loop_names: dict, hoisted: dict):
         """Replace the parts of ``expr`` free of ``variant`` by arrays computed for all t."""
-        if not (leaves(expr) & variant):
-            if not _is_worth_binding(expr) or not self.is_batch(expr):
+        if not (leaves(expr) & variant) and not _gemm_rooted(expr, self.is_batch):
+            # elementwise work stays in the loop, on arrays that fit in cache;
+            # only the matrix products inside it are worth doing for all t at once
+            if isinstance(expr, MatrixSymbol) or not self.is_batch(expr):
                 return expr
+            args = [
+                self.hoist(a, variant, pre, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
+                for a in expr.args
+            ]
+            return expr.func(*args)
+        if not (leaves(expr) & variant):
             if expr not in hoisted:
                 name = self.namer.numbered("v")
                 self.pending.append((name, expr, ""))
@@ -278,7 +379,7 @@ class KernelGenerator:
         if pre.stmts:
             stmts.append(Comment("the part of each update that does not depend on t - 1, all t"))
             stmts.extend(pre.stmts)
-        loop = Phase(self, loop_names, "a")
+        loop = Phase(self, loop_names, "a", sequence=False)
         for var in cell.inputs.values():
             loop.names[var.symbol] = f"{var.name}[t]"
         used = set().union(*(leaves(e) for e in body))
@@ -288,9 +389,9 @@ class KernelGenerator:
                 loop.names[state.prev.symbol] = f"{state.prev.name}_t"
         # a later update may use a state updated earlier in the same step: emit in order
         for n, expr in zip(self.state_order, body, strict=True):
-            loop.emit([(f"{n}_t", expr, "eqs. (2)-(3)")])
+            root = loop.emit_shared([expr])[0]
+            loop.assign_into(f"{n}_t", root, f"{self.all_name[n]}[t + 1]", "eqs. (2)-(3)")
             loop.names[cell.states[n].symbol] = f"{n}_t"
-            loop.stmts.append(Line(f"{self.all_name[n]}[t + 1] = {n}_t"))
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
         for n, state in cell.states.items():
             stmts.append(Line(f"{n} = {self.all_name[n]}[1:]", defines=n))
@@ -366,7 +467,7 @@ class KernelGenerator:
         if pre.stmts:
             stmts.append(Comment("forward-only factors of the recurrence, all t at once"))
             stmts.extend(pre.stmts)
-        loop = Phase(self, loop_names, "d")
+        loop = Phase(self, loop_names, "d", sequence=False)
         for n, state in states.items():
             loop.names[state.symbol] = f"{n}[t]"
             loop.names[state.prev.symbol] = f"{state.prev.name}[t]"
@@ -408,9 +509,15 @@ class KernelGenerator:
             store_after[temp] = Line(f"{seq_name}[t] = {temp}")
         body = loop.stmts[:first]
         for stmt in loop.stmts[first:]:
-            body.append(stmt)
             if isinstance(stmt, Assign) and stmt.target in store_after:
-                body.append(store_after[stmt.target])
+                dest = store_after[stmt.target].code.split(" = ")[0]
+                into = loop.print_into(loop.values[stmt.target], dest, substitute=False)
+                if into is not None:  # computed in place in its sequence: no copy
+                    body.extend([Line(into), Line(f"{stmt.target} = {dest}")])
+                    continue
+                body.extend([stmt, store_after[stmt.target]])
+                continue
+            body.append(stmt)
         stmts.append(Loop("t", "range(T - 1, -1, -1)", tuple(body)))
         return stored
 
@@ -554,7 +661,7 @@ def _sum_vectors(expr) -> list:
     return found
 
 
-_HELPER_ORDER = ["_sigmoid", "_softplus", "_relu", "_step", "_sum_outer", "_sum_rows"]
+_HELPER_ORDER = ["_sigmoid", "_softplus", "_relu", "_step", "_mm", "_sum_outer", "_sum_rows"]
 
 
 def _runtime_source(used: set[str]) -> str:

@@ -151,10 +151,13 @@ class RowPrinter(Printer):
 
     printmethod = "_rnnsym_numpy"
 
-    def __init__(self, names: dict[MatrixSymbol, str], batch: set[MatrixSymbol]):
+    def __init__(
+        self, names: dict[MatrixSymbol, str], batch: set[MatrixSymbol], sequence: bool = False
+    ):
         super().__init__()
         self.names = names
         self.batch = batch
+        self.sequence = sequence  # arrays have a time axis: products go through _mm
         self.used_helpers: set[str] = set()
 
     # ----- helpers -----
@@ -283,6 +286,13 @@ class RowPrinter(Printer):
         last = factors[-1]
         # W1 ⋯ Wk v (params, then one batch vector): rows times the transposed chain
         if batch_positions == [len(factors) - 1] and last.shape[1] == 1:
+            if self.sequence:
+                # (T, B, size) arrays: one 2-D matrix product instead of T stacked ones
+                self.used_helpers.add("_mm")
+                text = self._print(last)
+                for f in reversed(factors[:-1]):
+                    text = f"_mm({text}, {self._right_factor(f)})"
+                return self._scaled(coeff, text)
             text = self.paren(last) + "".join(
                 f" @ {self._right_factor(f)}" for f in reversed(factors[:-1])
             )
@@ -351,20 +361,24 @@ class RowPrinter(Printer):
         return "\n".join(self._print(s) for s in stmt.body)
 
     def _print_Loop(self, stmt: Loop) -> str:
-        body = "\n".join(self._print(s) for s in stmt.body)
+        body = "\n".join(self._kept(stmt.body))
         indented = "\n".join(("    " + line) if line else line for line in body.splitlines())
         return f"for {stmt.index} in {stmt.iterable}:\n{indented}"
 
-    def _print_Function(self, stmt: Function) -> str:
-        texts = [self._print(s) for s in stmt.body]
+    def _kept(self, statements) -> list[str]:
+        """Printed statements, without the optional lines whose name nothing later reads."""
+        texts = [self._print(s) for s in statements]
         kept = []
-        for i, (s, text) in enumerate(zip(stmt.body, texts, strict=True)):
+        for i, (s, text) in enumerate(zip(statements, texts, strict=True)):
             if isinstance(s, Line) and s.defines:
                 later = "\n".join(texts[i + 1 :])
                 if not re.search(rf"\b{re.escape(s.defines)}\b", later):
                     continue
             kept.append(text)
-        body = "\n".join(kept)
+        return kept
+
+    def _print_Function(self, stmt: Function) -> str:
+        body = "\n".join(self._kept(stmt.body))
         doc = f'"""{stmt.doc}"""'
         lines = [doc] + body.splitlines()
         indented = "\n".join(("    " + line) if line else line for line in lines)
