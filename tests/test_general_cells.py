@@ -49,8 +49,8 @@ def test_forward_states_match_loss_and_grad(cell_and_kernel):
     states = kernel.forward(params, inputs)
     assert set(states) == set(cell.states) | set(cell.outputs)
     for name, value in states.items():
-        assert value.shape[:2] == (4, 2)
-        assert np.all(np.isfinite(value))
+        assert value.shape[:2] == (4, 2), name
+        assert np.all(np.isfinite(value)), name
 
 
 def test_gru_like_oracle():
