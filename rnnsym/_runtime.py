@@ -27,9 +27,12 @@ def _step(a):
     return (a > 0).astype(a.dtype)
 
 
-def _mm(v, a):
+def _mm(v, a, out=None):
     # rows of v (any leading axes) times the matrix a, as one 2-D matrix product
-    return (v.reshape(-1, v.shape[-1]) @ a).reshape(v.shape[:-1] + (a.shape[-1],))
+    if out is None:
+        return (v.reshape(-1, v.shape[-1]) @ a).reshape(v.shape[:-1] + (a.shape[-1],))
+    np.matmul(v.reshape(-1, v.shape[-1]), a, out=out.reshape(-1, a.shape[-1]))
+    return out
 
 
 def _sum_outer(u, v):

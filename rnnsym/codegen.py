@@ -80,6 +80,75 @@ def _is_worth_binding(expr) -> bool:
 _UFUNCS = {"np.tanh", "np.exp", "np.log", "np.reciprocal"}
 
 
+_SEQUENCE_ALLOC = re.compile(r"^np\.empty\(\(T, B, (\w+)\), dtype=dtype\)$")
+_SEQUENCE_MM = re.compile(r"^_mm\(.*\)$")
+_SEQUENCE_SUM = re.compile(r"^(\w+) ([+-]) (\w+)$")
+
+
+def _recycle_buffers(statements: list) -> list:
+    """Reuse whole-sequence arrays that nothing reads any more for later ones of equal shape.
+
+    A fresh (T, B, size) array is page-faulted in on every call, which costs more than the
+    arithmetic on it. Only arrays this function allocated (``np.empty`` and ``_mm`` results)
+    are recycled, and only when no name bound to them (aliases included) appears later.
+    """
+    printer = RowPrinter({}, set())
+    texts = [printer.doprint(s) for s in statements]
+    buffer_of: dict[str, int] = {}  # name -> buffer id
+    size_of: dict[int, str] = {}  # buffer id -> size name
+    out = list(statements)
+
+    def used_after(i: int, buffer: int) -> bool:
+        names = [n for n, b in buffer_of.items() if b == buffer]
+        rest = "\n".join(texts[i:])
+        return any(re.search(rf"\b{re.escape(n)}\b", rest) for n in names)
+
+    def free_buffer(i: int, size: str) -> tuple[int, str] | None:
+        # a buffer is free at statement i if nothing from statement i on reads any of its names
+        for buffer, buffer_size in size_of.items():
+            if buffer_size == size and not used_after(i, buffer):
+                return buffer, next(n for n, b in buffer_of.items() if b == buffer)
+        return None
+
+    def new_buffer(name: str, size: str) -> None:
+        buffer_of[name] = len(size_of)
+        size_of[len(size_of)] = size
+
+    for i, stmt in enumerate(statements):
+        if isinstance(stmt, Line) and " = " in stmt.code:
+            target, value = stmt.code.split(" = ", 1)
+            match = _SEQUENCE_ALLOC.match(value)
+            if match and target.isidentifier():
+                free = free_buffer(i, match.group(1))
+                if free is None:
+                    new_buffer(target, match.group(1))
+                else:
+                    out[i] = Line(f"{target} = {free[1]}  # reuses a finished array")
+                    buffer_of[target] = free[0]
+            elif value in buffer_of:  # an alias
+                buffer_of[target] = buffer_of[value]
+        elif isinstance(stmt, Assign) and isinstance(stmt.value, str) and stmt.size:
+            if _SEQUENCE_MM.match(stmt.value):
+                free = free_buffer(i, stmt.size)
+                if free is None:
+                    new_buffer(stmt.target, stmt.size)
+                else:
+                    value = f"{stmt.value[:-1]}, out={free[1]})"
+                    out[i] = Assign(stmt.target, value, stmt.comment, stmt.size)
+                    buffer_of[stmt.target] = free[0]
+            elif (m := _SEQUENCE_SUM.match(stmt.value)) and m.group(1) in buffer_of:
+                first, op, second = m.groups()
+                buffer = buffer_of[first]
+                if first != second and not used_after(i + 1, buffer):
+                    ufunc = "np.add" if op == "+" else "np.subtract"
+                    value = f"{ufunc}({first}, {second}, out={first})"
+                    out[i] = Assign(stmt.target, value, stmt.comment, stmt.size)
+                    buffer_of[stmt.target] = buffer
+            elif stmt.value in buffer_of:
+                buffer_of[stmt.target] = buffer_of[stmt.value]
+    return out
+
+
 def _allocates(expr) -> bool:
     """Whether the printed expression yields a new array (not a name or a view)."""
     if isinstance(expr, (MatrixSymbol, OneMatrix)):
@@ -197,7 +266,8 @@ class Phase:
             ]
             if fresh:
                 first = fresh[0]
-                self.stmts.append(Assign(name, self.print(first), comment))
+                size = self.gen.size_text(expr.shape[0]) if expr.shape[1] == 1 else ""
+                self.stmts.append(Assign(name, self.print(first), comment, size))
                 for term in terms:
                     if term is first:
                         continue
@@ -208,7 +278,10 @@ class Phase:
                     else:
                         self.stmts.append(Line(f"{name} += {self.print(term)}"))
                 return
-        self.stmts.append(Assign(name, self.print(expr), comment))
+        size = ""
+        if self.sequence and expr.shape[1] == 1 and self.gen.is_batch(expr):
+            size = self.gen.size_text(expr.shape[0])
+        self.stmts.append(Assign(name, self.print(expr), comment, size))
 
     def emit_shared(self, exprs: list[MatrixExpr]) -> list[MatrixExpr]:
         """Bind the subexpressions shared by ``exprs``; return them with the bindings used."""
@@ -299,6 +372,7 @@ class KernelGenerator:
         return bool(leaves(expr) & self.batch)
 
     def size_text(self, size) -> str:
+        size = sp.sympify(size)
         return str(int(size)) if size.is_Integer else size.name
 
     def sequence_names(self) -> dict:
@@ -558,7 +632,9 @@ class KernelGenerator:
         grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
         self._drop_unused_adjoint_sequences(phase, grads)
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
-        grad_body = [*fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")]
+        grad_body = _recycle_buffers(
+            [*fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")]
+        )
         return self.module(forward_body, grad_body)
 
     def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase) -> None:

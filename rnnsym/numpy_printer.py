@@ -89,6 +89,7 @@ class Assign:
     target: str
     value: object  # a MatrixExpr, or a str for bookkeeping code
     comment: str = ""
+    size: str = ""  # for a (T, B, size) array: its size, so the buffer can be recycled
 
 
 @dataclass(frozen=True)
