@@ -127,8 +127,12 @@ def _recycle_buffers(statements: list) -> list:
                     buffer_of[target] = free[0]
             elif value in buffer_of:  # an alias
                 buffer_of[target] = buffer_of[value]
-        elif isinstance(stmt, Assign) and isinstance(stmt.value, str) and stmt.size:
-            if _SEQUENCE_MM.match(stmt.value):
+        elif isinstance(stmt, Assign) and isinstance(stmt.value, str):
+            if stmt.value in buffer_of:  # an alias
+                buffer_of[stmt.target] = buffer_of[stmt.value]
+            elif not stmt.size:
+                continue
+            elif _SEQUENCE_MM.match(stmt.value):
                 free = free_buffer(i, stmt.size)
                 if free is None:
                     new_buffer(stmt.target, stmt.size)
@@ -144,8 +148,6 @@ def _recycle_buffers(statements: list) -> list:
                     value = f"{ufunc}({first}, {second}, out={first})"
                     out[i] = Assign(stmt.target, value, stmt.comment, stmt.size)
                     buffer_of[stmt.target] = buffer
-            elif stmt.value in buffer_of:
-                buffer_of[stmt.target] = buffer_of[stmt.value]
     return out
 
 
