@@ -7,7 +7,7 @@ from .activations import elementwise
 from .cell import Cell
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
-from .expr import Term, exp, log, relu, sigmoid, softplus, tanh
+from .expr import Term, concat, exp, log, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, squared_error
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "check_gradients",
     "cells",
     "elementwise",
+    "concat",
     "tanh",
     "sigmoid",
     "relu",

@@ -35,6 +35,18 @@ def _mm(v, a, out=None):
     return out
 
 
+def _zeros(like, size):
+    # zeros with the leading (time, batch) axes of like and size columns
+    return np.zeros(like.shape[:-1] + (size,), dtype=like.dtype)
+
+
+def _pad(g, start, total):
+    # g placed at rows start.. of a zero vector of total rows (the adjoint of a slice)
+    out = np.zeros(g.shape[:-1] + (total,), dtype=g.dtype)
+    out[..., start : start + g.shape[-1]] = g
+    return out
+
+
 def _sum_outer(u, v):
     # sum over time and batch of the outer products u(t, b) v(t, b)^T: one matrix product
     return u.reshape(-1, u.shape[-1]).T @ v.reshape(-1, v.shape[-1])
@@ -114,6 +126,23 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
             else:
                 body = array.shape
             _match(label, body, dims, sizes, size_source, array.shape, is_sequence)
+    # sizes such as 4*n or n + m are checked once every plain size is known
+    for group, given, expected, is_sequence in groups:
+        for name, dims in expected.items():
+            array = given[name]
+            body = array.shape[2:] if is_sequence else array.shape
+            for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
+                if isinstance(dim, int) or dim.isidentifier():
+                    continue
+                want = eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - from SPEC
+                if got != want:
+                    concrete = tuple(_resolve(d, sizes) for d in dims)
+                    raise ValueError(
+                        f"{group}[{name!r}] has shape {_shape_text(array.shape)}; expected "
+                        f"{_expected_text(dims, is_sequence)} = "
+                        f"{_expected_text(concrete, is_sequence)}: axis {axis} must be {dim} "
+                        f"= {want}"
+                    )
     T, B = steps[0], steps[1]
     if T < 1 or B < 1:
         raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
@@ -152,7 +181,11 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
 
 
 def _resolve(dim, sizes):
-    return dim if isinstance(dim, int) else sizes[dim]
+    if isinstance(dim, int):
+        return dim
+    if dim.isidentifier():
+        return sizes[dim]
+    return eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - a size from SPEC
 
 
 def _expected_text(dims, is_sequence):
@@ -174,6 +207,8 @@ def _match(label, body, dims, sizes, size_source, shape, is_sequence):
                     f"{label} has shape {_shape_text(shape)}; expected "
                     f"{_expected_text(dims, is_sequence)}: axis {axis} must be {dim}"
                 )
+        elif not dim.isidentifier():
+            continue  # a compound size such as 4*n: checked once the plain sizes are known
         elif dim not in sizes:
             if got < 1:
                 raise ValueError(f"{label} has shape {_shape_text(shape)}; {dim} must be >= 1")

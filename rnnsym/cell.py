@@ -115,6 +115,12 @@ class Cell:
             return size
         if isinstance(size, sp.Integer) and size > 0:
             return size
+        if isinstance(size, sp.Expr) and size.free_symbols:
+            # an integer combination of sizes, such as 4*n (stacked gates) or n + m ([h; x])
+            for symbol in size.free_symbols:
+                self._size(symbol, what)
+            if size.is_integer and size.is_positive:
+                return size
         raise CellError(
             f"{what}: size must be a positive integer or a symbol from cell.dims(), got {size!r}"
         )

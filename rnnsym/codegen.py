@@ -37,7 +37,7 @@ from .numpy_printer import (
     SumRows,
     TotalLoss,
 )
-from .ops import Apply, add, coeff_and_factors, hadamard, leaves, mul, transpose
+from .ops import Apply, Slice, add, coeff_and_factors, hadamard, leaves, mul, transpose
 
 __all__ = ["generate_module"]
 
@@ -153,7 +153,7 @@ def _recycle_buffers(statements: list) -> list:
 
 def _allocates(expr) -> bool:
     """Whether the printed expression yields a new array (not a name or a view)."""
-    if isinstance(expr, (MatrixSymbol, OneMatrix)):
+    if isinstance(expr, (MatrixSymbol, OneMatrix, Slice)):
         return False
     if isinstance(expr, Transpose):
         return _allocates(expr.arg)
@@ -375,7 +375,9 @@ class KernelGenerator:
 
     def size_text(self, size) -> str:
         size = sp.sympify(size)
-        return str(int(size)) if size.is_Integer else size.name
+        if size.is_Integer:
+            return str(int(size))
+        return size.name if size.is_Symbol else f"({sp.pycode(size)})"
 
     def sequence_names(self) -> dict:
         """Names of whole-sequence arrays (T, B, size) and of the parameters."""
@@ -633,6 +635,14 @@ class KernelGenerator:
         grads.stmts.append(Comment("parameter gradients, eqs. (6)-(8): one contraction each"))
         grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
         self._drop_unused_adjoint_sequences(phase, grads)
+        # parameters with equal gradients (b_ih and b_hh of an LSTM) get arrays of their own
+        grad_names = {f"g_{n}" for n in cell.params}
+        grads.stmts[:] = [
+            Assign(s.target, f"{s.value}.copy()", s.comment, s.size)
+            if isinstance(s, Assign) and s.target in grad_names and s.value in grad_names
+            else s
+            for s in grads.stmts
+        ]
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
         grad_body = _recycle_buffers(
             [*fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")]
@@ -739,7 +749,17 @@ def _sum_vectors(expr) -> list:
     return found
 
 
-_HELPER_ORDER = ["_sigmoid", "_softplus", "_relu", "_step", "_mm", "_sum_outer", "_sum_rows"]
+_HELPER_ORDER = [
+    "_sigmoid",
+    "_softplus",
+    "_relu",
+    "_step",
+    "_mm",
+    "_zeros",
+    "_pad",
+    "_sum_outer",
+    "_sum_rows",
+]
 
 
 def _runtime_source(used: set[str]) -> str:
@@ -802,12 +822,14 @@ def _indent_doc(text: str) -> str:
 
 
 def _spec(cell) -> dict:
+    def dim(size):
+        if size.is_Integer:
+            return int(size)
+        return size.name if size.is_Symbol else sp.pycode(size)
+
     def dims(symbol):
         rows, cols = symbol.shape
-        out = [int(rows) if rows.is_Integer else rows.name]
-        if cols != 1:
-            out.append(int(cols) if cols.is_Integer else cols.name)
-        return tuple(out)
+        return (dim(rows),) if cols == 1 else (dim(rows), dim(cols))
 
     return {
         "params": {n: dims(v.symbol) for n, v in cell.params.items()},

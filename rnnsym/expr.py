@@ -16,9 +16,10 @@ import sympy as sp
 from sympy import MatrixExpr, MatrixSymbol
 
 from .errors import CellError, ShapeError
-from .ops import Apply, add, hadamard, mul, ones, shape_str, transpose
+from .ops import Apply, add, hadamard, mul, ones, shape_str, slice_rows, transpose
+from .ops import concat as concat_exprs
 
-__all__ = ["Term", "Variable", "State", "apply", "as_term"]
+__all__ = ["Term", "Variable", "State", "apply", "as_term", "concat"]
 
 
 def _describe(term: Term) -> str:
@@ -200,6 +201,29 @@ class Term:
     def T(self) -> Term:
         return self._wrap(transpose(self.expr))
 
+    def __getitem__(self, rows) -> Term:
+        """Rows ``start:stop`` of a column vector, e.g. one gate of a stacked pre-activation."""
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise CellError(
+                f"{_describe(self)} can only be sliced by rows, as v[start:stop]; got {rows!r}"
+            )
+        if self.shape[1] != 1:
+            raise ShapeError(f"only column vectors can be sliced; {_describe(self)} is a matrix")
+        size = self.shape[0]
+        start = sp.sympify(0 if rows.start is None else rows.start)
+        stop = sp.sympify(size if rows.stop is None else rows.stop)
+        for bound, what in ((start, "start"), (stop, "stop")):
+            if not (bound.is_integer or bound.is_Integer):
+                raise CellError(
+                    f"slice of {_describe(self)}: {what} must be an integer expression of the "
+                    f"cell's sizes, got {bound!r}"
+                )
+        if (stop - start).is_positive is False or start.is_negative or ((size - stop).is_negative):
+            raise ShapeError(
+                f"slice [{start}:{stop}] of {_describe(self)} is empty or outside rows 0..{size}"
+            )
+        return self._wrap(slice_rows(self.expr, start, stop))
+
 
 class Variable(Term):
     """A named leaf of a cell: input, state, parameter, target or output."""
@@ -228,6 +252,22 @@ class State(Variable):
         super().__init__(symbol, cell, "state")
         prev_symbol = MatrixSymbol(f"{symbol.name}_prev", *symbol.shape)
         self.prev = Variable(prev_symbol, cell, "prev")
+
+
+def concat(*parts) -> Term:
+    """Column vectors stacked vertically, ``[h(t-1); x(t)]``, for one weight matrix on both."""
+    if not parts:
+        raise CellError("concat() needs at least one vector")
+    terms = [as_term(p) for p in parts]
+    for term in terms:
+        if term.shape[1] != 1:
+            raise ShapeError(
+                f"concat: {_describe(term)} is not a column vector; only vectors are stacked"
+            )
+    cell = terms[0].cell
+    for term in terms[1:]:
+        cell = Term(terms[0].expr, cell)._cell_of(term)
+    return Term(concat_exprs(*[t.expr for t in terms]), cell)
 
 
 def apply(name: str, x) -> Term:

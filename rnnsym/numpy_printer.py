@@ -21,13 +21,14 @@ from sympy import (
     MatrixSymbol,
     OneMatrix,
     Transpose,
+    ZeroMatrix,
 )
 from sympy.core.basic import Basic
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.printer import Printer
 
 from .errors import DerivationError
-from .ops import Apply, coeff_and_factors, leaves
+from .ops import Apply, Concat, Pad, Slice, coeff_and_factors, leaves
 
 __all__ = [
     "SumOuter",
@@ -123,7 +124,7 @@ class Function:
     body: tuple = field(default_factory=tuple)
 
 
-_ATOMS = (MatrixSymbol, Apply, OneMatrix, SumOuter, SumRows, TotalLoss)
+_ATOMS = (MatrixSymbol, Apply, OneMatrix, SumOuter, SumRows, TotalLoss, Slice, Concat, Pad)
 
 
 class _ScalarPrinter(NumPyPrinter):
@@ -322,6 +323,37 @@ class RowPrinter(Printer):
         if isinstance(expr.arg, SumOuter):
             return f"{self._print(expr.arg)}.T"
         raise DerivationError(f"cannot print the batched transpose {sp.sstr(expr)}")
+
+    def _print_Concat(self, expr) -> str:
+        parts = expr.args
+        data = [p for p in parts if self.is_batch(p)]
+        if data and any(not self.is_batch(p) and not isinstance(p, ZeroMatrix) for p in parts):
+            raise DerivationError(
+                f"cannot stack parameters and per-step data in one vector: {sp.sstr(expr)}"
+            )
+        like = next((p for p in data if isinstance(p, MatrixSymbol)), data[0] if data else None)
+        texts = []
+        for part in parts:
+            if isinstance(part, ZeroMatrix) and like is not None:
+                # a block of zeros shaped like the per-step rows of its neighbours
+                self.used_helpers.add("_zeros")
+                texts.append(f"_zeros({self._print(like)}, {self._index(part.shape[0])})")
+            else:
+                texts.append(self._print(part))
+        return "np.concatenate([" + ", ".join(texts) + "], axis=-1)"
+
+    def _print_Slice(self, expr) -> str:
+        arg, start, stop = expr.args
+        return f"{self.paren(arg)}[..., {self._index(start)}:{self._index(stop)}]"
+
+    def _print_Pad(self, expr) -> str:
+        self.used_helpers.add("_pad")
+        arg, start, total = expr.args
+        return f"_pad({self._print(arg)}, {self._index(start)}, {self._index(total)})"
+
+    def _index(self, value) -> str:
+        # sizes are variables of the generated function, named like the cell's sizes
+        return sp.pycode(value) if not value.is_Integer else str(int(value))
 
     def _print_SumOuter(self, expr: SumOuter) -> str:
         self.used_helpers.add("_sum_outer")

@@ -39,6 +39,11 @@ from sympy.core.symbol import Str
 
 __all__ = [
     "Apply",
+    "Concat",
+    "Slice",
+    "Pad",
+    "concat",
+    "slice_rows",
     "add",
     "mul",
     "hadamard",
@@ -93,6 +98,164 @@ class Apply(MatrixExpr):
 
     def _latex(self, printer) -> str:
         return rf"{self.activation.latex}\left({printer._print(self.arg)}\right)"
+
+
+class Concat(MatrixExpr):
+    """Column vectors stacked vertically: ``[a; b]`` (rows add up)."""
+
+    def __new__(cls, *args: MatrixExpr) -> Concat:
+        return Basic.__new__(cls, *args)
+
+    @property
+    def shape(self) -> tuple:
+        return (sp.Add(*[a.shape[0] for a in self.args]), sp.S.One)
+
+    def offsets(self) -> list:
+        """The first row of each part."""
+        starts, row = [], sp.S.Zero
+        for arg in self.args:
+            starts.append(row)
+            row = row + arg.shape[0]
+        return starts
+
+    def _sympystr(self, printer) -> str:
+        return "[" + "; ".join(printer._print(a) for a in self.args) + "]"
+
+    def _latex(self, printer) -> str:
+        return (
+            r"\begin{bmatrix} "
+            + r" \\ ".join(printer._print(a) for a in self.args)
+            + (r" \end{bmatrix}")
+        )
+
+
+class Slice(MatrixExpr):
+    """Rows ``start`` to ``stop`` (exclusive) of a column vector: ``a[start:stop]``."""
+
+    def __new__(cls, arg: MatrixExpr, start, stop) -> Slice:
+        return Basic.__new__(cls, arg, sp.sympify(start), sp.sympify(stop))
+
+    @property
+    def shape(self) -> tuple:
+        return (self.args[2] - self.args[1], sp.S.One)
+
+    def _sympystr(self, printer) -> str:
+        arg, start, stop = self.args
+        return f"{printer._print(arg)}[{start}:{stop}]"
+
+    def _latex(self, printer) -> str:
+        arg, start, stop = self.args
+        return rf"\left({printer._print(arg)}\right)_{{[{sp.latex(start)}:{sp.latex(stop)}]}}"
+
+
+class Pad(MatrixExpr):
+    """A column vector placed at row ``start`` of a zero vector of ``total`` rows."""
+
+    def __new__(cls, arg: MatrixExpr, start, total) -> Pad:
+        return Basic.__new__(cls, arg, sp.sympify(start), sp.sympify(total))
+
+    @property
+    def shape(self) -> tuple:
+        return (self.args[2], sp.S.One)
+
+    def _sympystr(self, printer) -> str:
+        arg, start, total = self.args
+        return f"pad({printer._print(arg)}, {start}, {total})"
+
+
+def concat(*parts: MatrixExpr) -> MatrixExpr:
+    """``[a; b; ...]``, flattened; a single part is returned as is."""
+    flat: list[MatrixExpr] = []
+    for part in parts:
+        flat.extend(part.args if isinstance(part, Concat) else (part,))
+    return flat[0] if len(flat) == 1 else Concat(*flat)
+
+
+def slice_rows(expr: MatrixExpr, start, stop) -> MatrixExpr:
+    """Rows start:stop, simplified through concatenations and pads where the bounds line up."""
+    start, stop = sp.sympify(start), sp.sympify(stop)
+    if sp.simplify(start) == 0 and sp.simplify(stop - expr.shape[0]) == 0:
+        return expr
+    if isinstance(expr, Concat):
+        for offset, part in zip(expr.offsets(), expr.args, strict=True):
+            if sp.simplify(start - offset) == 0 and sp.simplify(stop - offset - part.shape[0]) == 0:
+                return part
+    if isinstance(expr, Pad):
+        inner, at, _ = expr.args
+        if sp.simplify(start - at) == 0 and sp.simplify(stop - at - inner.shape[0]) == 0:
+            return inner
+    if isinstance(expr, ZeroMatrix):
+        return ZeroMatrix(stop - start, 1)
+    return Slice(expr, start, stop)
+
+
+def _factor_common(terms: list[MatrixExpr], left: bool) -> list[MatrixExpr]:
+    """A Bᵀ... + A C... = A (B... + C...) (or on the right): one product instead of several."""
+    groups: dict[MatrixExpr, list[MatrixExpr]] = {}
+    for term in terms:
+        coeff, factors = coeff_and_factors(term)
+        if len(factors) >= 2:
+            key = factors[0] if left else factors[-1]
+            rest = factors[1:] if left else factors[:-1]
+            groups.setdefault(key, []).append(mul(coeff, *rest))
+    if all(len(g) < 2 for g in groups.values()):
+        return terms
+    out, done = [], set()
+    for term in terms:
+        _, factors = coeff_and_factors(term)
+        key = (factors[0] if left else factors[-1]) if len(factors) >= 2 else None
+        if key is None or len(groups[key]) < 2:
+            out.append(term)
+        elif key not in done:
+            done.add(key)
+            inner = add(*groups[key])
+            out.append(mul(key, inner) if left else mul(inner, key))
+    return out
+
+
+def _expand_zero_blocks(terms: list[MatrixExpr]) -> list[MatrixExpr]:
+    """A concatenation with zero blocks, written as the pads of its non-zero parts."""
+    out = []
+    for term in terms:
+        if isinstance(term, Concat) and any(isinstance(p, ZeroMatrix) for p in term.args):
+            total = term.shape[0]
+            out.extend(
+                Pad(part, offset, total)
+                for offset, part in zip(term.offsets(), term.args, strict=True)
+                if not isinstance(part, ZeroMatrix)
+            )
+        else:
+            out.append(term)
+    return out
+
+
+def _merge_pads(terms: list[MatrixExpr]) -> list[MatrixExpr]:
+    """Pads that tile disjoint row ranges of one vector become one concatenation."""
+    if sum(isinstance(t, (Pad, Concat)) for t in terms) < 2:
+        return terms
+    original = terms
+    terms = _expand_zero_blocks(terms)
+    pads = [t for t in terms if isinstance(t, Pad)]
+    if len(pads) < 2 or len({p.args[2] for p in pads}) != 1:
+        return original
+    total = pads[0].args[2]
+    probe = {s: 10**6 + 7 * i for i, s in enumerate(sorted(total.free_symbols, key=str))}
+    ordered = sorted(pads, key=lambda p: float(p.args[1].xreplace(probe)))
+    parts, row = [], sp.S.Zero
+    for pad in ordered:
+        inner, start, _ = pad.args
+        gap = sp.simplify(start - row)
+        if gap != 0:
+            if not (gap.xreplace(probe) > 0):
+                return original  # overlapping ranges: keep the sum
+            parts.append(ZeroMatrix(gap, 1))
+        parts.append(inner)
+        row = start + inner.shape[0]
+    rest = sp.simplify(total - row)
+    if rest != 0:
+        parts.append(ZeroMatrix(rest, 1))
+    others = [t for t in terms if not isinstance(t, Pad)]
+    return [Concat(*parts), *others]
 
 
 def shape_str(expr: MatrixExpr) -> str:
@@ -159,6 +322,7 @@ def add(*terms: MatrixExpr) -> MatrixExpr:
         for key, coeff in collected.items()
         if coeff != 0
     ]
+    kept = _merge_pads(_factor_common(_factor_common(kept, left=True), left=False))
     if not kept:
         return ZeroMatrix(*shape)
     if len(kept) == 1:
@@ -225,6 +389,10 @@ def transpose(expr: MatrixExpr) -> MatrixExpr:
     if isinstance(expr, Apply):
         return Apply(expr.name, transpose(expr.arg))
     return Transpose(expr)
+
+
+def zero_like_rows(rows) -> ZeroMatrix:
+    return ZeroMatrix(rows, 1)
 
 
 def leaves(expr: Basic) -> set[MatrixSymbol]:

@@ -15,7 +15,7 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, Transpose
 
 from .errors import DerivationError
-from .ops import Apply, coeff_and_factors, hadamard, mul, transpose
+from .ops import Apply, Concat, Pad, Slice, coeff_and_factors, hadamard, mul, slice_rows, transpose
 
 __all__ = ["primitive_vjps", "defvjp", "vjp"]
 
@@ -64,6 +64,29 @@ def _matmul_vjp(node: MatMul, ans, g) -> list:
 
 
 defvjp(MatMul, _matmul_vjp)
+
+
+# ----- Concatenation and slicing: linear, each the other's transpose -----
+
+
+def _concat_vjp(node: Concat, ans, g) -> list:
+    # d[a; b] w.r.t. a:  the rows of g where a sits
+    return [
+        slice_rows(g, offset, offset + arg.shape[0])
+        for offset, arg in zip(node.offsets(), node.args, strict=True)
+    ]
+
+
+defvjp(Concat, _concat_vjp)
+defvjp(Slice, lambda node, ans, g: [Pad(g, node.args[1], node.args[0].shape[0]), None, None])
+defvjp(
+    Pad,
+    lambda node, ans, g: [
+        slice_rows(g, node.args[1], node.args[1] + node.args[0].shape[0]),
+        None,
+        None,
+    ],
+)
 
 
 # ----- Elementwise nodes -----

@@ -24,7 +24,7 @@ from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
 from .derive import Derivation, adjoint_symbol, derive
-from .ops import Apply, coeff_and_factors
+from .ops import Apply, Concat, Pad, Slice, coeff_and_factors
 
 __all__ = [
     "OracleReport",
@@ -112,6 +112,19 @@ def _explicit(expr, dims: dict, env: dict) -> ImmutableMatrix:
             value = ev(node.arg).T
         elif isinstance(node, Apply):
             value = ev(node.arg).applyfunc(node.activation.scalar)
+        elif isinstance(node, Concat):
+            value = ImmutableMatrix.vstack(*[ev(a) for a in node.args])
+        elif isinstance(node, Slice):
+            arg, start, stop = node.args
+            value = ev(arg)[int(start.xreplace(dims)) : int(stop.xreplace(dims)), :]
+        elif isinstance(node, Pad):
+            arg, start, total = node.args
+            inner = ev(arg)
+            before = int(start.xreplace(dims))
+            after = int(total.xreplace(dims)) - before - inner.shape[0]
+            value = ImmutableMatrix.vstack(
+                ImmutableMatrix.zeros(before, 1), inner, ImmutableMatrix.zeros(after, 1)
+            )
         elif isinstance(node, sp.OneMatrix):
             value = ImmutableMatrix.ones(*shape(node))
         elif isinstance(node, sp.ZeroMatrix):
