@@ -74,6 +74,8 @@ class Cell:
         self._vars: dict[str, Variable] = {}
         self._by_symbol: dict[MatrixSymbol, Variable] = {}
         self.updates: dict[str, Term] = {}
+        self.definitions: dict[str, Term] = {}
+        self.order: list[tuple[str, str]] = []  # ("update" | "define", name), as written
         self.output_defs: dict[str, Term] = {}
         self._loss_terms: list[Term] = []
 
@@ -107,7 +109,7 @@ class Cell:
                     f"{what}: size {size} is not declared in cell {self.name!r}; declare it "
                     f"with cell.dims({size.name!r})"
                 )
-            if known is not size:
+            if known != size:
                 raise CellError(
                     f"{what}: size {size} is a different symbol from the size {size.name!r} "
                     f"returned by cell.dims(); use that one"
@@ -216,6 +218,26 @@ class Cell:
                 f"but state {state.name} has shape {shape_str(state.expr)}"
             )
         self.updates[state.name] = term
+        self.order.append(("update", state.name))
+
+    def define(self, name: str, expr) -> Variable:
+        """Name an intermediate of the step, such as a gate: i(t) = expr.
+
+        The derivation then shows i(t) and its adjoint ∇_{i(t)}L by name; the generated code
+        is the same as with the expression written out.
+        """
+        term = self._term(expr, f"intermediate {name!r}")
+        if term.shape[1] != 1:
+            raise ShapeError(
+                f"intermediate {name!r}: {_sstr(term.expr)} has shape {shape_str(term.expr)}; "
+                f"intermediates are column vectors (size, 1)"
+            )
+        var = self._add(
+            Variable(self._new_symbol(name, term.shape[0], 1, "intermediate"), self, "intermediate")
+        )
+        self.definitions[name] = term
+        self.order.append(("define", name))
+        return var
 
     def output(self, name: str, expr) -> Variable:
         """A named per-step output o(t) = expr (eq. (4) for the Elman cell)."""
@@ -266,6 +288,14 @@ class Cell:
         return self._of_kind("output")
 
     @property
+    def intermediates(self) -> dict[str, Variable]:
+        return self._of_kind("intermediate")
+
+    def step_term(self, kind: str, name: str) -> Term:
+        """The expression of an update or a definition of the step."""
+        return self.updates[name] if kind == "update" else self.definitions[name]
+
+    @property
     def size_symbols(self) -> dict[str, sp.Symbol]:
         return dict(self._dims)
 
@@ -304,18 +334,20 @@ class Cell:
         loss = self.loss_expr
         allowed = {v.symbol for v in self._vars.values() if v.kind in ("input", "param")}
         allowed |= {s.prev.symbol for s in self.states.values()}
-        for name, term in self.updates.items():
+        for kind, name in self.order:
+            term = self.step_term(kind, name)
             bad = sorted(s.name for s in leaves(term.expr) if s not in allowed)
             if bad:
-                later = [b for b in bad if b in self.states]
+                later = [b for b in bad if b in self.states or b in self.definitions]
                 reason = (
-                    f"state(s) {', '.join(later)} updated later in the step (use .prev for "
-                    f"the previous value, or update them first)"
+                    f"{', '.join(later)} defined or updated later in the step (use .prev for "
+                    f"a state's previous value, or define it first)"
                     if later
                     else "targets and outputs, which a state update cannot use"
                 )
+                what = "update of" if kind == "update" else "intermediate"
                 raise CellError(
-                    f"update of {name}: {_sstr(term.expr)} uses {', '.join(bad)}: {reason}"
+                    f"{what} {name}: {_sstr(term.expr)} uses {', '.join(bad)}: {reason}"
                 )
             allowed.add(self._vars[name].symbol)
         allowed |= {v.symbol for v in self.targets.values()}
@@ -330,6 +362,7 @@ class Cell:
 
     def _check_params_reach_loss(self, loss) -> None:
         definitions = {self._vars[n].symbol: t.expr for n, t in self.updates.items()}
+        definitions |= {self._vars[n].symbol: t.expr for n, t in self.definitions.items()}
         definitions |= {self._vars[n].symbol: t.expr for n, t in self.output_defs.items()}
         for state in self.states.values():
             definitions[state.prev.symbol] = definitions[state.symbol]

@@ -1,15 +1,33 @@
-"""Built-in cells, each defined with the public :class:`~rnnsym.Cell` API only."""
+"""Built-in cells, each defined with the public :class:`~rnnsym.Cell` API only.
+
+The gated cells use PyTorch's parameter layout where PyTorch has the cell (stacked gate weights
+``W_ih``, ``W_hh`` and two biases, gates in PyTorch's order), so weights move between the two
+unchanged. Every cell ends in a linear output ``V h + b_V`` (``c + V h`` for the report's Elman
+cell) and the squared-error loss of eq. (5).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import expr as rx
 from .cell import Cell
 from .errors import CellError
 from .losses import squared_error
 
-__all__ = ["elman", "BUILTIN", "get"]
+__all__ = [
+    "elman",
+    "elman_relu",
+    "lstm",
+    "lstm_peephole",
+    "gru",
+    "gru_original",
+    "mgu",
+    "indrnn",
+    "BUILTIN",
+    "get",
+]
 
 
 def elman() -> Cell:
@@ -26,13 +44,142 @@ def elman() -> Cell:
     return cell
 
 
-BUILTIN: dict[str, Callable[[], Cell]] = {"elman": elman}
+def elman_relu() -> Cell:
+    """The Elman RNN with ReLU, as torch.nn.RNN(nonlinearity="relu")."""
+    cell = Cell("elman_relu")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, b = cell.param("W", n, n), cell.param("U", n, m), cell.param("b", n)
+    V, c = cell.param("V", k, n), cell.param("c", k)
+    cell.update(h, rx.relu(b + W @ h.prev + U @ x))
+    cell.loss(squared_error(cell.output("o", c + V @ h), cell.target("y", k)))
+    return cell
+
+
+def _output_layer(cell: Cell, h, n, k) -> None:
+    V, b_V = cell.param("V", k, n), cell.param("b_V", k)
+    out = cell.output("out", V @ h + b_V)
+    cell.loss(squared_error(out, cell.target("y", k)))
+
+
+def _lstm(name: str, peepholes: bool) -> Cell:
+    cell = Cell(name)
+    n, m, k = cell.dims("n m k")
+    x = cell.input("x", m)
+    h, c = cell.state("h", n), cell.state("c", n)
+    W_ih, W_hh = cell.param("W_ih", 4 * n, m), cell.param("W_hh", 4 * n, n)
+    b_ih, b_hh = cell.param("b_ih", 4 * n), cell.param("b_hh", 4 * n)
+    # gates stacked as in torch.nn.LSTM: input, forget, cell candidate, output
+    a = cell.define("a", W_ih @ x + b_ih + W_hh @ h.prev + b_hh)
+    a_i, a_f, a_g, a_o = a[0:n], a[n : 2 * n], a[2 * n : 3 * n], a[3 * n : 4 * n]
+    if peepholes:  # Gers & Schmidhuber: the gates also see the cell state
+        p_i, p_f, p_o = cell.param("p_i", n), cell.param("p_f", n), cell.param("p_o", n)
+        i = cell.define("i", rx.sigmoid(a_i + p_i * c.prev))
+        f = cell.define("f", rx.sigmoid(a_f + p_f * c.prev))
+    else:
+        i = cell.define("i", rx.sigmoid(a_i))
+        f = cell.define("f", rx.sigmoid(a_f))
+    g = cell.define("g", rx.tanh(a_g))
+    cell.update(c, f * c.prev + i * g)
+    o = cell.define("o", rx.sigmoid(a_o + p_o * c if peepholes else a_o))
+    cell.update(h, o * rx.tanh(c))
+    _output_layer(cell, h, n, k)
+    return cell
+
+
+def lstm() -> Cell:
+    """LSTM with torch.nn.LSTM's layout: W_ih (4n, m), W_hh (4n, n), gates i, f, g, o."""
+    return _lstm("lstm", peepholes=False)
+
+
+def lstm_peephole() -> Cell:
+    """LSTM with peephole connections p_i, p_f (to c(t-1)) and p_o (to c(t))."""
+    return _lstm("lstm_peephole", peepholes=True)
+
+
+def gru() -> Cell:
+    """GRU as torch.nn.GRU and cuDNN: the reset gate applied after the matrix product."""
+    cell = Cell("gru")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W_ih, W_hh = cell.param("W_ih", 3 * n, m), cell.param("W_hh", 3 * n, n)
+    b_ih, b_hh = cell.param("b_ih", 3 * n), cell.param("b_hh", 3 * n)
+    # gates stacked as in torch.nn.GRU: reset, update, new
+    a_x = cell.define("a_x", W_ih @ x + b_ih)
+    a_h = cell.define("a_h", W_hh @ h.prev + b_hh)
+    r = cell.define("r", rx.sigmoid(a_x[0:n] + a_h[0:n]))
+    z = cell.define("z", rx.sigmoid(a_x[n : 2 * n] + a_h[n : 2 * n]))
+    g = cell.define("g", rx.tanh(a_x[2 * n : 3 * n] + r * a_h[2 * n : 3 * n]))
+    cell.update(h, (1 - z) * g + z * h.prev)
+    _output_layer(cell, h, n, k)
+    return cell
+
+
+def gru_original() -> Cell:
+    """GRU of Cho et al. (2014): the reset gate applied to h(t-1) before the product."""
+    cell = Cell("gru_original")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W_r, W_z, W_g = (cell.param(f"W_{s}", n, n + m) for s in "rzg")
+    b_r, b_z, b_g = (cell.param(f"b_{s}", n) for s in "rzg")
+    r = cell.define("r", rx.sigmoid(W_r @ rx.concat(h.prev, x) + b_r))
+    z = cell.define("z", rx.sigmoid(W_z @ rx.concat(h.prev, x) + b_z))
+    g = cell.define("g", rx.tanh(W_g @ rx.concat(r * h.prev, x) + b_g))
+    cell.update(h, (1 - z) * g + z * h.prev)
+    _output_layer(cell, h, n, k)
+    return cell
+
+
+def mgu() -> Cell:
+    """Minimal gated unit (Zhou et al. 2016): one forget gate f."""
+    cell = Cell("mgu")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W_f, W_g = cell.param("W_f", n, n + m), cell.param("W_g", n, n + m)
+    b_f, b_g = cell.param("b_f", n), cell.param("b_g", n)
+    f = cell.define("f", rx.sigmoid(W_f @ rx.concat(h.prev, x) + b_f))
+    g = cell.define("g", rx.tanh(W_g @ rx.concat(f * h.prev, x) + b_g))
+    cell.update(h, (1 - f) * h.prev + f * g)
+    _output_layer(cell, h, n, k)
+    return cell
+
+
+def indrnn() -> Cell:
+    """IndRNN (Li et al. 2018): each unit sees only its own past, h = relu(W x + u ∘ h(t-1) + b)."""
+    cell = Cell("indrnn")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, u, b = cell.param("W", n, m), cell.param("u", n), cell.param("b", n)
+    cell.update(h, rx.relu(W @ x + u * h.prev + b))
+    _output_layer(cell, h, n, k)
+    return cell
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in cell and the number of steps its scalar oracle runs by default."""
+
+    make: Callable[[], Cell]
+    oracle_T: int = 3
+
+
+BUILTIN: dict[str, Builtin] = {
+    "elman": Builtin(elman),
+    "elman_relu": Builtin(elman_relu),
+    "indrnn": Builtin(indrnn),
+    # gated cells: sympy.diff of the unrolled scalar loss grows fast with T
+    "mgu": Builtin(mgu, 2),
+    "gru": Builtin(gru, 2),
+    "gru_original": Builtin(gru_original, 2),
+    "lstm": Builtin(lstm, 2),
+    "lstm_peephole": Builtin(lstm_peephole, 2),
+}
 
 
 def get(name: str) -> Cell:
     """A fresh instance of the built-in cell ``name``."""
     try:
-        return BUILTIN[name]()
+        return BUILTIN[name].make()
     except KeyError:
         raise CellError(
             f"unknown built-in cell {name!r}; available: {', '.join(sorted(BUILTIN))}"

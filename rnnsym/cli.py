@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--latex", action="store_true", help="print the derivation as LaTeX")
         p.add_argument("--emit", metavar="PATH", help="write the generated kernel module here")
         p.add_argument("--no-verify", action="store_true", help="skip the verification report")
-        p.add_argument("--T", type=int, default=3, help="steps for the scalar oracle (default 3)")
+        p.add_argument(
+            "--T",
+            type=int,
+            default=None,
+            help="steps for the scalar oracle (default 3; 2 for the built-in gated cells)",
+        )
 
     derive_p = sub.add_parser("derive", help="derive a built-in cell and verify it")
     derive_p.add_argument(
@@ -101,10 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "cells":
-            for name, make in sorted(cells.BUILTIN.items()):
-                print(f"{name:12s} {(make.__doc__ or '').strip().splitlines()[0]}")
+            for name, builtin in sorted(cells.BUILTIN.items()):
+                print(f"{name:14s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")
             return 0
-        cell = cells.get(args.cell) if args.command == "derive" else _load_user_cell(args.target)
+        if args.command == "derive":
+            cell = cells.get(args.cell)
+            if args.T is None:
+                args.T = cells.BUILTIN[args.cell].oracle_T
+        else:
+            cell = _load_user_cell(args.target)
+            if args.T is None:
+                args.T = 3
         return _run(cell, args)
     except (RnnsymError, ValueError, OSError) as exc:
         print(f"rnnsym: error: {exc}", file=sys.stderr)

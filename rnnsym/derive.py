@@ -62,6 +62,63 @@ class Derivation:
     param_terms: dict[str, MatrixExpr]
     input_terms: dict[str, MatrixExpr]
     labels: dict[str, str] = field(default_factory=dict)
+    intermediate_adjoints: dict[str, MatrixExpr] = field(default_factory=dict)
+
+    # ----- named intermediates written out (for code generation and the oracle) -----
+
+    def _inline_maps(self) -> tuple[dict, dict]:
+        cached = self.__dict__.get("_maps")
+        if cached is not None:
+            return cached
+        cell = self.cell
+        forward: dict = {}
+        for kind, name in cell.order:
+            if kind == "define":
+                forward[cell._vars[name].symbol] = cell.definitions[name].expr.xreplace(forward)
+        adjoint: dict = {}
+        for kind, name in reversed(cell.order):
+            if kind == "define":
+                expr = self.intermediate_adjoints[name].xreplace(adjoint).xreplace(forward)
+                adjoint[adjoint_symbol(cell._vars[name].symbol)] = expr
+        self.__dict__["_maps"] = (forward, adjoint)
+        return forward, adjoint
+
+    def inline(self, expr: MatrixExpr) -> MatrixExpr:
+        """``expr`` with every named intermediate (and its adjoint) written out."""
+        forward, adjoint = self._inline_maps()
+        return expr.xreplace(adjoint).xreplace(forward) if forward else expr
+
+    def inlined(self) -> Derivation:
+        """The same derivation with intermediates written out: what the kernel computes."""
+        if not self.cell.definitions:
+            return self
+        inline = self.inline
+        return Derivation(
+            cell=self.cell,
+            forward=[
+                Equation(eq.lhs, inline(eq.rhs), eq.label)
+                for eq in self.forward
+                if not (isinstance(eq.lhs, MatrixSymbol) and eq.lhs.name in self.cell.definitions)
+            ],
+            output_adjoints={n: inline(e) for n, e in self.output_adjoints.items()},
+            state_local={n: [inline(e) for e in es] for n, es in self.state_local.items()},
+            carry={n: inline(e) for n, e in self.carry.items()},
+            param_terms={n: inline(e) for n, e in self.param_terms.items()},
+            input_terms={n: inline(e) for n, e in self.input_terms.items()},
+            labels=self.labels,
+            intermediate_adjoints=self.intermediate_adjoints,
+        )
+
+    def update_expr(self, name: str) -> MatrixExpr:
+        """The update of a state as the kernel computes it (intermediates written out)."""
+        return self.inline(self.cell.updates[name].expr)
+
+    def output_expr(self, name: str) -> MatrixExpr:
+        return self.inline(self.cell.output_defs[name].expr)
+
+    @property
+    def loss_expr(self) -> MatrixExpr:
+        return self.inline(self.cell.loss_expr)
 
     # ----- derived views -----
 
@@ -78,7 +135,7 @@ class Derivation:
             rule[self.adjoint(name)] = next_symbol(self.adjoint(name))
         for var in list(cell.inputs.values()) + list(cell.targets.values()):
             rule[var.symbol] = next_symbol(var.symbol)
-        for name, var in cell.outputs.items():
+        for name, var in [*cell.outputs.items(), *cell.intermediates.items()]:
             rule[var.symbol] = next_symbol(var.symbol)
             rule[self.adjoint(name)] = next_symbol(self.adjoint(name))
         return expr.xreplace(rule)
@@ -96,12 +153,11 @@ class Derivation:
         eqs = list(self.forward)
         for name, expr in self.output_adjoints.items():
             eqs.append(Equation(self.adjoint(name), expr, self.labels.get(f"g_{name}", "")))
-        for name in reversed(list(self.cell.states)):
-            eqs.append(
-                Equation(
-                    self.adjoint(name), self.state_adjoint(name), self.labels.get(f"g_{name}", "")
-                )
-            )
+        for kind, name in reversed(self.cell.order):
+            if kind == "update":
+                eqs.append(Equation(self.adjoint(name), self.state_adjoint(name), "eq. (9)"))
+            else:
+                eqs.append(Equation(self.adjoint(name), self.intermediate_adjoints[name], ""))
         for name, expr in self.param_terms.items():
             eqs.append(Equation(f"grad:{name}", expr, self.labels.get(name, "")))
         return eqs
@@ -197,8 +253,9 @@ def derive(cell: Cell) -> Derivation:
     states = cell.states
     loss_symbol = MatrixSymbol("L", 1, 1)
     eqs: list[tuple[MatrixSymbol, MatrixExpr, str]] = []
-    for name, term in cell.updates.items():
-        eqs.append((states[name].symbol, term.expr, "eqs. (2)-(3)"))
+    for kind, name in cell.order:
+        label = "eqs. (2)-(3)" if kind == "update" else ""
+        eqs.append((cell._vars[name].symbol, cell.step_term(kind, name).expr, label))
     for name, term in cell.output_defs.items():
         eqs.append((cell.outputs[name].symbol, term.expr, "eq. (4)"))
     eqs.append((loss_symbol, cell.loss_expr, "eq. (5)"))
@@ -211,7 +268,8 @@ def derive(cell: Cell) -> Derivation:
         | {p.symbol for p in cell.params.values()}
         | {x.symbol for x in cell.inputs.values()}
     )
-    by_symbol = {cell._vars[n].symbol: n for n in list(states) + list(cell.outputs)}
+    by_symbol = {cell._vars[n].symbol: n for n in [*states, *cell.outputs, *cell.intermediates]}
+    intermediate_adjoints: dict[str, MatrixExpr] = {}
 
     pending: dict[MatrixSymbol, list[MatrixExpr]] = {}
     output_adjoints: dict[str, MatrixExpr] = {}
@@ -230,6 +288,10 @@ def derive(cell: Cell) -> Derivation:
             if name in states:
                 state_local[name] = contributions
                 labels[f"g_{name}"] = "eq. (9)"
+            elif name in cell.intermediates:
+                intermediate_adjoints[name] = (
+                    add(*contributions) if contributions else sp.ZeroMatrix(*symbol.shape)
+                )
             else:
                 output_adjoints[name] = (
                     add(*contributions) if contributions else sp.ZeroMatrix(*symbol.shape)
@@ -262,4 +324,5 @@ def derive(cell: Cell) -> Derivation:
         param_terms=summed_params,
         input_terms={n: add(*terms) for n, terms in input_terms.items()},
         labels=labels,
+        intermediate_adjoints=intermediate_adjoints,
     )

@@ -33,7 +33,7 @@ def _time_tables(cell) -> tuple[dict, dict]:
             name = var.name + suffix
             text[name] = f"{var.name}{sup(step)}"
             tex[name] = f"{_latex_name(var.name)}^{{{step}}}"
-            if var.kind in ("state", "output"):
+            if var.kind in ("state", "output", "intermediate"):
                 text[f"g_{name}"] = f"∇_{{{text[name]}}}L"
                 tex[f"g_{name}"] = rf"\nabla_{{{tex[name]}}} L"
     for name in cell.params:
@@ -172,18 +172,13 @@ class DerivationLatexPrinter(LatexPrinter):
 
 def _rows(derivation) -> list[tuple[str, object, str, str]]:
     """(section, lhs, rhs, label) for every equation, in reading order."""
-    cell = derivation.cell
     rows = []
-    for eq in derivation.forward:
-        rows.append(("forward", eq.lhs, eq.rhs, eq.label))
-    for name, expr in derivation.output_adjoints.items():
-        rows.append(("backward", derivation.adjoint(name), expr, "from eq. (5)"))
-    for name in reversed(list(cell.updates)):
-        rows.append(
-            ("backward", derivation.adjoint(name), derivation.state_adjoint(name), "eq. (9)")
-        )
-    for name, expr in derivation.param_terms.items():
-        rows.append(("gradient", name, expr, derivation.labels.get(name, "")))
+    n_forward = len(derivation.forward)
+    for i, eq in enumerate(derivation.equations()):
+        if isinstance(eq.lhs, str) and eq.lhs.startswith("grad:"):
+            rows.append(("gradient", eq.lhs[5:], eq.rhs, eq.label))
+        else:
+            rows.append(("forward" if i < n_forward else "backward", eq.lhs, eq.rhs, eq.label))
     return rows
 
 

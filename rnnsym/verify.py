@@ -198,11 +198,11 @@ def scalar_oracle(
             for n, s in cell.states.items():
                 env[_concrete(s.prev.symbol, dims)] = prev[n]
             for n in cell.updates:
-                value = evaluate(_explicit(cell.updates[n].expr, dims, env))
+                value = evaluate(_explicit(d.update_expr(n), dims, env))
                 env[_concrete(cell.states[n].symbol, dims)] = value
-            for n, term in cell.output_defs.items():
+            for n in cell.output_defs:
                 env[_concrete(cell.outputs[n].symbol, dims)] = evaluate(
-                    _explicit(term.expr, dims, env)
+                    _explicit(d.output_expr(n), dims, env)
                 )
             prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
             envs.append(env)
@@ -210,7 +210,7 @@ def scalar_oracle(
 
     # 1. the oracle: the total loss as one scalar expression, differentiated by SymPy
     envs = run_forward(param_syms, lambda m: m)
-    total = sp.Add(*[_explicit(cell.loss_expr, dims, env)[0, 0] for env in envs])
+    total = sp.Add(*[_explicit(d.loss_expr, dims, env)[0, 0] for env in envs])
     oracle = {}
     for n, matrix in param_syms.items():
         oracle[n] = matrix.applyfunc(lambda s: sp.diff(total, s).xreplace(point).evalf(digits))
@@ -220,6 +220,7 @@ def scalar_oracle(
         return m.evalf(digits)
 
     values = {n: num(m.xreplace(point)) for n, m in param_syms.items()}
+    d = d.inlined()  # intermediates written out: the same equations, fewer names to bind
     envs = run_forward(values, num)
     grads = {n: ImmutableMatrix.zeros(*m.shape) for n, m in values.items()}
     carry: dict[str, ImmutableMatrix] = {}
