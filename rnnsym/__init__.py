@@ -7,8 +7,8 @@ from .activations import elementwise
 from .cell import Cell
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
-from .expr import Term, concat, exp, log, relu, sigmoid, softplus, tanh
-from .losses import linear_loss, squared_error
+from .expr import Term, concat, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
+from .losses import linear_loss, softmax_cross_entropy, squared_error
 
 __version__ = "0.1.0"
 
@@ -28,8 +28,10 @@ __all__ = [
     "softplus",
     "exp",
     "log",
+    "log_sigmoid",
     "squared_error",
     "linear_loss",
+    "softmax_cross_entropy",
     "RnnsymError",
     "CellError",
     "ShapeError",

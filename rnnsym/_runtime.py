@@ -18,6 +18,23 @@ def _softplus(a):
     return np.logaddexp(0.0, a)
 
 
+def _log_sigmoid(a):
+    # log(1 / (1 + exp(-a))) = -softplus(-a), finite for large |a|
+    return -np.logaddexp(0.0, -a)
+
+
+def _logsumexp(a):
+    # log(sum(exp(a))) over the last axis, the maximum subtracted first (no overflow)
+    top = np.max(a, axis=-1, keepdims=True)
+    return top + np.log(np.sum(np.exp(a - top), axis=-1, keepdims=True))
+
+
+def _softmax(a):
+    # exp(a) / sum(exp(a)) over the last axis, the maximum subtracted first (no overflow)
+    e = np.exp(a - np.max(a, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
 def _relu(a):
     return np.maximum(a, 0.0)
 

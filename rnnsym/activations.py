@@ -181,6 +181,15 @@ register(
 )
 register(
     Activation(
+        "log_sigmoid",
+        lambda z: -sp.log(1 + sp.exp(-z)),
+        lambda x, ans: Apply("sigmoid", mul(-1, x)),
+        r"\log\sigma",
+        "_log_sigmoid",
+    )
+)
+register(
+    Activation(
         "softplus",
         lambda z: sp.log(1 + sp.exp(z)),
         lambda x, ans: Apply("sigmoid", x),

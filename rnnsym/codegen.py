@@ -754,6 +754,9 @@ def _sum_vectors(expr) -> list:
 _HELPER_ORDER = [
     "_sigmoid",
     "_softplus",
+    "_log_sigmoid",
+    "_logsumexp",
+    "_softmax",
     "_relu",
     "_step",
     "_mm",

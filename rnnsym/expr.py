@@ -305,5 +305,18 @@ def exp(x) -> Term:
 
 
 def log(x) -> Term:
-    """Elementwise natural logarithm."""
-    return apply("log", x)
+    """Elementwise natural logarithm.
+
+    ``log(sigmoid(a))`` is built as the single function log σ(a), which the kernel computes as
+    −softplus(−a): the composition would give log 0 = −∞ and ∞·0 = NaN in the gradient once σ
+    underflows (a ≲ −745 in float64). The two are equal; only the computation differs.
+    """
+    term = as_term(x)
+    if isinstance(term.expr, Apply) and term.expr.name == "sigmoid":
+        return Term(Apply("log_sigmoid", term.expr.arg), term.cell)
+    return apply("log", term)
+
+
+def log_sigmoid(x) -> Term:
+    """Elementwise log σ(z) = −softplus(−z), stable for large |z|."""
+    return apply("log_sigmoid", x)

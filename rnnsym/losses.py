@@ -7,9 +7,9 @@ from sympy import Transpose
 
 from .errors import ShapeError
 from .expr import Term, as_term
-from .ops import add, mul, shape_str
+from .ops import LogSumExp, add, mul, shape_str
 
-__all__ = ["squared_error", "linear_loss"]
+__all__ = ["squared_error", "linear_loss", "softmax_cross_entropy"]
 
 
 def squared_error(output, target) -> Term:
@@ -34,3 +34,19 @@ def linear_loss(weights, states) -> Term:
             f"{shape_str(h.expr)} must be column vectors of the same size"
         )
     return Term(mul(Transpose(d.expr), h.expr), d._cell_of(h))
+
+
+def softmax_cross_entropy(logits, target) -> Term:
+    """−Σ_i y_i log softmax(o)_i = logsumexp(o) − yᵀo for a probability (or one-hot) target y.
+
+    *Deep Learning* eqs. (10.18)–(10.28): its gradient w.r.t. o is softmax(o) − y (for Σ y = 1).
+    The kernel computes logsumexp and softmax with the maximum subtracted, so they do not
+    overflow.
+    """
+    o, y = as_term(logits), as_term(target)
+    if o.shape != y.shape or o.shape[1] != 1:
+        raise ShapeError(
+            f"softmax_cross_entropy: logits {sp.sstr(o.expr)} {shape_str(o.expr)} and target "
+            f"{sp.sstr(y.expr)} {shape_str(y.expr)} must be column vectors of the same size"
+        )
+    return Term(add(LogSumExp(o.expr), mul(-1, Transpose(y.expr), o.expr)), o._cell_of(y))

@@ -28,7 +28,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.printer import Printer
 
 from .errors import DerivationError
-from .ops import Apply, Concat, Pad, Slice, coeff_and_factors, leaves
+from .ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors, leaves
 
 __all__ = [
     "SumOuter",
@@ -124,7 +124,19 @@ class Function:
     body: tuple = field(default_factory=tuple)
 
 
-_ATOMS = (MatrixSymbol, Apply, OneMatrix, SumOuter, SumRows, TotalLoss, Slice, Concat, Pad)
+_ATOMS = (
+    MatrixSymbol,
+    Apply,
+    OneMatrix,
+    SumOuter,
+    SumRows,
+    TotalLoss,
+    Slice,
+    Concat,
+    Pad,
+    LogSumExp,
+    Softmax,
+)
 
 
 class _ScalarPrinter(NumPyPrinter):
@@ -324,6 +336,14 @@ class RowPrinter(Printer):
             return f"{self._print(expr.arg)}.T"
         raise DerivationError(f"cannot print the batched transpose {sp.sstr(expr)}")
 
+    def _print_LogSumExp(self, expr) -> str:
+        self.used_helpers.add("_logsumexp")
+        return f"_logsumexp({self._print(expr.args[0])})"
+
+    def _print_Softmax(self, expr) -> str:
+        self.used_helpers.add("_softmax")
+        return f"_softmax({self._print(expr.args[0])})"
+
     def _print_Concat(self, expr) -> str:
         parts = expr.args
         data = [p for p in parts if self.is_batch(p)]
@@ -375,7 +395,10 @@ class RowPrinter(Printer):
             else:
                 text, coeff = f"np.sum({self._print(term)})", sp.S.One
             parts.append(self._scaled(coeff, text))
-        return " + ".join(parts)
+        out = parts[0]
+        for part in parts[1:]:
+            out += f" - {part[1:]}" if part.startswith("-") else f" + {part}"
+        return out
 
     # ----- statements -----
 

@@ -44,6 +44,8 @@ __all__ = [
     "Pad",
     "concat",
     "slice_rows",
+    "LogSumExp",
+    "Softmax",
     "add",
     "mul",
     "hadamard",
@@ -161,6 +163,40 @@ class Pad(MatrixExpr):
     def _sympystr(self, printer) -> str:
         arg, start, total = self.args
         return f"pad({printer._print(arg)}, {start}, {total})"
+
+
+class LogSumExp(MatrixExpr):
+    """log Σ_i exp(a_i) of a column vector: a 1×1 quantity (softmax cross-entropy's normaliser)."""
+
+    def __new__(cls, arg: MatrixExpr) -> LogSumExp:
+        return Basic.__new__(cls, arg)
+
+    @property
+    def shape(self) -> tuple:
+        return (sp.S.One, sp.S.One)
+
+    def _sympystr(self, printer) -> str:
+        return f"logsumexp({printer._print(self.args[0])})"
+
+    def _latex(self, printer) -> str:
+        return rf"\operatorname{{logsumexp}}\left({printer._print(self.args[0])}\right)"
+
+
+class Softmax(MatrixExpr):
+    """exp(a_i) / Σ_j exp(a_j) of a column vector (the gradient of LogSumExp)."""
+
+    def __new__(cls, arg: MatrixExpr) -> Softmax:
+        return Basic.__new__(cls, arg)
+
+    @property
+    def shape(self) -> tuple:
+        return self.args[0].shape
+
+    def _sympystr(self, printer) -> str:
+        return f"softmax({printer._print(self.args[0])})"
+
+    def _latex(self, printer) -> str:
+        return rf"\operatorname{{softmax}}\left({printer._print(self.args[0])}\right)"
 
 
 def concat(*parts: MatrixExpr) -> MatrixExpr:

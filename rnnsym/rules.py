@@ -15,7 +15,19 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, Transpose
 
 from .errors import DerivationError
-from .ops import Apply, Concat, Pad, Slice, coeff_and_factors, hadamard, mul, slice_rows, transpose
+from .ops import (
+    Apply,
+    Concat,
+    LogSumExp,
+    Pad,
+    Slice,
+    Softmax,
+    coeff_and_factors,
+    hadamard,
+    mul,
+    slice_rows,
+    transpose,
+)
 
 __all__ = ["primitive_vjps", "defvjp", "vjp"]
 
@@ -87,6 +99,22 @@ defvjp(
         None,
     ],
 )
+
+
+# ----- Reductions -----
+
+# d logsumexp(a) w.r.t. a:  softmax(a) g  (g is 1×1)
+defvjp(LogSumExp, lambda node, ans, g: [mul(Softmax(node.args[0]), g)])
+
+
+def _softmax_vjp(node, ans, g) -> list:
+    raise DerivationError(
+        f"softmax inside a cell ({sp.sstr(node)}) has no derivative rule yet; use "
+        f"rs.softmax_cross_entropy(o, y) for a softmax output with its loss"
+    )
+
+
+defvjp(Softmax, _softmax_vjp)
 
 
 # ----- Elementwise nodes -----

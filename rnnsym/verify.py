@@ -24,7 +24,7 @@ from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
 from .derive import Derivation, adjoint_symbol, derive
-from .ops import Apply, Concat, Pad, Slice, coeff_and_factors
+from .ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors
 
 __all__ = [
     "OracleReport",
@@ -112,6 +112,13 @@ def _explicit(expr, dims: dict, env: dict) -> ImmutableMatrix:
             value = ev(node.arg).T
         elif isinstance(node, Apply):
             value = ev(node.arg).applyfunc(node.activation.scalar)
+        elif isinstance(node, LogSumExp):
+            entries = list(ev(node.args[0]))
+            value = ImmutableMatrix([[sp.log(sp.Add(*[sp.exp(e) for e in entries]))]])
+        elif isinstance(node, Softmax):
+            entries = ev(node.args[0])
+            total = sp.Add(*[sp.exp(e) for e in entries])
+            value = entries.applyfunc(lambda e: sp.exp(e) / total)
         elif isinstance(node, Concat):
             value = ImmutableMatrix.vstack(*[ev(a) for a in node.args])
         elif isinstance(node, Slice):

@@ -9,10 +9,12 @@ from cells import CATALOGUE
 import rnnsym as rs
 from rnnsym.verify import check_gradients, random_problem, scalar_oracle
 
+ALL_CELLS = {**CATALOGUE, **{f"builtin_{n}": b.make for n, b in rs.cells.BUILTIN.items()}}
 
-@pytest.fixture(scope="module", params=sorted(CATALOGUE))
+
+@pytest.fixture(scope="module", params=sorted(ALL_CELLS))
 def cell_and_kernel(request):
-    cell = CATALOGUE[request.param]()
+    cell = ALL_CELLS[request.param]()
     return cell, rs.compile(cell)
 
 
