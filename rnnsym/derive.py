@@ -234,7 +234,14 @@ def _param_label(cell: Cell, name: str, term: MatrixExpr) -> str:
     ):
         return "eq. (6)" if symbol.shape[1] != 1 else "bias, cf. eq. (6)"
     if symbol.shape[1] == 1:
-        return "bias, cf. eqs. (7)-(8)"
+        steps = [cell.step_term(kind, n).expr for kind, n in cell.order]
+        elementwise = any(
+            isinstance(node, sp.HadamardProduct) and symbol in node.args
+            for expr in steps
+            for node in sp.preorder_traversal(expr)
+        )
+        # a vector multiplied elementwise (IndRNN's u, peepholes) is a weight, not a bias
+        return "elementwise weight, cf. eq. (7)" if elementwise else "bias, cf. eqs. (7)-(8)"
     last = coeff_and_factors(term)[1][-1] if isinstance(term, sp.MatMul) else None
     if isinstance(last, sp.Transpose) and isinstance(last.arg, MatrixSymbol):
         var = cell.variable(last.arg)

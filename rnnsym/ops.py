@@ -143,7 +143,10 @@ class Slice(MatrixExpr):
 
     def _sympystr(self, printer) -> str:
         arg, start, stop = self.args
-        return f"{printer._print(arg)}[{start}:{stop}]"
+        text = printer._print(arg)
+        if not isinstance(arg, (MatrixSymbol, Concat)):
+            text = f"({text})"  # (Wᵀ g)[0:n], not Wᵀ (g)[0:n]
+        return f"{text}[{printer._print(start)}:{printer._print(stop)}]"
 
     def _latex(self, printer) -> str:
         arg, start, stop = self.args

@@ -43,10 +43,10 @@ def _time_tables(cell) -> tuple[dict, dict]:
 
 
 def _latex_name(name: str) -> str:
-    if "_" in name:
-        head, tail = name.split("_", 1)
-        return f"{head}_{{{tail}}}"
-    return name
+    head, _, tail = name.partition("_")
+    if len(head) > 1:
+        head = rf"\mathrm{{{head}}}"  # a word, not a product of letters
+    return f"{head}_{{{tail}}}" if tail else head
 
 
 class TextPrinter(StrPrinter):
@@ -61,7 +61,15 @@ class TextPrinter(StrPrinter):
 
     def _paren(self, expr) -> str:
         text = self._print(expr)
-        simple = isinstance(expr, MatrixSymbol) or type(expr).__name__ in ("Apply", "OneMatrix")
+        simple = isinstance(expr, MatrixSymbol) or type(expr).__name__ in (
+            "Apply",
+            "OneMatrix",
+            "Concat",
+            "Slice",
+            "Transpose",
+            "LogSumExp",
+            "Softmax",
+        )
         simple = simple or (
             type(expr).__name__ == "Transpose" and isinstance(expr.arg, MatrixSymbol)
         )
@@ -113,6 +121,14 @@ class TextPrinter(StrPrinter):
 
     def _print_Apply(self, expr) -> str:
         return f"{expr.name}({self._print(expr.arg)})"
+
+    def _print_Slice(self, expr) -> str:
+        arg, start, stop = expr.args
+        return f"{self._paren(arg)}[{self._print(start)}:{self._print(stop)}]"
+
+    def _print_Mul(self, expr) -> str:
+        # sizes such as 2*n print as 2n
+        return "".join(self._print(a) for a in expr.args)
 
 
 class DerivationLatexPrinter(LatexPrinter):

@@ -184,8 +184,8 @@ def scalar_oracle(
         n: ImmutableMatrix(*shape(p), lambda i, j, n=n: sp.Symbol(f"{n}_{i}_{j}", real=True))
         for n, p in cell.params.items()
     }
-    point = {s: _rational(rng) for m in param_syms.values() for s in m.free_symbols}
-    point = dict(sorted(point.items(), key=lambda kv: kv[0].name))
+    # drawn in a fixed order (parameters as declared, entries row by row): same seed, same point
+    point = {s: _rational(rng) for m in param_syms.values() for s in m}
     data = []
     for _ in range(T):
         step = {}
