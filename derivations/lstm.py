@@ -99,11 +99,10 @@ assert derivation.labels["W_hh"] == "eq. (7)" and derivation.labels["W_ih"] == "
 # ## 4. An independent oracle
 #
 # `sympy.diff` of the cell unrolled into scalars, at 60 digits, against the matrix-form
-# derivation. The unrolled LSTM loss swells quickly: n = 2 takes about 20 s here, so this
-# runs n = 1 (the four stacked gates are still four distinct rows of W_ih and W_hh) with
-# m = 2 and T = 2. The finite differences below cover n = 5.
+# derivation. The unrolled LSTM loss swells quickly with T (T = 3 takes minutes), so this
+# runs n = 2, m = 3, k = 1 and T = 2, a few seconds. The finite differences below cover n = 5.
 
-report = scalar_oracle(cell, sizes={"n": 1, "m": 2, "k": 1}, T=2)
+report = scalar_oracle(cell, sizes={"n": 2, "m": 3, "k": 1}, T=2)
 print(report)
 assert report.ok
 

@@ -91,12 +91,11 @@ assert "c_prev" not in names(derivation.param_terms["p_o"])
 # ## 4. An independent oracle
 #
 # `sympy.diff` of the cell unrolled into scalars, at 60 digits, against the matrix-form
-# derivation. This is the most expensive cell to unroll: n = 2 takes about 95 s and n = 1
-# about 20 s here (nearly all of it in evaluating the swollen derivative trees), so the oracle
-# runs n = m = k = 1 and T = 2. That still exercises every peephole and both recurrences; the
-# finite differences below check n = 5, m = 4, k = 3.
+# derivation. This is the most expensive cell to unroll, so the oracle runs n = 2, m = k = 1
+# and T = 2: every peephole and both recurrences are exercised; the finite differences below
+# check n = 5, m = 4, k = 3.
 
-report = scalar_oracle(cell, sizes={"n": 1, "m": 1, "k": 1}, T=2)
+report = scalar_oracle(cell, sizes={"n": 2, "m": 1, "k": 1}, T=2)
 print(report)
 assert report.ok
 

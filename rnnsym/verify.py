@@ -162,6 +162,30 @@ def _agreement(a: sp.Expr, b: sp.Expr, digits: int) -> float:
     return float(-sp.log(abs(a - b) / scale, 10))
 
 
+def _evaluate_derivatives(total, param_syms: dict, point: dict, digits: int) -> dict:
+    """∂total/∂θ for every parameter entry θ by ``sympy.diff``, evaluated with mpmath.
+
+    The derivatives are compiled with ``lambdify`` (common subexpressions shared) and
+    evaluated at ``digits`` significant digits; substituting and calling ``evalf`` on each
+    swollen derivative is an order of magnitude slower.
+    """
+    import mpmath
+
+    symbols = list(point)
+    entries = [s for matrix in param_syms.values() for s in matrix]
+    derivatives = [sp.diff(total, s) for s in entries]
+    function = sp.lambdify(symbols, derivatives, modules="mpmath", cse=True)
+    with mpmath.workdps(digits + 10):
+        values = function(*[mpmath.mpf(v.p) / v.q for v in point.values()])
+        numbers = [sp.Float(v, digits) for v in values]
+    result, at = {}, 0
+    for name, matrix in param_syms.items():
+        size = len(matrix)
+        result[name] = ImmutableMatrix(*matrix.shape, numbers[at : at + size])
+        at += size
+    return result
+
+
 def scalar_oracle(
     cell: Cell,
     sizes: dict[str, int] | None = None,
@@ -218,9 +242,7 @@ def scalar_oracle(
     # 1. the oracle: the total loss as one scalar expression, differentiated by SymPy
     envs = run_forward(param_syms, lambda m: m)
     total = sp.Add(*[_explicit(d.loss_expr, dims, env)[0, 0] for env in envs])
-    oracle = {}
-    for n, matrix in param_syms.items():
-        oracle[n] = matrix.applyfunc(lambda s: sp.diff(total, s).xreplace(point).evalf(digits))
+    oracle = _evaluate_derivatives(total, param_syms, point, digits)
 
     # 2. the matrix-form derivation, evaluated step by step at the same point
     def num(m):
