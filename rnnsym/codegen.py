@@ -37,7 +37,17 @@ from .numpy_printer import (
     SumRows,
     TotalLoss,
 )
-from .ops import Apply, Slice, add, coeff_and_factors, hadamard, leaves, mul, transpose
+from .ops import (
+    Apply,
+    Slice,
+    add,
+    coeff_and_factors,
+    hadamard,
+    leaves,
+    mul,
+    signed_terms,
+    transpose,
+)
 
 __all__ = ["generate_module"]
 
@@ -270,15 +280,10 @@ class Phase:
                 first = fresh[0]
                 size = self.gen.size_text(expr.shape[0]) if expr.shape[1] == 1 else ""
                 self.stmts.append(Assign(name, self.print(first), comment, size))
-                for term in terms:
-                    if term is first:
-                        continue
-                    coeff, factors = coeff_and_factors(term)
-                    if coeff.is_number and coeff < 0:
-                        text = self.print(mul(-coeff, *factors))
-                        self.stmts.append(Line(f"{name} -= {text}"))
-                    else:
-                        self.stmts.append(Line(f"{name} += {self.print(term)}"))
+                for term, (negative, magnitude) in zip(terms, signed_terms(expr), strict=True):
+                    if term is not first:
+                        op = "-=" if negative else "+="
+                        self.stmts.append(Line(f"{name} {op} {self.print(magnitude)}"))
                 return
         size = ""
         if self.sequence and expr.shape[1] == 1 and self.gen.is_batch(expr):

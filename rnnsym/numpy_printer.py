@@ -28,7 +28,17 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.printer import Printer
 
 from .errors import DerivationError
-from .ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors, leaves
+from .ops import (
+    Apply,
+    Concat,
+    LogSumExp,
+    Pad,
+    Slice,
+    Softmax,
+    coeff_and_factors,
+    leaves,
+    signed_terms,
+)
 
 __all__ = [
     "SumOuter",
@@ -228,21 +238,10 @@ class RowPrinter(Printer):
 
     def _print_MatAdd(self, expr: MatAdd) -> str:
         parts: list[str] = []
-        for i, term in enumerate(expr.args):
-            coeff, factors = coeff_and_factors(term)
-            if coeff.is_number and coeff < 0:
-                positive = (
-                    factors[0]
-                    if coeff == -1 and len(factors) == 1
-                    else MatMul(-coeff, *factors)
-                    if coeff != -1
-                    else MatMul(*factors)
-                )
-                parts.append(
-                    f" - {self.paren_sum(positive)}" if i else f"-{self.paren_sum(positive)}"
-                )
-            else:
-                parts.append(f" + {self._print(term)}" if i else self._print(term))
+        for i, (negative, term) in enumerate(signed_terms(expr)):
+            text = self.paren_sum(term) if negative else self._print(term)
+            sign = " - " if negative else " + "
+            parts.append(f"{sign}{text}" if i else ("-" if negative else "") + text)
         return "".join(parts)
 
     def paren_sum(self, expr) -> str:

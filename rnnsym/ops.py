@@ -54,6 +54,7 @@ __all__ = [
     "zeros",
     "is_zero",
     "coeff_and_factors",
+    "signed_terms",
     "leaves",
     "shape_str",
 ]
@@ -327,6 +328,21 @@ def coeff_and_factors(expr: MatrixExpr) -> tuple[sp.Expr, tuple[MatrixExpr, ...]
                 coeff *= arg
         return coeff, tuple(factors)
     return sp.S.One, (expr,)
+
+
+def signed_terms(expr: MatrixExpr) -> list[tuple[bool, MatrixExpr]]:
+    """The terms of a sum as (negative, magnitude): ``a - 2 b`` gives [(False, a), (True, 2 b)].
+
+    Printers write ``a − 2 b`` from this instead of ``a + (−2) b``.
+    """
+    out = []
+    for term in expr.args if isinstance(expr, MatAdd) else (expr,):
+        coeff, factors = coeff_and_factors(term)
+        if coeff.is_number and coeff < 0:
+            out.append((True, _from_factors(-coeff, factors, term.shape)))
+        else:
+            out.append((False, term))
+    return out
 
 
 def _from_factors(coeff: sp.Expr, factors: tuple[MatrixExpr, ...], shape) -> MatrixExpr:

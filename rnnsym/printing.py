@@ -7,11 +7,11 @@ print bare. ``∘`` is the elementwise (Hadamard) product.
 
 from __future__ import annotations
 
-from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol
+from sympy import HadamardProduct, MatAdd, MatrixSymbol
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from .ops import coeff_and_factors
+from .ops import coeff_and_factors, signed_terms
 
 __all__ = ["derivation_text", "derivation_latex", "TextPrinter", "DerivationLatexPrinter"]
 
@@ -49,8 +49,38 @@ def _latex_name(name: str) -> str:
     return f"{head}_{{{tail}}}" if tail else head
 
 
-class TextPrinter(StrPrinter):
+class _SumsAndProducts:
+    """Sums with proper minus signs and products by juxtaposition, shared by both printers."""
+
+    MINUS = "-"
+
+    def _factor(self, expr) -> str:
+        raise NotImplementedError
+
+    def _print_MatMul(self, expr) -> str:
+        coeff, factors = coeff_and_factors(expr)
+        body = " ".join(self._factor(f) for f in factors)
+        if coeff == 1:
+            return body
+        if coeff == -1:
+            return f"{self.MINUS}{body}"
+        return f"{self._print(coeff)} {body}"
+
+    def _print_MatAdd(self, expr) -> str:
+        out = []
+        for i, (negative, term) in enumerate(signed_terms(expr)):
+            text = self._print(term)
+            if negative:
+                out.append(f" {self.MINUS} {text}" if i else f"{self.MINUS}{text}")
+            else:
+                out.append(f" + {text}" if i else text)
+        return "".join(out)
+
+
+class TextPrinter(_SumsAndProducts, StrPrinter):
     """Unicode text: Wᵀ, ∘, h⁽ᵗ⁻¹⁾, ∇_{h⁽ᵗ⁾}L."""
+
+    MINUS = "−"
 
     def __init__(self, names: dict[str, str]):
         super().__init__()
@@ -58,6 +88,9 @@ class TextPrinter(StrPrinter):
 
     def _print_MatrixSymbol(self, expr) -> str:
         return self.names.get(expr.name, expr.name)
+
+    def _factor(self, expr) -> str:
+        return self._paren(expr)
 
     def _paren(self, expr) -> str:
         text = self._print(expr)
@@ -90,32 +123,6 @@ class TextPrinter(StrPrinter):
     def _print_HadamardProduct(self, expr) -> str:
         return " ∘ ".join(self._paren(a) for a in expr.args)
 
-    def _print_MatMul(self, expr) -> str:
-        coeff, factors = coeff_and_factors(expr)
-        body = " ".join(self._paren(f) for f in factors)
-        if coeff == 1:
-            return body
-        if coeff == -1:
-            return f"−{body}"
-        return f"{self._print(coeff)} {body}"
-
-    def _print_MatAdd(self, expr) -> str:
-        out = []
-        for i, term in enumerate(expr.args):
-            coeff, factors = coeff_and_factors(term)
-            if coeff.is_number and coeff < 0:
-                positive = (
-                    MatMul(-coeff, *factors)
-                    if coeff != -1
-                    else (factors[0] if len(factors) == 1 else MatMul(*factors))
-                )
-                text = self._print(positive)
-                out.append(f" − {text}" if i else f"−{text}")
-            else:
-                text = self._print(term)
-                out.append(f" + {text}" if i else text)
-        return "".join(out)
-
     def _print_Rational(self, expr) -> str:
         return "½" if (expr.p, expr.q) == (1, 2) else f"{expr.p}/{expr.q}"
 
@@ -131,7 +138,7 @@ class TextPrinter(StrPrinter):
         return "".join(self._print(a) for a in expr.args)
 
 
-class DerivationLatexPrinter(LatexPrinter):
+class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
     """LaTeX with time-stepped symbols and ∘ for the Hadamard product."""
 
     def __init__(self, names: dict[str, str]):
@@ -158,32 +165,6 @@ class DerivationLatexPrinter(LatexPrinter):
 
     def _print_HadamardProduct(self, expr) -> str:
         return r" \circ ".join(self._factor(a) for a in expr.args)
-
-    def _print_MatMul(self, expr) -> str:
-        coeff, factors = coeff_and_factors(expr)
-        body = " ".join(self._factor(f) for f in factors)
-        if coeff == 1:
-            return body
-        if coeff == -1:
-            return f"-{body}"
-        return f"{self._print(coeff)} {body}"
-
-    def _print_MatAdd(self, expr) -> str:
-        out = []
-        for i, term in enumerate(expr.args):
-            coeff, factors = coeff_and_factors(term)
-            if coeff.is_number and coeff < 0:
-                positive = (
-                    MatMul(-coeff, *factors)
-                    if coeff != -1
-                    else (factors[0] if len(factors) == 1 else MatMul(*factors))
-                )
-                text = self._print(positive)
-                out.append(f" - {text}" if i else f"-{text}")
-            else:
-                text = self._print(term)
-                out.append(f" + {text}" if i else text)
-        return "".join(out)
 
 
 def _rows(derivation) -> list[tuple[str, object, str, str]]:
