@@ -9,6 +9,7 @@ from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
 from .expr import Term, concat, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
+from .unroll import unroll
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "Term",
     "Derivation",
     "derive",
+    "unroll",
     "compile",
     "check_gradients",
     "cells",

@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file and the function in it that returns an rnnsym.Cell",
     )
     common(verify_p)
+    graph_p = sub.add_parser("graph", help="draw the unrolled computation graph")
+    graph_p.add_argument("cell", help="a built-in cell name, or PATH.py:FUNC for your own")
+    graph_p.add_argument("--T", type=int, default=4, help="number of steps (default 4)")
+    graph_p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="write .dot, or .svg/.png/.pdf with Graphviz installed (default: DOT to stdout)",
+    )
     sub.add_parser("cells", help="list the built-in cells")
     return parser
 
@@ -108,6 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cells":
             for name, builtin in sorted(cells.BUILTIN.items()):
                 print(f"{name:14s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")
+            return 0
+        if args.command == "graph":
+            from .unroll import unroll
+
+            target = args.cell
+            cell = _load_user_cell(target) if ":" in target else cells.get(target)
+            graph = unroll(cell, args.T)
+            if args.output:
+                path = graph.write(args.output)
+                print(f"unrolled graph of {cell.name!r} (T = {args.T}) written to {path}")
+            else:
+                sys.stdout.write(graph.to_dot())
             return 0
         if args.command == "derive":
             cell = cells.get(args.cell)
