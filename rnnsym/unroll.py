@@ -83,7 +83,7 @@ class UnrolledGraph:
         for members in rows.values():
             lines.append("  { rank=same; " + " ".join(f'"{m}";' for m in members) + " }")
             # keep each row in time order, left to right
-            for left, right in zip(members, members[1:]):
+            for left, right in zip(members, members[1:], strict=False):
                 if not any(e.source == left and e.target == right for e in self.edges):
                     lines.append(f'  "{left}" -> "{right}" [style=invis];')
         for e in self.edges:
