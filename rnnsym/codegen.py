@@ -39,6 +39,7 @@ from .numpy_printer import (
 )
 from .ops import (
     Apply,
+    Concat,
     Slice,
     add,
     coeff_and_factors,
@@ -242,6 +243,8 @@ class Phase:
             expr = expr.xreplace(self.bound)
         if isinstance(expr, Apply) and expr.activation.numpy in _UFUNCS:
             return f"{expr.activation.numpy}({self.print(expr.arg)}, out={dest})"
+        if isinstance(expr, Concat):
+            return f"{self.print(expr)[:-1]}, out={dest})"  # np.concatenate(..., out=dest)
         if isinstance(expr, HadamardProduct) and len(expr.args) == 2:
             a, b = (self.print(x) for x in expr.args)
             return f"np.multiply({a}, {b}, out={dest})"
@@ -290,12 +293,17 @@ class Phase:
             size = self.gen.size_text(expr.shape[0])
         self.stmts.append(Assign(name, self.print(expr), comment, size))
 
-    def emit_shared(self, exprs: list[MatrixExpr]) -> list[MatrixExpr]:
-        """Bind the subexpressions shared by ``exprs``; return them with the bindings used."""
+    def emit_shared(self, exprs: list[MatrixExpr], avoid: set = frozenset()) -> list[MatrixExpr]:
+        """Bind the subexpressions shared by ``exprs``; return them with the bindings used.
+
+        Subexpressions that use a symbol in ``avoid`` (not yet computed) are left alone.
+        """
         roots = [e.xreplace(self.bound) for e in exprs]
         counts = _parent_counts(roots)
         for node in _postorder_unique(roots):
             if node in roots or isinstance(node, MatrixSymbol) or not _is_worth_binding(node):
+                continue
+            if avoid and leaves(node) & avoid:
                 continue
             if counts.get(node, 0) >= 2:
                 name = self.gen.namer.numbered(self.temp_prefix)
@@ -560,6 +568,12 @@ class KernelGenerator:
             loop.names[var.symbol] = f"{var.name}[t]"
         for var in cell.outputs.values():
             loop.names[adjoint_symbol(var.symbol)] = f"g_{var.name}[t]"
+        # forward-only values used by several adjoint statements (a gate in ∇c and in the
+        # carry): computed once per step
+        loop.emit_shared(
+            [e for n in order for e in local_exprs[n]] + list(carry_exprs.values()),
+            avoid=adjoint_syms,
+        )
         for n in order:
             terms = []
             shape = states[n].shape
@@ -581,7 +595,7 @@ class KernelGenerator:
         for expr in carry_exprs.values():
             for node in _postorder_unique([expr]):
                 if self.original(node) in wanted and _is_worth_binding(node):
-                    force.add(node)
+                    force.add(node.xreplace(loop.bound))
         first = len(loop.stmts)
         forced = loop.emit([(carry_names[n], e, "") for n, e in carry_exprs.items()], force)
         stored = {}
@@ -590,7 +604,7 @@ class KernelGenerator:
             seq_name = self.namer.fresh(f"{temp}_seq")
             size = self.size_text(node.shape[0])
             stmts.append(Line(f"{seq_name} = np.empty((T, B, {size}), dtype=dtype)"))
-            stored[self.original(node)] = seq_name
+            stored[self.original(node, loop.bound)] = seq_name
             store_after[temp] = Line(f"{seq_name}[t] = {temp}")
         body = loop.stmts[:first]
         for stmt in loop.stmts[first:]:
@@ -606,8 +620,12 @@ class KernelGenerator:
         stmts.append(Loop("t", "range(T - 1, -1, -1)", tuple(body)))
         return stored
 
-    def original(self, node):
-        """A loop expression with its hoisted placeholders replaced by what they stand for."""
+    def original(self, node, bound: dict | None = None):
+        """A loop expression with its temporaries and hoisted placeholders written out."""
+        if bound:
+            unbind = {symbol: expr for expr, symbol in bound.items()}
+            while leaves(node) & set(unbind):
+                node = node.xreplace(unbind)
         rule = {s: self.unhoist[s] for s in leaves(node) if s in self.unhoist}
         return node.xreplace(rule) if rule else node
 
