@@ -48,7 +48,6 @@ __all__ = [
     "Comment",
     "Loop",
     "Line",
-    "Block",
     "Function",
     "RowPrinter",
 ]
@@ -118,11 +117,6 @@ class Line:
 class Loop:
     index: str
     iterable: str
-    body: tuple
-
-
-@dataclass(frozen=True)
-class Block:
     body: tuple
 
 
@@ -411,9 +405,6 @@ class RowPrinter(Printer):
         value = stmt.value if isinstance(stmt.value, str) else self._print(stmt.value)
         tail = f"  # {stmt.comment}" if stmt.comment else ""
         return f"{stmt.target} = {value}{tail}"
-
-    def _print_Block(self, stmt: Block) -> str:
-        return "\n".join(self._print(s) for s in stmt.body)
 
     def _print_Loop(self, stmt: Loop) -> str:
         body = "\n".join(self._kept(stmt.body))

@@ -20,8 +20,6 @@ They never reorder factors, so results are deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import sympy as sp
 from sympy import (
     HadamardProduct,
@@ -51,7 +49,6 @@ __all__ = [
     "hadamard",
     "transpose",
     "ones",
-    "zeros",
     "is_zero",
     "coeff_and_factors",
     "signed_terms",
@@ -308,10 +305,6 @@ def ones(rows, cols=1) -> OneMatrix:
     return OneMatrix(rows, cols)
 
 
-def zeros(rows, cols=1) -> ZeroMatrix:
-    return ZeroMatrix(rows, cols)
-
-
 def is_zero(expr) -> bool:
     return isinstance(expr, ZeroMatrix) or expr == 0
 
@@ -446,20 +439,6 @@ def transpose(expr: MatrixExpr) -> MatrixExpr:
     return Transpose(expr)
 
 
-def zero_like_rows(rows) -> ZeroMatrix:
-    return ZeroMatrix(rows, 1)
-
-
 def leaves(expr: Basic) -> set[MatrixSymbol]:
     """The matrix symbols an expression depends on."""
     return {node for node in sp.preorder_traversal(expr) if isinstance(node, MatrixSymbol)}
-
-
-def all_subexpressions(exprs: Iterable[Basic]) -> set[Basic]:
-    """Every matrix subexpression of the given expressions."""
-    found: set[Basic] = set()
-    for expr in exprs:
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, MatrixExpr):
-                found.add(node)
-    return found
