@@ -46,6 +46,7 @@ from .ops import (
     hadamard,
     leaves,
     mul,
+    postorder,
     signed_terms,
     transpose,
 )
@@ -60,14 +61,11 @@ class Namer:
         self.taken = set(taken)
 
     def fresh(self, base: str) -> str:
+        """``base`` itself if free, else ``base0``, ``base1``, ..."""
         if base not in self.taken:
             self.taken.add(base)
             return base
-        i = 0
-        while f"{base}{i}" in self.taken:
-            i += 1
-        self.taken.add(f"{base}{i}")
-        return f"{base}{i}"
+        return self.numbered(base)
 
     def numbered(self, prefix: str) -> str:
         i = 0
@@ -183,27 +181,9 @@ def _gemm_rooted(expr, is_batch) -> bool:
     return False
 
 
-def _postorder_unique(roots):
-    order, seen = [], set()
-
-    def visit(node):
-        if node in seen:
-            return
-        seen.add(node)
-        if not isinstance(node, MatrixSymbol):
-            for arg in node.args:
-                if isinstance(arg, MatrixExpr):
-                    visit(arg)
-        order.append(node)
-
-    for root in roots:
-        visit(root)
-    return order
-
-
 def _parent_counts(roots) -> dict:
     counts: dict = {}
-    for node in _postorder_unique(roots):
+    for node in postorder(roots):
         if isinstance(node, MatrixSymbol):
             continue
         for arg in set(a for a in node.args if isinstance(a, MatrixExpr)):
@@ -249,12 +229,10 @@ class Phase:
             a, b = (self.print(x) for x in expr.args)
             return f"np.multiply({a}, {b}, out={dest})"
         if isinstance(expr, MatAdd) and len(expr.args) == 2:
-            a, b = expr.args
-            coeff, factors = coeff_and_factors(b)
-            if coeff == -1:
-                rest = factors[0] if len(factors) == 1 else MatMul(*factors)
-                return f"np.subtract({self.print(a)}, {self.print(rest)}, out={dest})"
-            return f"np.add({self.print(a)}, {self.print(b)}, out={dest})"
+            (a_negative, a), (b_negative, b) = signed_terms(expr)
+            if not a_negative:
+                ufunc = "np.subtract" if b_negative else "np.add"
+                return f"{ufunc}({self.print(a)}, {self.print(b)}, out={dest})"
         return None
 
     def assign_into(self, name: str, expr: MatrixExpr, dest: str, comment: str = "") -> None:
@@ -293,6 +271,12 @@ class Phase:
             size = self.gen.size_text(expr.shape[0])
         self.stmts.append(Assign(name, self.print(expr), comment, size))
 
+    def bind(self, node: MatrixExpr, name: str, comment: str = "") -> MatrixSymbol:
+        """Assign ``node`` to ``name`` and use the name wherever ``node`` occurs from now on."""
+        self.assign(name, node, comment)
+        self.bound[node] = self.name(MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node))
+        return self.bound[node]
+
     def emit_shared(self, exprs: list[MatrixExpr], avoid: set = frozenset()) -> list[MatrixExpr]:
         """Bind the subexpressions shared by ``exprs``; return them with the bindings used.
 
@@ -300,17 +284,13 @@ class Phase:
         """
         roots = [e.xreplace(self.bound) for e in exprs]
         counts = _parent_counts(roots)
-        for node in _postorder_unique(roots):
+        for node in postorder(roots):
             if node in roots or isinstance(node, MatrixSymbol) or not _is_worth_binding(node):
                 continue
             if avoid and leaves(node) & avoid:
                 continue
             if counts.get(node, 0) >= 2:
-                name = self.gen.namer.numbered(self.temp_prefix)
-                self.assign(name, node)
-                self.bound[node] = self.name(
-                    MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node)
-                )
+                self.bind(node, self.gen.namer.numbered(self.temp_prefix))
         return [r.xreplace(self.bound) for r in roots]
 
     def emit(self, targets: list[tuple[str, MatrixExpr, str]], force=frozenset()) -> dict:
@@ -325,27 +305,20 @@ class Phase:
             root_name.setdefault(root, name)
         done = set()
         forced = {}
-        for node in _postorder_unique(roots):
+        for node in postorder(roots):
             if not _is_worth_binding(node) or isinstance(node, MatrixSymbol):
                 continue
             if node in root_name and counts.get(node, 0) >= 2:
                 # a result that other results use: compute it once, under its own name
                 name = root_name[node]
-                comment = next(c for n, _, c in targets if n == name)
-                self.assign(name, node, comment)
-                self.bound[node] = self.name(
-                    MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node)
-                )
+                self.bind(node, name, next(c for n, _, c in targets if n == name))
                 done.add(name)
                 continue
             if node in root_name:
                 continue
             if counts.get(node, 0) >= 2 or node in force:
                 name = self.gen.namer.numbered(self.temp_prefix)
-                self.assign(name, node)
-                self.bound[node] = self.name(
-                    MatrixSymbol(name, *node.shape), name, self.gen.is_batch(node)
-                )
+                self.bind(node, name)
                 if node in force:
                     forced[node] = name
         for (name, _, comment), root in zip(targets, roots, strict=True):
@@ -407,7 +380,7 @@ class KernelGenerator:
 
     # ----- hoisting loop-invariant work out of a loop -----
 
-    def hoist(self, expr, variant: set, pre: Phase, loop_names: dict, hoisted: dict):
+    def hoist(self, expr, variant: set, loop_names: dict, hoisted: dict):
         """Replace the parts of ``expr`` free of ``variant`` by arrays computed for all t."""
         if not (leaves(expr) & variant) and not _gemm_rooted(expr, self.is_batch):
             # elementwise work stays in the loop, on arrays that fit in cache;
@@ -415,7 +388,7 @@ class KernelGenerator:
             if isinstance(expr, MatrixSymbol) or not self.is_batch(expr):
                 return expr
             args = [
-                self.hoist(a, variant, pre, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
+                self.hoist(a, variant, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
                 for a in expr.args
             ]
             return expr.func(*args)
@@ -435,15 +408,15 @@ class KernelGenerator:
         if isinstance(expr, MatAdd):
             invariant = [a for a in expr.args if not (leaves(a) & variant)]
             rest = [
-                self.hoist(a, variant, pre, loop_names, hoisted)
+                self.hoist(a, variant, loop_names, hoisted)
                 for a in expr.args
                 if leaves(a) & variant
             ]
             if invariant:
-                rest.insert(0, self.hoist(add(*invariant), variant, pre, loop_names, hoisted))
+                rest.insert(0, self.hoist(add(*invariant), variant, loop_names, hoisted))
             return add(*rest)
         args = [
-            self.hoist(a, variant, pre, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
+            self.hoist(a, variant, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
             for a in expr.args
         ]
         return expr.func(*args)
@@ -465,7 +438,7 @@ class KernelGenerator:
         hoisted: dict = {}
         self.pending = []
         body = [
-            self.hoist(self.d.update_expr(n), variant, pre, loop_names, hoisted)
+            self.hoist(self.d.update_expr(n), variant, loop_names, hoisted)
             for n in self.state_order
         ]
         pre.emit(self.pending)
@@ -550,11 +523,11 @@ class KernelGenerator:
         self.pending = []
         order = list(reversed(self.state_order))
         local_exprs = {
-            n: [self.hoist(e, adjoint_syms, pre, loop_names, hoisted) for e in self.loop_local[n]]
+            n: [self.hoist(e, adjoint_syms, loop_names, hoisted) for e in self.loop_local[n]]
             for n in order
         }
         carry_exprs = {
-            n: self.hoist(e, adjoint_syms, pre, loop_names, hoisted) for n, e in d.carry.items()
+            n: self.hoist(e, adjoint_syms, loop_names, hoisted) for n, e in d.carry.items()
         }
         pre.emit(self.pending)
         if pre.stmts:
@@ -593,7 +566,7 @@ class KernelGenerator:
         # products the parameter gradients need are kept for all t
         force = set()
         for expr in carry_exprs.values():
-            for node in _postorder_unique([expr]):
+            for node in postorder([expr]):
                 if self.original(node) in wanted and _is_worth_binding(node):
                     force.add(node.xreplace(loop.bound))
         first = len(loop.stmts)

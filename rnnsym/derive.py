@@ -25,7 +25,7 @@ from sympy import Identity, MatrixExpr, MatrixSymbol
 
 from .cell import Cell
 from .errors import DerivationError
-from .ops import add, coeff_and_factors, leaves
+from .ops import add, coeff_and_factors, leaves, postorder
 from .rules import vjp
 
 __all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
@@ -181,32 +181,13 @@ class Derivation:
 # ----- reverse mode over one expression DAG -----
 
 
-def _postorder(root: MatrixExpr) -> list[MatrixExpr]:
-    order: list[MatrixExpr] = []
-    seen: set[MatrixExpr] = set()
-    stack: list[tuple[MatrixExpr, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.append((node, True))
-        if not isinstance(node, MatrixSymbol):
-            for arg in reversed(node.args):
-                if isinstance(arg, MatrixExpr) and arg not in seen:
-                    stack.append((arg, False))
-    return order
-
-
 def backprop(root: MatrixExpr, ans: MatrixExpr, g: MatrixExpr, differentiable: set) -> dict:
     """Cotangents of the leaves in ``differentiable`` reached from ``root`` with cotangent g."""
-    live = {node for node in _postorder(root) if leaves(node) & differentiable}
+    order = postorder([root])
+    live = {node for node in order if leaves(node) & differentiable}
     cotangents: dict[MatrixExpr, list[MatrixExpr]] = {root: [g]}
     result: dict[MatrixSymbol, MatrixExpr] = {}
-    for node in reversed(_postorder(root)):
+    for node in reversed(order):
         if node not in live or node not in cotangents:
             continue
         total = add(*cotangents.pop(node))

@@ -20,6 +20,8 @@ They never reorder factors, so results are deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sympy as sp
 from sympy import (
     HadamardProduct,
@@ -54,6 +56,7 @@ __all__ = [
     "signed_terms",
     "leaves",
     "shape_str",
+    "postorder",
 ]
 
 
@@ -442,3 +445,25 @@ def transpose(expr: MatrixExpr) -> MatrixExpr:
 def leaves(expr: Basic) -> set[MatrixSymbol]:
     """The matrix symbols an expression depends on."""
     return {node for node in sp.preorder_traversal(expr) if isinstance(node, MatrixSymbol)}
+
+
+def postorder(roots: Iterable[Basic]) -> list[MatrixExpr]:
+    """The distinct matrix subexpressions of ``roots``, every node after its arguments."""
+    order: list[MatrixExpr] = []
+    seen: set = set()
+    for root in roots:
+        stack: list[tuple[Basic, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            if not isinstance(node, MatrixSymbol):
+                for arg in reversed(node.args):
+                    if isinstance(arg, MatrixExpr) and arg not in seen:
+                        stack.append((arg, False))
+    return order

@@ -67,11 +67,25 @@ class OracleReport:
         )
 
 
-def _concrete_sizes(cell: Cell, sizes: dict | None) -> dict[sp.Symbol, int]:
+def _concrete_sizes(cell: Cell, sizes: dict | None, default) -> dict[sp.Symbol, int]:
+    """A value for every size symbol: ``sizes[name]`` if given, else ``default(i)`` for the
+    i-th size in name order (distinct sizes catch transposition mistakes)."""
     chosen = {}
     for i, (name, symbol) in enumerate(sorted(cell.size_symbols.items())):
-        chosen[symbol] = int((sizes or {}).get(name, 2 + i % 2))
+        chosen[symbol] = int((sizes or {}).get(name, default(i)))
     return chosen
+
+
+def _oracle_size(i: int) -> int:
+    return 2 + i % 2  # tiny: the unrolled scalar loss swells fast
+
+
+def _problem_size(i: int) -> int:
+    return 3 + i
+
+
+def _concrete_shape(expr, dims: dict) -> tuple[int, ...]:
+    return tuple(int(s.xreplace(dims)) for s in expr.shape)
 
 
 def _concrete(symbol: MatrixSymbol, dims: dict) -> MatrixSymbol:
@@ -85,9 +99,6 @@ def _explicit(expr, dims: dict, env: dict) -> ImmutableMatrix:
     through ``_entry`` and is two orders of magnitude slower on gated cells.
     """
     memo: dict = {}
-
-    def shape(node):
-        return tuple(int(s.xreplace(dims)) for s in node.shape)
 
     def ev(node):
         if node in memo:
@@ -133,11 +144,11 @@ def _explicit(expr, dims: dict, env: dict) -> ImmutableMatrix:
                 ImmutableMatrix.zeros(before, 1), inner, ImmutableMatrix.zeros(after, 1)
             )
         elif isinstance(node, sp.OneMatrix):
-            value = ImmutableMatrix.ones(*shape(node))
+            value = ImmutableMatrix.ones(*_concrete_shape(node, dims))
         elif isinstance(node, sp.ZeroMatrix):
-            value = ImmutableMatrix.zeros(*shape(node))
+            value = ImmutableMatrix.zeros(*_concrete_shape(node, dims))
         elif isinstance(node, sp.Identity):
-            value = ImmutableMatrix.eye(shape(node)[0])
+            value = ImmutableMatrix.eye(_concrete_shape(node, dims)[0])
         else:
             value = ImmutableMatrix(node.xreplace(dims).xreplace(env).as_explicit())
         memo[node] = ImmutableMatrix(value)
@@ -198,11 +209,11 @@ def scalar_oracle(
     """Check the derivation against ``sympy.diff`` of the scalar-unrolled loss."""
     start = time.perf_counter()
     d = derivation or derive(cell)
-    dims = _concrete_sizes(cell, sizes)
+    dims = _concrete_sizes(cell, sizes, _oracle_size)
     rng = random.Random(seed)
 
     def shape(var):
-        return tuple(int(s.xreplace(dims)) for s in var.symbol.shape)
+        return _concrete_shape(var.symbol, dims)
 
     param_syms = {
         n: ImmutableMatrix(*shape(p), lambda i, j, n=n: sp.Symbol(f"{n}_{i}_{j}", real=True))
@@ -364,12 +375,10 @@ def random_problem(
 ):
     """Random float64 (params, inputs, targets) for a cell at concrete sizes."""
     rng = np.random.default_rng(seed)
-    dims = {}
-    for i, (name, symbol) in enumerate(sorted(cell.size_symbols.items())):
-        dims[symbol] = int((sizes or {}).get(name, 3 + i))
+    dims = _concrete_sizes(cell, sizes, _problem_size)
 
     def shape(var):
-        return tuple(int(s.xreplace(dims)) for s in var.symbol.shape)
+        return _concrete_shape(var.symbol, dims)
 
     params = {}
     for n, p in cell.params.items():
@@ -416,7 +425,7 @@ def verify(cell: Cell, kernel=None, T: int = 3, seed: int = 0) -> VerificationRe
     params, inputs, targets = random_problem(cell, T=5, B=2, seed=seed)
     grads = check_gradients(kernel, params, inputs, targets)
     sizes = ", ".join(
-        f"{s.name}={3 + i}" for i, (_, s) in enumerate(sorted(cell.size_symbols.items()))
+        f"{s.name}={v}" for s, v in _concrete_sizes(cell, None, _problem_size).items()
     )
     note = f"(finite differences at {sizes}, T=5, B=2)"
     return VerificationReport(oracle=oracle, gradients=grads, notes=[note])
