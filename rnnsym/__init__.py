@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import cells
 from .activations import elementwise
+from .braket import SequenceForm, braket
 from .cell import Cell
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
@@ -19,6 +20,8 @@ __all__ = [
     "Derivation",
     "derive",
     "unroll",
+    "braket",
+    "SequenceForm",
     "compile",
     "check_gradients",
     "cells",

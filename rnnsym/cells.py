@@ -3,7 +3,8 @@
 The gated cells use PyTorch's parameter layout where PyTorch has the cell (stacked gate weights
 ``W_ih``, ``W_hh`` and two biases, gates in PyTorch's order), so weights move between the two
 unchanged. Every cell ends in a linear output ``V h + b_V`` (``c + V h`` for the report's Elman
-cell) and the squared-error loss of eq. (5).
+cell) and the squared-error loss of eq. (5), except ``slides``: the lecture slides' model with
+the loss Σ_t ⟨d(t)|h(t)⟩ linear in the states.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from . import expr as rx
 from .cell import Cell
 from .errors import CellError
-from .losses import squared_error
+from .losses import linear_loss, squared_error
 
 __all__ = [
     "elman",
     "elman_relu",
+    "slides",
     "lstm",
     "lstm_peephole",
     "gru",
@@ -53,6 +55,17 @@ def elman_relu() -> Cell:
     V, c = cell.param("V", k, n), cell.param("c", k)
     cell.update(h, rx.relu(b + W @ h.prev + U @ x))
     cell.loss(squared_error(cell.output("o", c + V @ h), cell.target("y", k)))
+    return cell
+
+
+def slides() -> Cell:
+    """The lecture slides' RNN: h = tanh(J_x x + J_h h(t-1)), loss Σ_t ⟨d(t)|h(t)⟩."""
+    cell = Cell("slides")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    J_x, J_h = cell.param("J_x", n, m), cell.param("J_h", n, n)
+    cell.update(h, rx.tanh(J_x @ x + J_h @ h.prev))  # |h(t)⟩ = σ(𝕁_x|x(t)⟩ + 𝕁_h|h(t−1)⟩)
+    cell.loss(linear_loss(cell.target("d", n), h))  # L = Σ_t ⟨d(t)|h(t)⟩
     return cell
 
 
@@ -166,6 +179,7 @@ class Builtin:
 BUILTIN: dict[str, Builtin] = {
     "elman": Builtin(elman),
     "elman_relu": Builtin(elman_relu),
+    "slides": Builtin(slides),
     "indrnn": Builtin(indrnn),
     # gated cells: sympy.diff of the unrolled scalar loss grows fast with T
     "mgu": Builtin(mgu, 2),

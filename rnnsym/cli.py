@@ -63,6 +63,26 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _braket(args: argparse.Namespace) -> int:
+    from .braket import braket
+    from .verify import braket_report
+
+    cell = _load_user_cell(args.cell) if ":" in args.cell else cells.get(args.cell)
+    form = braket(cell, args.T, tied=not args.untied)
+    sys.stdout.write((form.latex() if args.latex else form.pretty()) + "\n")
+    if args.no_verify:
+        return 0
+    sys.stdout.flush()
+    builtin = cells.BUILTIN.get(args.cell)
+    oracle_T = builtin.oracle_T if builtin else 3
+    report = braket_report(form, oracle=args.T <= oracle_T)
+    text = str(report)
+    if args.latex:  # a LaTeX comment, so the output still pastes as is
+        text = "\n".join(f"% {line}" for line in text.splitlines())
+    sys.stdout.write("\n" + text + "\n")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnsym",
@@ -107,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write .dot, or .svg/.png/.pdf with Graphviz installed (default: DOT to stdout)",
     )
+    braket_p = sub.add_parser(
+        "braket", help="the whole-sequence bra-ket derivation of the lecture slides"
+    )
+    braket_p.add_argument("cell", help="a built-in cell name, or PATH.py:FUNC for your own")
+    braket_p.add_argument("--T", type=int, default=3, help="number of steps (default 3)")
+    braket_p.add_argument("--latex", action="store_true", help="print it as LaTeX (align*)")
+    braket_p.add_argument(
+        "--untied", action="store_true", help="every step its own weights J(t) (default: tied)"
+    )
+    braket_p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the check against BPTT and sympy.diff at a random point",
+    )
     sub.add_parser("cells", help="list the built-in cells")
     return parser
 
@@ -130,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 sys.stdout.write(graph.to_dot())
             return 0
+        if args.command == "braket":
+            return _braket(args)
         if args.command == "derive":
             cell = cells.get(args.cell)
             if args.T is None:

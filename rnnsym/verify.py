@@ -30,6 +30,11 @@ __all__ = [
     "OracleReport",
     "GradientReport",
     "VerificationReport",
+    "UnrolledPoint",
+    "unrolled_point",
+    "oracle_gradients",
+    "bptt_gradients",
+    "agreement_digits",
     "scalar_oracle",
     "check_gradients",
     "random_problem",
@@ -197,6 +202,163 @@ def _evaluate_derivatives(total, param_syms: dict, point: dict, digits: int) -> 
     return result
 
 
+@dataclass
+class UnrolledPoint:
+    """A random rational point of a cell unrolled over T steps, at concrete sizes.
+
+    ``symbols[t][name]`` is the matrix of scalar symbols of parameter ``name`` at step t
+    (the same matrices at every step when the weights are tied); ``point`` gives each symbol a
+    rational value; ``data[t]`` holds the inputs and targets of step t.
+    """
+
+    cell: Cell
+    dims: dict
+    T: int
+    untied: bool
+    symbols: list[dict[str, ImmutableMatrix]]
+    point: dict
+    data: list[dict[str, ImmutableMatrix]]
+
+    def values(self, digits: int) -> list[dict[str, ImmutableMatrix]]:
+        """The parameter values of every step, evaluated at ``digits`` digits."""
+        cache: dict = {}
+        out = []
+        for step in self.symbols:
+            values = {}
+            for name, matrix in step.items():
+                if matrix not in cache:
+                    cache[matrix] = matrix.xreplace(self.point).evalf(digits)
+                values[name] = cache[matrix]
+            out.append(values)
+        return out
+
+
+def unrolled_point(
+    cell: Cell,
+    T: int,
+    sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    untied: bool = False,
+) -> UnrolledPoint:
+    """Random rational parameters and data for ``cell`` over ``T`` steps (tiny default sizes)."""
+    dims = _concrete_sizes(cell, sizes, _oracle_size)
+    rng = random.Random(seed)
+
+    def shape(var):
+        return _concrete_shape(var.symbol, dims)
+
+    def matrices(suffix: str) -> dict[str, ImmutableMatrix]:
+        return {
+            n: ImmutableMatrix(
+                *shape(p), lambda i, j, n=n: sp.Symbol(f"{n}{suffix}_{i}_{j}", real=True)
+            )
+            for n, p in cell.params.items()
+        }
+
+    if untied:
+        symbols = [matrices(f"({t + 1})") for t in range(T)]
+    else:
+        symbols = [matrices("")] * T
+    # drawn in a fixed order (steps, parameters as declared, entries row by row)
+    point = {}
+    for step in symbols if untied else symbols[:1]:
+        for matrix in step.values():
+            for s in matrix:
+                point[s] = _rational(rng)
+    data = []
+    for _ in range(T):
+        step = {}
+        for var in [*cell.inputs.values(), *cell.targets.values()]:
+            step[var.name] = _random_matrix(rng, *shape(var))
+        data.append(step)
+    return UnrolledPoint(cell, dims, T, untied, symbols, point, data)
+
+
+def _run_forward(d: Derivation, problem: UnrolledPoint, params: list[dict], evaluate) -> list:
+    """Per-step environments {concrete symbol: matrix} of the unrolled cell (h(0) = 0)."""
+    cell, dims = problem.cell, problem.dims
+    envs = []
+    prev = {
+        n: ImmutableMatrix.zeros(*_concrete_shape(s.symbol, dims)) for n, s in cell.states.items()
+    }
+    for t in range(problem.T):
+        env = {_concrete(p.symbol, dims): params[t][n] for n, p in cell.params.items()}
+        for var in [*cell.inputs.values(), *cell.targets.values()]:
+            env[_concrete(var.symbol, dims)] = problem.data[t][var.name]
+        for n, s in cell.states.items():
+            env[_concrete(s.prev.symbol, dims)] = prev[n]
+        for n in cell.updates:
+            value = evaluate(_explicit(d.update_expr(n), dims, env))
+            env[_concrete(cell.states[n].symbol, dims)] = value
+        for n in cell.output_defs:
+            env[_concrete(cell.outputs[n].symbol, dims)] = evaluate(
+                _explicit(d.output_expr(n), dims, env)
+            )
+        prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
+        envs.append(env)
+    return envs
+
+
+def oracle_gradients(problem: UnrolledPoint, digits: int = 60, derivation=None) -> dict:
+    """``sympy.diff`` of the scalar-unrolled total loss, evaluated at ``problem.point``.
+
+    Returns {name: matrix} for tied weights and {name: [matrix per step]} for untied ones.
+    Only the forward equations of the cell are used, none of rnnsym's derivatives.
+    """
+    cell, dims = problem.cell, problem.dims
+    d = derivation or derive(cell)
+    envs = _run_forward(d, problem, problem.symbols, lambda m: m)
+    total = sp.Add(*[_explicit(d.loss_expr, dims, env)[0, 0] for env in envs])
+    if not problem.untied:
+        return _evaluate_derivatives(total, problem.symbols[0], problem.point, digits)
+    flat = {(n, t): step[n] for t, step in enumerate(problem.symbols) for n in step}
+    values = _evaluate_derivatives(total, flat, problem.point, digits)
+    return {n: [values[(n, t)] for t in range(problem.T)] for n in cell.params}
+
+
+def bptt_gradients(problem: UnrolledPoint, digits: int = 60, derivation=None) -> dict:
+    """The matrix-form derivation (eqs. (6)–(9)) evaluated step by step at ``problem.point``.
+
+    Returns {name: matrix} (summed over t) for tied weights and {name: [matrix per step]} for
+    untied ones (each step's term is the gradient of that step's own parameter).
+    """
+    cell, dims = problem.cell, problem.dims
+
+    def num(m):
+        return m.evalf(digits)
+
+    d = (derivation or derive(cell)).inlined()
+    envs = _run_forward(d, problem, problem.values(digits), num)
+    per_step: dict[str, list] = {n: [None] * problem.T for n in cell.params}
+    carry: dict[str, ImmutableMatrix] = {}
+    for t in reversed(range(problem.T)):
+        env = envs[t]
+        for n, expr in d.output_adjoints.items():
+            symbol = _concrete(adjoint_symbol(cell.outputs[n].symbol), dims)
+            env[symbol] = num(_explicit(expr, dims, env))
+        for n in reversed(list(cell.updates)):
+            state = cell.states[n]
+            total_adjoint = ImmutableMatrix.zeros(*_concrete_shape(state.symbol, dims))
+            for term in d.state_local[n]:
+                total_adjoint += _explicit(term, dims, env)
+            if n in carry:
+                total_adjoint += carry[n]
+            env[_concrete(adjoint_symbol(state.symbol), dims)] = num(total_adjoint)
+        for n, term in d.param_terms.items():
+            per_step[n][t] = num(_explicit(term, dims, env))
+        carry = {n: num(_explicit(expr, dims, env)) for n, expr in d.carry.items()}
+    if problem.untied:
+        return per_step
+    return {n: num(sum(terms[1:], terms[0])) for n, terms in per_step.items()}
+
+
+def agreement_digits(a, b, digits: int = 60) -> float:
+    """Worst number of agreeing significant digits between two matrices (or lists of them)."""
+    if isinstance(a, list):
+        return min(agreement_digits(x, y, digits) for x, y in zip(a, b, strict=True))
+    return min(_agreement(x, y, digits) for x, y in zip(a, b, strict=True))
+
+
 def scalar_oracle(
     cell: Cell,
     sizes: dict[str, int] | None = None,
@@ -209,84 +371,14 @@ def scalar_oracle(
     """Check the derivation against ``sympy.diff`` of the scalar-unrolled loss."""
     start = time.perf_counter()
     d = derivation or derive(cell)
-    dims = _concrete_sizes(cell, sizes, _oracle_size)
-    rng = random.Random(seed)
-
-    def shape(var):
-        return _concrete_shape(var.symbol, dims)
-
-    param_syms = {
-        n: ImmutableMatrix(*shape(p), lambda i, j, n=n: sp.Symbol(f"{n}_{i}_{j}", real=True))
-        for n, p in cell.params.items()
-    }
-    # drawn in a fixed order (parameters as declared, entries row by row): same seed, same point
-    point = {s: _rational(rng) for m in param_syms.values() for s in m}
-    data = []
-    for _ in range(T):
-        step = {}
-        for var in [*cell.inputs.values(), *cell.targets.values()]:
-            step[var.name] = _random_matrix(rng, *shape(var))
-        data.append(step)
-    h0 = {n: ImmutableMatrix.zeros(*shape(s)) for n, s in cell.states.items()}
-
-    def run_forward(params: dict, evaluate):
-        """Per-step environments {concrete symbol: matrix} of the unrolled cell."""
-        envs = []
-        prev = dict(h0)
-        for t in range(T):
-            env = {_concrete(p.symbol, dims): params[n] for n, p in cell.params.items()}
-            for var in [*cell.inputs.values(), *cell.targets.values()]:
-                env[_concrete(var.symbol, dims)] = data[t][var.name]
-            for n, s in cell.states.items():
-                env[_concrete(s.prev.symbol, dims)] = prev[n]
-            for n in cell.updates:
-                value = evaluate(_explicit(d.update_expr(n), dims, env))
-                env[_concrete(cell.states[n].symbol, dims)] = value
-            for n in cell.output_defs:
-                env[_concrete(cell.outputs[n].symbol, dims)] = evaluate(
-                    _explicit(d.output_expr(n), dims, env)
-                )
-            prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
-            envs.append(env)
-        return envs
-
+    problem = unrolled_point(cell, T, sizes, seed)
     # 1. the oracle: the total loss as one scalar expression, differentiated by SymPy
-    envs = run_forward(param_syms, lambda m: m)
-    total = sp.Add(*[_explicit(d.loss_expr, dims, env)[0, 0] for env in envs])
-    oracle = _evaluate_derivatives(total, param_syms, point, digits)
-
+    oracle = oracle_gradients(problem, digits, d)
     # 2. the matrix-form derivation, evaluated step by step at the same point
-    def num(m):
-        return m.evalf(digits)
-
-    values = {n: num(m.xreplace(point)) for n, m in param_syms.items()}
-    d = d.inlined()  # intermediates written out: the same equations, fewer names to bind
-    envs = run_forward(values, num)
-    grads = {n: ImmutableMatrix.zeros(*m.shape) for n, m in values.items()}
-    carry: dict[str, ImmutableMatrix] = {}
-    for env in reversed(envs):
-        for n, expr in d.output_adjoints.items():
-            symbol = _concrete(adjoint_symbol(cell.outputs[n].symbol), dims)
-            env[symbol] = num(_explicit(expr, dims, env))
-        for n in reversed(list(cell.updates)):
-            state = cell.states[n]
-            total_adjoint = ImmutableMatrix.zeros(*shape(state))
-            for term in d.state_local[n]:
-                total_adjoint += _explicit(term, dims, env)
-            if n in carry:
-                total_adjoint += carry[n]
-            env[_concrete(adjoint_symbol(state.symbol), dims)] = num(total_adjoint)
-        for n, term in d.param_terms.items():
-            grads[n] = grads[n] + num(_explicit(term, dims, env))
-        carry = {n: num(_explicit(expr, dims, env)) for n, expr in d.carry.items()}
-
-    agreement = {}
-    for n in param_syms:
-        agreement[n] = min(
-            _agreement(a, b, digits) for a, b in zip(oracle[n], grads[n], strict=True)
-        )
+    grads = bptt_gradients(problem, digits, d)
+    agreement = {n: agreement_digits(oracle[n], grads[n], digits) for n in cell.params}
     return OracleReport(
-        sizes={s.name: v for s, v in dims.items()},
+        sizes={s.name: v for s, v in problem.dims.items()},
         T=T,
         digits=digits,
         agreement=agreement,
@@ -429,3 +521,90 @@ def verify(cell: Cell, kernel=None, T: int = 3, seed: int = 0) -> VerificationRe
     )
     note = f"(finite differences at {sizes}, T=5, B=2)"
     return VerificationReport(oracle=oracle, gradients=grads, notes=[note])
+
+
+# ----- the bra-ket form against BPTT and the oracle -----
+
+
+@dataclass
+class BraketReport:
+    """Agreeing digits of the bra-ket gradient (two routes) with BPTT and with ``sympy.diff``."""
+
+    sizes: dict[str, int]
+    T: int
+    tied: bool
+    digits: int
+    required: int
+    columns: dict[str, dict[str, float]]  # column title -> {parameter: agreeing digits}
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(d >= self.required for col in self.columns.values() for d in col.values())
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        tying = "tied" if self.tied else "untied (each step's weights separately)"
+        lines = [
+            "Verification of the bra-ket form",
+            f"  at a random rational point ({sizes}, T={self.T}, weights {tying}), evaluated "
+            f"with {self.digits} digits; agreeing significant digits (worst entry), need "
+            f"{self.required}:",
+        ]
+        titles = list(self.columns)
+        params = list(next(iter(self.columns.values()))) if self.columns else []
+        width = max([len(p) for p in params] + [9])
+        lines.append("    " + "parameter".ljust(width) + "".join(f"  {t:>26}" for t in titles))
+        for p in params:
+            cells = []
+            for t in titles:
+                d = self.columns[t][p]
+                cells.append(f"  {'exact' if math.isinf(d) else f'{d:.0f}':>26}")
+            lines.append("    " + p.ljust(width) + "".join(cells))
+        lines.extend(f"  {note}" for note in self.notes)
+        status = "all checks passed" if self.ok else "CHECKS FAILED"
+        lines.append(f"  result: {status} [{self.seconds:.1f} s]")
+        return "\n".join(lines)
+
+
+def braket_report(
+    form,
+    seed: int = 0,
+    digits: int = 60,
+    required: int = 40,
+    oracle: bool = True,
+    sizes: dict[str, int] | None = None,
+) -> BraketReport:
+    """Check a :class:`~rnnsym.braket.SequenceForm`: its update rules and its closed form
+    ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 against the core's BPTT (eqs. (6)–(9)) and ``sympy.diff``."""
+    start = time.perf_counter()
+    problem = unrolled_point(form.cell, form.T, sizes, seed, untied=not form.tied)
+    bptt = bptt_gradients(problem, digits, form.derivation)
+    routes = {
+        "update rule": form.gradients(problem, digits, "update_rule"),
+        "closed form": form.gradients(problem, digits, "closed_form"),
+    }
+    columns = {
+        f"{name} vs BPTT": {p: agreement_digits(g[p], bptt[p], digits) for p in g}
+        for name, g in routes.items()
+    }
+    notes = []
+    if oracle:
+        reference = oracle_gradients(problem, digits, form.derivation)
+        g = routes["closed form"]
+        columns["closed form vs sympy.diff"] = {
+            p: agreement_digits(g[p], reference[p], digits) for p in g
+        }
+    else:
+        notes.append("(sympy.diff oracle skipped at this T: it grows fast; pass a smaller --T)")
+    return BraketReport(
+        sizes={s.name: v for s, v in problem.dims.items()},
+        T=form.T,
+        tied=form.tied,
+        digits=digits,
+        required=required,
+        columns=columns,
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )

@@ -1,0 +1,633 @@
+"""The whole sequence at once: the lecture slides' bra-ket form, completed (seeds-en §4–§5).
+
+For a concrete number of steps T the states of a one-state cell form one ket
+|h⟩ = (h(1), …, h(T))ᵀ and the inputs |x⟩ = (x(1), …, x(T))ᵀ; the shifted ket
+|h(t−1)⟩ = 𝕊|h⟩ = (h(0), …, h(T−1))ᵀ. :func:`braket` builds these and the operators over time as
+SymPy block matrices, with symbolic (or concrete) sizes:
+
+* **slides form**, for a cell h(t) = σ(J_x x(t) + J_h h(t−1) [+ b]) with σ elementwise (the
+  slides' model, the Elman cell of eqs. (2)–(3)): 𝕁_x = diag(J_x(1), …, J_x(T)),
+  𝕁_h = diag(J_h(1), …, J_h(T)), G(t) = diag(σ′(a(t))), 𝔾 = diag(G(1), …, G(T)), the block shift
+  𝕊 and the error bras ⟨δ_t(τ)| = ⟨d(t)|G(t)J_h(t)G(t−1)⋯J_h(τ+1)G(τ);
+* **general form**, for any other one-state cell (GRU, MGU, IndRNN, …): the per-step transition
+  A(t) = ∂h(t)/∂h(t−1), known by its action on a bra (the ``carry`` of :func:`rnnsym.derive`),
+  𝔸 = diag(A(1), …, A(T)) and ⟨δ_t(τ)| = ⟨d(t)|A(t)⋯A(τ+1). For the slides form A(t) = G(t)J_h(t).
+
+In both, ⟨d(t)| = ∂L(t)/∂h(t) is the loss's direct dependence on h(t): the weights of the
+linear loss Σ_t⟨d(t)|h(t)⟩ of the slides, or Vᵀ(o(t) − y(t)) for eq. (5). The whole-sequence
+adjoint is ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 (general form: ⟨d|(𝕀 − 𝔸𝕊)⁻¹), where 𝕊 is nilpotent, so the
+inverse is the finite Neumann sum Σ_{k<T}(𝔾𝕁_h𝕊)ᵏ. Its blocks are the sums Σ_{t≥τ}⟨δ_t(τ)|, and
+stepping τ down is the BPTT recurrence, eq. (9).
+
+Weights are shared over time by default (``tied=True``: J_h(t) = W for every t, and a weight's
+gradient is the sum of the per-step terms); ``tied=False`` gives every step its own symbols.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy import (
+    BlockDiagMatrix,
+    BlockMatrix,
+    Identity,
+    ImmutableMatrix,
+    MatAdd,
+    MatMul,
+    MatrixExpr,
+    MatrixSymbol,
+    Transpose,
+    ZeroMatrix,
+)
+
+from .cell import Cell
+from .derive import Derivation, adjoint_symbol, derive
+from .errors import CellError, RnnsymError
+from .ops import Apply, add, coeff_and_factors, mul, transpose
+
+__all__ = ["SequenceForm", "braket", "monomials"]
+
+EPSILON = sp.Symbol("epsilon", positive=True)
+
+
+@dataclass(frozen=True)
+class SlidesForm:
+    """Which parameters play J_x, J_h and the biases in h = σ(J_x x + J_h h(t−1) + b)."""
+
+    activation: str
+    J_x: str
+    J_h: str
+    input: str
+    biases: tuple[str, ...]
+
+
+def _slides_form(cell: Cell) -> SlidesForm | None:
+    ((name, state),) = cell.states.items()
+    expr = cell.updates[name].expr
+    if cell.definitions or not isinstance(expr, Apply):
+        return None
+    if expr.activation.derivative is None:
+        return None
+    terms = expr.arg.args if isinstance(expr.arg, MatAdd) else (expr.arg,)
+    params = {p.symbol: n for n, p in cell.params.items()}
+    inputs = {v.symbol: n for n, v in cell.inputs.items()}
+    J_x = J_h = source = None
+    biases = []
+    for term in terms:
+        coeff, factors = coeff_and_factors(term)
+        if coeff != 1:
+            return None
+        if len(factors) == 2 and factors[0] in params:
+            if factors[1] in inputs and J_x is None:
+                J_x, source = params[factors[0]], inputs[factors[1]]
+                continue
+            if factors[1] == state.prev.symbol and J_h is None:
+                J_h = params[factors[0]]
+                continue
+        if len(factors) == 1 and factors[0] in params and factors[0].shape[1] == 1:
+            biases.append(params[factors[0]])
+            continue
+        return None
+    if J_x is None or J_h is None or len({J_x, J_h, *biases}) != 2 + len(biases):
+        return None
+    return SlidesForm(expr.name, J_x, J_h, source, tuple(biases))
+
+
+# ----- block matrices as nested lists (every block a canonical IR expression) -----
+
+
+def _bmul(a: list[list], b: list[list]) -> list[list]:
+    rows, inner, cols = len(a), len(b), len(b[0])
+    out = []
+    for i in range(rows):
+        row = []
+        for j in range(cols):
+            terms = [mul(a[i][k], b[k][j]) for k in range(inner)]
+            row.append(add(*terms))
+        out.append(row)
+    return out
+
+
+def _badd(a: list[list], b: list[list], sign: int = 1) -> list[list]:
+    return [
+        [add(x, mul(sign, y)) for x, y in zip(ra, rb, strict=True)]
+        for ra, rb in zip(a, b, strict=True)
+    ]
+
+
+def _bdiag(blocks: list[MatrixExpr]) -> list[list]:
+    T = len(blocks)
+    return [
+        [
+            blocks[i] if i == j else ZeroMatrix(blocks[i].shape[0], blocks[j].shape[1])
+            for j in range(T)
+        ]
+        for i in range(T)
+    ]
+
+
+def monomials(expr: MatrixExpr) -> Counter:
+    """A matrix expression fully expanded: {(factor, ...): coefficient}, products of leaves.
+
+    Two expressions are equal as polynomials in non-commuting matrices exactly when their
+    monomials are equal; this is the symbolic-zero test of the bra-ket identities.
+    """
+    out: Counter = Counter()
+    if isinstance(expr, ZeroMatrix):
+        return out
+    if isinstance(expr, MatAdd):
+        for arg in expr.args:
+            out.update(monomials(arg))
+        return Counter({k: v for k, v in out.items() if v != 0})
+    if isinstance(expr, MatMul):
+        coeff, factors = coeff_and_factors(expr)
+        product = Counter({(): coeff})
+        for factor in factors:
+            nxt: Counter = Counter()
+            for left, c in product.items():
+                for right, d in monomials(factor).items():
+                    nxt[left + right] += c * d
+            product = nxt
+        return Counter({k: v for k, v in product.items() if v != 0})
+    if isinstance(expr, Transpose) and not isinstance(expr.arg, MatrixSymbol):
+        pushed = transpose(expr.arg)
+        if not (isinstance(pushed, Transpose) and pushed.arg == expr.arg):
+            return monomials(pushed)
+    if isinstance(expr, Identity):
+        return Counter({(): 1})
+    return Counter({(expr,): 1})
+
+
+# ----- the sequence-space form -----
+
+
+class SequenceForm:
+    """The bra-ket form of a one-state cell over T steps (see the module docstring).
+
+    SymPy objects: ``x``, ``h``, ``h_shifted`` (kets, T×1 block matrices), ``S`` (𝕊), ``I`` (𝕀)
+    and, in the slides form, ``J_x``, ``J_h``, ``G`` (𝔾) — in the general form ``A`` (𝔸) — as
+    block matrices. Step symbols are named ``h(2)``, ``G(3)``, ``W(1)`` (untied) or ``W``.
+    """
+
+    def __init__(self, cell: Cell, T: int, tied: bool = True, sizes: dict | None = None):
+        if not isinstance(cell, Cell):
+            raise TypeError(f"braket() needs an rnnsym.Cell, got {type(cell).__name__}")
+        if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+            raise RnnsymError(f"braket needs a number of steps T >= 1, got {T!r}")
+        cell.check()
+        if len(cell.states) != 1:
+            raise CellError(
+                f"braket: cell {cell.name!r} has {len(cell.states)} states "
+                f"({', '.join(cell.states)}); the sequence-space form is built for cells with "
+                f"one state h(t) (stack them into one state to use it)"
+            )
+        self.cell = cell
+        self.T = T
+        self.tied = tied
+        self.derivation: Derivation = derive(cell)
+        self.state_name, self.state = next(iter(cell.states.items()))
+        self.slides = _slides_form(cell)
+        self.dims = {}
+        if sizes:
+            symbols = cell.size_symbols
+            unknown = sorted(set(sizes) - set(symbols))
+            if unknown:
+                raise CellError(
+                    f"braket: size {unknown[0]!r} is not a size of cell {cell.name!r}; its "
+                    f"sizes are {', '.join(sorted(symbols))}"
+                )
+            self.dims = {symbols[k]: sp.Integer(v) for k, v in sizes.items()}
+        self._build()
+
+    # ----- symbols -----
+
+    def _shape(self, symbol: MatrixSymbol) -> tuple:
+        return tuple(sp.sympify(s).xreplace(self.dims) for s in symbol.shape)
+
+    def step(self, name: str, t, shape: tuple) -> MatrixSymbol:
+        """The symbol of quantity ``name`` at step t (an integer or a symbol): ``h(2)``."""
+        return MatrixSymbol(f"{name}({str(t).replace(' ', '')})", *shape)
+
+    def param(self, name: str, t) -> MatrixSymbol:
+        """Parameter ``name`` as used at step t: itself when tied, ``W(t)`` when untied."""
+        shape = self._shape(self.cell.params[name].symbol)
+        return MatrixSymbol(name, *shape) if self.tied else self.step(name, t, shape)
+
+    def at(self, expr: MatrixExpr, t) -> MatrixExpr:
+        """A one-step expression of the cell written at step t in step symbols."""
+        cell = self.cell
+        rule: dict = {}
+        for name, var in cell._vars.items():
+            shape = self._shape(var.symbol)
+            if var.kind == "param":
+                rule[var.symbol] = self.param(name, t)
+            else:
+                rule[var.symbol] = self.step(name, t, shape)
+                if var.kind in ("output", "state", "intermediate"):
+                    rule[adjoint_symbol(var.symbol)] = self.step(f"g_{name}", t, shape)
+        rule[self.state.prev.symbol] = self.step(
+            self.state_name, t - 1, self._shape(self.state.symbol)
+        )
+        return expr.xreplace(rule)
+
+    def _build(self) -> None:
+        T, cell = self.T, self.cell
+        n_shape = self._shape(self.state.symbol)
+        n = n_shape[0]
+        self.n = n
+        self.h_steps = [self.step(self.state_name, t, n_shape) for t in range(T + 1)]
+        self.d_steps = [self.step("d", t, n_shape) for t in range(1, T + 1)]
+        self.d_bras = [transpose(d) for d in self.d_steps]
+        identity = Identity(n)
+        self.shift_blocks = [
+            [identity if i == j + 1 else ZeroMatrix(n, n) for j in range(T)] for i in range(T)
+        ]
+        self.identity_blocks = _bdiag([identity] * T)
+        if self.slides:
+            s = self.slides
+            x_shape = self._shape(cell.inputs[s.input].symbol)
+            self.x_steps = [self.step(s.input, t, x_shape) for t in range(1, T + 1)]
+            self.Jx_steps = [self.param(s.J_x, t) for t in range(1, T + 1)]
+            self.Jh_steps = [self.param(s.J_h, t) for t in range(1, T + 1)]
+            self.G_steps = [self.step("G", t, (n, n)) for t in range(1, T + 1)]
+            self.transition_steps = [
+                mul(G, J) for G, J in zip(self.G_steps, self.Jh_steps, strict=True)
+            ]
+            # 𝔾𝕁_h𝕊, built by block multiplication
+            self.M_blocks = _bmul(
+                _bmul(_bdiag(self.G_steps), _bdiag(self.Jh_steps)), self.shift_blocks
+            )
+        else:
+            self.A_steps = [self.step("A", t, (n, n)) for t in range(1, T + 1)]
+            self.transition_steps = list(self.A_steps)
+            self.M_blocks = _bmul(_bdiag(self.A_steps), self.shift_blocks)
+
+    # ----- the SymPy objects of the slides -----
+
+    @staticmethod
+    def _ket(blocks: list[MatrixExpr]) -> BlockMatrix:
+        return BlockMatrix([[b] for b in blocks])
+
+    @property
+    def x(self) -> BlockMatrix:
+        """|x⟩ = (x(1), …, x(T))ᵀ (slides form)."""
+        return self._ket(self._need_slides("x").x_steps)
+
+    @property
+    def h(self) -> BlockMatrix:
+        """|h⟩ = (h(1), …, h(T))ᵀ."""
+        return self._ket(self.h_steps[1:])
+
+    @property
+    def h_shifted(self) -> BlockMatrix:
+        """|h(t−1)⟩ = 𝕊|h⟩ + h(0) = (h(0), …, h(T−1))ᵀ."""
+        return self._ket(self.h_steps[:-1])
+
+    @property
+    def S(self) -> BlockMatrix:
+        """The block shift 𝕊: 𝕊|h⟩ = (0, h(1), …, h(T−1))ᵀ; 𝕊ᵀ = 0."""
+        return BlockMatrix(self.shift_blocks)
+
+    @property
+    def I(self) -> BlockMatrix:  # noqa: E743 - the slides' name
+        """𝕀, the identity over the whole sequence."""
+        return BlockMatrix(self.identity_blocks)
+
+    @property
+    def J_x(self) -> BlockDiagMatrix:
+        """𝕁_x = diag(J_x(1), …, J_x(T)) (slides form)."""
+        return BlockDiagMatrix(*self._need_slides("J_x").Jx_steps)
+
+    @property
+    def J_h(self) -> BlockDiagMatrix:
+        """𝕁_h = diag(J_h(1), …, J_h(T)) (slides form)."""
+        return BlockDiagMatrix(*self._need_slides("J_h").Jh_steps)
+
+    @property
+    def G(self) -> BlockDiagMatrix:
+        """𝔾 = diag(G(1), …, G(T)), G(t) = diag(σ′(a(t))) (slides form)."""
+        return BlockDiagMatrix(*self._need_slides("G").G_steps)
+
+    @property
+    def A(self) -> BlockDiagMatrix:
+        """𝔸 = diag(A(1), …, A(T)), A(t) = ∂h(t)/∂h(t−1) (= G(t)J_h(t) in the slides form)."""
+        return BlockDiagMatrix(*self.transition_steps)
+
+    def _need_slides(self, what: str) -> SequenceForm:
+        if self.slides is None:
+            raise CellError(
+                f"{what} belongs to the slides form h = σ(J_x x + J_h h(t−1) + b); cell "
+                f"{self.cell.name!r} is not of that form: use A (𝔸, the transition operator)"
+            )
+        return self
+
+    # ----- definitions of G(t), d(t), A(t) -----
+
+    def pre_activation(self) -> MatrixExpr:
+        """a = J_x x + J_h h(t−1) + b of the slides form, one step."""
+        expr = self.cell.updates[self.state_name].expr
+        return expr.arg
+
+    def G_definition(self, t: int) -> MatrixExpr:
+        """The diagonal of G(t): σ′(a(t)), written with h(t) where the rule allows (1 − h∘h)."""
+        self._need_slides("G")
+        return self.at(self.G_definition_one_step(), t)
+
+    def d_definition(self, t: int) -> MatrixExpr:
+        """|d(t)⟩ = ∂L(t)/∂h(t) through the outputs and the loss of step t."""
+        d = self.derivation
+        local = d.state_local[self.state_name]
+        expr = add(*local) if local else ZeroMatrix(*self.state.symbol.shape)
+        rule = {
+            adjoint_symbol(self.cell.outputs[o].symbol): e for o, e in d.output_adjoints.items()
+        }
+        return self.at(expr.xreplace(rule), t)
+
+    def transition_action(self, t: int) -> MatrixExpr:
+        """(⟨g|A(t))ᵀ as the derivation gives it (the carry of eq. (9)), with g = g_h(t)."""
+        carry = self._adjoints_inlined(self.derivation.carry[self.state_name])
+        return self.at(carry, t)
+
+    def _adjoints_inlined(self, expr: MatrixExpr) -> MatrixExpr:
+        cell, d = self.cell, self.derivation
+        rule: dict = {}
+        for kind, name in reversed(cell.order):
+            if kind == "define":
+                rule[adjoint_symbol(cell._vars[name].symbol)] = d.intermediate_adjoints[
+                    name
+                ].xreplace(rule)
+        return expr.xreplace(rule) if rule else expr
+
+    # ----- derived results -----
+
+    def error_bra(self, t: int, tau: int) -> MatrixExpr:
+        """⟨δ_t(τ)| for 1 ≤ τ ≤ t ≤ T: ⟨d(t)|G(t)J_h(t)⋯J_h(τ+1)G(τ) (slides form), or
+        ⟨d(t)|A(t)⋯A(τ+1) (general form)."""
+        self._check_steps(t, tau)
+        factors = [self.d_bras[t - 1]]
+        for s in range(t, tau, -1):
+            factors.append(self.transition_steps[s - 1])
+        if self.slides:
+            factors.append(self.G_steps[tau - 1])
+        return mul(*factors)
+
+    def _check_steps(self, t: int, tau: int) -> None:
+        if not (1 <= tau <= t <= self.T):
+            raise RnnsymError(
+                f"error bras need 1 <= tau <= t <= T = {self.T}, got t={t}, tau={tau}"
+            )
+
+    def error_ket(self, t: int, tau: int) -> MatrixSymbol:
+        """|δ_t(τ)⟩ as a symbol (its value is ``transpose(error_bra(t, τ))``)."""
+        self._check_steps(t, tau)
+        return MatrixSymbol(f"δ_{t}({tau})", self.n, 1)
+
+    def adjoint_bra(self, tau: int) -> MatrixExpr:
+        """⟨δ(τ)| = Σ_{t≥τ} ⟨δ_t(τ)|: the block τ of ⟨δ|."""
+        return add(*[self.error_bra(t, tau) for t in range(tau, self.T + 1)])
+
+    def neumann_blocks(self) -> list[list]:
+        """(𝕀 − M)⁻¹ = Σ_{k<T} Mᵏ as blocks, M = 𝔾𝕁_h𝕊 (general form: 𝔸𝕊); Mᵀ = 0 (nilpotent)."""
+        total = self.identity_blocks
+        power = self.identity_blocks
+        for _ in range(1, self.T):
+            power = _bmul(power, self.M_blocks)
+            total = _badd(total, power)
+        return total
+
+    def inverse_check_blocks(self) -> list[list]:
+        """(𝕀 − M) Σ_{k<T} Mᵏ, which must be 𝕀 (because M^T = 0)."""
+        return _bmul(_badd(self.identity_blocks, self.M_blocks, -1), self.neumann_blocks())
+
+    def closed_form(self) -> list[MatrixExpr]:
+        """The blocks ⟨δ(τ)| of ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 (general form: ⟨d|(𝕀 − 𝔸𝕊)⁻¹)."""
+        row = _bmul([self.d_bras], self.neumann_blocks())
+        if self.slides:
+            row = _bmul(row, _bdiag(self.G_steps))
+        return row[0]
+
+    def bptt_bra(self, tau: int) -> MatrixExpr:
+        """⟨δ(τ)| by the backward recurrence: ⟨δ(T)| = ⟨d(T)|G(T); ⟨δ(τ)| = (⟨d(τ)| +
+        ⟨δ(τ+1)|J_h(τ+1)) G(τ) — eq. (9) — or ⟨d(τ)| + ⟨δ(τ+1)|A(τ+1) in the general form."""
+        bra = None
+        for s in range(self.T, tau - 1, -1):
+            state_bra = self.d_bras[s - 1]
+            if bra is not None:
+                nxt = self.Jh_steps[s] if self.slides else self.transition_steps[s]
+                state_bra = add(state_bra, mul(bra, nxt))
+            bra = mul(state_bra, self.G_steps[s - 1]) if self.slides else state_bra
+        return bra
+
+    def variation(self, t: int) -> MatrixExpr:
+        """δ|h(t)⟩ = G(t)(δJ_x|x(t)⟩ + δJ_h|h(t−1)⟩ + δb + J_h δ|h(t−1)⟩) (slides form), or
+        δ_θ|h(t)⟩ + A(t)δ|h(t−1)⟩ (general form; δ_θ is the step's own dependence)."""
+        n_shape = self._shape(self.state.symbol)
+        prev = ZeroMatrix(*n_shape) if t == 1 else self.step("δh", t - 1, n_shape)
+        if not self.slides:
+            local = self.step("δ_θh", t, n_shape)
+            return add(local, mul(self.transition_steps[t - 1], prev))
+        s = self.slides
+        terms = [
+            mul(self._delta(s.J_x, t), self.x_steps[t - 1]),
+            mul(self._delta(s.J_h, t), self.h_steps[t - 1]),
+            *[self._delta(b, t) for b in s.biases],
+            mul(self.Jh_steps[t - 1], prev),
+        ]
+        return mul(self.G_steps[t - 1], add(*terms))
+
+    def _delta(self, name: str, t: int) -> MatrixSymbol:
+        shape = self._shape(self.cell.params[name].symbol)
+        return MatrixSymbol(f"δ{name}", *shape) if self.tied else self.step(f"δ{name}", t, shape)
+
+    def update_rules(self) -> dict[str, MatrixExpr | list[MatrixExpr]]:
+        """The gradient-descent update δθ = −ε ∇_θ L of every parameter, in bra-ket form.
+
+        Slides form: δJ = −ε Σ_t Σ_{τ≤t} |δ_t(τ)⟩⟨v(τ)| for J_x (v = x), J_h (v = h(τ−1)) and
+        the biases (v = 1), written with the error kets |δ_t(τ)⟩ (:meth:`error_ket`); the output
+        layer's rule is its step-local term. General form: the derivation's per-step term with
+        ∇_{h(τ)}L = |δ(τ)⟩ = Σ_{t≥τ}|δ_t(τ)⟩. One expression per parameter (tied weights, summed
+        over τ) or a list with one per step (untied).
+        """
+        rules: dict = {}
+        g_h = adjoint_symbol(self.state.symbol)
+        vectors = {}
+        if self.slides:
+            s = self.slides
+            vectors = {s.J_x: self.x_steps, s.J_h: self.h_steps[:-1]}
+            vectors |= {b: None for b in s.biases}
+        for name, term in self.derivation.param_terms.items():
+            per_step = []
+            for tau in range(1, self.T + 1):
+                if name in vectors:
+                    kets = add(*[self.error_ket(t, tau) for t in range(tau, self.T + 1)])
+                    v = vectors[name]
+                    per_step.append(mul(kets, transpose(v[tau - 1])) if v else kets)
+                else:
+                    # general form: the step term read with ∇_{h(τ)}L = |δ(τ)⟩; slides form:
+                    # a parameter outside the recurrence (the output layer), step-local
+                    ket = ZeroMatrix(*g_h.shape) if self.slides else self.adjoint_ket(tau)
+                    expr = self._adjoints_inlined(term).xreplace({g_h: ket})
+                    per_step.append(self.at(expr, tau))
+            if self.tied:
+                rules[name] = mul(-EPSILON, add(*per_step))
+            else:
+                rules[name] = [mul(-EPSILON, e) for e in per_step]
+        return rules
+
+    def adjoint_ket(self, tau: int) -> MatrixSymbol:
+        """|δ(τ)⟩ = Σ_{t≥τ}|δ_t(τ)⟩ as a symbol (its value is ``transpose(adjoint_bra(τ))``)."""
+        self._check_steps(self.T, tau)
+        return MatrixSymbol(f"δ({tau})", self.n, 1)
+
+    # ----- numbers -----
+
+    def gradients(self, problem, digits: int = 60, route: str = "update_rule") -> dict:
+        """The gradient at an :class:`~rnnsym.verify.UnrolledPoint`, computed the bra-ket way.
+
+        ``route="update_rule"`` sums the error bras as the update rules do;
+        ``route="closed_form"`` forms ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 with explicit nT × nT matrices. Returns
+        {name: matrix} (tied) or {name: [matrix per step]} (untied). Parameters outside the
+        recurrence (the output layer) get their step-local terms.
+        """
+        from .verify import _concrete, _explicit, _run_forward
+
+        if route not in ("update_rule", "closed_form"):
+            raise ValueError(f"route must be 'update_rule' or 'closed_form', got {route!r}")
+        if problem.untied == self.tied or problem.T != self.T or problem.cell is not self.cell:
+            raise RnnsymError(
+                "gradients(): the point must be drawn for this cell, T and tying "
+                f"(cell {self.cell.name!r}, T={self.T}, tied={self.tied})"
+            )
+        cell, dims, T = self.cell, problem.dims, self.T
+
+        def num(m):
+            return ImmutableMatrix(m).evalf(digits)
+
+        di = self.derivation.inlined()
+        values = problem.values(digits)
+        envs = _run_forward(di, problem, values, num)
+        state = self.state
+        h_sym = _concrete(state.symbol, dims)
+        g_h = _concrete(adjoint_symbol(state.symbol), dims)
+        n = _concrete(state.symbol, dims).shape[0]
+        h = [ImmutableMatrix.zeros(n, 1)] + [env[h_sym] for env in envs]
+        d_vec, G_mat, A_mat = [], [], []
+        for t, env in enumerate(envs):
+            for o, expr in di.output_adjoints.items():
+                env[_concrete(adjoint_symbol(cell.outputs[o].symbol), dims)] = num(
+                    _explicit(expr, dims, env)
+                )
+            local = di.state_local[self.state_name]
+            d = ImmutableMatrix.zeros(n, 1)
+            for term in local:
+                d = d + _explicit(term, dims, env)
+            d_vec.append(num(d))
+            if self.slides:
+                diag = _explicit(self.G_definition_one_step(), dims, env)
+                G_mat.append(num(ImmutableMatrix.diag(*list(diag))))
+                A_mat.append(num(G_mat[-1] * values[t][self.slides.J_h]))
+            else:
+                carry = di.carry[self.state_name]
+                rows = []
+                for i in range(n):
+                    env[g_h] = ImmutableMatrix.eye(n)[:, i]
+                    rows.append(list(_explicit(carry, dims, env)))
+                A_mat.append(num(ImmutableMatrix(rows)))
+        # the adjoint bras ⟨δ(τ)| (slides form: at the pre-activation, with G(τ))
+        if route == "update_rule":
+            bras = []
+            for tau in range(1, T + 1):
+                total = ImmutableMatrix.zeros(1, n)
+                for t in range(tau, T + 1):
+                    bra = d_vec[t - 1].T
+                    for s in range(t, tau, -1):
+                        bra = bra * A_mat[s - 1]
+                    if self.slides:
+                        bra = bra * G_mat[tau - 1]
+                    total = total + bra
+                bras.append(num(total))
+        else:
+            zero = ImmutableMatrix.zeros(n, n)
+            blocks = [[zero] * T for _ in range(T)]
+            for t in range(1, T):
+                blocks[t][t - 1] = A_mat[t]  # (𝔾𝕁_h𝕊) or (𝔸𝕊): step t+1 reads step t
+            M = ImmutableMatrix(sp.BlockMatrix(blocks).as_explicit()) if T > 1 else zero
+            N = ImmutableMatrix.eye(n * T)
+            power = ImmutableMatrix.eye(n * T)
+            for _ in range(1, T):
+                power = num(power * M)
+                N = N + power
+            row = ImmutableMatrix.hstack(*[d.T for d in d_vec]) * N
+            if self.slides:
+                row = row * ImmutableMatrix(sp.BlockDiagMatrix(*G_mat).as_explicit())
+            row = num(row)
+            bras = [row[:, i * n : (i + 1) * n] for i in range(T)]
+        per_step: dict[str, list] = {name: [] for name in cell.params}
+        for tau in range(1, T + 1):
+            env = envs[tau - 1]
+            bra = bras[tau - 1]
+            if self.slides:
+                s = self.slides
+                x = problem.data[tau - 1][s.input]
+                per_step[s.J_x].append(num(bra.T * x.T))
+                per_step[s.J_h].append(num(bra.T * h[tau - 1].T))
+                for b in s.biases:
+                    per_step[b].append(num(bra.T))
+                env[g_h] = ImmutableMatrix.zeros(n, 1)  # the output layer: step-local terms
+                for name, term in di.param_terms.items():
+                    if name not in (s.J_x, s.J_h, *s.biases):
+                        per_step[name].append(num(_explicit(term, dims, env)))
+            else:
+                # the state bra ⟨δ(τ)| is ∇_{h(τ)}L: every parameter's step term reads it
+                env[g_h] = bra.T
+                for name, term in di.param_terms.items():
+                    per_step[name].append(num(_explicit(term, dims, env)))
+        if problem.untied:
+            return per_step
+        return {name: num(sum(terms[1:], terms[0])) for name, terms in per_step.items()}
+
+    def G_definition_one_step(self) -> MatrixExpr:
+        """σ′(a) of one step, in the cell's own symbols."""
+        act = self.cell.updates[self.state_name].expr.activation
+        return act.derivative(self.pre_activation(), self.state.symbol)
+
+    def update(self, problem, eps, digits: int = 60) -> list[dict]:
+        """The parameters after one update δθ = −ε ∇θ L of the slides' rules, per step."""
+        grads = self.gradients(problem, digits)
+        eps = sp.sympify(eps)
+        out = []
+        for t, values in enumerate(problem.values(digits)):
+            step = {}
+            for name, value in values.items():
+                g = grads[name][t] if problem.untied else grads[name]
+                step[name] = (value - eps * g).evalf(digits)
+            out.append(step)
+        return out
+
+    # ----- printing -----
+
+    def pretty(self) -> str:
+        """The sequence-space derivation as Unicode text."""
+        from .braket_printing import braket_text
+
+        return braket_text(self)
+
+    def latex(self) -> str:
+        """The sequence-space derivation as LaTeX in the slides' notation."""
+        from .braket_printing import braket_latex
+
+        return braket_latex(self)
+
+    def __str__(self) -> str:
+        return self.pretty()
+
+    def __repr__(self) -> str:
+        form = "slides form" if self.slides else "general form"
+        return f"<SequenceForm {self.cell.name!r}, T={self.T}, {form}, tied={self.tied}>"
+
+
+def braket(cell: Cell, T: int, tied: bool = True, sizes: dict | None = None) -> SequenceForm:
+    """The whole-sequence bra-ket form of ``cell`` over ``T`` steps (seeds-en §4–§5)."""
+    return SequenceForm(cell, T, tied=tied, sizes=sizes)

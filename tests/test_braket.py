@@ -1,0 +1,317 @@
+"""The whole-sequence bra-ket form of the lecture slides (seeds-en §4–§5), `rs.braket`.
+
+Symbolic checks compare fully expanded matrix polynomials (:func:`rnnsym.braket.monomials`):
+two expressions in non-commuting matrix symbols are equal exactly when their monomials are, so
+equality here is a symbolic zero, not a numerical one. Numerical checks evaluate at a random
+rational point with 60 significant digits and need 40 agreeing digits (the same standard as the
+scalar oracle: 20 digits of margin over the rounding of a 60-digit evaluation, while any wrong
+term changes the leading digits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnnsym as rs
+from rnnsym.braket import EPSILON, monomials
+from rnnsym.cli import main
+from rnnsym.verify import (
+    agreement_digits,
+    bptt_gradients,
+    braket_report,
+    oracle_gradients,
+    unrolled_point,
+)
+
+REQUIRED = 40
+
+
+def same(a, b) -> bool:
+    return monomials(a) == monomials(b)
+
+
+def _forms(names=("slides", "elman", "elman_relu", "gru", "indrnn")):
+    for name in names:
+        for T in (1, 2, 3, 4):
+            for tied in (True, False):
+                yield pytest.param(name, T, tied, id=f"{name}-T{T}-{'tied' if tied else 'untied'}")
+
+
+# ----- symbolic identities -----
+
+
+@pytest.mark.parametrize("name,T,tied", list(_forms()))
+def test_neumann_sum_inverts_and_closed_form_is_the_sum_of_error_bras(name, T, tied):
+    form = rs.braket(rs.cells.get(name), T, tied=tied)
+    # (𝕀 − M) Σ_{k<T} Mᵏ = 𝕀, blockwise, with M = 𝔾𝕁_h𝕊 (or 𝔸𝕊)
+    check = form.inverse_check_blocks()
+    for i in range(T):
+        for j in range(T):
+            assert same(check[i][j], form.identity_blocks[i][j]), (i, j, check[i][j])
+    # M is nilpotent: M^T = 0
+    power = form.identity_blocks
+    from rnnsym.braket import _bmul
+
+    for _ in range(T):
+        power = _bmul(power, form.M_blocks)
+    assert all(monomials(b) == {} for row in power for b in row)
+    # ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 has blocks Σ_{t≥τ}⟨δ_t(τ)|, and the backward recurrence (eq. (9))
+    # gives the same bras
+    closed = form.closed_form()
+    for tau in range(1, T + 1):
+        assert same(closed[tau - 1], form.adjoint_bra(tau)), tau
+        assert same(form.bptt_bra(tau), form.adjoint_bra(tau)), tau
+
+
+def test_error_bras_are_the_slides_products():
+    form = rs.braket(rs.cells.slides(), 3, tied=False)
+    n = form.n
+    d3, G = sp.MatrixSymbol("d(3)", n, 1), [sp.MatrixSymbol(f"G({t})", n, n) for t in (1, 2, 3)]
+    J = [sp.MatrixSymbol(f"J_h({t})", n, n) for t in (1, 2, 3)]
+    # ⟨δ_3(1)| = ⟨d(3)|G(3)J_h(3)G(2)J_h(2)G(1)  (seeds-en §5), per-step weights distinct
+    expected = sp.MatMul(d3.T, G[2], J[2], G[1], J[1], G[0])
+    assert same(form.error_bra(3, 1), expected)
+    # and the recursion ⟨δ_t(τ−1)| = ⟨δ_t(τ)|J_h(τ)G(τ−1)
+    assert same(form.error_bra(3, 1), sp.MatMul(form.error_bra(3, 2), J[1], G[0]))
+    tied = rs.braket(rs.cells.slides(), 3)
+    W = sp.MatrixSymbol("J_h", n, n)
+    assert same(tied.error_bra(3, 1), sp.MatMul(d3.T, G[2], W, G[1], W, G[0]))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("T", [1, 2, 3, 4])
+def test_variation_unrolled_is_the_closed_form(T, tied):
+    """δ|h(t)⟩ = G(t)(δJ_x|x(t)⟩ + δJ_h|h(t−1)⟩ + J_h δ|h(t−1)⟩), unrolled from δh(0) = 0, equals
+    the block τ of (𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾(δ𝕁_x|x⟩ + δ𝕁_h|h(t−1)⟩)."""
+    form = rs.braket(rs.cells.slides(), T, tied=tied)
+    n = form.n
+    unrolled = []
+    for t in range(1, T + 1):
+        expr = form.variation(t)
+        if t > 1:
+            expr = expr.xreplace({sp.MatrixSymbol(f"δh({t - 1})", n, 1): unrolled[-1]})
+        unrolled.append(expr)
+    N = form.neumann_blocks()
+    sources = [
+        sp.MatMul(form.G_steps[s], form._delta("J_x", s + 1), form.x_steps[s])
+        + sp.MatMul(form.G_steps[s], form._delta("J_h", s + 1), form.h_steps[s])
+        for s in range(T)
+    ]
+    for t in range(T):
+        block = sp.MatAdd(*[sp.MatMul(N[t][s], sources[s]) for s in range(T)])
+        assert same(unrolled[t], block), t
+
+
+def test_update_rules_are_the_slides_double_sums():
+    form = rs.braket(rs.cells.slides(), 2)
+    rules = form.update_rules()
+    k = form.error_ket
+    x = form.x_steps
+    h = form.h_steps
+    # δJ_x = −ε Σ_t Σ_{τ≤t} |δ_t(τ)⟩⟨x(τ)|
+    expected = -EPSILON * (k(1, 1) * x[0].T + k(2, 1) * x[0].T + k(2, 2) * x[1].T)
+    assert same(rules["J_x"], expected)
+    expected = -EPSILON * (k(1, 1) * h[0].T + k(2, 1) * h[0].T + k(2, 2) * h[1].T)
+    assert same(rules["J_h"], expected)
+    untied = rs.braket(rs.cells.slides(), 2, tied=False).update_rules()
+    assert same(untied["J_x"][1], -EPSILON * k(2, 2) * x[1].T)
+
+
+# ----- numbers: against the core's BPTT and sympy.diff -----
+
+
+def _agree(a, b) -> float:
+    return min(agreement_digits(a[p], b[p]) for p in a)
+
+
+@pytest.mark.parametrize("name,T,tied", list(_forms(("slides", "elman"))))
+def test_braket_gradient_equals_bptt_and_oracle(name, T, tied):
+    """Linear loss ⟨d|h⟩ (slides) and eq. (5) (elman), tied and untied, T = 1..4."""
+    cell = rs.cells.get(name)
+    form = rs.braket(cell, T, tied=tied)
+    problem = unrolled_point(cell, T, seed=T, untied=not tied)
+    bptt = bptt_gradients(problem, derivation=form.derivation)
+    oracle = oracle_gradients(problem, derivation=form.derivation)
+    for route in ("update_rule", "closed_form"):
+        grads = form.gradients(problem, route=route)
+        assert set(grads) == set(cell.params)
+        if not tied:
+            assert all(len(v) == T for v in grads.values())
+        assert _agree(grads, bptt) >= REQUIRED, route
+        assert _agree(grads, oracle) >= REQUIRED, route
+
+
+@pytest.mark.parametrize("name", ["gru", "mgu", "indrnn", "gru_original"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_general_form_gradient_equals_bptt_and_oracle(name, tied):
+    cell = rs.cells.get(name)
+    T = 2  # the oracle's sympy.diff of a gated cell takes a minute at T = 3
+    form = rs.braket(cell, T, tied=tied)
+    assert form.slides is None or name == "indrnn"
+    problem = unrolled_point(cell, T, seed=7, untied=not tied)
+    bptt = bptt_gradients(problem, derivation=form.derivation)
+    oracle = oracle_gradients(problem, derivation=form.derivation)
+    for route in ("update_rule", "closed_form"):
+        grads = form.gradients(problem, route=route)
+        assert _agree(grads, bptt) >= REQUIRED
+        assert _agree(grads, oracle) >= REQUIRED
+
+
+def test_general_form_longer_sequence_against_bptt():
+    form = rs.braket(rs.cells.gru(), 4)
+    problem = unrolled_point(form.cell, 4, seed=3)
+    bptt = bptt_gradients(problem, derivation=form.derivation)
+    assert _agree(form.gradients(problem, route="closed_form"), bptt) >= REQUIRED
+
+
+def test_a_wrong_G_is_caught(monkeypatch):
+    """Mutation: G(t) = diag(1 − h) instead of diag(1 − h∘h) disagrees with BPTT."""
+    form = rs.braket(rs.cells.elman(), 3)
+    problem = unrolled_point(form.cell, 3, seed=1)
+    bptt = bptt_gradients(problem, derivation=form.derivation)
+    assert _agree(form.gradients(problem), bptt) >= REQUIRED
+    h = form.state.symbol
+    monkeypatch.setattr(form, "G_definition_one_step", lambda: sp.OneMatrix(*h.shape) - h)
+    assert _agree(form.gradients(problem), bptt) < 5
+
+
+# ----- the update rule is a gradient-descent step of the generated kernel -----
+
+
+@pytest.mark.parametrize("name", ["slides", "elman", "gru"])
+def test_update_rule_is_the_kernel_gradient_descent_step(name):
+    cell = rs.cells.get(name)
+    T = 3
+    form = rs.braket(cell, T)
+    problem = unrolled_point(cell, T, seed=11)
+    eps = sp.Rational(1, 10)
+    updated = form.update(problem, eps)[0]
+
+    def arr(m, vector):
+        a = np.array(m.evalf(30), dtype=np.float64)
+        return a.reshape(-1) if vector else a
+
+    values = problem.values(30)[0]
+    params = {n: arr(v, cell.params[n].symbol.shape[1] == 1) for n, v in values.items()}
+    inputs = {
+        n: np.stack([arr(problem.data[t][n], True)[None, :] for t in range(T)]) for n in cell.inputs
+    }
+    targets = {
+        n: np.stack([arr(problem.data[t][n], True)[None, :] for t in range(T)])
+        for n in cell.targets
+    }
+    _, grads = rs.compile(cell).loss_and_grad(params, inputs, targets)
+    for n, value in params.items():
+        step = value - 0.1 * grads[n]
+        # float64 kernel vs 60-digit bra-ket: rounding of O(1e-16) relative, amplified by at
+        # most T steps of O(1) Jacobians; rtol 1e-12 leaves margin, a wrong term is O(1)
+        np.testing.assert_allclose(
+            arr(updated[n], value.ndim == 1), step, rtol=1e-12, atol=1e-14, err_msg=n
+        )
+
+
+# ----- objects, sizes and errors -----
+
+
+def test_sympy_objects_and_concrete_sizes():
+    form = rs.braket(rs.cells.elman(), 3, sizes={"n": 2, "m": 3, "k": 2})
+    assert form.J_h.shape == (6, 6) and form.J_x.shape == (6, 9)
+    assert form.x.shape == (9, 1) and form.h.shape == (6, 1) and form.h_shifted.shape == (6, 1)
+    S = sp.Matrix(form.S.as_explicit())
+    assert S.shape == (6, 6) and S**3 == sp.zeros(6, 6) and S**2 != sp.zeros(6, 6)
+    assert (S * form.h.as_explicit())[:2, :] == sp.zeros(2, 1)
+    G = form.G.as_explicit()
+    assert G.shape == (6, 6)
+    symbolic = rs.braket(rs.cells.elman(), 2)
+    n = symbolic.cell.size_symbols["n"]
+    assert symbolic.J_h.shape == (2 * n, 2 * n)
+    assert symbolic.G_definition(1) == sp.sympify(symbolic.G_definition(1))  # a SymPy object
+
+
+def test_general_form_has_no_slides_operators():
+    form = rs.braket(rs.cells.gru(), 2)
+    with pytest.raises(rs.CellError, match="slides form.*'gru'.*A"):
+        _ = form.J_h
+    assert form.A.shape[0] == 2 * form.n
+
+
+def test_bad_input():
+    with pytest.raises(rs.CellError, match="'lstm' has 2 states \\(h, c\\)"):
+        rs.braket(rs.cells.lstm(), 2)
+    with pytest.raises(rs.RnnsymError, match="T >= 1, got 0"):
+        rs.braket(rs.cells.elman(), 0)
+    with pytest.raises(rs.CellError, match="size 'q' is not a size of cell 'elman'"):
+        rs.braket(rs.cells.elman(), 2, sizes={"q": 3})
+    with pytest.raises(TypeError, match="rnnsym.Cell"):
+        rs.braket("elman", 2)
+    form = rs.braket(rs.cells.elman(), 2)
+    with pytest.raises(rs.RnnsymError, match="1 <= tau <= t <= T = 2, got t=1, tau=2"):
+        form.error_bra(1, 2)
+    problem = unrolled_point(form.cell, 3)
+    with pytest.raises(rs.RnnsymError, match="T=2"):
+        form.gradients(problem)
+    with pytest.raises(ValueError, match="route must be"):
+        form.gradients(unrolled_point(form.cell, 2), route="sideways")
+
+
+# ----- output -----
+
+
+def test_text_reads_like_the_slides():
+    text = rs.braket(rs.cells.elman(), 3).pretty()
+    for line in [
+        "|x⟩ = (x(1), x(2), x(3))ᵀ",
+        "𝕁_h = diag(W, W, W)",
+        "G(t) = diag(1 − h(t) ∘ h(t))",
+        "𝔾 = diag(G(1), G(2), G(3))",
+        "δ|h(2)⟩ = G(2) (δU |x(2)⟩ + δW |h(1)⟩ + δb + W |δh(1)⟩)",
+        "⟨δ_3(1)| = ⟨d(3)| G(3) W G(2) W G(1)",
+        "δU^{mn} = −ε Σ_t Σ_{τ≤t} ⟨δ_t(τ)|m⟩⟨n|x(τ)⟩",
+        "⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾",
+        "|d(t)⟩ = Vᵀ (o(t) − y(t))",
+    ]:
+        assert line in text, line
+    untied = rs.braket(rs.cells.elman(), 2, tied=False).pretty()
+    assert "𝕁_h = diag(W(1), W(2))" in untied and "δW(1) = " in untied
+
+
+def test_latex_uses_the_slides_notation():
+    tex = rs.braket(rs.cells.elman(), 3).latex()
+    assert tex.startswith(r"\begin{align*}") and tex.endswith(r"\end{align*}")
+    for piece in [
+        r"\mathbb{J}_{h} &= \operatorname{diag}(W, W, W)",
+        r"\langle \delta_{3}(1) | &= \langle d(3) | G(3) W G(2) W G(1)",
+        r"\left(\mathbb{I} - \mathbb{G}\mathbb{J}_{h}\mathbb{S}\right)^{-1}",
+        r"| x \rangle",
+    ]:
+        assert piece in tex, piece
+    assert "τ" not in tex.replace(r"\tau", "") and "⟨" not in tex and "𝕁" not in tex
+
+
+def test_cli_braket(capsys):
+    assert main(["braket", "elman", "--T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "⟨δ_3(1)| = ⟨d(3)| G(3) W G(2) W G(1)" in out
+    assert "closed form vs sympy.diff" in out and "result: all checks passed" in out
+    assert main(["braket", "slides", "--T", "2", "--latex", "--untied"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(r"\begin{align*}")
+    assert all(line.startswith("%") for line in out.split(r"\end{align*}")[1].split("\n") if line)
+    assert main(["braket", "lstm"]) == 2
+    assert "2 states" in capsys.readouterr().err
+
+
+def test_braket_report_fails_when_a_route_is_wrong(monkeypatch):
+    form = rs.braket(rs.cells.elman(), 2)
+    original = form.gradients
+
+    def broken(problem, digits=60, route="update_rule"):
+        grads = original(problem, digits, route)
+        grads["W"] = grads["W"] * sp.Rational(1001, 1000)
+        return grads
+
+    monkeypatch.setattr(form, "gradients", broken)
+    report = braket_report(form)
+    assert not report.ok and "CHECKS FAILED" in str(report)
