@@ -608,6 +608,12 @@ class SequenceForm:
 
     # ----- printing -----
 
+    def text(self, expr: MatrixExpr) -> str:
+        """One expression of this form as bra-ket text: ``⟨d(3)| G(3) W G(2)``."""
+        from .braket_printing import BraketText
+
+        return BraketText().term(expr)
+
     def pretty(self) -> str:
         """The sequence-space derivation as Unicode text."""
         from .braket_printing import braket_text
