@@ -44,11 +44,16 @@ __all__ = [
 ]
 
 
-def compile(cell: Cell, **options):  # noqa: A001 - the public name the issue asks for
-    """Derive ``cell`` and generate, import and return its NumPy kernel."""
+def compile(cell: Cell, mode: str = "reverse"):  # noqa: A001 - the public name the issue asks for
+    """Derive ``cell`` and generate, import and return its NumPy kernel.
+
+    ``mode="reverse"`` (the default) computes gradients by back-propagation through time;
+    ``mode="forward"`` by forward sensitivity propagation (real-time recurrent learning), whose
+    memory does not grow with the sequence length.
+    """
     from .kernel import compile_cell
 
-    return compile_cell(cell, **options)
+    return compile_cell(cell, mode=mode)
 
 
 def check_gradients(kernel, params, inputs, targets, h0=None, **options):

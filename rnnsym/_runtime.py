@@ -74,6 +74,23 @@ def _sum_rows(u):
     return u.reshape(-1, u.shape[-1]).sum(axis=0)
 
 
+def _add_seed(block, z, r, start):
+    # block (rows * cols, B, size): the sensitivities of a vector of size entries to the
+    # entries of a rows x cols parameter P, row by row. Adds the variation of
+    # z * (P r)[start:start + size] along each entry: entry (i, j) moves entry i - start by
+    # z[i - start] r[j]. z is (B, size) or 1.0, r is (B, cols) or 1.0 (a vector parameter).
+    if not block.flags.c_contiguous:
+        raise ValueError("internal error: _add_seed needs a C-contiguous block")
+    batch, size = block.shape[1:]
+    cols = np.shape(r)[-1] if np.ndim(r) else 1
+    view = block.reshape(-1, cols, batch, size)  # (rows, cols, B, size), a view of block
+    k = np.arange(size)
+    zt = np.broadcast_to(z, (batch, size)).T[:, None, :]
+    rt = np.broadcast_to(r, (batch, cols)).T[None, :, :]
+    view[start + k, :, :, k] += zt * rt
+    return block
+
+
 def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 

@@ -11,7 +11,9 @@ from .cell import Cell
 from .codegen import generate_module
 from .derive import Derivation, derive
 
-__all__ = ["Kernel", "compile_cell"]
+__all__ = ["Kernel", "compile_cell", "MODES"]
+
+MODES = ("reverse", "forward")
 
 
 class Kernel:
@@ -21,12 +23,15 @@ class Kernel:
     ``loss_and_grad(params, inputs, targets, h0=None)`` returns ``(loss, grads)``. Sequences are
     ``(T, B, size)`` arrays; ``grads`` has the keys and shapes of ``params``, summed over time and
     batch, in the input dtype. ``source`` is the module text, runnable with NumPy alone.
+    ``mode`` says how ``loss_and_grad`` gets the gradient: ``"reverse"`` (BPTT) or
+    ``"forward"`` (forward sensitivity propagation, memory independent of T).
     """
 
-    def __init__(self, derivation: Derivation, source: str):
+    def __init__(self, derivation: Derivation, source: str, mode: str = "reverse"):
         self.derivation = derivation
         self.cell = derivation.cell
         self.source = source
+        self.mode = mode
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
         filename = f"<rnnsym kernel {self.cell.name} {digest}>"
         module = types.ModuleType(f"rnnsym_kernel_{digest}")
@@ -52,10 +57,21 @@ class Kernel:
         return path
 
     def __repr__(self) -> str:
-        return f"<Kernel {self.cell.name!r}: {len(self.source.splitlines())} lines of NumPy>"
+        lines = len(self.source.splitlines())
+        mode = "" if self.mode == "reverse" else f" ({self.mode} mode)"
+        return f"<Kernel {self.cell.name!r}{mode}: {lines} lines of NumPy>"
 
 
-def compile_cell(cell: Cell) -> Kernel:
-    """Derive ``cell`` and build its kernel."""
+def compile_cell(cell: Cell, mode: str = "reverse") -> Kernel:
+    """Derive ``cell`` and build its kernel; ``mode`` is ``"reverse"`` or ``"forward"``."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(
+            f"mode={mode!r} is not a differentiation mode; use one of "
+            f"{', '.join(repr(m) for m in MODES)}"
+        )
     derivation = derive(cell)  # checks the cell first
-    return Kernel(derivation, generate_module(derivation))
+    if mode == "forward":
+        from .forward_mode import generate_forward_module
+
+        return Kernel(derivation, generate_forward_module(derivation), mode)
+    return Kernel(derivation, generate_module(derivation), mode)
