@@ -476,7 +476,8 @@ def random_problem(
     for n, p in cell.params.items():
         rows, cols = shape(p)
         scale = 0.8 / math.sqrt(cols) if cols > 1 else 0.3
-        params[n] = rng.normal(0.0, scale, size=(rows, cols) if cols > 1 else (rows,))
+        vector = p.symbol.shape[1] == 1  # a vector parameter, not a matrix that has 1 column
+        params[n] = rng.normal(0.0, scale, size=(rows,) if vector else (rows, cols))
     inputs = {n: rng.normal(size=(T, B, shape(v)[0])) for n, v in cell.inputs.items()}
     targets = {n: rng.normal(size=(T, B, shape(v)[0])) for n, v in cell.targets.items()}
     return params, inputs, targets

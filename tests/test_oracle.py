@@ -79,3 +79,14 @@ def test_check_gradients_detects_a_wrong_kernel(elman_kernel):
 @pytest.mark.parametrize("T", [1, 2])
 def test_oracle_handles_short_sequences(T):
     assert scalar_oracle(rs.cells.elman(), T=T).ok
+
+
+def test_random_problem_keeps_matrices_two_dimensional_at_size_one():
+    """A (n, n) weight at n = 1 is still a matrix (1, 1); only vector parameters are 1-D."""
+    import rnnsym as rs
+    from rnnsym.verify import check_gradients, random_problem
+
+    cell = rs.cells.elman()
+    params, inputs, targets = random_problem(cell, sizes={"n": 1, "m": 1, "k": 1}, T=3)
+    assert params["W"].shape == (1, 1) and params["V"].shape == (1, 1) and params["b"].shape == (1,)
+    assert check_gradients(rs.compile(cell), params, inputs, targets).ok
