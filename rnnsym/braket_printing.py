@@ -12,6 +12,7 @@ import re
 import sympy as sp
 from sympy import MatAdd, MatrixSymbol, Transpose
 
+from .braket import EPSILON as EPS
 from .ops import coeff_and_factors, signed_terms
 from .printing import _latex_name
 
@@ -59,7 +60,7 @@ class _BraKet:
                 return self.bra(self.name(expr.arg))
             return self.transposed(self.name(expr.arg))
         if isinstance(expr, sp.Identity):
-            return "I" if self.MINUS != "-" else r"\mathbb{1}"
+            return self.IDENTITY
         if isinstance(expr, sp.ZeroMatrix):
             return "0"
         if isinstance(expr, sp.MatMul):
@@ -69,7 +70,7 @@ class _BraKet:
         if isinstance(expr, sp.HadamardProduct):
             return self.hadamard(expr)
         if isinstance(expr, sp.OneMatrix):
-            return "1" if self.MINUS != "-" else r"\mathbf{1}"
+            return self.ONES
         return self.other(expr)
 
     def factor(self, expr, last: bool) -> str:
@@ -112,7 +113,7 @@ class _BraKet:
 
 
 class BraketText(_BraKet):
-    MINUS = "−"
+    MINUS, IDENTITY, ONES = "−", "I", "1"
 
     def __init__(self):
         from .printing import TextPrinter
@@ -152,7 +153,7 @@ class BraketText(_BraKet):
 
 
 class BraketLatex(_BraKet):
-    MINUS = "-"
+    MINUS, IDENTITY, ONES = "-", r"\mathbb{1}", r"\mathbf{1}"
 
     def __init__(self):
         from .printing import DerivationLatexPrinter
@@ -194,9 +195,6 @@ class BraketLatex(_BraKet):
         names = {s.name: self.name(s) for s in expr.atoms(MatrixSymbol)}
         self._fallback.names = names
         return self._fallback.doprint(expr)
-
-
-EPS = sp.Symbol("epsilon", positive=True)
 
 
 def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -262,12 +260,7 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, list[tuple[str, str
         top = r"^{\top}" if latex else "ᵀ"
         ops.append((f"A(t){top} {ket(name(g))}", action))
         ops.append((bb("A"), f"{diag}(" + ", ".join(name(A) for A in form.A_steps) + ")"))
-    rows = []
-    for i in range(T):
-        cells = [
-            "I" if latex is False and i == j + 1 else ("I" if i == j + 1 else "0") for j in range(T)
-        ]
-        rows.append(cells)
+    rows = [["I" if i == j + 1 else "0" for j in range(T)] for i in range(T)]
     if latex:
         body = r" \\ ".join(" & ".join(r) for r in rows)
         ops.append((bb("S"), rf"\begin{{pmatrix}} {body} \end{{pmatrix}}"))
