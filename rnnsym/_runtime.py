@@ -96,10 +96,17 @@ def _shape_text(shape):
 
 
 def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
-    """Validate the arrays against SPEC; return (sizes, T, B, dtype, initial states).
+    """Validate the arrays against SPEC; return (sizes, T, B, dtype, states, inputs, targets).
 
-    Every failure raises ValueError naming the array, its shape or dtype and what was expected.
+    The returned inputs and targets are ready for the kernel: a context input given once per
+    sequence, (B, size) or (size,), is broadcast over time; class indices (T, B) become 1-of-K
+    rows; an input fed back from a target (teacher forcing, y(t-1)) is filled from it with
+    y(0) = 0 unless given. Every failure raises ValueError naming the array, its shape or dtype
+    and what was expected.
     """
+    context = spec.get("context", ())
+    classes = spec.get("classes", ())
+    fed_back = spec.get("fed_back", {})
     groups = [("params", params, spec["params"], False)]
     groups.append(("inputs", inputs, spec["inputs"], True))
     if with_targets:
@@ -109,13 +116,25 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
             raise ValueError(
                 f"{group} must be a dict mapping names to arrays, got {type(given).__name__}"
             )
-        missing = [name for name in expected if name not in given]
+        missing = [
+            name
+            for name in expected
+            if name not in given and not (group == "inputs" and with_targets and name in fed_back)
+        ]
         extra = [name for name in given if name not in expected]
         if missing:
             name = missing[0]
+            hint = ""
+            if group == "inputs" and name in fed_back:
+                hint = (
+                    f" (the fed-back {fed_back[name]}(t-1): loss_and_grad fills it from "
+                    f"targets[{fed_back[name]!r}], forward needs it given)"
+                )
+            elif group == "inputs" and name in context:
+                hint = " or (B, size), once per sequence"
             raise ValueError(
                 f"{group}[{name!r}] is missing; expected an array of shape "
-                f"{_expected_text(expected[name], group != 'params')}"
+                f"{_expected_text(expected[name], group != 'params')}{hint}"
             )
         if extra:
             raise ValueError(
@@ -127,12 +146,36 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
     sizes = {}
     size_source = {}
     steps = None
+    batches = []  # (batch, label) of the context inputs, checked once B is known
+    bodies = {}
     for group, given, expected, is_sequence in groups:
         for name, dims in expected.items():
+            if name not in given:
+                continue  # a fed-back input, filled below
             label = f"{group}[{name!r}]"
             array = given[name]
             if not isinstance(array, np.ndarray) or isinstance(array, np.matrix):
                 raise ValueError(f"{label} must be a NumPy array, got {type(array).__name__}")
+            if group == "targets" and name in classes:
+                if array.dtype.kind not in "iu":
+                    raise ValueError(
+                        f"{label} holds class indices: expected an integer array (T, B), got "
+                        f"dtype {array.dtype}"
+                    )
+                if array.ndim != 2:
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(array.shape)}; expected (T, B) class "
+                        f"indices in 0..{dims[0]}-1"
+                    )
+                if steps is None:
+                    steps = (array.shape[0], array.shape[1], label)
+                elif array.shape[:2] != steps[:2]:
+                    raise ValueError(
+                        f"{label} has {array.shape[0]} steps and batch {array.shape[1]}, but "
+                        f"{steps[2]} has {steps[0]} steps and batch {steps[1]}; sequences "
+                        f"must not be ragged"
+                    )
+                continue
             if array.dtype not in (np.float32, np.float64):
                 raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")
             if dtype is None:
@@ -142,7 +185,18 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                     f"{label} has dtype {array.dtype}, but {dtype_source} has dtype {dtype}; "
                     f"all arrays must share one dtype"
                 )
-            if is_sequence:
+            if is_sequence and group == "inputs" and name in context:
+                if array.ndim not in (1, 2):
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(array.shape)}; expected "
+                        f"{_expected_text(dims, False)} or (B, {', '.join(map(str, dims))}): "
+                        f"a context input is given once per sequence"
+                    )
+                if array.ndim == 2:
+                    batches.append((array.shape[0], label))
+                body = array.shape[-1:]
+                _match(label, body, dims, sizes, size_source, array.shape, False)
+            elif is_sequence:
                 if array.ndim != 3:
                     raise ValueError(
                         f"{label} has shape {_shape_text(array.shape)}; expected "
@@ -157,29 +211,67 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                         f"must not be ragged"
                     )
                 body = array.shape[2:]
+                _match(label, body, dims, sizes, size_source, array.shape, True)
             else:
                 body = array.shape
-            _match(label, body, dims, sizes, size_source, array.shape, is_sequence)
+                _match(label, body, dims, sizes, size_source, array.shape, False)
+            bodies[label] = (group, name, dims, body, array.shape, is_sequence)
     # sizes such as 4*n or n + m are checked once every plain size is known
-    for group, given, expected, is_sequence in groups:
-        for name, dims in expected.items():
-            array = given[name]
-            body = array.shape[2:] if is_sequence else array.shape
-            for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
-                if isinstance(dim, int) or dim.isidentifier():
-                    continue
-                want = eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - from SPEC
-                if got != want:
-                    concrete = tuple(_resolve(d, sizes) for d in dims)
-                    raise ValueError(
-                        f"{group}[{name!r}] has shape {_shape_text(array.shape)}; expected "
-                        f"{_expected_text(dims, is_sequence)} = "
-                        f"{_expected_text(concrete, is_sequence)}: axis {axis} must be {dim} "
-                        f"= {want}"
-                    )
+    for label, (group, name, dims, body, shape, is_sequence) in bodies.items():
+        for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
+            if isinstance(dim, int) or dim.isidentifier():
+                continue
+            want = eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - from SPEC
+            if got != want:
+                concrete = tuple(_resolve(d, sizes) for d in dims)
+                raise ValueError(
+                    f"{label} has shape {_shape_text(shape)}; expected "
+                    f"{_expected_text(dims, is_sequence)} = "
+                    f"{_expected_text(concrete, is_sequence)}: axis {axis} must be {dim} "
+                    f"= {want}"
+                )
+    if steps is None:
+        raise ValueError(
+            "no sequence to take T and B from: give at least one input as a (T, B, size) array"
+        )
     T, B = steps[0], steps[1]
     if T < 1 or B < 1:
         raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
+    for batch, label in batches:
+        if batch != B:
+            raise ValueError(
+                f"{label} has batch {batch}, but {steps[2]} has batch {B}; a context input is "
+                f"(B, size) or (size,)"
+            )
+    inputs = dict(inputs)
+    for name in context:
+        if name in inputs:
+            array = inputs[name]
+            inputs[name] = np.broadcast_to(array, (T, B, array.shape[-1]))
+    if with_targets:
+        targets = dict(targets)
+        for name in classes:
+            try:
+                size = _resolve(spec["targets"][name][0], sizes)
+            except KeyError:
+                raise ValueError(
+                    f"targets[{name!r}] holds class indices, but the number of classes "
+                    f"{spec['targets'][name][0]} is not the size of any other array"
+                ) from None
+            index = targets[name]
+            bad = np.argwhere((index < 0) | (index >= size))
+            if len(bad):
+                t, b = (int(i) for i in bad[0])
+                raise ValueError(
+                    f"targets[{name!r}][{t}, {b}] = {int(index[t, b])} is not a class index; "
+                    f"expected 0..{size - 1} ({spec['targets'][name][0]} = {size} classes)"
+                )
+            targets[name] = np.eye(size, dtype=dtype)[index]
+        for name, target in fed_back.items():
+            if name not in inputs:
+                shifted = np.zeros_like(targets[target])
+                shifted[1:] = targets[target][:-1]  # y(t-1), with y(0) = 0
+                inputs[name] = shifted
     states = {}
     if initial is None:
         initial = {}
@@ -187,7 +279,8 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
         if len(spec["states"]) != 1:
             raise ValueError(
                 f"h0 must be a dict with keys {sorted(spec['states'])} for a cell with "
-                f"several states, got {type(initial).__name__}"
+                f"{'no' if not spec['states'] else 'several'} states, got "
+                f"{type(initial).__name__}"
             )
         initial = {next(iter(spec["states"])): initial}
     extra = [name for name in initial if name not in spec["states"]]
@@ -211,7 +304,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                 f"(batch, size) or ({size},)"
             )
         states[name] = np.array(np.broadcast_to(value, (B, size)), dtype=dtype)
-    return sizes, T, B, dtype, states
+    return sizes, T, B, dtype, states, inputs, targets
 
 
 def _resolve(dim, sizes):

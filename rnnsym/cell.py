@@ -14,7 +14,7 @@ import sympy as sp
 from sympy import MatrixSymbol
 
 from .errors import CellError, ShapeError
-from .expr import State, Term, Variable, as_term
+from .expr import State, Target, Term, Variable, as_term
 from .ops import add, leaves, shape_str
 
 __all__ = ["Cell"]
@@ -78,6 +78,9 @@ class Cell:
         self.order: list[tuple[str, str]] = []  # ("update" | "define", name), as written
         self.output_defs: dict[str, Term] = {}
         self._loss_terms: list[Term] = []
+        self.context_inputs: list[str] = []  # inputs given once per sequence
+        self.class_targets: list[str] = []  # targets given as class indices
+        self.fed_back: dict[str, str] = {}  # input y_prev -> target y (teacher forcing)
 
     # ----- declarations -----
 
@@ -163,6 +166,30 @@ class Cell:
         """A per-step input x(t), a column vector of the given size."""
         return self._add(Variable(self._new_symbol(name, size, 1, "input"), self, "input"))
 
+    def context(self, name: str, size) -> Variable:
+        """An input given once per sequence and read at every step (Fig. 6's fixed vector x).
+
+        The kernel takes it as a (B, size) or (size,) array; its gradient sums over t.
+        """
+        var = self.input(name, size)
+        self.context_inputs.append(name)
+        return var
+
+    def _fed_back_input(self, target: Variable) -> Variable:
+        name = f"{target.name}_prev"
+        existing = self._vars.get(name)
+        if existing is not None and self.fed_back.get(name) == target.name:
+            return existing
+        if existing is not None or name in self._dims:
+            raise CellError(
+                f"{target.name}.prev would be the input {name!r}, but that name is already "
+                f"used in cell {self.name!r}"
+            )
+        symbol = MatrixSymbol(name, *target.shape)
+        var = self._add(Variable(symbol, self, "input"))
+        self.fed_back[name] = target.name
+        return var
+
     def state(self, name: str, size) -> State:
         """A recurrent state h(t); ``.prev`` is h(t−1), and h(0) is zero unless given."""
         return self._add(State(self._new_symbol(name, size, 1, "state"), self))
@@ -172,9 +199,18 @@ class Cell:
         symbol = self._new_symbol(name, rows, 1 if cols is None else cols, "parameter")
         return self._add(Variable(symbol, self, "param"))
 
-    def target(self, name: str, size) -> Variable:
-        """A per-step target y(t) used by the loss."""
-        return self._add(Variable(self._new_symbol(name, size, 1, "target"), self, "target"))
+    def target(self, name: str, size, classes: bool = False) -> Target:
+        """A per-step target y(t) used by the loss; ``y.prev`` is y(t−1), fed back as an input.
+
+        With ``classes=True`` the kernel takes y as integer class indices (T, B) in
+        0..size−1 and uses their 1-of-K vectors, as softmax cross-entropy expects.
+        """
+        if not isinstance(classes, bool):
+            raise CellError(f"target {name!r}: classes must be True or False, got {classes!r}")
+        var = self._add(Target(self._new_symbol(name, size, 1, "target"), self, "target"))
+        if classes:
+            self.class_targets.append(name)
+        return var
 
     # ----- the step -----
 
@@ -314,14 +350,15 @@ class Cell:
 
     # ----- whole-cell checks -----
 
-    def check(self) -> None:
-        """Check what needs the whole cell; raises :class:`CellError` naming the problem."""
+    def check(self, loss: bool = True) -> None:
+        """Check what needs the whole cell; raises :class:`CellError` naming the problem.
+
+        A cell without a state is allowed: its steps decouple (teacher forcing, Fig. 4, or the
+        output layer of a composed model). ``loss=False`` checks a layer of a composed model,
+        whose loss is added by the composition.
+        """
         if not self._vars:
             raise CellError(f"cell {self.name!r} declares nothing")
-        if not self.states:
-            raise CellError(
-                f"cell {self.name!r} has no state; a recurrent cell needs cell.state(name, size)"
-            )
         if not self.inputs:
             raise CellError(
                 f"cell {self.name!r} has no input; declare x(t) with cell.input(name, size)"
@@ -331,7 +368,7 @@ class Cell:
                 raise CellError(
                     f"state {name!r} has no update; call cell.update({name}, expression)"
                 )
-        loss = self.loss_expr
+        loss_expr = self.loss_expr if loss else None
         allowed = {v.symbol for v in self._vars.values() if v.kind in ("input", "param")}
         allowed |= {s.prev.symbol for s in self.states.values()}
         for kind, name in self.order:
@@ -358,7 +395,8 @@ class Cell:
                     f"output {name}: {_sstr(term.expr)} uses {', '.join(bad)}, defined after it"
                 )
             allowed.add(self._vars[name].symbol)
-        self._check_params_reach_loss(loss)
+        if loss_expr is not None:
+            self._check_params_reach_loss(loss_expr)
 
     def _check_params_reach_loss(self, loss) -> None:
         definitions = {self._vars[n].symbol: t.expr for n, t in self.updates.items()}

@@ -160,6 +160,21 @@ def _recycle_buffers(statements: list) -> list:
     return out
 
 
+def _drop_unused_aliases(statements: list) -> list:
+    """Leave out ``a = b`` (a name bound to an existing array) where nothing later reads a."""
+    printer = RowPrinter({}, set())
+    texts = [printer.doprint(s) for s in statements]
+    kept = []
+    for i, stmt in enumerate(statements):
+        alias = isinstance(stmt, Assign) and isinstance(stmt.value, str)
+        if alias and stmt.value.isidentifier():
+            rest = "\n".join(texts[i + 1 :])
+            if not re.search(rf"\b{re.escape(stmt.target)}\b", rest):
+                continue
+        kept.append(stmt)
+    return kept
+
+
 def _allocates(expr) -> bool:
     """Whether the printed expression yields a new array (not a name or a view)."""
     if isinstance(expr, (MatrixSymbol, OneMatrix, Slice)):
@@ -426,6 +441,8 @@ class KernelGenerator:
     def forward_phase(self) -> tuple[list, dict]:
         cell = self.cell
         seq = self.sequence_names()
+        if not cell.states:  # no recurrence: every step is computed at once, all t
+            return [], seq
         stmts: list = [Comment("forward recurrence, eqs. (2)-(3): the states for t = 1..T")]
         for n in self.state_order:
             size = self.size_text(cell.states[n].shape[0])
@@ -510,6 +527,9 @@ class KernelGenerator:
         states = cell.states
         adjoint_syms = {adjoint_symbol(states[n].symbol) for n in self.state_order}
         carry_names = {n: self.namer.fresh(f"carry_{n}") for n in d.carry}
+        self.carry_names = carry_names
+        if not states:  # no recurrence: the steps decouple, nothing runs backwards in time
+            return {}
         stmts = phase.stmts
         stmts.append(Comment("adjoint recurrence, eq. (9): the only sequential part"))
         for n in self.state_order:
@@ -619,6 +639,11 @@ class KernelGenerator:
         local_names = self.loss_phase(phase)
         sums = {n: batch_sum(t, self.is_batch) for n, t in d.param_terms.items()}
         wanted = {vector for total in sums.values() for vector in _sum_vectors(total)}
+        for term in d.input_terms.values():  # Wᵀ v: keep v for all t, as for ∇W
+            for part in term.args if isinstance(term, MatAdd) else [term]:
+                factors = coeff_and_factors(part)[1]
+                if isinstance(part, MatMul) and len(factors) > 1:
+                    wanted.add(factors[-1])
         stored = self.backward_phase(phase, local_names, wanted)
         grads = Phase(self, phase.names, "s")
         grads.bound = dict(phase.bound)
@@ -642,10 +667,54 @@ class KernelGenerator:
             for s in grads.stmts
         ]
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
-        grad_body = _recycle_buffers(
-            [*fwd_stmts, *phase.stmts, *grads.stmts, Line(f"return loss, {{{grad_dict}}}")]
-        )
+        tail = self.composition_tail(grads, grad_dict)
+        grad_body = _recycle_buffers([*fwd_stmts, *phase.stmts, *grads.stmts, *tail])
         return self.module(forward_body, grad_body)
+
+    def composition_tail(self, grads: Phase, grad_dict: str) -> list:
+        """Return the gradients; with ``full``, also ∇ of the inputs and of h(0).
+
+        ∇_{x(t)} L (for every t) and ∇_{h(0)} L are what a cell hands to the cells it is
+        composed with: the layer below in a stack, the encoder of a sequence-to-sequence model.
+        """
+        cell, d = self.cell, self.d
+        stmts = [Line("if not full:"), Line(f"    return loss, {{{grad_dict}}}")]
+        tail = Phase(self, grads.names, "i")
+        tail.bound = dict(grads.bound)
+        names = {}
+        context = set(getattr(cell, "context_inputs", ()))
+        for name, var in cell.inputs.items():
+            names[name] = self.namer.fresh(f"g_in_{name}")
+            term = d.input_terms.get(name)
+            if term is None:
+                size = self.size_text(var.shape[0])
+                shape = f"(B, {size})" if name in context else f"(T, B, {size})"
+                tail.stmts.append(Line(f"{names[name]} = np.zeros({shape}, dtype=dtype)"))
+            elif name in context:
+                temp = self.namer.fresh(f"g_in_{name}_t")
+                tail.emit([(temp, term, "")])
+                tail.stmts.append(Line(f"{names[name]} = {temp}.sum(axis=0)  # summed over t"))
+            else:
+                tail.emit([(names[name], term, "")])
+        tail.stmts[:] = _drop_unused_aliases(tail.stmts)
+        if tail.stmts:
+            stmts.append(Comment("for composing cells: the adjoints of the inputs, all t"))
+            stmts.extend(tail.stmts)
+        carry = getattr(self, "carry_names", {})
+        initial = []
+        for name in self.state_order:
+            if name in carry:
+                initial.append(f"{name!r}: {carry[name]}")
+            else:  # h(0) reaches nothing
+                initial.append(f"{name!r}: np.zeros_like({self.all_name[name]}[0])")
+        input_dict = ", ".join(f"{n!r}: {names[n]}" for n in cell.inputs)
+        stmts.append(Comment("and of the initial states: what step 1 hands back to h(0)"))
+        stmts.append(
+            Line(
+                f"return loss, {{{grad_dict}}}, {{{input_dict}}}, {{{', '.join(initial)}}}"
+            )
+        )
+        return stmts
 
     def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase) -> None:
         """Keep ∇h(t) for all t only where a parameter gradient reads it."""
@@ -688,7 +757,7 @@ class KernelGenerator:
         )
         grad = Function(
             "_loss_and_grad",
-            ("params", "inputs", "targets", "states", "sizes"),
+            ("params", "inputs", "targets", "states", "sizes", "full=False"),
             "Loss (eq. (5)) and the gradient of every parameter, eqs. (6)-(9).",
             tuple(
                 self.unpack(
@@ -699,7 +768,9 @@ class KernelGenerator:
             ),
         )
         printer = RowPrinter({}, self.batch)
-        return _assemble(self, printer.doprint(fwd), printer.doprint(grad), self.helpers)
+        return _assemble(
+            self, printer.doprint(fwd), printer.doprint(grad), self.helpers, with_vjp=True
+        )
 
 
 def batch_sum(term: MatrixExpr, is_batch) -> MatrixExpr:
@@ -776,7 +847,12 @@ def _runtime_source(used: set[str]) -> str:
 
 
 def _assemble(
-    gen: KernelGenerator, fwd: str, grad: str, helpers: set[str], about: str | None = None
+    gen: KernelGenerator,
+    fwd: str,
+    grad: str,
+    helpers: set[str],
+    about: str | None = None,
+    with_vjp: bool = False,
 ) -> str:
     """The module text; ``about`` (default: the BPTT derivation) ends its docstring."""
     from . import __version__
@@ -801,14 +877,28 @@ def _assemble(
     forward_api = (
         "def forward(params, inputs, h0=None):\n"
         '    """States and outputs for all t: dict of (T, B, size) arrays."""\n'
-        "    sizes, _, _, _, states = _check_arrays(SPEC, params, inputs, None, h0, False)\n"
+        "    sizes, _, _, _, states, inputs, _ = _check_arrays(\n"
+        "        SPEC, params, inputs, None, h0, False\n"
+        "    )\n"
         "    return _forward(params, inputs, states, sizes)"
     )
     grad_api = (
         "def loss_and_grad(params, inputs, targets, h0=None):\n"
         '    """(loss, grads): the total loss and its gradient for every parameter."""\n'
-        "    sizes, _, _, _, states = _check_arrays(SPEC, params, inputs, targets, h0)\n"
+        "    sizes, _, _, _, states, inputs, targets = _check_arrays(\n"
+        "        SPEC, params, inputs, targets, h0\n"
+        "    )\n"
         "    return _loss_and_grad(params, inputs, targets, states, sizes)"
+    )
+    vjp_api = (
+        "def vjp(params, inputs, targets, h0=None):\n"
+        '    """(loss, grads, input_grads, h0_grads): also the gradient of every input\n'
+        "    sequence, (T, B, size), and of every initial state, (B, size), for composing cells.\n"
+        '    """\n'
+        "    sizes, _, _, _, states, inputs, targets = _check_arrays(\n"
+        "        SPEC, params, inputs, targets, h0\n"
+        "    )\n"
+        "    return _loss_and_grad(params, inputs, targets, states, sizes, True)"
     )
     parts = [
         doc,
@@ -817,6 +907,7 @@ def _assemble(
         _runtime_source(helpers),
         forward_api,
         grad_api,
+        *([vjp_api] if with_vjp else []),
         fwd,
         grad,
     ]
@@ -840,13 +931,21 @@ def _spec(cell) -> dict:
         rows, cols = symbol.shape
         return (dim(rows),) if cols == 1 else (dim(rows), dim(cols))
 
-    return {
+    spec = {
         "params": {n: dims(v.symbol) for n, v in cell.params.items()},
         "inputs": {n: dims(v.symbol) for n, v in cell.inputs.items()},
         "targets": {n: dims(v.symbol) for n, v in cell.targets.items()},
         "states": {n: dims(v.symbol) for n, v in cell.states.items()},
         "outputs": {n: dims(v.symbol) for n, v in cell.outputs.items()},
     }
+    # only where used, so the SPEC of a plain cell reads as before
+    if cell.context_inputs:
+        spec["context"] = list(cell.context_inputs)
+    if cell.class_targets:
+        spec["classes"] = list(cell.class_targets)
+    if cell.fed_back:
+        spec["fed_back"] = dict(cell.fed_back)
+    return spec
 
 
 def generate_module(derivation: Derivation) -> str:

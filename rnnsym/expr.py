@@ -243,6 +243,17 @@ class Variable(Term):
         return self.name
 
 
+class Target(Variable):
+    """A per-step target y(t); ``y.prev`` is y(t−1), fed back as an input (teacher forcing)."""
+
+    __slots__ = ()
+
+    @property
+    def prev(self) -> Variable:
+        """y(t−1) as an input of the step, with y(0) = 0; the kernel fills it from the targets."""
+        return self.cell._fed_back_input(self)
+
+
 class State(Variable):
     """A recurrent state; ``h.prev`` is its value at the previous step, h(t−1)."""
 

@@ -36,6 +36,12 @@ def _time_tables(cell) -> tuple[dict, dict]:
             if var.kind in ("state", "output", "intermediate"):
                 text[f"g_{name}"] = f"∇_{{{text[name]}}}L"
                 tex[f"g_{name}"] = rf"\nabla_{{{tex[name]}}} L"
+    for name, target in getattr(cell, "fed_back", {}).items():  # y.prev: y(t-1)
+        text[name] = f"{target}{sup('(t-1)')}"
+        tex[name] = f"{_latex_name(target)}^{{(t-1)}}"
+    for name in getattr(cell, "context_inputs", ()):  # one value for the whole sequence
+        text[name] = name
+        tex[name] = _latex_name(name)
     for name in cell.params:
         text[name] = name
         tex[name] = _latex_name(name)
@@ -186,8 +192,16 @@ _TITLES = {
 }
 
 
+_TITLES_NO_STATE = {
+    "forward": "Step t, every t at once (no state: the steps decouple)",
+    "backward": "Adjoints at step t: no recurrence, nothing flows from step t+1",
+    "gradient": "Gradients, summed over t (and over the batch)",
+}
+
+
 def derivation_text(derivation) -> str:
     """The derivation as aligned Unicode text."""
+    titles = _TITLES if derivation.cell.states else _TITLES_NO_STATE
     names, _ = _time_tables(derivation.cell)
     printer = TextPrinter(names)
     lines: list[str] = [f"Cell {derivation.cell.name!r}"]
@@ -203,7 +217,7 @@ def derivation_text(derivation) -> str:
     for sect, left, right, label in body:
         if sect != section:
             lines.append("")
-            lines.append(_TITLES[sect])
+            lines.append(titles[sect])
             section = sect
         tag = f"    [{label}]" if label else ""
         lines.append(
