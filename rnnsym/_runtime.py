@@ -215,9 +215,9 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
             else:
                 body = array.shape
                 _match(label, body, dims, sizes, size_source, array.shape, False)
-            bodies[label] = (group, name, dims, body, array.shape, is_sequence)
+            bodies[label] = (dims, body, array.shape, is_sequence)
     # sizes such as 4*n or n + m are checked once every plain size is known
-    for label, (group, name, dims, body, shape, is_sequence) in bodies.items():
+    for label, (dims, body, shape, is_sequence) in bodies.items():
         for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
             if isinstance(dim, int) or dim.isidentifier():
                 continue
