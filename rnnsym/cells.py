@@ -170,10 +170,11 @@ def indrnn() -> Cell:
 
 @dataclass(frozen=True)
 class Builtin:
-    """A built-in cell and the number of steps its scalar oracle runs by default."""
+    """A built-in cell (or model) and the number of steps its scalar oracle runs by default."""
 
     make: Callable[[], Cell]
     oracle_T: int = 3
+    figure: str = ""  # the report's figure, for the architectures
 
 
 BUILTIN: dict[str, Builtin] = {
@@ -190,8 +191,29 @@ BUILTIN: dict[str, Builtin] = {
 }
 
 
-def get(name: str) -> Cell:
-    """A fresh instance of the built-in cell ``name``."""
+def _architectures() -> None:
+    from . import architectures as a
+
+    BUILTIN.update(
+        {
+            "teacher_forcing": Builtin(a.teacher_forcing, 3, "Fig. 4, teacher forcing"),
+            "output_feedback": Builtin(a.output_feedback, 3, "Fig. 4, free-running"),
+            "last_output": Builtin(a.last_output_model, 3, "Fig. 5"),
+            "fixed_input": Builtin(a.fixed_input, 3, "Fig. 6"),
+            "bidirectional": Builtin(a.bidirectional_model, 3, "Fig. 7"),
+            "seq2seq": Builtin(a.seq2seq_model, 2, "Fig. 8"),
+            "stacked": Builtin(a.stacked, 2, "Fig. 9"),
+            "deep_transition": Builtin(a.deep_transition, 2, "Fig. 10"),
+            "elman_softmax": Builtin(a.elman_softmax, 3, "rnnsym demo apple"),
+        }
+    )
+
+
+_architectures()
+
+
+def get(name: str):
+    """A fresh instance of the built-in cell (or, for some architectures, model) ``name``."""
     try:
         return BUILTIN[name].make()
     except KeyError:

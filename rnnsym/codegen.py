@@ -710,9 +710,7 @@ class KernelGenerator:
         input_dict = ", ".join(f"{n!r}: {names[n]}" for n in cell.inputs)
         stmts.append(Comment("and of the initial states: what step 1 hands back to h(0)"))
         stmts.append(
-            Line(
-                f"return loss, {{{grad_dict}}}, {{{input_dict}}}, {{{', '.join(initial)}}}"
-            )
+            Line(f"return loss, {{{grad_dict}}}, {{{input_dict}}}, {{{', '.join(initial)}}}")
         )
         return stmts
 

@@ -266,10 +266,20 @@ def unrolled_point(
             for s in matrix:
                 point[s] = _rational(rng)
     data = []
-    for _ in range(T):
+    for t in range(T):
         step = {}
-        for var in [*cell.inputs.values(), *cell.targets.values()]:
-            step[var.name] = _random_matrix(rng, *shape(var))
+        for var in [*cell.targets.values(), *cell.inputs.values()]:
+            if var.name in cell.fed_back:  # teacher forcing: y(t-1), y(0) = 0
+                target = cell.fed_back[var.name]
+                step[var.name] = data[t - 1][target] if t else ImmutableMatrix.zeros(*shape(var))
+            elif var.name in cell.context_inputs and t:  # one value for the sequence
+                step[var.name] = data[0][var.name]
+            elif var.name in cell.class_targets:  # a 1-of-K vector
+                rows = shape(var)[0]
+                k = rng.randrange(rows)
+                step[var.name] = ImmutableMatrix(rows, 1, lambda i, j, k=k: int(i == k))
+            else:
+                step[var.name] = _random_matrix(rng, *shape(var))
         data.append(step)
     return UnrolledPoint(cell, dims, T, untied, symbols, point, data)
 
@@ -429,6 +439,7 @@ def check_gradients(
     h0=None,
     eps: float = 1e-6,
     tolerance: float = 1e-6,
+    **options,
 ) -> GradientReport:
     """Central finite differences of the kernel's loss against its gradients, in float64.
 
@@ -436,25 +447,32 @@ def check_gradients(
     error O(1e-16 / eps) relative to the loss, about 1e-9 to 1e-8 here, so 1e-6 flags real
     errors and not noise.
     """
-    as64 = {n: np.asarray(v, dtype=np.float64) for n, v in params.items()}
-    inputs64 = {n: np.asarray(v, dtype=np.float64) for n, v in inputs.items()}
-    targets64 = {n: np.asarray(v, dtype=np.float64) for n, v in targets.items()}
-    if isinstance(h0, dict):
-        h064 = {n: np.asarray(v, dtype=np.float64) for n, v in h0.items()}
-    else:
-        h064 = None if h0 is None else np.asarray(h0, dtype=np.float64)
-    _, grads = kernel.loss_and_grad(as64, inputs64, targets64, h064)
+
+    def as64(v):  # class indices stay integers
+        v = np.asarray(v)
+        return v if v.dtype.kind in "iu" else v.astype(np.float64)
+
+    params64 = {n: as64(v) for n, v in params.items()}
+    inputs64 = {n: as64(v) for n, v in inputs.items()}
+    targets64 = {n: as64(v) for n, v in targets.items()}
+    if h0 is not None:
+        options["h0"] = {n: as64(v) for n, v in h0.items()} if isinstance(h0, dict) else as64(h0)
+
+    def loss_and_grad():
+        return kernel.loss_and_grad(params64, inputs64, targets64, **options)
+
+    _, grads = loss_and_grad()
     errors = {}
-    for name, value in as64.items():
+    for name, value in params64.items():
         numeric = np.zeros_like(value)
         flat = value.reshape(-1)
         out = numeric.reshape(-1)
         for i in range(flat.size):
             saved = flat[i]
             flat[i] = saved + eps
-            plus = float(kernel.loss_and_grad(as64, inputs64, targets64, h064)[0])
+            plus = float(loss_and_grad()[0])
             flat[i] = saved - eps
-            minus = float(kernel.loss_and_grad(as64, inputs64, targets64, h064)[0])
+            minus = float(loss_and_grad()[0])
             flat[i] = saved
             out[i] = (plus - minus) / (2 * eps)
         scale = max(np.linalg.norm(numeric), np.linalg.norm(grads[name]), 1e-300)
@@ -478,8 +496,18 @@ def random_problem(
         scale = 0.8 / math.sqrt(cols) if cols > 1 else 0.3
         vector = p.symbol.shape[1] == 1  # a vector parameter, not a matrix that has 1 column
         params[n] = rng.normal(0.0, scale, size=(rows,) if vector else (rows, cols))
-    inputs = {n: rng.normal(size=(T, B, shape(v)[0])) for n, v in cell.inputs.items()}
-    targets = {n: rng.normal(size=(T, B, shape(v)[0])) for n, v in cell.targets.items()}
+    inputs = {}
+    for n, v in cell.inputs.items():
+        if n in cell.fed_back:
+            continue  # filled from the targets by the kernel (teacher forcing)
+        size = (B, shape(v)[0]) if n in cell.context_inputs else (T, B, shape(v)[0])
+        inputs[n] = rng.normal(size=size)
+    targets = {}
+    for n, v in cell.targets.items():
+        if n in cell.class_targets:
+            targets[n] = rng.integers(0, shape(v)[0], size=(T, B))
+        else:
+            targets[n] = rng.normal(size=(T, B, shape(v)[0]))
     return params, inputs, targets
 
 
