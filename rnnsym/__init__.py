@@ -6,6 +6,7 @@ from . import cells
 from .activations import elementwise
 from .braket import SequenceForm, braket
 from .cell import Cell
+from .compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
 from .expr import Term, concat, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
@@ -22,6 +23,13 @@ __all__ = [
     "unroll",
     "braket",
     "SequenceForm",
+    "stack",
+    "bidirectional",
+    "seq2seq",
+    "last_output",
+    "generate",
+    "Model",
+    "ModelKernel",
     "compile",
     "check_gradients",
     "cells",
@@ -44,8 +52,8 @@ __all__ = [
 ]
 
 
-def compile(cell: Cell, mode: str = "reverse"):  # noqa: A001 - the public name the issue asks for
-    """Derive ``cell`` and generate, import and return its NumPy kernel.
+def compile(cell: Cell | Model, mode: str = "reverse"):  # noqa: A001 - the public name
+    """Derive ``cell`` (or a composed model) and generate, import and return its NumPy kernel.
 
     ``mode="reverse"`` (the default) computes gradients by back-propagation through time;
     ``mode="forward"`` by forward sensitivity propagation (real-time recurrent learning), whose
@@ -53,6 +61,12 @@ def compile(cell: Cell, mode: str = "reverse"):  # noqa: A001 - the public name 
     """
     from .kernel import compile_cell
 
+    if isinstance(cell, Model):
+        if mode != "reverse":
+            raise ValueError(
+                f"mode={mode!r}: a composed model ({cell.kind}) is compiled in reverse mode only"
+            )
+        return cell.compile()
     return compile_cell(cell, mode=mode)
 
 
