@@ -637,3 +637,208 @@ def braket_report(
         seconds=time.perf_counter() - start,
         notes=notes,
     )
+
+
+# ----- the scalar oracle of a composed model -----
+
+
+def _scalar_steps(cell: Cell, dims: dict, params: dict, data: list[dict], h0: dict) -> list:
+    """The cell's forward equations run step by step on explicit SymPy matrices.
+
+    ``data[t]`` maps input and target names to matrices; returns each step's environment
+    {concrete symbol: matrix}. Only the cell's own forward expressions are used.
+    """
+    envs = []
+    prev = dict(h0)
+    for step in data:
+        env = {_concrete(p.symbol, dims): params[n] for n, p in cell.params.items()}
+        for var in [*cell.inputs.values(), *cell.targets.values()]:
+            if var.name in step:
+                env[_concrete(var.symbol, dims)] = step[var.name]
+        for n, s in cell.states.items():
+            env[_concrete(s.prev.symbol, dims)] = prev[n]
+        for kind, n in cell.order:
+            expr = cell.step_term(kind, n).expr
+            env[_concrete(cell._vars[n].symbol, dims)] = _explicit(expr, dims, env)
+        for n, term in cell.output_defs.items():
+            env[_concrete(cell.outputs[n].symbol, dims)] = _explicit(term.expr, dims, env)
+        prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
+        envs.append(env)
+    return envs
+
+
+def _scalar_data(cell: Cell, dims: dict, T: int, rng: random.Random, given: dict) -> list[dict]:
+    """Random rational data of a cell for T steps; fed-back inputs and contexts as the kernel
+    builds them; ``given`` names inputs supplied by the model (other cells' states)."""
+    data: list[dict] = []
+    for t in range(T):
+        step = {}
+        for var in [*cell.targets.values(), *cell.inputs.values()]:
+            rows = _concrete_shape(var.symbol, dims)[0]
+            if var.name in given:
+                step[var.name] = given[var.name][t]
+            elif var.name in cell.fed_back:
+                target = cell.fed_back[var.name]
+                step[var.name] = data[t - 1][target] if t else ImmutableMatrix.zeros(rows, 1)
+            elif var.name in cell.context_inputs and t:
+                step[var.name] = data[0][var.name]
+            elif var.name in cell.class_targets:
+                k = rng.randrange(rows)
+                step[var.name] = ImmutableMatrix(rows, 1, lambda i, j, k=k: int(i == k))
+            else:
+                step[var.name] = _random_matrix(rng, rows, 1)
+        data.append(step)
+    return data
+
+
+def _loss_of(cell: Cell, dims: dict, envs: list) -> sp.Expr:
+    return sp.Add(*[_explicit(cell.loss_expr, dims, env)[0, 0] for env in envs])
+
+
+def _to_array(step_data: list[dict], name: str) -> np.ndarray:
+    """(T, 1, size) float64 array of one name's column vectors over the steps."""
+    return np.array([[[float(v) for v in step[name]]] for step in step_data])
+
+
+@dataclass
+class ModelOracleReport:
+    """``sympy.diff`` of a model's scalar-unrolled loss against its generated kernel."""
+
+    model: str
+    sizes: dict[str, int]
+    T: int
+    agreement: dict[str, float]  # agreeing significant digits (whole gradient), per parameter
+    required: float
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(d >= self.required for d in self.agreement.values())
+
+    def __str__(self) -> str:
+        worst = min(self.agreement.values())
+        verdict = "ok" if self.ok else "FAILED"
+        shown = "exact" if math.isinf(worst) else f"{worst:.1f} digits"
+        return (
+            f"scalar oracle (sympy.diff of the unrolled model {self.model!r}, sizes "
+            f"{self.sizes}, T = {self.T}) vs the float64 kernel: worst {shown}, "
+            f"{self.required:.0f} required: {verdict} ({self.seconds:.1f} s)"
+        )
+
+
+def model_oracle(
+    model,
+    sizes: dict[str, int] | None = None,
+    T: int = 2,
+    T_out: int | None = None,
+    seed: int = 0,
+    required: float = 10.0,
+) -> ModelOracleReport:
+    """Unroll a composed model (every cell, in its time direction) into scalar SymPy
+    expressions, differentiate the total loss with ``sympy.diff`` and compare with the
+    model's generated kernel in float64 (batch 1). Nothing of rnnsym's derivation is used.
+    """
+    from .compose import model_sizes
+
+    start = time.perf_counter()
+    names = {**model_sizes(model, _oracle_size), **(sizes or {})}
+    rng = random.Random(seed)
+    parts = model.parts
+    dims = {}
+    for part in parts.values():
+        for n, s in part.cell.size_symbols.items():
+            dims[s] = names[n]
+    symbols, point = {}, {}
+    for part in parts.values():
+        for n, p in part.cell.params.items():
+            shape = _concrete_shape(p.symbol, dims)
+            symbols[n] = ImmutableMatrix(
+                *shape, lambda i, j, n=n: sp.Symbol(f"{n}_{i}_{j}", real=True)
+            )
+            for s in symbols[n]:
+                point[s] = _rational(rng)
+
+    def zeros(cell):
+        return {
+            n: ImmutableMatrix.zeros(*_concrete_shape(s.symbol, dims))
+            for n, s in cell.states.items()
+        }
+
+    def params_of(cell):
+        return {n: symbols[n] for n in cell.params}
+
+    inputs, targets, lengths = {}, {}, None
+    if model.kind == "bidirectional":
+        fwd, bwd, head = (parts[r].cell for r in ("forward", "backward", "head"))
+        data = _scalar_data(fwd, dims, T, rng, {})
+        for name in bwd.inputs:  # the same model inputs, read backwards
+            for step in data:
+                step.setdefault(name, step.get(name))
+        envs_f = _scalar_steps(fwd, dims, params_of(fwd), data, zeros(fwd))
+        envs_b = _scalar_steps(bwd, dims, params_of(bwd), data[::-1], zeros(bwd))[::-1]
+        states = {
+            n: [env[_concrete(cell.states[n].symbol, dims)] for env in envs]
+            for cell, envs in ((fwd, envs_f), (bwd, envs_b))
+            for n in cell.states
+        }
+        head_data = _scalar_data(head, dims, T, rng, {n: states[n] for n in head.inputs})
+        total = _loss_of(head, dims, _scalar_steps(head, dims, params_of(head), head_data, {}))
+        inputs = {n: _to_array(data, n) for n in fwd.inputs}
+        targets = {n: head_data for n in head.targets}
+    elif model.kind == "seq2seq":
+        enc, dec = parts["encoder"].cell, parts["decoder"].cell
+        T_y = T_out if T_out is not None else T + 1
+        data_e = _scalar_data(enc, dims, T, rng, {})
+        envs_e = _scalar_steps(enc, dims, params_of(enc), data_e, zeros(enc))
+        ((slot, state),) = model.wiring.items()
+        where, target = slot.split(":")
+        context = envs_e[-1][_concrete(enc.states[state].symbol, dims)]
+        h0 = zeros(dec)
+        given = {}
+        if where == "h0":
+            h0[target] = context
+        else:
+            given[target] = [context] * T_y
+        data_d = _scalar_data(dec, dims, T_y, rng, given)
+        total = _loss_of(dec, dims, _scalar_steps(dec, dims, params_of(dec), data_d, h0))
+        inputs = {n: _to_array(data_e, n) for n in enc.inputs}
+        inputs |= {
+            n: _to_array(data_d, n) for n in dec.inputs if n not in dec.fed_back and n not in given
+        }
+        targets = {n: data_d for n in dec.targets}
+    else:  # last_output
+        layer, head = parts["layer"].cell, parts["head"].cell
+        data = _scalar_data(layer, dims, T, rng, {})
+        envs = _scalar_steps(layer, dims, params_of(layer), data, zeros(layer))
+        final = {n: [envs[-1][_concrete(s.symbol, dims)]] for n, s in layer.states.items()}
+        head_data = _scalar_data(head, dims, 1, rng, {n: final[n] for n in head.inputs})
+        total = _loss_of(head, dims, _scalar_steps(head, dims, params_of(head), head_data, {}))
+        inputs = {n: _to_array(data, n) for n in layer.inputs}
+        targets = {n: head_data for n in head.targets}
+        lengths = np.array([T])
+    oracle = _evaluate_derivatives(total, symbols, point, 30)
+    # the same point in float64 for the kernel (batch 1)
+    params = {}
+    for part in parts.values():
+        for n, p in part.cell.params.items():
+            value = np.array(symbols[n].xreplace(point), dtype=np.float64)
+            params[n] = value.reshape(-1) if p.symbol.shape[1] == 1 else value
+    target_arrays = {}
+    for n, steps in targets.items():
+        cell = next(p.cell for p in parts.values() if n in p.cell.targets)
+        if n in cell.class_targets:
+            index = np.array([[list(step[n]).index(1)] for step in steps])
+            target_arrays[n] = index[0] if model.kind == "last_output" else index
+        else:
+            array = _to_array(steps, n)
+            target_arrays[n] = array[0] if model.kind == "last_output" else array
+    kernel = model.compile()
+    options = {"lengths": lengths} if lengths is not None else {}
+    _, grads = kernel.loss_and_grad(params, inputs, target_arrays, **options)
+    agreement = {}
+    for n, exact in oracle.items():
+        a = np.array(exact, dtype=np.float64).reshape(grads[n].shape)
+        scale = max(np.linalg.norm(a), 1e-300)
+        error = np.linalg.norm(a - grads[n]) / scale
+        agreement[n] = float("inf") if error == 0 else float(-np.log10(error))
+    return ModelOracleReport(model.name, names, T, agreement, required, time.perf_counter() - start)
