@@ -38,9 +38,38 @@ def _load_user_cell(spec: str) -> Cell:
     return cell
 
 
+def _run_model(model, args: argparse.Namespace) -> int:
+    from .verify import verify_model
+
+    kernel = model.compile()
+    derivation = model.derive()
+    out = sys.stdout
+    out.write((derivation.latex() if args.latex else derivation.pretty()) + "\n")
+    if args.emit:
+        base = Path(args.emit)
+        for role, part_kernel in kernel.kernels.items():
+            path = part_kernel.write(base.with_name(f"{base.stem}_{role}{base.suffix or '.py'}"))
+            out.write(f"\nKernel of the {role} written to {path} (needs only NumPy)")
+        out.write("\n")
+    if args.no_verify:
+        return 0
+    out.write("\n")
+    out.flush()
+    report = verify_model(model, kernel=kernel, T=args.T)
+    text = str(report)
+    if args.latex:
+        text = "\n".join(f"% {line}" for line in text.splitlines())
+    out.write(text + "\n")
+    return 0 if report.ok else 1
+
+
 def _run(cell: Cell, args: argparse.Namespace) -> int:
+    from .compose import Model
     from .kernel import compile_cell
     from .verify import verify
+
+    if isinstance(cell, Model):
+        return _run_model(cell, args)
 
     kernel = compile_cell(cell)
     out = sys.stdout
@@ -68,6 +97,11 @@ def _braket(args: argparse.Namespace) -> int:
     from .verify import braket_report
 
     cell = _load_user_cell(args.cell) if ":" in args.cell else cells.get(args.cell)
+    if not isinstance(cell, Cell):
+        raise RnnsymError(
+            f"braket: {args.cell!r} is a model of several cells ({cell.kind}); the bra-ket form "
+            f"is derived for one cell with one state"
+        )
     form = braket(cell, args.T, tied=not args.untied)
     sys.stdout.write((form.latex() if args.latex else form.pretty()) + "\n")
     if args.no_verify:
@@ -81,6 +115,33 @@ def _braket(args: argparse.Namespace) -> int:
         text = "\n".join(f"% {line}" for line in text.splitlines())
     sys.stdout.write("\n" + text + "\n")
     return 0 if report.ok else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import SENTENCE, apple, save_plot
+
+    out = sys.stdout
+    out.write(
+        f'Learning "{" ".join(SENTENCE)}" (1-of-K, K = {len(SENTENCE)}) with an Elman cell, '
+        f"softmax cross-entropy and plain gradient descent (eps = {args.lr}, "
+        f"{args.steps} steps, n = {args.hidden}); gradients from the generated kernel.\n\n"
+    )
+    result = apple(steps=args.steps, lr=args.lr, hidden=args.hidden, seed=args.seed)
+    every = max(1, args.steps // 10)
+    out.write("  step   loss\n")
+    for i, loss in enumerate(result.losses, 1):
+        if i == 1 or i % every == 0 or i == len(result.losses):
+            out.write(f"  {i:4d}   {loss:.6f}\n")
+    out.write("\n" + result.curve() + "\n\n")
+    if not args.no_plot:
+        plot = save_plot(result, args.plot)
+        out.write(plot.note + "\n")
+    out.write(f"predicted: {' '.join(result.predicted)}\n")
+    if result.learned:
+        out.write("learned the sentence exactly\n")
+        return 0
+    out.write(f"did NOT learn the sentence (expected: {' '.join(SENTENCE)})\n")
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the check against BPTT and sympy.diff at a random point",
     )
+    demo_p = sub.add_parser("demo", help="worked examples trained with generated kernels")
+    demo_p.add_argument("example", choices=["apple"], help='apple: learn "This is an apple ."')
+    demo_p.add_argument("--steps", type=int, default=400, help="gradient-descent steps (400)")
+    demo_p.add_argument("--lr", type=float, default=0.5, help="learning rate eps (0.5)")
+    demo_p.add_argument("--hidden", type=int, default=8, help="state size n (8)")
+    demo_p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (0)")
+    demo_p.add_argument(
+        "--plot",
+        default="apple_loss.png",
+        metavar="PATH",
+        help="where to save the loss curve when matplotlib is installed (apple_loss.png)",
+    )
+    demo_p.add_argument("--no-plot", action="store_true", help="do not save a plot")
     sub.add_parser("cells", help="list the built-in cells")
     return parser
 
@@ -150,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "cells":
             for name, builtin in sorted(cells.BUILTIN.items()):
-                print(f"{name:14s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")
+                print(f"{name:16s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")
             return 0
         if args.command == "graph":
             from .unroll import unroll
@@ -166,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "braket":
             return _braket(args)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "derive":
             cell = cells.get(args.cell)
             if args.T is None:

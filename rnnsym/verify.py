@@ -842,3 +842,21 @@ def model_oracle(
         error = np.linalg.norm(a - grads[n]) / scale
         agreement[n] = float("inf") if error == 0 else float(-np.log10(error))
     return ModelOracleReport(model.name, names, T, agreement, required, time.perf_counter() - start)
+
+
+def verify_model(model, kernel=None, T: int = 2, seed: int = 0) -> VerificationReport:
+    """The scalar oracle and finite differences of a composed model (``rnnsym derive``)."""
+    from .compose import model_sizes, random_model_problem
+
+    kernel = kernel or model.compile()
+    oracle = model_oracle(model, T=T, seed=seed)
+    params, inputs, targets = random_model_problem(model, T=5, B=3, seed=seed)
+    options, notes = {}, []
+    if model.kind == "last_output":
+        options["lengths"] = np.array([5, 3, 1])
+        notes.append("(lengths 5, 3, 1 in one padded batch)")
+    grads = check_gradients(kernel, params, inputs, targets, **options)
+    sizes = ", ".join(f"{n}={v}" for n, v in model_sizes(model).items())
+    length = "T_x=5, T_y=6" if model.kind == "seq2seq" else "T=5"
+    notes.insert(0, f"(finite differences at {sizes}, {length}, B=3)")
+    return VerificationReport(oracle=oracle, gradients=grads, notes=notes)
