@@ -753,19 +753,25 @@ def generate(
         batch = np.shape(array)[-2] if np.ndim(array) >= 2 else batch
     dtype = next(iter(params.values())).dtype
     batch = batch or 1
+    known = {}  # sizes read off the parameters' shapes
+    for pname, dims in kernel.spec["params"].items():
+        if pname in params:
+            for dim, got in zip(dims, np.shape(params[pname]), strict=False):
+                if isinstance(dim, str) and dim.isidentifier():
+                    known[dim] = got
     current = {}
     for name in feed:
-        size = (
-            int(kernel.spec["inputs"][name][0])
-            if isinstance(kernel.spec["inputs"][name][0], int)
-            else None
-        )
         if name in start:
             current[name] = np.asarray(start[name], dtype=dtype).reshape(batch, -1)
-        else:
-            if size is None:
-                raise ValueError(f"start[{name!r}] is needed: the size of {name} is symbolic")
-            current[name] = np.zeros((batch, size), dtype=dtype)
+            continue
+        dim = kernel.spec["inputs"][name][0]
+        size = dim if isinstance(dim, int) else known.get(dim)
+        if size is None:
+            raise ValueError(
+                f"start[{name!r}] is needed: the size {dim} of {name} is not the size of a "
+                f"parameter"
+            )
+        current[name] = np.zeros((batch, size), dtype=dtype)
     states = h0
     record: dict[str, list] = {}
     for t in range(steps):

@@ -1,4 +1,4 @@
-"""The unrolled computation graph of a cell for a concrete number of steps T.
+"""The unrolled computation graph of a cell, or of a composed model, for a concrete T.
 
 One node per quantity per step: inputs x(t), targets y(t), intermediates, states h(t) (and the
 initial states h(0)), outputs o(t) and losses L(t). Each node holds its SymPy expression in
@@ -7,12 +7,28 @@ expression uses to that node, labelled with the parameters through which it ente
 h(t−1) → h(t), U on x(t) → h(t)): the parameters are shared by all steps, which is what
 back-propagation through time sums over. :meth:`UnrolledGraph.to_dot` draws the graph with
 time running left to right, as in the report's figures.
+
+The newer cell features are drawn as in the report: a fed-back target input ``y.prev``
+(teacher forcing, Fig. 4; Fig. 6) is an edge from the target node y(t−1) to where it is used at
+step t (y(0), the zero start value, is an initial node); a context input given once per
+sequence (Fig. 6's fixed x) is one node with an edge to every step; a cell without state has no
+initial-state node, and its steps are not linked.
+
+A composed model (:class:`~rnnsym.compose.Model`) is drawn part by part, each part a cluster:
+a bidirectional RNN (Fig. 7) has the forward chain h(1) → … → h(T), the backward chain
+g(T+1) → g(T) → … → g(1) (its edges point backwards in time) and the head reading h(t), g(t);
+a sequence-to-sequence model (Fig. 8) has the encoder's steps 1..T_x, the context node C fed by
+the encoder's last state and starting the decoder, and the decoder's steps 1..T_y; a model with
+one output at the end (Fig. 5) has the layer's chain and the head at t = T only. Node names are
+prefixed with the part's role (``backward.a_3``) where two parts use the same name.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +36,7 @@ import sympy as sp
 from sympy import HadamardProduct, MatMul, MatrixExpr, MatrixSymbol
 
 from .cell import Cell
+from .compose import Model
 from .errors import RnnsymError
 from .ops import leaves
 
@@ -28,30 +45,48 @@ __all__ = ["Node", "Edge", "UnrolledGraph", "unroll"]
 
 @dataclass(frozen=True)
 class Node:
-    """One quantity at one step; ``expr`` is None for inputs, targets and initial states."""
+    """One quantity at one step; ``expr`` is None for inputs, targets and initial states.
+
+    ``kind`` is one of input, target, state, initial, intermediate, output, loss, or context
+    (an input given once per sequence, or a seq2seq model's context C). ``part`` is the role
+    of the model part the node belongs to ("forward", "decoder", ...), "" for a single cell
+    and for the nodes a model's parts share (a bidirectional RNN's inputs, seq2seq's C).
+    """
 
     name: str  # "h_2"
     quantity: str  # "h"
-    kind: str  # input, target, state, initial, intermediate, output, loss
+    kind: str  # input, target, state, initial, intermediate, output, loss, context
     t: int
     expr: MatrixExpr | None = None
+    part: str = ""
 
 
 @dataclass(frozen=True)
 class Edge:
+    """``source`` is used by ``target``'s expression, through the parameters ``params``.
+
+    ``fed_back`` marks a target y(t−1) fed back as an input at step t (``y.prev``).
+    """
+
     source: str
     target: str
     params: tuple[str, ...] = ()
+    fed_back: bool = False
 
 
 @dataclass
 class UnrolledGraph:
-    """Nodes in time order and the edges between them."""
+    """Nodes in time order and the edges between them.
 
-    cell: Cell
+    ``cell`` is the unrolled :class:`~rnnsym.Cell` or :class:`~rnnsym.compose.Model`;
+    ``T_out`` is a seq2seq model's decoder length T_y (None otherwise).
+    """
+
+    cell: Cell | Model
     T: int
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
+    T_out: int | None = None
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -65,18 +100,19 @@ class UnrolledGraph:
 
         Time runs left to right; each quantity is one row (x(t) at the bottom, then the
         intermediates and states, outputs and losses on top), so the recurrence h(t−1) → h(t)
-        is a horizontal chain. Edges carry the parameters they multiply by.
+        is a horizontal chain. Edges carry the parameters they multiply by. A model's parts
+        are drawn as clusters.
         """
+        if isinstance(self.cell, Model):
+            return self._model_dot()
         lines = [
             f'digraph "{self.cell.name}" {{',
             "  rankdir=BT; newrank=true;",
             '  node [shape=circle, fontname="Helvetica"];',
             '  edge [fontname="Helvetica", fontsize=10];',
         ]
-        shapes = {"target": "plaintext", "loss": "box", "initial": "doublecircle"}
         for n in self.nodes:
-            label = f"{n.quantity}({n.t})"
-            lines.append(f'  "{n.name}" [label="{label}", shape={shapes.get(n.kind, "circle")}];')
+            lines.append(_node_line(n, "  "))
         rows: dict[str, list[str]] = {}
         for n in self.nodes:
             rows.setdefault(n.quantity, []).append(n.name)
@@ -87,10 +123,90 @@ class UnrolledGraph:
                 if not any(e.source == left and e.target == right for e in self.edges):
                     lines.append(f'  "{left}" -> "{right}" [style=invis];')
         for e in self.edges:
-            attrs = f' [label="{", ".join(e.params)}"]' if e.params else ""
-            lines.append(f'  "{e.source}" -> "{e.target}"{attrs};')
+            lines.append(_edge_line(e, reverse=False))
         shared = ", ".join(sorted(self.cell.params))
         lines.append(f'  label="{self.cell.name}, T = {self.T}; shared over t: {shared}";')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _model_dot(self) -> str:
+        model: Model = self.cell
+        by_name = {n.name: n for n in self.nodes}
+        lines = [
+            f'digraph "{model.name}" {{',
+            "  rankdir=BT; newrank=true;",
+            '  node [shape=circle, fontname="Helvetica"];',
+            '  edge [fontname="Helvetica", fontsize=10];',
+        ]
+        rows: dict[tuple[str, str], list[Node]] = {}
+        for n in self.nodes:
+            rows.setdefault((n.part, n.quantity), []).append(n)
+        for members in rows.values():
+            members.sort(key=lambda n: n.t)
+        # seq2seq: the encoder's last state, C and the decoder's first state in one row, so
+        # that the figure reads left to right, encoder then decoder (Fig. 8)
+        joined: list[tuple[str, str]] = []
+        if model.kind == "seq2seq":
+            ((slot, state),) = model.wiring.items()
+            where, target = slot.split(":")
+            joined = [("encoder", state), ("", "C")]
+            if where == "h0":
+                joined.append(("decoder", target))
+        titles = _cluster_titles(model, self.T, self.T_out)
+        for role in [*model.parts, ""]:
+            indent = "    " if role else "  "
+            if role:
+                lines.append(f'  subgraph "cluster_{role}" {{')
+                lines.append(
+                    f'    label="{titles[role]}"; style="rounded,dashed"; color=gray40; '
+                    f'fontname="Helvetica"; fontsize=11;'
+                )
+            for n in self.nodes:
+                if n.part == role:
+                    lines.append(_node_line(n, indent))
+            for key, members in rows.items():
+                if key[0] == role and key not in joined:
+                    names = " ".join(f'"{m.name}";' for m in members)
+                    lines.append(f"{indent}{{ rank=same; {names} }}")
+            if role:
+                lines.append("  }")
+        if joined:
+            names = [m.name for key in joined for m in rows.get(key, [])]
+            lines.append("  { rank=same; " + " ".join(f'"{m}";' for m in names) + " }")
+        linked = {(e.source, e.target) for e in self.edges}
+        linked |= {(b, a) for a, b in linked}
+        for key, members in rows.items():
+            order = [m.name for m in members]
+            if key in joined:
+                continue
+            for left, right in zip(order, order[1:], strict=False):
+                if (left, right) not in linked:
+                    lines.append(f'  "{left}" -> "{right}" [style=invis];')
+        if joined:
+            names = [m.name for key in joined for m in rows.get(key, [])]
+            for left, right in zip(names, names[1:], strict=False):
+                if (left, right) not in linked:
+                    lines.append(f'  "{left}" -> "{right}" [style=invis];')
+        if model.kind == "bidirectional":
+            # the backward layer's row above the forward layer's, as in Fig. 7
+            fwd, bwd = model.parts["forward"].cell, model.parts["backward"].cell
+            below = next(iter(fwd.states))
+            above = next(iter(bwd.states))
+            lower = {m.t: m.name for m in rows.get(("forward", below), [])}
+            upper = {m.t: m.name for m in rows.get(("backward", above), [])}
+            for t in range(1, self.T + 1):
+                if t in lower and t in upper:
+                    lines.append(f'  "{lower[t]}" -> "{upper[t]}" [style=invis];')
+        for e in self.edges:
+            source, target = by_name[e.source], by_name[e.target]
+            same_row = (source.part, source.quantity) == (target.part, target.quantity)
+            lines.append(_edge_line(e, reverse=same_row and source.t > target.t))
+        shared = ", ".join(sorted(model.params))
+        steps = f"T = {self.T}"
+        if self.T_out is not None:
+            steps = f"T_x = {self.T}, T_y = {self.T_out}"
+        kind = model.kind.replace("_", " ")
+        lines.append(f'  label="{model.name} ({kind}), {steps}; shared over t: {shared}";')
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -119,6 +235,47 @@ class UnrolledGraph:
         return path
 
 
+_SHAPES = {"target": "plaintext", "loss": "box", "initial": "doublecircle"}
+
+
+def _node_line(n: Node, indent: str) -> str:
+    label = n.quantity if n.kind == "context" else f"{n.quantity}({n.t})"
+    return f'{indent}"{n.name}" [label="{label}", shape={_SHAPES.get(n.kind, "circle")}];'
+
+
+def _edge_line(e: Edge, reverse: bool) -> str:
+    """One edge; ``reverse`` draws it from right to left (a chain running backwards in time)
+    by writing it the other way round with ``dir=back``, so the arrow still points at the
+    edge's target. Fed-back targets do not constrain the ranks (the target row stays on top).
+    """
+    attrs = [f'label="{", ".join(e.params)}"'] if e.params else []
+    if e.fed_back:
+        attrs += ["style=dashed", "constraint=false"]
+    if reverse:
+        attrs.append("dir=back")
+        tail, head = e.target, e.source
+    else:
+        tail, head = e.source, e.target
+    shown = f" [{', '.join(attrs)}]" if attrs else ""
+    return f'  "{tail}" -> "{head}"{shown};'
+
+
+def _cluster_titles(model: Model, T: int, T_out: int | None) -> dict[str, str]:
+    titles = {}
+    for role, part in model.parts.items():
+        name = part.cell.name
+        titles[role] = {
+            "forward": f"forward layer {name}: t = 1..{T}",
+            "backward": f"backward layer {name}: runs t = {T}..1",
+            "head": f"head {name}: "
+            + (f"at t = {T} only" if model.kind == "last_output" else "at every t"),
+            "encoder": f"encoder {name}: t = 1..{T}",
+            "decoder": f"decoder {name}: t = 1..{T_out}",
+            "layer": f"layer {name}: t = 1..{T}",
+        }.get(role, f"{role} {name}")
+    return titles
+
+
 def _edge_params(expr: MatrixExpr, leaf: MatrixSymbol, params: set) -> tuple[str, ...]:
     """The parameters that multiply ``leaf`` in ``expr`` (W in W h, u in u ∘ h)."""
     found: set[str] = set()
@@ -131,36 +288,252 @@ def _edge_params(expr: MatrixExpr, leaf: MatrixSymbol, params: set) -> tuple[str
     return tuple(sorted(found))
 
 
-def unroll(cell: Cell, T: int) -> UnrolledGraph:
-    """The computation graph of ``cell`` unrolled over ``T`` steps."""
-    if not isinstance(T, int) or T < 1:
-        raise RnnsymError(f"unroll needs a number of steps T >= 1, got {T!r}")
-    cell.check()
-    graph = UnrolledGraph(cell, T)
-    params = {p.symbol for p in cell.params.values()}
+class _Builder:
+    """Adds the nodes and edges of one cell's steps to a graph."""
 
-    def step_symbol(symbol: MatrixSymbol, t: int) -> MatrixSymbol:
-        return MatrixSymbol(f"{symbol.name}_{t}", *symbol.shape)
+    def __init__(self, graph: UnrolledGraph):
+        self.graph = graph
+        self.names: set[str] = set()
 
-    for name in cell.states:
-        graph.nodes.append(Node(f"{name}_0", name, "initial", 0))
-    for t in range(1, T + 1):
-        rule: dict = {}
-        for state in cell.states.values():
-            rule[state.prev.symbol] = step_symbol(state.symbol, t - 1)
-        for var in [*cell.inputs.values(), *cell.targets.values()]:
-            rule[var.symbol] = step_symbol(var.symbol, t)
-            graph.nodes.append(Node(f"{var.name}_{t}", var.name, var.kind, t))
+    def add(self, node: Node, reuse: bool = False) -> str:
+        if node.name in self.names:
+            if reuse:
+                return node.name
+            raise RnnsymError(
+                f"unroll: two nodes of {self.graph.cell.name!r} are both named {node.name!r}; "
+                f"rename one of the quantities"
+            )
+        self.names.add(node.name)
+        self.graph.nodes.append(node)
+        return node.name
+
+    def steps(
+        self,
+        cell: Cell,
+        times: Iterable[int],
+        *,
+        start: int = 0,
+        part: str = "",
+        qname: Callable[[str], str] = lambda q: q,
+        context_name: Callable[[str], str] | None = None,
+        bound: dict[str, Callable[[int], str]] | None = None,
+        initial: dict[str, str] | None = None,
+        shared: Iterable[str] = (),
+    ) -> dict[str, str]:
+        """Unroll ``cell`` over ``times`` (in the order it runs; the previous step of each is
+        the one before it in the list, the first one's is ``start``).
+
+        ``bound`` maps inputs to the node they read at step t (a head reading a layer's
+        state); ``initial`` maps states to the node of their initial value (seq2seq's C);
+        ``shared`` names inputs whose nodes other parts use too. Returns the node of each
+        state after the last step.
+        """
+        bound = dict(bound or {})
+        initial = dict(initial or {})
+        shared = set(shared)
+        context_name = context_name or qname
+        params = {p.symbol for p in cell.params.values()}
+        current: dict[str, str] = {}
+        for name in cell.states:
+            if name in initial:
+                current[name] = initial[name]
+            else:
+                node = Node(f"{qname(name)}_{start}", name, "initial", start, part=part)
+                current[name] = self.add(node)
+        fed: dict[str, str] = {}  # fed-back input -> the target node it reads next step
+        for name, target in cell.fed_back.items():
+            if name not in bound:
+                node = Node(f"{qname(target)}_{start}", target, "initial", start, part=part)
+                fed[name] = self.add(node)
+        contexts: dict[str, str] = {}
+        for name in cell.context_inputs:
+            if name not in bound:
+                owner = "" if name in shared else part
+                node = Node(context_name(name), name, "context", 0, part=owner)
+                contexts[name] = self.add(node, reuse=name in shared)
         steps = [(kind, name, cell.step_term(kind, name).expr) for kind, name in cell.order]
         steps += [("output", n, term.expr) for n, term in cell.output_defs.items()]
-        steps += [("loss", "L", cell.loss_expr)]
-        for kind, name, expr in steps:
-            symbol = MatrixSymbol(name, *expr.shape) if kind == "loss" else cell._vars[name].symbol
-            node_name = f"{name}_{t}"
-            node_kind = {"update": "state", "define": "intermediate"}.get(kind, kind)
-            graph.nodes.append(Node(node_name, name, node_kind, t, expr.xreplace(rule)))
-            for leaf in sorted(leaves(expr) - params, key=lambda s: s.name):
-                source = rule[leaf] if leaf in rule else step_symbol(leaf, t)
-                graph.edges.append(Edge(source.name, node_name, _edge_params(expr, leaf, params)))
-            rule[symbol] = step_symbol(symbol, t)
+        if cell._loss_terms:
+            steps += [("loss", "L", cell.loss_expr)]
+        for t in times:
+            rule: dict = {}
+            for name, state in cell.states.items():
+                rule[state.prev.symbol] = MatrixSymbol(current[name], *state.shape)
+            for var in [*cell.inputs.values(), *cell.targets.values()]:
+                name = var.name
+                if name in bound:
+                    source = bound[name](t)
+                elif name in fed:
+                    source = fed[name]
+                elif name in contexts:
+                    source = contexts[name]
+                else:
+                    owner = "" if name in shared else part  # a node of the whole model
+                    node = Node(f"{qname(name)}_{t}", name, var.kind, t, part=owner)
+                    source = self.add(node, reuse=name in shared)
+                rule[var.symbol] = MatrixSymbol(source, *var.shape)
+            for kind, name, expr in steps:
+                symbol = (
+                    MatrixSymbol(name, *expr.shape) if kind == "loss" else cell._vars[name].symbol
+                )
+                node_name = f"{qname(name)}_{t}"
+                node_kind = {"update": "state", "define": "intermediate"}.get(kind, kind)
+                self.add(Node(node_name, name, node_kind, t, expr.xreplace(rule), part))
+                for leaf in sorted(leaves(expr) - params, key=lambda s: s.name):
+                    source = rule[leaf] if leaf in rule else MatrixSymbol(f"{leaf.name}_{t}", 1, 1)
+                    edge = Edge(
+                        source.name,
+                        node_name,
+                        _edge_params(expr, leaf, params),
+                        fed_back=leaf.name in fed,
+                    )
+                    self.graph.edges.append(edge)
+                rule[symbol] = MatrixSymbol(node_name, *symbol.shape)
+                if kind == "update":
+                    current[name] = node_name
+            for name, target in cell.fed_back.items():
+                if name in fed:
+                    fed[name] = rule[cell._vars[target].symbol].name
+        return current
+
+
+def _check_steps(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RnnsymError(f"unroll needs a number of steps {what} >= 1, got {value!r}")
+    return value
+
+
+def _bare_name(base: str, quantities: set[str], taken: set[str]) -> str:
+    """A node name without a step for ``base`` that no step node ``q_t`` can take."""
+    name = base
+    while name in taken or (
+        (m := re.fullmatch(r"(.+)_(\d+)", name)) is not None and m.group(1) in quantities
+    ):
+        name += "_"
+    return name
+
+
+def unroll(cell: Cell | Model, T: int, T_out: int | None = None) -> UnrolledGraph:
+    """The computation graph of ``cell`` unrolled over ``T`` steps.
+
+    ``cell`` may be a composed model (:func:`rnnsym.bidirectional`, :func:`rnnsym.seq2seq`,
+    :func:`rnnsym.last_output`); for a seq2seq model ``T`` is the encoder's length T_x and
+    ``T_out`` the decoder's T_y (default T + 1).
+    """
+    _check_steps(T, "T")
+    if isinstance(cell, Model):
+        return _unroll_model(cell, T, T_out)
+    if T_out is not None:
+        raise RnnsymError(
+            f"unroll: T_out is the decoder length of a seq2seq model; {cell.name!r} is a cell"
+        )
+    if not isinstance(cell, Cell):
+        raise RnnsymError(
+            f"unroll needs an rnnsym.Cell or rnnsym.Model, got {type(cell).__name__} {cell!r}"
+        )
+    cell.check()
+    graph = UnrolledGraph(cell, T)
+    quantities = set(cell._vars) | {"L"}
+    contexts: dict[str, str] = {}
+    for name in cell.context_inputs:
+        contexts[name] = _bare_name(name, quantities, set(contexts.values()))
+    _Builder(graph).steps(cell, range(1, T + 1), context_name=contexts.__getitem__)
+    return graph
+
+
+def _node_quantities(cell: Cell, bound: Iterable[str] = ()) -> set[str]:
+    """The names a cell's nodes are made of (not its bound or fed-back inputs)."""
+    names = set(cell.states) | set(cell.intermediates) | set(cell.outputs) | set(cell.targets)
+    names |= {n for n in cell.inputs if n not in bound and n not in cell.fed_back}
+    if cell._loss_terms:
+        names.add("L")
+    return names
+
+
+def _unroll_model(model: Model, T: int, T_out: int | None) -> UnrolledGraph:
+    parts = model.parts
+    if model.kind == "seq2seq":
+        T_out = T + 1 if T_out is None else _check_steps(T_out, "T_out")
+    elif T_out is not None:
+        raise RnnsymError(
+            f"unroll: T_out is the decoder length of a seq2seq model; {model.name!r} is "
+            f"{model.kind.replace('_', ' ')}"
+        )
+    graph = UnrolledGraph(model, T, T_out=T_out)
+    build = _Builder(graph)
+    heads = {"head"} if "head" in parts else set()
+    shared: set[str] = set()  # inputs both layers of a bidirectional RNN read
+    sharing = {"forward", "backward"} if model.kind == "bidirectional" else set()
+    if sharing:
+        shared = set(parts["forward"].cell.inputs) & set(parts["backward"].cell.inputs)
+    # names used by more than one part are prefixed with the part's role
+    owners: dict[str, set[str]] = {}
+    for role, part in parts.items():
+        bound = set(part.cell.inputs) if role in heads else set()
+        for name in _node_quantities(part.cell, bound):
+            owners.setdefault(name, set()).add("" if name in shared and role in sharing else role)
+    clash = {name for name, roles in owners.items() if len(roles) > 1}
+
+    def qname(role: str) -> Callable[[str], str]:
+        def name(q: str) -> str:
+            if q in clash and not (q in shared and role in sharing):
+                return f"{role}.{q}"
+            return q
+
+        return name
+
+    quantities = set(owners)
+    taken: set[str] = set()
+    context_names: dict[str, dict[str, str]] = {}
+    for role, part in parts.items():
+        names = context_names.setdefault(role, {})
+        for name in part.cell.context_inputs:
+            prior = next((n[name] for n in context_names.values() if name in n), None)
+            if name in shared and role in sharing and prior is not None:
+                names[name] = prior
+            else:
+                names[name] = _bare_name(qname(role)(name), quantities, taken)
+                taken.add(names[name])
+
+    def options(role: str) -> dict:
+        return {
+            "part": role,
+            "qname": qname(role),
+            "context_name": context_names[role].__getitem__,
+        }
+
+    if model.kind == "bidirectional":
+        fwd, bwd = parts["forward"].cell, parts["backward"].cell
+        both = {"shared": shared}
+        build.steps(fwd, range(1, T + 1), start=0, **options("forward"), **both)
+        build.steps(bwd, range(T, 0, -1), start=T + 1, **options("backward"), **both)
+        owner = {s: "forward" for s in fwd.states} | {s: "backward" for s in bwd.states}
+        bound = {
+            name: (lambda t, s=state: f"{qname(owner[s])(s)}_{t}")
+            for name, state in model.wiring.items()
+        }
+        build.steps(parts["head"].cell, range(1, T + 1), **options("head"), bound=bound)
+    elif model.kind == "seq2seq":
+        enc, dec = parts["encoder"].cell, parts["decoder"].cell
+        last = build.steps(enc, range(1, T + 1), **options("encoder"))
+        ((slot, state),) = model.wiring.items()
+        where, target = slot.split(":")
+        source = last[state]
+        name = _bare_name("C", quantities, taken)
+        expr = MatrixSymbol(source, *enc.states[state].shape)
+        context = build.add(Node(name, "C", "context", T, expr))
+        graph.edges.append(Edge(source, context))
+        if where == "h0":
+            extra = {"initial": {target: context}}
+        else:
+            extra = {"bound": {target: lambda t: context}}
+        build.steps(dec, range(1, T_out + 1), **options("decoder"), **extra)
+    else:  # last_output
+        layer = parts["layer"].cell
+        build.steps(layer, range(1, T + 1), **options("layer"))
+        bound = {
+            name: (lambda t, s=state: f"{qname('layer')(s)}_{t}")
+            for name, state in model.wiring.items()
+        }
+        build.steps(parts["head"].cell, [T], **options("head"), bound=bound)
     return graph

@@ -28,3 +28,13 @@ def test_tutorial_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert r"\begin{align*}" in out
     assert "relative error per parameter" in out and "FAILED" not in out
+
+
+def test_architectures_doc_runs(capsys):
+    """Every python block of docs/architectures.md, in order, in one namespace."""
+    namespace = {"__name__": "__architectures__"}
+    for i, block in enumerate(python_blocks(DOCS / "architectures.md")):
+        exec(compile(block, f"architectures-block-{i}", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "opposite directions" in out
+    assert "V_4" in out
