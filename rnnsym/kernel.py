@@ -50,6 +50,16 @@ class Kernel:
         """The total loss and the gradient of every parameter."""
         return self.module.loss_and_grad(params, inputs, targets, h0)
 
+    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """``(loss, grads, input_grads, h0_grads)``: also ∇ of every input sequence (T, B, size)
+        and of every initial state (B, size), what a cell hands to the cells it is composed with.
+        """
+        if not hasattr(self.module, "vjp"):
+            raise ValueError(
+                f"vjp() is generated for reverse mode; this kernel is in {self.mode} mode"
+            )
+        return self.module.vjp(params, inputs, targets, h0)
+
     def write(self, path: str | Path) -> Path:
         """Write the module source to ``path`` (importable without rnnsym)."""
         path = Path(path)
