@@ -555,9 +555,10 @@ class ModelKernel:
                 known |= set(part.cell.inputs)
         extra = [n for n in inputs if n not in known]
         if extra:
+            fed = {n for p in self.model.parts.values() for n in p.cell.fed_back}
             raise ValueError(
                 f"inputs[{extra[0]!r}] is not an input of model {self.model.name!r}; "
-                f"expected {sorted(known)}"
+                f"expected {sorted(known - fed)}"
             )
         return {n: inputs[n] for n in cell.inputs if n in inputs}
 
@@ -597,6 +598,16 @@ class ModelKernel:
         dec_in = self._inputs(inputs, "decoder")
         enc = self.kernels["encoder"].forward(self._params(params, "encoder"), enc_in)
         context = np.ascontiguousarray(enc[state][-1])
+        batch = context.shape[0]
+        for group, arrays in (("inputs", dec_in), ("targets", targets or {})):
+            for name, array in arrays.items():
+                shape = np.shape(array)
+                if len(shape) >= 2 and shape[1] != batch:
+                    raise ValueError(
+                        f"{group}[{name!r}] of the decoder has shape {shape}, batch {shape[1]}, "
+                        f"but the encoder's inputs have batch {batch}; both halves of a "
+                        f"sequence-to-sequence model see the same batch"
+                    )
         h0 = None
         if where == "h0":
             h0 = {target: context}
