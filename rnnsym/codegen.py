@@ -160,14 +160,15 @@ def _recycle_buffers(statements: list) -> list:
     return out
 
 
-def _drop_unused_aliases(statements: list) -> list:
-    """Leave out ``a = b`` (a name bound to an existing array) where nothing later reads a."""
+def _drop_unused_aliases(statements: list, keep: set) -> list:
+    """Leave out ``a = b`` (a name bound to an existing array) where nothing later reads a,
+    unless a is in ``keep`` (returned)."""
     printer = RowPrinter({}, set())
     texts = [printer.doprint(s) for s in statements]
     kept = []
     for i, stmt in enumerate(statements):
         alias = isinstance(stmt, Assign) and isinstance(stmt.value, str)
-        if alias and stmt.value.isidentifier():
+        if alias and stmt.value.isidentifier() and stmt.target not in keep:
             rest = "\n".join(texts[i + 1 :])
             if not re.search(rf"\b{re.escape(stmt.target)}\b", rest):
                 continue
@@ -657,7 +658,9 @@ class KernelGenerator:
             grads.name(adjoint_symbol(cell.states[n].symbol), f"g_{n}", True)
         grads.stmts.append(Comment("parameter gradients, eqs. (6)-(8): one contraction each"))
         grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
-        self._drop_unused_adjoint_sequences(phase, grads)
+        grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
+        tail = self.composition_tail(grads, grad_dict)
+        self._drop_unused_adjoint_sequences(phase, grads, tail)
         # parameters with equal gradients (b_ih and b_hh of an LSTM) get arrays of their own
         grad_names = {f"g_{n}" for n in cell.params}
         grads.stmts[:] = [
@@ -666,8 +669,6 @@ class KernelGenerator:
             else s
             for s in grads.stmts
         ]
-        grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
-        tail = self.composition_tail(grads, grad_dict)
         grad_body = _recycle_buffers([*fwd_stmts, *phase.stmts, *grads.stmts, *tail])
         return self.module(forward_body, grad_body)
 
@@ -696,7 +697,7 @@ class KernelGenerator:
                 tail.stmts.append(Line(f"{names[name]} = {temp}.sum(axis=0)  # summed over t"))
             else:
                 tail.emit([(names[name], term, "")])
-        tail.stmts[:] = _drop_unused_aliases(tail.stmts)
+        tail.stmts[:] = _drop_unused_aliases(tail.stmts, keep=set(names.values()))
         if tail.stmts:
             stmts.append(Comment("for composing cells: the adjoints of the inputs, all t"))
             stmts.extend(tail.stmts)
@@ -714,9 +715,13 @@ class KernelGenerator:
         )
         return stmts
 
-    def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase) -> None:
-        """Keep ∇h(t) for all t only where a parameter gradient reads it."""
-        used = " ".join(s.value for s in grads.stmts if isinstance(s, Assign))
+    def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase, tail: list) -> None:
+        """Keep ∇h(t) for all t only where a parameter or input gradient reads it."""
+        used = " ".join(
+            s.value if isinstance(s, Assign) else s.code
+            for s in [*grads.stmts, *tail]
+            if isinstance(s, (Assign, Line))
+        )
         unused = {n for n in self.state_order if not re.search(rf"\bg_{n}\b", used)}
         drop = {f"g_{n} = np.empty_like({n})" for n in unused}
         drop |= {f"g_{n}[t] = g_{n}_t" for n in unused}

@@ -13,6 +13,7 @@ inputs and of h(0). Every gradient comes from derived, generated kernels.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -648,7 +649,11 @@ class ModelKernel:
             last = np.full(B, T - 1)
         else:
             lengths = np.asarray(lengths)
-            if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
+            if lengths.dtype.kind not in "iu":
+                raise ValueError(
+                    f"lengths has dtype {lengths.dtype}; expected integers, one per sequence"
+                )
+            if lengths.shape != (B,):
                 raise _array_error(
                     "lengths", lengths, f"integers of shape ({B},), one per sequence"
                 )
@@ -660,6 +665,16 @@ class ModelKernel:
                     f"have {T} steps)"
                 )
             last = lengths - 1
+            # zero the padding: it reaches nothing, but NaN padding would give 0 · NaN = NaN
+            # in the layer's gradient kernel
+            pad = np.arange(T)[:, None] > last[None, :]
+            if pad.any():
+                data = {
+                    n: a
+                    if n in self.model.parts["layer"].cell.context_inputs
+                    else np.where(pad[..., None], 0.0, a).astype(a.dtype)
+                    for n, a in data.items()
+                }
         batch = np.arange(B)
         head_in = {name: states[state][last, batch][None] for name, state in m.wiring.items()}
         if not grad:
@@ -672,6 +687,11 @@ class ModelKernel:
                 raise ValueError(f"targets[{name!r}] is missing; expected one target per sequence")
             value = np.asarray(targets[name])
             want = (B,) if name in head_cell.class_targets else None
+            if want is not None and value.dtype.kind not in "iu":
+                raise ValueError(
+                    f"targets[{name!r}] holds class indices: expected an integer array ({B},), "
+                    f"one per sequence, got dtype {value.dtype}"
+                )
             if want is not None and value.shape != want:
                 raise _array_error(f"targets[{name!r}]", value, f"class indices of shape ({B},)")
             if want is None and (value.ndim != 2 or value.shape[0] != B):
@@ -679,9 +699,13 @@ class ModelKernel:
                     f"targets[{name!r}]", value, f"(B, size) = ({B}, size): one per sequence"
                 )
             head_targets[name] = value[None]
-        loss, grads, g_in, _ = self.kernels["head"].module.vjp(
-            self._params(params, "head"), head_in, head_targets
-        )
+        try:
+            loss, grads, g_in, _ = self.kernels["head"].module.vjp(
+                self._params(params, "head"), head_in, head_targets
+            )
+        except ValueError as exc:  # the head sees one step: point at the caller's arrays
+            text = re.sub(r"(targets\['\w+'\])\[0, (\d+)\]", r"\1[\2]", str(exc))
+            raise ValueError(text) from None
         part = m.parts["layer"]
         seeds = {}
         for state, seed in part.seeds.items():

@@ -201,7 +201,10 @@ _TITLES_NO_STATE = {
 
 def derivation_text(derivation) -> str:
     """The derivation as aligned Unicode text."""
-    titles = _TITLES if derivation.cell.states else _TITLES_NO_STATE
+    titles = dict(_TITLES) if derivation.cell.states else _TITLES_NO_STATE
+    if derivation.cell.states:  # name the cell's own states: h(0), or o(0) for Fig. 4
+        initial = ", ".join(f"{n}(0)" for n in derivation.cell.states)
+        titles["forward"] = titles["forward"].replace("h(0)", initial)
     names, _ = _time_tables(derivation.cell)
     printer = TextPrinter(names)
     lines: list[str] = [f"Cell {derivation.cell.name!r}"]

@@ -190,3 +190,20 @@ def test_demo_rejects_bad_options():
         apple(lr=-1)
     with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         apple(steps=0)
+
+
+def test_nan_padding_after_a_sequence_end_reaches_nothing():
+    from rnnsym.compose import random_model_problem
+
+    model = rs.cells.get("last_output")
+    kernel = model.compile()
+    params, inputs, targets = random_model_problem(model, T=4, B=2, seed=5)
+    lengths = np.array([2, 4])
+    loss, grads = kernel.loss_and_grad(params, inputs, targets, lengths=lengths)
+    padded = {"x": inputs["x"].copy()}
+    padded["x"][2:, 0] = np.nan
+    loss_nan, grads_nan = kernel.loss_and_grad(params, padded, targets, lengths=lengths)
+    assert loss_nan == loss
+    for name in grads:
+        np.testing.assert_array_equal(grads_nan[name], grads[name])
+    assert np.isnan(padded["x"][2:, 0]).all()  # the caller's array is untouched
