@@ -28,6 +28,7 @@ __all__ = [
     "mgu",
     "indrnn",
     "BUILTIN",
+    "MODELS",
     "get",
 ]
 
@@ -198,25 +199,38 @@ def _architectures() -> None:
         {
             "teacher_forcing": Builtin(a.teacher_forcing, 3, "Fig. 4, teacher forcing"),
             "output_feedback": Builtin(a.output_feedback, 3, "Fig. 4, free-running"),
-            "last_output": Builtin(a.last_output_model, 3, "Fig. 5"),
             "fixed_input": Builtin(a.fixed_input, 3, "Fig. 6"),
-            "bidirectional": Builtin(a.bidirectional_model, 3, "Fig. 7"),
-            "seq2seq": Builtin(a.seq2seq_model, 2, "Fig. 8"),
             "stacked": Builtin(a.stacked, 2, "Fig. 9"),
             "deep_transition": Builtin(a.deep_transition, 2, "Fig. 10"),
             "elman_softmax": Builtin(a.elman_softmax, 3, "rnnsym demo apple"),
         }
     )
+    MODELS.update(
+        {
+            "last_output": Builtin(a.last_output_model, 3, "Fig. 5"),
+            "bidirectional": Builtin(a.bidirectional_model, 3, "Fig. 7"),
+            "seq2seq": Builtin(a.seq2seq_model, 2, "Fig. 8"),
+        }
+    )
 
 
-_architectures()
+# the architectures made of several cells (rs.Model), by name
+MODELS: dict[str, Builtin] = {}
 
 
 def get(name: str):
-    """A fresh instance of the built-in cell (or, for some architectures, model) ``name``."""
-    try:
-        return BUILTIN[name].make()
-    except KeyError:
+    """A fresh instance of the built-in cell ``name``, or of the built-in model (``MODELS``)."""
+    builtin = BUILTIN.get(name) or MODELS.get(name)
+    if builtin is None:
         raise CellError(
-            f"unknown built-in cell {name!r}; available: {', '.join(sorted(BUILTIN))}"
-        ) from None
+            f"unknown built-in cell {name!r}; available: {', '.join(sorted([*BUILTIN, *MODELS]))}"
+        )
+    return builtin.make()
+
+
+def builtin(name: str) -> Builtin | None:
+    """The registry entry of a built-in cell or model."""
+    return BUILTIN.get(name) or MODELS.get(name)
+
+
+_architectures()

@@ -107,7 +107,7 @@ def _braket(args: argparse.Namespace) -> int:
     if args.no_verify:
         return 0
     sys.stdout.flush()
-    builtin = cells.BUILTIN.get(args.cell)
+    builtin = cells.builtin(args.cell)
     oracle_T = builtin.oracle_T if builtin else 3
     report = braket_report(form, oracle=args.T <= oracle_T)
     text = str(report)
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cell",
         nargs="?",
         default="elman",
-        help=f"built-in cell: {', '.join(sorted(cells.BUILTIN))} (default elman)",
+        help=f"built-in cell or model: {', '.join(sorted([*cells.BUILTIN, *cells.MODELS]))} "
+        "(default elman)",
     )
     common(derive_p)
     verify_p = sub.add_parser("verify", help="derive and verify a cell defined in a file")
@@ -180,8 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(verify_p)
     graph_p = sub.add_parser("graph", help="draw the unrolled computation graph")
-    graph_p.add_argument("cell", help="a built-in cell name, or PATH.py:FUNC for your own")
+    graph_p.add_argument(
+        "cell", help="a built-in cell or model name, or PATH.py:FUNC for your own cell"
+    )
     graph_p.add_argument("--T", type=int, default=4, help="number of steps (default 4)")
+    graph_p.add_argument(
+        "--T-out",
+        type=int,
+        default=None,
+        help="decoder steps of a seq2seq model (default T + 1)",
+    )
     graph_p.add_argument(
         "-o",
         "--output",
@@ -223,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "cells":
-            for name, builtin in sorted(cells.BUILTIN.items()):
+            for name, builtin in sorted({**cells.BUILTIN, **cells.MODELS}.items()):
                 print(f"{name:16s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")
             return 0
         if args.command == "graph":
@@ -231,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
             target = args.cell
             cell = _load_user_cell(target) if ":" in target else cells.get(target)
-            graph = unroll(cell, args.T)
+            options = {} if args.T_out is None else {"T_out": args.T_out}
+            graph = unroll(cell, args.T, **options)
             if args.output:
                 path = graph.write(args.output)
                 print(f"unrolled graph of {cell.name!r} (T = {args.T}) written to {path}")
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "derive":
             cell = cells.get(args.cell)
             if args.T is None:
-                args.T = cells.BUILTIN[args.cell].oracle_T
+                args.T = cells.builtin(args.cell).oracle_T
         else:
             cell = _load_user_cell(args.target)
             if args.T is None:

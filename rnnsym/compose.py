@@ -470,11 +470,36 @@ class ModelDerivation:
                 )
         return lines
 
+    def _in_model_time(self, role: str, text: str) -> str:
+        """A part's derivation text with the model's time axis and initial states."""
+        m = self.model
+        part = m.parts[role]
+        states = list(part.cell.states)
+        if part.reverse:  # runs from T down to 1: it starts from g(T+1), and t+1 <-> t-1
+            text = _swap_time(text)
+            for s in states:
+                text = text.replace(f"{s}(0) given", f"{s}(T+1) given")
+            text = text.replace("step T+1 terms are zero", "step 0 terms are zero")
+        if role in ("encoder", "decoder"):
+            length = "T_x" if role == "encoder" else "T_y"
+            text = text.replace("t = 1..T ", f"t = 1..{length} ").replace(
+                "t = T..1 ", f"t = {length}..1 "
+            )
+            text = text.replace("step T+1 terms", f"step {length}+1 terms")
+        if role == "decoder":
+            ((slot, state),) = m.wiring.items()
+            where, target = slot.split(":")
+            if where == "h0":
+                text = text.replace(
+                    f"({target}(0) given, zero by default)",
+                    f"({target}(0) = C = {state}(T_x), the encoder's last state)",
+                )
+        return text
+
     def pretty(self) -> str:
         m = self.model
         out = [f"Model {m.name!r} ({m.kind.replace('_', ' ')})", ""]
         for role, d in self.parts.items():
-            part = m.parts[role]
             title = {
                 "forward": "Forward layer, runs t = 1..T",
                 "backward": "Backward layer, runs t = T..1 (written in sequence time)",
@@ -483,9 +508,7 @@ class ModelDerivation:
                 "decoder": "Decoder, t = 1..T_y",
                 "layer": "Layer, t = 1..T",
             }[role]
-            text = d.pretty()
-            if part.reverse:
-                text = _swap_time(text)
+            text = self._in_model_time(role, d.pretty())
             out.append(f"== {title} ==")
             out.append(text)
             out.append("")

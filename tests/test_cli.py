@@ -227,15 +227,17 @@ def test_emit_into_a_missing_directory(capsys, tmp_path):
 
 def test_derive_unknown_cell_names_the_available_cells(capsys):
     code, out, err = run_main(capsys, "derive", "nosuchcell")
-    assert_clean_error(code, out, err, "'nosuchcell'", "available: elman")
+    assert_clean_error(code, out, err, "'nosuchcell'", "available: ", "elman, elman_relu")
     assert out == ""
 
 
 def test_cells_lists_the_builtin_cells(capsys):
     code, out, err = run_main(capsys, "cells")
     assert code == 0 and err == ""
-    assert out.startswith("elman")
-    assert "Elman RNN" in out
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == sorted(names)
+    assert {"elman", "lstm", "bidirectional", "seq2seq", "teacher_forcing"} <= set(names)
+    assert "Elman RNN" in out and "Fig. 7" in out
 
 
 def test_version(capsys):

@@ -117,9 +117,17 @@ class Case:
                 params[name] = rng.normal(0.0, std, size=(size(rows), size(cols)))
 
         def sequences(group: dict) -> dict:
-            return {
-                n: rng.normal(size=(self.T, self.B, size(v.shape[0]))) for n, v in group.items()
-            }
+            arrays = {}
+            for n, v in group.items():
+                if n in cell.fed_back:
+                    continue  # y(t-1): filled from the targets by the kernel
+                if n in cell.class_targets:  # class indices (T, B)
+                    arrays[n] = rng.integers(0, size(v.shape[0]), size=(self.T, self.B))
+                elif n in cell.context_inputs:  # once per sequence (B, size)
+                    arrays[n] = rng.normal(size=(self.B, size(v.shape[0])))
+                else:
+                    arrays[n] = rng.normal(size=(self.T, self.B, size(v.shape[0])))
+            return arrays
 
         inputs, targets = sequences(cell.inputs), sequences(cell.targets)
         h0 = None
@@ -127,7 +135,9 @@ class Case:
             h0 = {n: rng.normal(size=(self.B, size(s.shape[0]))) for n, s in cell.states.items()}
 
         def cast(group: dict | None) -> dict | None:
-            return None if group is None else {n: v.astype(dtype) for n, v in group.items()}
+            if group is None:
+                return None
+            return {n: v if v.dtype.kind in "iu" else v.astype(dtype) for n, v in group.items()}
 
         return cast(params), cast(inputs), cast(targets), cast(h0)
 
@@ -186,6 +196,11 @@ def test_forward_mode_equals_reverse_mode(name: str, data: st.DataObject) -> Non
         for k, v in group.items():
             np.testing.assert_array_equal(v, saved[k], strict=True)
     assert_same(result, reverse.loss_and_grad(params, inputs, targets, h0), name)
+    for fed, target in cell.fed_back.items():  # forward() is given y(t-1) explicitly
+        y = targets[target]
+        if target in cell.class_targets:
+            y = np.eye(params["V"].shape[0])[y]
+        inputs = {**inputs, fed: np.concatenate([np.zeros_like(y[:1]), y[:-1]])}
     states_f, states_r = forward.forward(params, inputs, h0), reverse.forward(params, inputs, h0)
     for key, value in states_r.items():
         np.testing.assert_array_equal(states_f[key], value)
