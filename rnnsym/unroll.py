@@ -153,14 +153,21 @@ class UnrolledGraph:
             if where == "h0":
                 joined.append(("decoder", target))
         titles = _cluster_titles(model, self.T, self.T_out)
-        for role in [*model.parts, ""]:
-            indent = "    " if role else "  "
+        roles = [*model.parts, ""]
+        if model.kind == "seq2seq":  # C drawn between the encoder and the decoder
+            roles = ["encoder", "", "decoder"]
+        for role in roles:
+            boxed = bool(role) or model.kind == "seq2seq"
+            indent = "    " if boxed else "  "
             if role:
                 lines.append(f'  subgraph "cluster_{role}" {{')
                 lines.append(
                     f'    label="{titles[role]}"; style="rounded,dashed"; color=gray40; '
                     f'fontname="Helvetica"; fontsize=11;'
                 )
+            elif boxed:  # C between the encoder's and the decoder's boxes
+                lines.append('  subgraph "cluster_context" {')
+                lines.append("    style=invis;")
             for n in self.nodes:
                 if n.part == role:
                     lines.append(_node_line(n, indent))
@@ -168,7 +175,7 @@ class UnrolledGraph:
                 if key[0] == role and key not in joined:
                     names = " ".join(f'"{m.name}";' for m in members)
                     lines.append(f"{indent}{{ rank=same; {names} }}")
-            if role:
+            if boxed:
                 lines.append("  }")
         if joined:
             names = [m.name for key in joined for m in rows.get(key, [])]
@@ -197,10 +204,13 @@ class UnrolledGraph:
             for t in range(1, self.T + 1):
                 if t in lower and t in upper:
                     lines.append(f'  "{lower[t]}" -> "{upper[t]}" [style=invis];')
+        in_joined = {m.name for key in joined for m in rows.get(key, [])}
         for e in self.edges:
             source, target = by_name[e.source], by_name[e.target]
             same_row = (source.part, source.quantity) == (target.part, target.quantity)
-            lines.append(_edge_line(e, reverse=same_row and source.t > target.t))
+            # a flat edge from one box to the next leaves and enters sideways
+            across = e.source in in_joined and e.target in in_joined and not same_row
+            lines.append(_edge_line(e, reverse=same_row and source.t > target.t, across=across))
         shared = ", ".join(sorted(model.params))
         steps = f"T = {self.T}"
         if self.T_out is not None:
@@ -243,14 +253,16 @@ def _node_line(n: Node, indent: str) -> str:
     return f'{indent}"{n.name}" [label="{label}", shape={_SHAPES.get(n.kind, "circle")}];'
 
 
-def _edge_line(e: Edge, reverse: bool) -> str:
+def _edge_line(e: Edge, reverse: bool, across: bool = False) -> str:
     """One edge; ``reverse`` draws it from right to left (a chain running backwards in time)
     by writing it the other way round with ``dir=back``, so the arrow still points at the
-    edge's target. Fed-back targets do not constrain the ranks (the target row stays on top).
+    edge's target. A fed-back target y(t−1) → h(t) is dashed.
     """
     attrs = [f'label="{", ".join(e.params)}"'] if e.params else []
     if e.fed_back:
-        attrs += ["style=dashed", "constraint=false"]
+        attrs.append("style=dashed")
+    if across:
+        attrs += ["tailport=e", "headport=w"]
     if reverse:
         attrs.append("dir=back")
         tail, head = e.target, e.source
