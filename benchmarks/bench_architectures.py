@@ -38,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads: {thread_report()}")
     tf = rs.compile(rs.cells.get("teacher_forcing"))
     fr = rs.compile(rs.cells.get("output_feedback"))
-    sizes = {"n": 64, "m": 32, "k": 32}
-    print("\nFig. 4, B = 16, n = 64, m = k = 32: ms per call (and µs per step)")
-    print("| T | teacher forcing | free-running | ratio |")
-    print("|---:|---:|---:|---:|")
-    for T in (25, 100, 400):
-        params, inputs, targets = random_problem(tf.cell, sizes, T=T, B=16, seed=1)
+    configs = [(16, {"n": 64, "m": 32, "k": 32}), (1, {"n": 16, "m": 8, "k": 8})]
+    print("\nFig. 4: ms per call (µs per step in brackets)")
+    print("| B, n, m = k | T | teacher forcing | free-running | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for (B, sizes), T in [(c, T) for c in configs for T in (25, 100, 400)]:
+        label = f"{B}, {sizes['n']}, {sizes['m']}"
+        params, inputs, targets = random_problem(tf.cell, sizes, T=T, B=B, seed=1)
 
         def run_tf(p=params, i=inputs, t=targets):
             return tf.loss_and_grad(p, i, t)
@@ -54,10 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         run_tf(), run_fr()  # warm-up: first calls pay for BLAS start-up and page faults
         a = time_median_ms(run_tf, calibrate(run_tf), repeats)
         b = time_median_ms(run_fr, calibrate(run_fr), repeats)
-        print(f"| {T} | {a:.2f} ({1e3 * a / T:.0f}) | {b:.2f} ({1e3 * b / T:.0f}) | {b / a:.1f} |")
+        print(
+            f"| {label} | {T} | {a:.2f} ({1e3 * a / T:.0f}) | {b:.2f} ({1e3 * b / T:.0f}) "
+            f"| {b / a:.1f} |"
+        )
     model = rs.cells.get("bidirectional")
     bi = model.compile()
     elman = rs.compile(rs.cells.get("elman"))
+    sizes = configs[0][1]
     print("\nBidirectional vs 2 x Elman, B = 16, n = 64, m = k = 32, T = 100 (ms per call)")
     params, inputs, targets = random_model_problem(model, sizes, T=100, B=16, seed=2)
     e_params, e_inputs, e_targets = random_problem(elman.cell, sizes, T=100, B=16, seed=2)
