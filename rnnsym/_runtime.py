@@ -167,14 +167,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                         f"{label} has shape {_shape_text(array.shape)}; expected (T, B) class "
                         f"indices in 0..{dims[0]}-1"
                     )
-                if steps is None:
-                    steps = (array.shape[0], array.shape[1], label)
-                elif array.shape[:2] != steps[:2]:
-                    raise ValueError(
-                        f"{label} has {array.shape[0]} steps and batch {array.shape[1]}, but "
-                        f"{steps[2]} has {steps[0]} steps and batch {steps[1]}; sequences "
-                        f"must not be ragged"
-                    )
+                steps = _same_steps(steps, array, label)
                 continue
             if array.dtype not in (np.float32, np.float64):
                 raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")
@@ -202,14 +195,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                         f"{label} has shape {_shape_text(array.shape)}; expected "
                         f"{_expected_text(dims, True)} (time, batch, size)"
                     )
-                if steps is None:
-                    steps = (array.shape[0], array.shape[1], label)
-                elif array.shape[:2] != steps[:2]:
-                    raise ValueError(
-                        f"{label} has {array.shape[0]} steps and batch {array.shape[1]}, but "
-                        f"{steps[2]} has {steps[0]} steps and batch {steps[1]}; sequences "
-                        f"must not be ragged"
-                    )
+                steps = _same_steps(steps, array, label)
                 body = array.shape[2:]
                 _match(label, body, dims, sizes, size_source, array.shape, True)
             else:
@@ -305,6 +291,19 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
             )
         states[name] = np.array(np.broadcast_to(value, (B, size)), dtype=dtype)
     return sizes, T, B, dtype, states, inputs, targets
+
+
+def _same_steps(steps, array, label):
+    # (T, B, label of the first sequence): every sequence must have the same T and B
+    if steps is None:
+        return (array.shape[0], array.shape[1], label)
+    if array.shape[:2] != steps[:2]:
+        raise ValueError(
+            f"{label} has {array.shape[0]} steps and batch {array.shape[1]}, but "
+            f"{steps[2]} has {steps[0]} steps and batch {steps[1]}; sequences "
+            f"must not be ragged"
+        )
+    return steps
 
 
 def _resolve(dim, sizes):

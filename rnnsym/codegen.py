@@ -844,7 +844,7 @@ def _runtime_source(used: set[str]) -> str:
     for name in _HELPER_ORDER:
         if name in used:
             pieces.append(inspect.getsource(getattr(_runtime, name)).rstrip())
-    checks = ["_shape_text", "_check_arrays", "_resolve", "_expected_text", "_match"]
+    checks = ["_shape_text", "_check_arrays", "_same_steps", "_resolve", "_expected_text", "_match"]
     pieces.extend(inspect.getsource(getattr(_runtime, n)).rstrip() for n in checks)
     return "\n\n\n".join(pieces)
 
