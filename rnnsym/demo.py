@@ -111,7 +111,7 @@ def save_plot(result: DemoResult, path: str | Path) -> ApplePlot:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return ApplePlot(None, "matplotlib is not installed: no plot (pip install \".[plot]\")")
+        return ApplePlot(None, 'matplotlib is not installed: no plot (pip install ".[plot]")')
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(np.arange(1, len(result.losses) + 1), result.losses)
