@@ -220,12 +220,12 @@ MODELS: dict[str, Builtin] = {}
 
 def get(name: str):
     """A fresh instance of the built-in cell ``name``, or of the built-in model (``MODELS``)."""
-    builtin = BUILTIN.get(name) or MODELS.get(name)
-    if builtin is None:
+    entry = builtin(name)
+    if entry is None:
         raise CellError(
             f"unknown built-in cell {name!r}; available: {', '.join(sorted([*BUILTIN, *MODELS]))}"
         )
-    return builtin.make()
+    return entry.make()
 
 
 def builtin(name: str) -> Builtin | None:

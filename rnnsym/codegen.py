@@ -373,6 +373,7 @@ class KernelGenerator:
         self.helpers: set[str] = set()
         self.hoisted_seq: dict = {}  # subexpression -> name of its array for all t
         self.unhoist: dict = {}  # placeholder "v0[t]" -> the subexpression it stands for
+        self.carry_names: dict = {}  # state -> the name of what step 1 hands back to h(0)
 
     def is_batch(self, expr) -> bool:
         return bool(leaves(expr) & self.batch)
@@ -683,7 +684,7 @@ class KernelGenerator:
         tail = Phase(self, grads.names, "i")
         tail.bound = dict(grads.bound)
         names = {}
-        context = set(getattr(cell, "context_inputs", ()))
+        context = set(cell.context_inputs)
         for name, var in cell.inputs.items():
             names[name] = self.namer.fresh(f"g_in_{name}")
             term = d.input_terms.get(name)
@@ -701,7 +702,7 @@ class KernelGenerator:
         if tail.stmts:
             stmts.append(Comment("for composing cells: the adjoints of the inputs, all t"))
             stmts.extend(tail.stmts)
-        carry = getattr(self, "carry_names", {})
+        carry = self.carry_names
         initial = []
         for name in self.state_order:
             if name in carry:

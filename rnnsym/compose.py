@@ -232,6 +232,16 @@ class Model:
         )
 
     @property
+    def context_slot(self) -> tuple[str, str, str]:
+        """seq2seq: ``(where, decoder name, encoder state)``; C = the encoder state at T_x goes
+        to the decoder's initial state (``where == "h0"``) or to its context input."""
+        if self.kind != "seq2seq":
+            raise CellError(f"model {self.name!r} is {self.kind}; only seq2seq has a context C")
+        ((slot, state),) = self.wiring.items()
+        where, target = slot.split(":")
+        return where, target, state
+
+    @property
     def params(self) -> dict:
         out = {}
         for part in self.parts.values():
@@ -453,9 +463,8 @@ class ModelDerivation:
                 f"length), 0 elsewhere"
             )
         else:
-            ((slot, state),) = m.wiring.items()
+            where, target, state = m.context_slot
             (seed,) = m.parts["encoder"].seeds.values()
-            where, target = slot.split(":")
             if where == "h0":
                 lines.append(f"  C = {state}_enc⁽ᵀˣ⁾ → decoder {target}⁽⁰⁾")
                 lines.append(
@@ -487,8 +496,7 @@ class ModelDerivation:
             )
             text = text.replace("step T+1 terms", f"step {length}+1 terms")
         if role == "decoder":
-            ((slot, state),) = m.wiring.items()
-            where, target = slot.split(":")
+            where, target, state = m.context_slot
             if where == "h0":
                 text = text.replace(
                     f"({target}(0) given, zero by default)",
@@ -616,8 +624,7 @@ class ModelKernel:
 
     def _s2s(self, params, inputs, targets, grad: bool):
         m = self.model
-        ((slot, state),) = m.wiring.items()
-        where, target = slot.split(":")
+        where, target, state = m.context_slot
         enc_in = self._inputs(inputs, "encoder")
         dec_in = self._inputs(inputs, "decoder")
         enc = self.kernels["encoder"].forward(self._params(params, "encoder"), enc_in)

@@ -36,10 +36,10 @@ def _time_tables(cell) -> tuple[dict, dict]:
             if var.kind in ("state", "output", "intermediate"):
                 text[f"g_{name}"] = f"∇_{{{text[name]}}}L"
                 tex[f"g_{name}"] = rf"\nabla_{{{tex[name]}}} L"
-    for name, target in getattr(cell, "fed_back", {}).items():  # y.prev: y(t-1)
+    for name, target in cell.fed_back.items():  # y.prev: y(t-1)
         text[name] = f"{target}{sup('(t-1)')}"
         tex[name] = f"{_latex_name(target)}^{{(t-1)}}"
-    for name in getattr(cell, "context_inputs", ()):  # one value for the whole sequence
+    for name in cell.context_inputs:  # one value for the whole sequence
         text[name] = name
         tex[name] = _latex_name(name)
     for name in cell.params:
@@ -193,9 +193,9 @@ _TITLES = {
 
 
 _TITLES_NO_STATE = {
+    **_TITLES,
     "forward": "Step t, every t at once (no state: the steps decouple)",
     "backward": "Adjoints at step t: no recurrence, nothing flows from step t+1",
-    "gradient": "Gradients, summed over t (and over the batch)",
 }
 
 

@@ -147,8 +147,7 @@ class UnrolledGraph:
         # that the figure reads left to right, encoder then decoder (Fig. 8)
         joined: list[tuple[str, str]] = []
         if model.kind == "seq2seq":
-            ((slot, state),) = model.wiring.items()
-            where, target = slot.split(":")
+            where, target, state = model.context_slot
             joined = [("encoder", state), ("", "C")]
             if where == "h0":
                 joined.append(("decoder", target))
@@ -528,8 +527,7 @@ def _unroll_model(model: Model, T: int, T_out: int | None) -> UnrolledGraph:
     elif model.kind == "seq2seq":
         enc, dec = parts["encoder"].cell, parts["decoder"].cell
         last = build.steps(enc, range(1, T + 1), **options("encoder"))
-        ((slot, state),) = model.wiring.items()
-        where, target = slot.split(":")
+        where, target, state = model.context_slot
         source = last[state]
         name = _bare_name("C", quantities, taken)
         expr = MatrixSymbol(source, *enc.states[state].shape)

@@ -265,22 +265,7 @@ def unrolled_point(
         for matrix in step.values():
             for s in matrix:
                 point[s] = _rational(rng)
-    data = []
-    for t in range(T):
-        step = {}
-        for var in [*cell.targets.values(), *cell.inputs.values()]:
-            if var.name in cell.fed_back:  # teacher forcing: y(t-1), y(0) = 0
-                target = cell.fed_back[var.name]
-                step[var.name] = data[t - 1][target] if t else ImmutableMatrix.zeros(*shape(var))
-            elif var.name in cell.context_inputs and t:  # one value for the sequence
-                step[var.name] = data[0][var.name]
-            elif var.name in cell.class_targets:  # a 1-of-K vector
-                rows = shape(var)[0]
-                k = rng.randrange(rows)
-                step[var.name] = ImmutableMatrix(rows, 1, lambda i, j, k=k: int(i == k))
-            else:
-                step[var.name] = _random_matrix(rng, *shape(var))
-        data.append(step)
+    data = _scalar_data(cell, dims, T, rng, {})
     return UnrolledPoint(cell, dims, T, untied, symbols, point, data)
 
 
@@ -677,12 +662,12 @@ def _scalar_data(cell: Cell, dims: dict, T: int, rng: random.Random, given: dict
             rows = _concrete_shape(var.symbol, dims)[0]
             if var.name in given:
                 step[var.name] = given[var.name][t]
-            elif var.name in cell.fed_back:
+            elif var.name in cell.fed_back:  # teacher forcing: y(t-1), y(0) = 0
                 target = cell.fed_back[var.name]
                 step[var.name] = data[t - 1][target] if t else ImmutableMatrix.zeros(rows, 1)
-            elif var.name in cell.context_inputs and t:
+            elif var.name in cell.context_inputs and t:  # one value for the sequence
                 step[var.name] = data[0][var.name]
-            elif var.name in cell.class_targets:
+            elif var.name in cell.class_targets:  # a 1-of-K vector
                 k = rng.randrange(rows)
                 step[var.name] = ImmutableMatrix(rows, 1, lambda i, j, k=k: int(i == k))
             else:
@@ -790,8 +775,7 @@ def model_oracle(
         T_y = T_out if T_out is not None else T + 1
         data_e = _scalar_data(enc, dims, T, rng, {})
         envs_e = _scalar_steps(enc, dims, params_of(enc), data_e, zeros(enc))
-        ((slot, state),) = model.wiring.items()
-        where, target = slot.split(":")
+        where, target, state = model.context_slot
         context = envs_e[-1][_concrete(enc.states[state].symbol, dims)]
         h0 = zeros(dec)
         given = {}
