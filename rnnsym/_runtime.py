@@ -145,6 +145,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
     dtype_source = None
     sizes = {}
     size_source = {}
+    votes = {}  # plain size name -> [(value, label)], in the order the arrays are read
     steps = None
     batches = []  # (batch, label) of the context inputs, checked once B is known
     bodies = {}
@@ -187,8 +188,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                     )
                 if array.ndim == 2:
                     batches.append((array.shape[0], label))
-                body = array.shape[-1:]
-                _match(label, body, dims, sizes, size_source, array.shape, False)
+                body, as_sequence = array.shape[-1:], False
             elif is_sequence:
                 if array.ndim != 3:
                     raise ValueError(
@@ -196,12 +196,22 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                         f"{_expected_text(dims, True)} (time, batch, size)"
                     )
                 steps = _same_steps(steps, array, label)
-                body = array.shape[2:]
-                _match(label, body, dims, sizes, size_source, array.shape, True)
+                body, as_sequence = array.shape[2:], True
             else:
-                body = array.shape
-                _match(label, body, dims, sizes, size_source, array.shape, False)
-            bodies[label] = (dims, body, array.shape, is_sequence)
+                body, as_sequence = array.shape, False
+            _match(label, body, dims, None, votes, array.shape, as_sequence)
+            bodies[label] = (dims, body, array.shape, as_sequence)
+    # each plain size takes the value most arrays agree on (the data's value on a tie), so an
+    # error names the array that is inconsistent with the others, not the first one read
+    for dim, seen in votes.items():
+        counts = {}
+        for got, label in seen:
+            count, has_data, labels = counts.get(got, (0, False, []))
+            counts[got] = (count + 1, has_data or not label.startswith("params"), labels + [label])
+        value = max(counts, key=lambda v: counts[v][:2])
+        sizes[dim], size_source[dim] = value, counts[value][2]
+    for label, (dims, body, shape, is_sequence) in bodies.items():
+        _match(label, body, dims, sizes, size_source, shape, is_sequence)
     # sizes such as 4*n or n + m are checked once every plain size is known
     for label, (dims, body, shape, is_sequence) in bodies.items():
         for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
@@ -321,7 +331,9 @@ def _expected_text(dims, is_sequence):
     return f"({inner},)" if len(dims) == 1 else f"({inner})"
 
 
-def _match(label, body, dims, sizes, size_source, shape, is_sequence):
+def _match(label, body, dims, sizes, source, shape, is_sequence):
+    # with sizes None: record the value each plain size has in this array (source: the votes);
+    # otherwise check the array against the decided sizes (source: the arrays that agree)
     if len(body) != len(dims):
         raise ValueError(
             f"{label} has shape {_shape_text(shape)}; expected {_expected_text(dims, is_sequence)}"
@@ -335,17 +347,15 @@ def _match(label, body, dims, sizes, size_source, shape, is_sequence):
                 )
         elif not dim.isidentifier():
             continue  # a compound size such as 4*n: checked once the plain sizes are known
-        elif dim not in sizes:
-            if got < 1:
-                raise ValueError(f"{label} has shape {_shape_text(shape)}; {dim} must be >= 1")
-            sizes[dim] = got
-            size_source[dim] = label
+        elif got < 1:
+            raise ValueError(f"{label} has shape {_shape_text(shape)}; {dim} must be >= 1")
+        elif sizes is None:
+            source.setdefault(dim, []).append((got, label))
         elif sizes[dim] != got:
-            concrete = tuple(
-                _resolve(d, sizes) if isinstance(d, int) or d in sizes else d for d in dims
-            )
+            concrete = tuple(_resolve(d, sizes) for d in dims)
+            other = next((other for other in source[dim] if other != label), None)
             raise ValueError(
                 f"{label} has shape {_shape_text(shape)}; expected "
                 f"{_expected_text(dims, is_sequence)} = {_expected_text(concrete, is_sequence)} "
-                f"with {dim} = {sizes[dim]} from {size_source[dim]}"
+                f"with {dim} = {sizes[dim]} from {other or f'axis {dims.index(dim)} of it'}"
             )

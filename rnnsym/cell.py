@@ -9,6 +9,7 @@ step (an LSTM's h(t) uses c(t)); ``h.prev`` is h(t−1).
 from __future__ import annotations
 
 import keyword
+import unicodedata
 
 import sympy as sp
 from sympy import MatrixSymbol
@@ -17,7 +18,7 @@ from .errors import CellError, ShapeError
 from .expr import State, Target, Term, Variable, as_term
 from .ops import add, leaves, shape_str
 
-__all__ = ["Cell"]
+__all__ = ["Cell", "python_name"]
 
 # Names the generated code uses for itself (and the builtins it calls).
 RESERVED = frozenset(
@@ -49,12 +50,25 @@ RESERVED = frozenset(
 )
 
 
+def python_name(name: str) -> str:
+    """The identifier Python reads for ``name``: NFKC-normalised, as the parser does.
+
+    ``ﬁ`` and ``fi`` are one variable to Python, and ``Ｔ`` is ``T``; names are compared in
+    this form so that two names a user wrote differently can never become one variable.
+    """
+    return unicodedata.normalize("NFKC", name)
+
+
 def _check_name(name, what: str) -> None:
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise CellError(f"{what} name must be a Python identifier, got {name!r}")
-    if name.startswith("_") or name.startswith("g_") or name in RESERVED:
+    key = python_name(name)
+    read_as = f" (Python reads {name!r} as {key!r})" if key != name else ""
+    if keyword.iskeyword(key):
+        raise CellError(f"{what} name {name!r} is a Python keyword{read_as}")
+    if key.startswith("_") or key.startswith("g_") or key in RESERVED:
         raise CellError(
-            f"{what} name {name!r} is reserved for generated code (names starting with "
+            f"{what} name {name!r}{read_as} is reserved for generated code (names starting with "
             f"'_' or 'g_', or one of {', '.join(sorted(RESERVED))})"
         )
 
@@ -90,10 +104,17 @@ class Cell:
             raise CellError(f"dims() takes the size names in one string, got {names!r}")
         syms = sp.symbols(names, integer=True, positive=True)
         group = syms if isinstance(syms, tuple) else (syms,)
+        claimed: dict[str, str] = {}
         for s in group:  # check every name before declaring any
             _check_name(s.name, "size")
-            if s.name in self._dims or s.name in self._vars:
-                raise CellError(f"size name {s.name!r} is already used in cell {self.name!r}")
+            self._check_free(s.name, "size")
+            key = python_name(s.name)
+            if key in claimed:
+                raise CellError(
+                    f"size names {claimed[key]!r} and {s.name!r} are the same name to Python "
+                    f"({key!r}); choose distinct names"
+                )
+            claimed[key] = s.name
         for s in group:
             self._dims[s.name] = s
         return syms
@@ -130,27 +151,54 @@ class Cell:
             f"{what}: size must be a positive integer or a symbol from cell.dims(), got {size!r}"
         )
 
+    def _names(self) -> dict[str, tuple[str, str]]:
+        """Every name the cell uses, by its Python form: {key: (name as written, what it is)}."""
+        names = {python_name(n): (n, "size") for n in self._dims}
+        for var in self._vars.values():
+            names[python_name(var.name)] = (var.name, var.kind)
+            if isinstance(var, State):
+                names[python_name(var.prev.name)] = (var.prev.name, f"{var.name}.prev")
+        return names
+
+    def _check_free(self, name: str, what: str) -> None:
+        """Refuse a name that is, to Python, one the cell already uses or one the generated
+        code derives from a state's name (``h_t``, ``h_prev_t``)."""
+        key = python_name(name)
+        taken = self._names()
+        if key in taken:
+            other, kind = taken[key]
+            if kind.endswith(".prev"):
+                raise CellError(f"{what} name {name!r} clashes with {kind}")
+            same = (
+                f"already used in cell {self.name!r}"
+                if other == name
+                else f"the same name to Python ({key!r}) as the {kind} {other!r}"
+            )
+            raise CellError(f"{what} name {name!r} is {same}; choose another name")
+        for var in self.states.values():
+            if key in (python_name(f"{var.name}_t"), python_name(f"{var.name}_prev_t")):
+                raise CellError(
+                    f"{what} name {name!r} clashes with the generated code of state {var.name}"
+                )
+        if what == "state":
+            generated = {python_name(f"{name}{suffix}") for suffix in ("_prev", "_t", "_prev_t")}
+            for other_key, (other, kind) in taken.items():
+                if other_key in generated:
+                    clash = f"{name}.prev" if other_key == python_name(f"{name}_prev") else ""
+                    raise CellError(
+                        f"state name {name!r}: "
+                        + (
+                            f"{clash} would clash with the {kind} {other!r}"
+                            if clash
+                            else f"clashes with the {kind} {other!r} in the generated code"
+                        )
+                    )
+
     def _new_symbol(self, name: str, rows, cols, what: str) -> MatrixSymbol:
         _check_name(name, what)
-        if name in self._vars or name in self._dims:
-            raise CellError(f"{what} name {name!r} is already used in cell {self.name!r}")
-        for state in self.states.values():
-            if name == state.prev.name:
-                raise CellError(f"{what} name {name!r} clashes with {state.name}.prev")
+        self._check_free(name, what)
         if name.endswith("_prev") and name[:-5] in self._vars:
             raise CellError(f"{what} name {name!r} clashes with {name[:-5]}.prev")
-        if what == "state" and f"{name}_prev" in self._vars:
-            raise CellError(f"state name {name!r}: {name}.prev would clash with {name}_prev")
-        for var in self._vars.values():
-            if var.kind == "state" and name in (f"{var.name}_t", f"{var.name}_prev_t"):
-                raise CellError(
-                    f"{what} name {name!r} clashes with the generated code of {var.name}"
-                )
-            if what == "state" and var.name in (f"{name}_t", f"{name}_prev_t"):
-                raise CellError(
-                    f"state name {name!r} clashes with {var.kind} {var.name!r} in the "
-                    "generated code"
-                )
         return MatrixSymbol(
             name, self._size(rows, f"{what} {name!r}"), self._size(cols, f"{what} {name!r}")
         )
@@ -180,7 +228,7 @@ class Cell:
         existing = self._vars.get(name)
         if existing is not None and self.fed_back.get(name) == target.name:
             return existing
-        if existing is not None or name in self._dims:
+        if existing is not None or python_name(name) in self._names():
             raise CellError(
                 f"{target.name}.prev would be the input {name!r}, but that name is already "
                 f"used in cell {self.name!r}"

@@ -807,15 +807,46 @@ class TestKernelParams:
         )
 
     def test_inconsistent_sizes_between_param_and_input(self, elman_kernel):
+        # U and x disagree on m, one array each: the data wins the tie, so U is blamed
+        # (the README's example)
         params, inputs, targets = problem()
         params["U"] = np.zeros((N, M + 1))
         call_fails(
             elman_kernel,
-            msg("inputs['x']", f"({T}, {B}, {M})", "(T, B, m)", f"m = {M + 1} from params['U']"),
+            msg(
+                "params['U']",
+                f"({N}, {M + 1})",
+                f"expected (n, m) = ({N}, {M})",
+                f"m = {M} from inputs['x']",
+            ),
             params,
             inputs,
             targets,
         )
+
+    @pytest.mark.parametrize("name", ["W", "U", "V"])
+    def test_the_array_inconsistent_with_the_majority_is_blamed(self, elman_kernel, name):
+        # transposing one parameter must blame that parameter, whichever is read first
+        params, inputs, targets = problem()
+        params[name] = params[name].T.copy() if name != "W" else np.zeros((N + 1, N))
+        call_fails(elman_kernel, msg(f"params['{name}']", "expected"), params, inputs, targets)
+
+    def test_readme_example_is_reproduced(self, elman_kernel):
+        # the README quotes this error for U of the wrong width; same sizes as there
+        import re
+        from pathlib import Path
+
+        readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+        quoted = re.search(r"`(params\['U'\] has shape \(4, 3\);[^`]*)`", readme).group(1)
+        from rnnsym.verify import random_problem
+
+        params, inputs, targets = random_problem(
+            elman_kernel.cell, sizes={"n": 4, "m": 5, "k": 2}, T=3, B=2
+        )
+        params["U"] = np.zeros((4, 3))
+        with pytest.raises(ValueError) as info:
+            elman_kernel.loss_and_grad(params, inputs, targets)
+        assert str(info.value) == quoted
 
     # Regression (bug at commit b5faf93): the concrete expected shape of a vector is printed without
     # its comma: 'expected (n,) = (4) with n = 4' instead of '(4,)'
@@ -888,11 +919,13 @@ class TestKernelSequences:
         )
 
     def test_input_of_the_wrong_size(self, elman_kernel):
+        # m is read from U and x only, one array each: the data sets the size on a tie, and the
+        # message names both arrays
         params, inputs, targets = problem()
         inputs["x"] = np.zeros((T, B, M + 1))
         call_fails(
             elman_kernel,
-            msg(f"inputs['x'] has shape ({T}, {B}, {M + 1})", f"m = {M} from params['U']"),
+            msg(f"params['U'] has shape ({N}, {M})", f"m = {M + 1} from inputs['x']"),
             params,
             inputs,
             targets,
