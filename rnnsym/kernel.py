@@ -33,7 +33,7 @@ class Kernel:
         self.source = source
         self.mode = mode
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-        filename = f"<rnnsym kernel {self.cell.name} {digest}>"
+        filename = f"<rnnsym kernel {ascii(self.cell.name)} {digest}>"  # one line, any name
         module = types.ModuleType(f"rnnsym_kernel_{digest}")
         module.__file__ = filename
         # registered with linecache so tracebacks and inspect show the generated lines
