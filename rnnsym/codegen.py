@@ -36,6 +36,7 @@ from .numpy_printer import (
     SumOuter,
     SumRows,
     TotalLoss,
+    batch_leaves,
 )
 from .ops import (
     Apply,
@@ -268,10 +269,15 @@ class Phase:
             # a sum over whole sequences: one new array, the other terms added in place
             # (a fresh large temporary per term costs more than the arithmetic)
             terms = list(expr.args)
+            # the first array must have the whole (T, B, size) shape: a parameter-only term
+            # (softplus(b)) broadcasts when added, but cannot hold the sum
             fresh = [
                 t
                 for t in terms
-                if _allocates(t) and t.shape == expr.shape and coeff_and_factors(t)[0] > 0
+                if _allocates(t)
+                and t.shape == expr.shape
+                and self.gen.is_batch(t)
+                and coeff_and_factors(t)[0] > 0
             ]
             if fresh:
                 first = fresh[0]
@@ -376,7 +382,7 @@ class KernelGenerator:
         self.carry_names: dict = {}  # state -> the name of what step 1 hands back to h(0)
 
     def is_batch(self, expr) -> bool:
-        return bool(leaves(expr) & self.batch)
+        return bool(batch_leaves(expr) & self.batch)
 
     def size_text(self, size) -> str:
         size = sp.sympify(size)
@@ -790,13 +796,20 @@ def batch_sum(term: MatrixExpr, is_batch) -> MatrixExpr:
         return SumRows(term)
     coeff, factors = coeff_and_factors(term)
     if isinstance(term, MatMul):
+        # Σ_t P M(t) S = P (Σ_t M(t)) S: parameter factors on either side stay outside the sum
+        first = next(i for i, f in enumerate(factors) if is_batch(f))
+        last = max(i for i, f in enumerate(factors) if is_batch(f))
+        prefix, middle, suffix = factors[:first], factors[first : last + 1], factors[last + 1 :]
+        if prefix or suffix or coeff != 1:
+            inner = batch_sum(middle[0] if len(middle) == 1 else MatMul(*middle), is_batch)
+            return mul(coeff, *prefix, inner, *suffix)
         for j in range(1, len(factors)):
             left, right = factors[:j], factors[j:]
             if left[-1].shape[1] != 1:
                 continue
             u, v = mul(*left), transpose(mul(*right))
             if is_batch(u) and is_batch(v):
-                return mul(coeff, SumOuter(u, v))
+                return SumOuter(u, v)
     if isinstance(term, Transpose):
         inner = batch_sum(term.arg, is_batch)
         if isinstance(inner, SumOuter):

@@ -9,6 +9,7 @@ small dataclasses printed by ``_print_<Class>`` methods, like SymPy's ``codegen.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 
@@ -36,7 +37,6 @@ from .ops import (
     Slice,
     Softmax,
     coeff_and_factors,
-    leaves,
     signed_terms,
 )
 
@@ -50,6 +50,8 @@ __all__ = [
     "Line",
     "Function",
     "RowPrinter",
+    "batch_leaves",
+    "comment_text",
 ]
 
 
@@ -84,6 +86,44 @@ class TotalLoss(MatrixExpr):
     @property
     def shape(self):
         return (1, 1)
+
+
+_REDUCTIONS = (SumOuter, SumRows, TotalLoss)
+
+
+def batch_leaves(expr: Basic) -> set[MatrixSymbol]:
+    """The matrix symbols ``expr`` depends on per row, not counting those under a sum over
+    time and batch (``SumOuter``, ``SumRows``, ``TotalLoss``), whose results are parameter-shaped.
+    """
+    found: set[MatrixSymbol] = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, MatrixSymbol):
+            found.add(node)
+        elif not isinstance(node, _REDUCTIONS):
+            stack.extend(a for a in node.args if isinstance(a, Basic))
+    return found
+
+
+def _needs_paren(text: str) -> bool:
+    """Whether printed code must be bracketed before a coefficient or a minus sign: a sum,
+    a difference or anything else that binds more loosely than ``*`` (``-(a + b)``, never
+    ``-a + b``)."""
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return True
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.op, (ast.Add, ast.Sub))
+    return isinstance(node, (ast.BoolOp, ast.Compare, ast.IfExp, ast.Lambda, ast.NamedExpr))
+
+
+def comment_text(text: str) -> str:
+    """``text`` safe on one comment line: line breaks and other control characters escaped."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 # ----- statements -----
@@ -181,7 +221,7 @@ class RowPrinter(Printer):
     # ----- helpers -----
 
     def is_batch(self, expr) -> bool:
-        return bool(leaves(expr) & self.batch)
+        return bool(batch_leaves(expr) & self.batch)
 
     def paren(self, expr) -> str:
         text = self._print(expr)
@@ -196,13 +236,20 @@ class RowPrinter(Printer):
         if c.is_Rational:
             value = float(c)
             return repr(value) if sp.Rational(value) == c else f"({c.p} / {c.q})"
-        if c.is_Float:
+        if c.is_number and c.is_real:
             return repr(float(c))
-        raise DerivationError(f"cannot print the coefficient {c} of a matrix product")
+        raise DerivationError(
+            f"cannot print the coefficient {c} of a matrix product: coefficients must be real "
+            f"numbers"
+        )
 
     def _scaled(self, coeff, text: str) -> str:
+        """``coeff * text``; ``text`` is bracketed where the coefficient would bind to its first
+        term only."""
         if coeff == 1:
             return text
+        if _needs_paren(text):
+            text = f"({text})"
         if coeff == -1:
             return f"-{text}"
         return f"{self._number(coeff)} * {text}"
@@ -269,14 +316,26 @@ class RowPrinter(Printer):
             )
         if isinstance(expr, MatMul):
             coeff, factors = coeff_and_factors(expr)
-            text = " @ ".join(
-                self._literal(f)
-                if isinstance(f, (MatrixSymbol, Transpose))
-                else f"({self._literal(f)})"
-                for f in factors
-            )
+            for j in range(1, len(factors)):
+                left, right = factors[:j], factors[j:]
+                if (
+                    left[-1].shape[1] == 1
+                    and right[0].shape[0] == 1
+                    and (expr.shape[0] != 1 or expr.shape[1] != 1)
+                ):
+                    # a column times a row: vectors are 1-D arrays, so this is np.outer
+                    u = self._literal(left[0] if j == 1 else MatMul(*left))
+                    v = self._literal(right[0] if len(right) == 1 else MatMul(*right))
+                    return self._scaled(coeff, f"np.outer({u}, {v})")
+            text = " @ ".join(self._literal_factor(f) for f in factors)
             return self._scaled(coeff, text)
         return self._print(expr)
+
+    def _literal_factor(self, factor) -> str:
+        text = self._literal(factor)
+        if isinstance(factor, (MatrixSymbol, Transpose, *_REDUCTIONS)):
+            return text
+        return f"({text})"
 
     def _right_factor(self, factor) -> str:
         """The array that multiplies a row from the right for the column factor ``factor``."""
@@ -396,14 +455,15 @@ class RowPrinter(Printer):
     # ----- statements -----
 
     def _print_Comment(self, stmt: Comment) -> str:
-        return "\n".join(f"# {line}".rstrip() for line in stmt.text.splitlines())
+        lines = stmt.text.split("\n")
+        return "\n".join(f"# {comment_text(line)}".rstrip() for line in lines)
 
     def _print_Line(self, stmt: Line) -> str:
         return stmt.code
 
     def _print_Assign(self, stmt: Assign) -> str:
         value = stmt.value if isinstance(stmt.value, str) else self._print(stmt.value)
-        tail = f"  # {stmt.comment}" if stmt.comment else ""
+        tail = f"  # {comment_text(stmt.comment)}" if stmt.comment else ""
         return f"{stmt.target} = {value}{tail}"
 
     def _print_Loop(self, stmt: Loop) -> str:
