@@ -24,7 +24,9 @@ from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
 from .derive import Derivation, adjoint_symbol, derive
+from .errors import RnnsymError
 from .ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors
+from .oracle import GUARD_DIGITS, ScalarGraph, compile_cell_steps
 
 __all__ = [
     "OracleReport",
@@ -39,6 +41,11 @@ __all__ = [
     "check_gradients",
     "random_problem",
     "verify",
+    "check_kernel",
+    "kernel_problem",
+    "KernelProblem",
+    "KernelReport",
+    "Check",
 ]
 
 
@@ -294,12 +301,25 @@ def _run_forward(d: Derivation, problem: UnrolledPoint, params: list[dict], eval
     return envs
 
 
-def oracle_gradients(problem: UnrolledPoint, digits: int = 60, derivation=None) -> dict:
-    """``sympy.diff`` of the scalar-unrolled total loss, evaluated at ``problem.point``.
+def oracle_gradients(
+    problem: UnrolledPoint, digits: int = 60, derivation=None, method: str = "node"
+) -> dict:
+    """The exact gradient of the unrolled total loss, evaluated at ``problem.point``.
 
     Returns {name: matrix} for tied weights and {name: [matrix per step]} for untied ones.
     Only the forward equations of the cell are used, none of rnnsym's derivatives.
+
+    ``method="node"`` (the default) differentiates the unrolled graph node by node: each named
+    equation's local Jacobian by ``sympy.diff``, chained in reverse in mpmath
+    (:mod:`rnnsym.oracle`); its cost grows linearly in T and in the number of entries.
+    ``method="whole-loss"`` writes the total loss out as one scalar expression and
+    differentiates it with ``sympy.diff``: the same exact gradient, at a cost that swells fast
+    with T and the sizes (kept as an independent check of the first).
     """
+    if method == "node":
+        return _node_oracle(problem, digits)
+    if method != "whole-loss":
+        raise ValueError(f"oracle_gradients: method must be 'node' or 'whole-loss', got {method!r}")
     cell, dims = problem.cell, problem.dims
     d = derivation or derive(cell)
     envs = _run_forward(d, problem, problem.symbols, lambda m: m)
@@ -309,6 +329,39 @@ def oracle_gradients(problem: UnrolledPoint, digits: int = 60, derivation=None) 
     flat = {(n, t): step[n] for t, step in enumerate(problem.symbols) for n in step}
     values = _evaluate_derivatives(total, flat, problem.point, digits)
     return {n: [values[(n, t)] for t in range(problem.T)] for n in cell.params}
+
+
+def _as_matrices(grads: dict, shapes: dict, digits: int) -> dict:
+    """{key: entries} from :meth:`ScalarGraph.gradients` as SymPy matrices of ``digits``-digit
+    Floats."""
+    import mpmath
+
+    with mpmath.workdps(digits + GUARD_DIGITS):
+        return {
+            k: ImmutableMatrix(*shapes[k], [sp.Float(v, digits) for v in entries])
+            for k, entries in grads.items()
+        }
+
+
+def _node_oracle(problem: UnrolledPoint, digits: int) -> dict:
+    cell, dims = problem.cell, problem.dims
+    graph = ScalarGraph()
+    params, shapes = [], {}
+    for t, step in enumerate(problem.symbols):
+        keys = {}
+        for n, matrix in step.items():
+            key = ("param", n, t if problem.untied else 0)
+            if key not in graph.sources:
+                graph.source(matrix.xreplace(problem.point), key)
+                shapes[key] = matrix.shape
+            keys[n] = key
+        params.append(keys)
+    graph.steps(cell, compile_cell_steps(cell, dims), dims, params, problem.data)
+    _, grads = graph.gradients(list(shapes), digits)
+    values = _as_matrices(grads, shapes, digits)
+    if not problem.untied:
+        return {n: values[("param", n, 0)] for n in cell.params}
+    return {n: [values[("param", n, t)] for t in range(problem.T)] for n in cell.params}
 
 
 def bptt_gradients(problem: UnrolledPoint, digits: int = 60, derivation=None) -> dict:
@@ -496,45 +549,620 @@ def random_problem(
     return params, inputs, targets
 
 
+# ----- the kernel against the cell's definition -----
+
+# Tolerances of rs.verify's kernel checks, each relative to the scale of the compared quantity
+# (its largest entry; see _Scale). Why these values:
+#  * float64 kernel vs the float64 reference interpreter: both round every operation at
+#    ε = 1.1e-16; through T ≤ 12 steps of a contracting recurrence and sums over T·B terms the
+#    disagreement of correct code stays below 1e-13 (measured: ≤ 3e-15 on the built-in cells),
+#    so 1e-9 leaves a 10⁴ margin and still flags any real mistake, which shows at 1e-6 or more.
+#  * float32 kernel vs the float64 reference at the same (float32-rounded) point: ε₃₂ = 6e-8;
+#    rounding accumulates over T steps and the gates' products (measured ≤ 2e-6 on the built-in
+#    cells), so 1e-4 (≈ 1700 ε₃₂) is a 50× margin, and the loss, a sum of T·B positive terms,
+#    gets the same bound.
+#  * gradients: the reference is the complex-step derivative of the interpreter (no
+#    cancellation, accurate to ~1e-15 relative to the gradient itself, not to the loss), so a
+#    gradient tiny relative to the loss is checked as precisely as a large one; the same
+#    bounds apply, 1e-9 (float64) and 1e-3 (float32: a gradient sums T·B products of
+#    float32 adjoints, measured ≤ 2e-5, 50× margin).
+#  * directional central differences of the kernel's own float64 loss (Richardson-extrapolated
+#    steps h and h/2, truncation O(h⁴)): the rounding floor |L|·ε/h is added to 1e-6.
+TOLERANCE_64 = 1e-9
+TOLERANCE_32 = 1e-4
+TOLERANCE_GRAD_32 = 1e-3
+TOLERANCE_FD = 1e-6
+_COMPLEX_STEP = 1e-20
+_ANALYTIC = {"tanh", "sigmoid", "exp", "log", "reciprocal", "softplus", "log_sigmoid", "relu"}
+_NOT_ANALYTIC = (sp.Abs, sp.Max, sp.Min, sp.Heaviside, sp.sign, sp.floor, sp.ceiling)
+
+
+def _softplus(z):
+    """log(1 + e^z) without overflow, for real and complex z."""
+    positive = z.real > 0
+    above, below = np.where(positive, z, 0), np.where(positive, 0, z)
+    return np.where(positive, above + np.log1p(np.exp(-above)), np.log1p(np.exp(below)))
+
+
+_FUNCTIONS = {  # numerically safe for real and complex arguments (complex step)
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)),
+    "exp": np.exp,
+    "log": np.log,
+    "reciprocal": lambda z: 1.0 / z,
+    "softplus": _softplus,
+    "log_sigmoid": lambda z: -_softplus(-z),
+    "relu": lambda z: np.where(z.real > 0, z, 0.0 * z),
+    "step": lambda z: np.where(z.real > 0, 1.0, 0.0) + 0.0 * z,
+}
+
+
+def _activation_function(activation) -> tuple:
+    """(numpy function, analytic?) for an activation, from its own scalar definition when it is
+    not a built-in one."""
+    if activation.name in _FUNCTIONS:
+        return _FUNCTIONS[activation.name], activation.name in _ANALYTIC
+    z = sp.Symbol("z", real=True)
+    body = sp.sympify(activation.scalar(z))
+    analytic = not body.has(*_NOT_ANALYTIC) and not body.has(sp.Piecewise)
+    numeric = sp.lambdify(z, body, modules="numpy")
+    exact = sp.lambdify(z, body, modules="mpmath")
+
+    def function(x):
+        try:
+            with np.errstate(all="ignore"):
+                value = numeric(x)
+            return np.broadcast_to(value, np.shape(x)) + 0 * x
+        except (TypeError, NameError, AttributeError, ValueError):
+            flat = [complex(exact(complex(v))) if np.iscomplexobj(x) else float(exact(float(v)))
+                    for v in np.ravel(x)]
+            return np.array(flat).reshape(np.shape(x))
+
+    return function, analytic
+
+
+class _Reference:
+    """The cell's forward equations evaluated by a small NumPy interpreter of the IR.
+
+    No generated code and none of rnnsym's derivative rules are involved: each node type of
+    :mod:`rnnsym.ops` is evaluated directly, for every batch entry (and every perturbation of
+    the complex step) at once. Values have shape (P, B, rows, cols).
+    """
+
+    def __init__(self, cell: Cell, dims: dict):
+        self.cell, self.dims = cell, dims
+        self.steps = [(cell._vars[n].symbol, cell.step_term(k, n).expr) for k, n in cell.order]
+        self.outputs = [(cell.outputs[n].symbol, t.expr) for n, t in cell.output_defs.items()]
+        self.loss = cell.loss_expr
+        self.functions: dict[str, tuple] = {}
+        self.analytic = True
+        for expr in [e for _, e in self.steps + self.outputs] + [self.loss]:
+            for node in sp.preorder_traversal(expr):
+                if isinstance(node, Apply) and node.name not in self.functions:
+                    self.functions[node.name] = _activation_function(node.activation)
+                    self.analytic &= self.functions[node.name][1]
+
+    def _int(self, value) -> int:
+        return int(sp.sympify(value).xreplace(self.dims))
+
+    def _eval(self, node, env: dict, memo: dict):
+        if node in memo:
+            return memo[node]
+        if isinstance(node, MatrixSymbol):
+            value = env[node]
+        elif isinstance(node, sp.MatAdd):
+            value = self._eval(node.args[0], env, memo)
+            for arg in node.args[1:]:
+                value = value + self._eval(arg, env, memo)
+        elif isinstance(node, sp.MatMul):
+            coeff, factors = coeff_and_factors(node)
+            value = self._eval(factors[0], env, memo)
+            for factor in factors[1:]:
+                value = np.matmul(value, self._eval(factor, env, memo))
+            if coeff != 1:
+                if not coeff.is_number or not coeff.is_real:
+                    raise RnnsymError(
+                        f"verify: the coefficient {coeff} of {node} is not a real number"
+                    )
+                value = float(coeff) * value
+        elif isinstance(node, sp.HadamardProduct):
+            value = self._eval(node.args[0], env, memo)
+            for arg in node.args[1:]:
+                value = value * self._eval(arg, env, memo)
+        elif isinstance(node, sp.Transpose):
+            value = np.swapaxes(self._eval(node.arg, env, memo), -1, -2)
+        elif isinstance(node, Apply):
+            with np.errstate(over="ignore", under="ignore"):
+                value = self.functions[node.name][0](self._eval(node.arg, env, memo))
+        elif isinstance(node, (LogSumExp, Softmax)):
+            z = self._eval(node.args[0], env, memo)
+            top = np.max(z.real, axis=-2, keepdims=True)
+            e = np.exp(z - top)
+            total = np.sum(e, axis=-2, keepdims=True)
+            value = top + np.log(total) if isinstance(node, LogSumExp) else e / total
+        elif isinstance(node, Concat):
+            parts = [self._eval(a, env, memo) for a in node.args]
+            lead = np.broadcast_shapes(*[p.shape[:-2] for p in parts])
+            parts = [np.broadcast_to(p, lead + p.shape[-2:]) for p in parts]
+            value = np.concatenate(parts, axis=-2)
+        elif isinstance(node, Slice):
+            arg, start, stop = node.args
+            value = self._eval(arg, env, memo)[..., self._int(start) : self._int(stop), :]
+        elif isinstance(node, Pad):
+            arg, start, total = node.args
+            inner = self._eval(arg, env, memo)
+            before = self._int(start)
+            after = self._int(total) - before - inner.shape[-2]
+            width = [(0, 0)] * (inner.ndim - 2) + [(before, after), (0, 0)]
+            value = np.pad(inner, width)
+        elif isinstance(node, (sp.OneMatrix, sp.ZeroMatrix, sp.Identity)):
+            rows, cols = (self._int(s) for s in node.shape)
+            if isinstance(node, sp.Identity):
+                value = np.eye(rows)
+            else:
+                value = np.full((rows, cols), 1.0 if isinstance(node, sp.OneMatrix) else 0.0)
+        else:
+            raise RnnsymError(
+                f"verify: the reference evaluator has no rule for {type(node).__name__} "
+                f"({node}) in cell {self.cell.name!r}"
+            )
+        memo[node] = value
+        return value
+
+    def run(self, params: dict, inputs: dict, targets: dict, h0: dict, T: int) -> dict:
+        """Evaluate T steps. ``params[name]`` is (P, 1, rows, cols) or (rows, cols); ``inputs``
+        and ``targets`` map names to (T, P, B, size) arrays (a context input: (P, B, size));
+        ``h0`` maps state names to (P, B, size). Returns the per-(t, P, B) loss terms
+        ``"loss"`` (T, P, B) and every state and output as (T, P, B, size)."""
+        cell = self.cell
+        env: dict = {}
+        for n, p in cell.params.items():
+            value = np.asarray(params[n])
+            env[p.symbol] = value[..., None] if value.ndim in (1, 3) else value
+        prev = {n: np.asarray(v)[..., None] for n, v in h0.items()}
+        record: dict[str, list] = {n: [] for n in [*cell.states, *cell.output_defs]}
+        losses = []
+        for t in range(T):
+            for n, var in cell.inputs.items():
+                value = inputs[n] if n in cell.context_inputs else inputs[n][t]
+                env[var.symbol] = value[..., None]
+            for n, var in cell.targets.items():
+                env[var.symbol] = targets[n][t][..., None]
+            for n, s in cell.states.items():
+                env[s.prev.symbol] = prev[n]
+            memo: dict = {}
+            for symbol, expr in self.steps:
+                env[symbol] = self._eval(expr, env, memo)
+            for symbol, expr in self.outputs:
+                env[symbol] = self._eval(expr, env, memo)
+            losses.append(self._eval(self.loss, env, memo)[..., 0, 0])
+            for n in record:
+                record[n].append(env[cell._vars[n].symbol][..., 0])
+            prev = {n: env[s.symbol] for n, s in cell.states.items()}
+        out = {n: np.stack(np.broadcast_arrays(*v)) for n, v in record.items()}
+        out["loss"] = np.stack(np.broadcast_arrays(*losses))
+        return out
+
+
+@dataclass
+class KernelProblem:
+    """One random problem of :func:`verify`: arrays as the kernel takes them (float64), the
+    same data prepared as the kernel prepares it (context inputs, fed-back y(t-1), 1-of-K
+    targets), and the concrete sizes."""
+
+    sizes: dict[str, int]
+    T: int
+    B: int
+    params: dict
+    inputs: dict  # without fed-back inputs: loss_and_grad fills them from the targets
+    targets: dict
+    h0: dict
+    prepared_inputs: dict  # every input, fed-back ones filled, (T, B, size) or context (B, size)
+    prepared_targets: dict  # (T, B, size), class indices as 1-of-K rows
+
+
+def kernel_problem(cell: Cell, seed: int = 0, T: int | None = None, B: int | None = None):
+    """Random distinct sizes ≥ 7, T ≥ 8, B ≥ 3 and a nonzero h(0) for the kernel checks."""
+    rng = np.random.default_rng([seed, 20260])
+    names = sorted(cell.size_symbols)
+    drawn = rng.choice(np.arange(7, 7 + len(names) + 4), size=len(names), replace=False)
+    sizes = {name: int(v) for name, v in zip(names, drawn, strict=True)}
+    T = int(rng.integers(8, 12)) if T is None else T
+    B = int(rng.integers(3, 5)) if B is None else B
+    params, inputs, targets = random_problem(cell, sizes, T=T, B=B, seed=int(rng.integers(2**31)))
+    dims = {cell.size_symbols[n]: v for n, v in sizes.items()}
+    h0 = {
+        n: 0.5 * rng.normal(size=(B, _concrete_shape(s.symbol, dims)[0]))
+        for n, s in cell.states.items()
+    }
+    prepared_targets = {}
+    for n, v in cell.targets.items():
+        if n in cell.class_targets:
+            prepared_targets[n] = np.eye(_concrete_shape(v.symbol, dims)[0])[targets[n]]
+        else:
+            prepared_targets[n] = targets[n]
+    prepared_inputs = dict(inputs)
+    for n, target in cell.fed_back.items():
+        shifted = np.zeros_like(prepared_targets[target])
+        shifted[1:] = prepared_targets[target][:-1]  # y(t-1), y(0) = 0, as the kernel does
+        prepared_inputs[n] = shifted
+    return KernelProblem(sizes, T, B, params, inputs, targets, h0, prepared_inputs,
+                         prepared_targets)
+
+
+def _reference_arrays(problem: KernelProblem, dtype) -> tuple:
+    """The problem's data rounded to ``dtype`` and back to float64 (what a float32 kernel
+    sees), shaped for :meth:`_Reference.run` with one perturbation (P = 1)."""
+
+    def r(v):
+        return np.asarray(v).astype(dtype).astype(np.float64)
+
+    params = {n: r(v) for n, v in problem.params.items()}
+    params = {n: v[:, None] if v.ndim == 1 else v for n, v in params.items()}
+    inputs = {n: r(v)[..., None, :, :] if v.ndim == 3 else r(v)[None]
+              for n, v in problem.prepared_inputs.items()}
+    targets = {n: r(v)[:, None] for n, v in problem.prepared_targets.items()}
+    h0 = {n: r(v)[None] for n, v in problem.h0.items()}
+    return params, inputs, targets, h0
+
+
+def _complex_gradients(ref: _Reference, problem: KernelProblem, dtype, groups) -> dict:
+    """d(total loss)/d(entry) of the reference for every entry of the arrays in ``groups``
+    (("params" | "inputs" | "h0", name)), by the complex step (analytic cells) or by
+    Richardson-extrapolated central differences (cells with non-analytic user functions)."""
+    params, inputs, targets, h0 = _reference_arrays(problem, dtype)
+    data = {"params": params, "inputs": inputs, "h0": h0}
+    out = {}
+    for group, name in groups:
+        base = data[group][name]
+        if group == "params":
+            core = base  # (rows, cols)
+        elif group == "inputs" and base.ndim == 4:
+            core = base[:, 0]  # (T, B, size)
+        else:
+            core = base[0]  # (B, size)
+        size = core.size
+        eye = np.eye(size).reshape((size, *core.shape))
+        if ref.analytic:
+            steps = [(1j * _COMPLEX_STEP, 1.0)]
+        else:  # central differences at h and h/2, Richardson: (4 D(h/2) − D(h)) / 3
+            h = 1e-3
+            steps = [(h, -1 / (3 * 2 * h)), (-h, 1 / (3 * 2 * h)),
+                     (h / 2, 4 / (3 * h)), (-h / 2, -4 / (3 * h))]
+        total = np.zeros(size)
+        for step, weight in steps:
+            moved = core[None] + step * eye  # (P, *core)
+            if group == "params":
+                value = moved[:, None]  # (P, 1, rows, cols)
+            elif group == "inputs" and base.ndim == 4:
+                value = np.moveaxis(moved, 0, 1)  # (T, P, B, size)
+            else:
+                value = moved  # (P, B, size)
+            args = {**data, group: {**data[group], name: value}}
+            loss = ref.run(args["params"], args["inputs"], targets, args["h0"], problem.T)
+            total_loss = loss["loss"].sum(axis=(0, 2))
+            if ref.analytic:
+                total += total_loss.imag / _COMPLEX_STEP
+            else:
+                total += weight * total_loss
+        out[(group, name)] = total.reshape(core.shape)
+    return out
+
+
+@dataclass
+class Check:
+    """One comparison of :func:`verify`: ``error`` (relative to the quantity's scale) against
+    ``tolerance``; ``skipped`` with a reason when the kernel cannot be asked."""
+
+    kind: str  # "loss", "forward", "gradient", "finite differences", "vjp input", "vjp h0"
+    name: str  # the parameter, state, output or input it concerns ("" for the loss)
+    dtype: str
+    error: float = 0.0
+    tolerance: float = 0.0
+    note: str = ""
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped or (bool(np.isfinite(self.error)) and self.error <= self.tolerance)
+
+    def __str__(self) -> str:
+        label = f"{self.kind} {self.name}".strip()
+        if self.skipped:
+            return f"{label:28s} {self.dtype:8s}  skipped: {self.note}"
+        mark = "ok" if self.ok else "FAILED"
+        note = f"  ({self.note})" if self.note else ""
+        return f"{label:28s} {self.dtype:8s} {self.error:9.2e} ≤ {self.tolerance:.0e}  {mark}{note}"
+
+
+@dataclass
+class KernelReport:
+    """Every check of a kernel against its cell, at one random problem."""
+
+    sizes: dict[str, int]
+    T: int
+    B: int
+    reference: str
+    checks: list[Check]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def errors(self, kind: str, dtype: str = "float64") -> dict[str, float]:
+        """{name: error} of the checks of one kind and dtype, e.g. ``errors("gradient")``."""
+        return {c.name: c.error for c in self.checks if c.kind == kind and c.dtype == dtype}
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        lines = [
+            f"kernel checks ({sizes}, T={self.T}, B={self.B}, random nonzero h(0), float64 and "
+            f"float32) against {self.reference}; error relative to each quantity's largest "
+            f"entry:"
+        ]
+        lines += [f"  {c}" for c in self.checks]
+        verdict = "ok" if self.ok else f"FAILED ({len(self.failed)} of {len(self.checks)})"
+        lines.append(f"  kernel: {verdict} [{self.seconds:.1f} s]")
+        return "\n".join(lines)
+
+
+def _relative(got, want, scale: float) -> float:
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = float(np.max(np.abs(got - want), initial=0.0))
+    return error / scale if np.isfinite(error) else float("inf")
+
+
+def _scale(want, floor: float = 0.0) -> float:
+    return max(float(np.max(np.abs(want), initial=0.0)), floor, 1e-300)
+
+
+def _as(d: dict, dtype) -> dict:
+    return {n: v if np.asarray(v).dtype.kind in "iu" else np.asarray(v, dtype=dtype)
+            for n, v in d.items()}
+
+
+class _Failure(Exception):
+    pass
+
+
+def _call(what: str, function, *args):
+    try:
+        return function(*args)
+    except Exception as exc:  # the kernel is the user's code: report, never crash
+        raise _Failure(f"{what} raised {type(exc).__name__}: {exc}") from None
+
+
+def check_kernel(
+    cell: Cell, kernel, seed: int = 0, T: int | None = None, B: int | None = None,
+    directions: int = 2,
+) -> KernelReport:
+    """Check a kernel (or any object with ``loss_and_grad``, ``forward`` and ``vjp``) against
+    an independent evaluation of ``cell``'s definition; see :func:`verify`."""
+    start = time.perf_counter()
+    problem = kernel_problem(cell, seed, T, B)
+    dims = {cell.size_symbols[n]: v for n, v in problem.sizes.items()}
+    ref = _Reference(cell, dims)
+    method = ("complex-step derivatives" if ref.analytic
+              else "Richardson central differences (non-analytic functions)")
+    checks: list[Check] = []
+    h0_arg = dict(problem.h0) if cell.states else None
+    has_vjp = hasattr(kernel, "vjp") and getattr(kernel, "mode", "reverse") != "forward"
+    for dtype, tol, tol_grad in ((np.float64, TOLERANCE_64, TOLERANCE_64),
+                                 (np.float32, TOLERANCE_32, TOLERANCE_GRAD_32)):
+        label = np.dtype(dtype).name
+        want = ref.run(*_reference_arrays(problem, dtype), problem.T)
+        params, inputs = _as(problem.params, dtype), _as(problem.inputs, dtype)
+        targets = _as(problem.targets, dtype)
+        h0 = None if h0_arg is None else _as(h0_arg, dtype)
+        # loss
+        try:
+            loss, grads = _call("loss_and_grad", kernel.loss_and_grad, params, inputs, targets,
+                                h0)
+            scale = _scale(np.abs(want["loss"]).sum())
+            checks.append(Check("loss", "", label, _relative(loss, want["loss"].sum(), scale),
+                                tol))
+        except _Failure as exc:
+            checks.append(Check("loss", "", label, float("inf"), tol, str(exc)))
+            grads = None
+        # forward states and outputs
+        fed = {n: v for n, v in problem.prepared_inputs.items() if n in cell.fed_back}
+        try:
+            states = _call("forward", kernel.forward, params, {**inputs, **_as(fed, dtype)}, h0)
+            for n in [*cell.states, *cell.output_defs]:
+                if not isinstance(states, dict) or n not in states:
+                    checks.append(Check("forward", n, label, float("inf"), tol, "missing"))
+                    continue
+                expected = want[n][:, 0]
+                checks.append(Check("forward", n, label,
+                                    _relative(states[n], expected, _scale(expected)), tol))
+        except _Failure as exc:
+            checks.append(Check("forward", "", label, float("inf"), tol, str(exc)))
+        # gradients, every entry
+        groups = [("params", n) for n in cell.params]
+        if has_vjp:
+            groups += [("inputs", n) for n in problem.prepared_inputs]
+            groups += [("h0", n) for n in cell.states]
+        exact = _complex_gradients(ref, problem, dtype, groups)
+        top = max(_scale(exact[("params", n)]) for n in cell.params)
+        for n in cell.params:
+            want_g = exact[("params", n)]
+            want_g = want_g.reshape(np.shape(problem.params[n]))
+            if grads is None or not isinstance(grads, dict) or n not in grads:
+                checks.append(Check("gradient", n, label, float("inf"), tol_grad, "missing"))
+                continue
+            # a gradient far smaller than the others is compared on 1e-3 of the largest scale
+            scale = _scale(want_g, 1e-3 * top)
+            checks.append(Check("gradient", n, label, _relative(grads[n], want_g, scale),
+                                tol_grad))
+        # vjp: the adjoints of the inputs and of h(0)
+        if has_vjp:
+            try:
+                result = _call("vjp", kernel.vjp, params, inputs, targets, h0)
+                _, vgrads, input_grads, h0_grads = result
+                for n in problem.prepared_inputs:
+                    want_g = exact[("inputs", n)]
+                    got = input_grads.get(n) if isinstance(input_grads, dict) else None
+                    checks.append(Check("vjp input", n, label,
+                                        _relative(got, want_g, _scale(want_g)), tol_grad))
+                for n in cell.states:
+                    want_g = exact[("h0", n)]
+                    got = h0_grads.get(n) if isinstance(h0_grads, dict) else None
+                    checks.append(Check("vjp h0", n, label,
+                                        _relative(got, want_g, _scale(want_g)), tol_grad))
+                for n in cell.params:
+                    got = vgrads.get(n) if isinstance(vgrads, dict) else None
+                    if grads is not None and n in grads:
+                        checks.append(Check("vjp grads", n, label,
+                                            _relative(got, grads[n], _scale(grads[n])), tol_grad,
+                                            "same as loss_and_grad"))
+            except (_Failure, TypeError, ValueError) as exc:
+                checks.append(Check("vjp", "", label, float("inf"), tol_grad, str(exc)))
+        elif dtype == np.float64:
+            checks.append(Check("vjp", "", label, skipped=True,
+                                note="the kernel has no vjp() (forward mode)"))
+    # directional central differences of the kernel's own float64 loss
+    checks += _directional(cell, kernel, problem, h0_arg, directions, seed)
+    sizes = dict(problem.sizes)
+    return KernelReport(sizes, problem.T, problem.B,
+                        f"a NumPy interpreter of the cell's equations ({method})", checks,
+                        time.perf_counter() - start)
+
+
+def _directional(cell, kernel, problem, h0, directions: int, seed: int) -> list[Check]:
+    """For each parameter, ``directions`` random unit directions v: the kernel's g·v against
+    Richardson-extrapolated central differences of its own float64 loss."""
+    rng = np.random.default_rng([seed, 3])
+    params = _as(problem.params, np.float64)
+    args = (_as(problem.inputs, np.float64), _as(problem.targets, np.float64),
+            None if h0 is None else _as(h0, np.float64))
+    checks = []
+    try:
+        loss, grads = _call("loss_and_grad", kernel.loss_and_grad, params, *args)
+    except _Failure as exc:
+        return [Check("finite differences", "", "float64", float("inf"), TOLERANCE_FD, str(exc))]
+    for n, value in params.items():
+        worst, floor_worst = 0.0, 0.0
+        for _ in range(directions):
+            v = rng.normal(size=value.shape)
+            v /= np.linalg.norm(v)
+            h = 1e-3 * max(1.0, float(np.max(np.abs(value))))
+
+            def at(step):
+                moved = {**params, n: value + step * v}
+                return float(_call("loss_and_grad", kernel.loss_and_grad, moved, *args)[0])
+
+            try:
+                d1 = (at(h) - at(-h)) / (2 * h)
+                d2 = (at(h / 2) - at(-h / 2)) / h
+            except _Failure as exc:
+                return [*checks, Check("finite differences", n, "float64", float("inf"),
+                                       TOLERANCE_FD, str(exc))]
+            numeric = (4 * d2 - d1) / 3  # truncation O(h⁴)
+            analytic = float(np.vdot(np.asarray(grads.get(n, np.nan)), v)) if isinstance(
+                grads, dict) else float("nan")
+            scale = max(abs(numeric), abs(analytic), float(np.linalg.norm(grads.get(n, 0))),
+                        1e-300)
+            # rounding of the loss, |L| ε per evaluation, amplified by 1/h (with margin 10)
+            floor = 10 * np.finfo(np.float64).eps * max(abs(float(loss)), 1e-300) / h
+            err = abs(numeric - analytic)
+            worst = max(worst, err / scale if np.isfinite(err) else float("inf"))
+            floor_worst = max(floor_worst, floor / scale)
+        note = f"rounding floor {floor_worst:.0e} added" if floor_worst > 0.01 * TOLERANCE_FD else ""
+        checks.append(Check("finite differences", n, "float64", worst,
+                            TOLERANCE_FD + floor_worst, note))
+    return checks
+
+
 # ----- both -----
 
 
 @dataclass
 class VerificationReport:
-    """The oracle and finite-difference checks of one cell."""
+    """The oracle's check of the derivation and the checks of the kernel.
 
-    oracle: OracleReport
-    gradients: GradientReport
+    ``kernel`` holds :func:`check_kernel`'s checks (cells); ``gradients`` the finite
+    differences of a composed model (``verify_model``).
+    """
+
+    oracle: OracleReport | ModelOracleReport | None
+    gradients: GradientReport | None = None
     notes: list[str] = field(default_factory=list)
+    kernel: KernelReport | None = None
 
     @property
     def ok(self) -> bool:
-        return self.oracle.ok and self.gradients.ok
+        parts = [self.oracle, self.gradients, self.kernel]
+        return all(p.ok for p in parts if p is not None)
 
     def __str__(self) -> str:
-        lines = ["Verification", f"  {self.oracle}"]
-        for name, digits in self.oracle.agreement.items():
-            shown = "exact" if math.isinf(digits) else f"{digits:.0f} digits"
-            lines.append(f"    {name}: {shown}")
-        lines.append("  " + str(self.gradients).replace("\n", "\n  "))
+        lines = ["Verification"]
+        if self.oracle is not None:
+            lines.append(f"  {self.oracle}")
+            if isinstance(self.oracle, OracleReport):
+                for name, digits in self.oracle.agreement.items():
+                    shown = "exact" if math.isinf(digits) else f"{digits:.0f} digits"
+                    lines.append(f"    {name}: {shown}")
+        for part in (self.kernel, self.gradients):
+            if part is not None:
+                lines.append("  " + str(part).replace("\n", "\n  "))
         lines.extend(f"  {note}" for note in self.notes)
         lines.append(f"  result: {'all checks passed' if self.ok else 'CHECKS FAILED'}")
         return "\n".join(lines)
 
 
-def verify(cell: Cell, kernel=None, T: int = 3, seed: int = 0) -> VerificationReport:
-    """Run the scalar oracle on the derivation and finite differences on the kernel."""
+LONG_ORACLE_T = 6  # the scalar oracle's cost grows fast with T; warn above this
+
+
+def verify(
+    cell: Cell,
+    kernel=None,
+    T: int = 3,
+    seed: int = 0,
+    oracle: bool = True,
+    directions: int = 2,
+) -> VerificationReport:
+    """Check a cell's derivation and a kernel for it; the report ``rnnsym verify`` prints.
+
+    ``kernel`` is a compiled kernel or any object with ``loss_and_grad(params, inputs,
+    targets, h0)``, ``forward(params, inputs, h0)`` and (optionally) ``vjp(...)``; it is only
+    called through them. Default: ``rs.compile(cell)``. ``T`` is the scalar oracle's number of
+    steps (``oracle=False`` skips it); the kernel is checked at random distinct sizes ≥ 7,
+    T in 8..11, B in 3..4 and a random nonzero h(0), in float64 and float32 (drawn from
+    ``seed``), see docs/verification.md.
+    """
     from .kernel import compile_cell
 
-    kernel = kernel or compile_cell(cell)
-    oracle = scalar_oracle(cell, T=T, seed=seed, derivation=kernel.derivation)
-    params, inputs, targets = random_problem(cell, T=5, B=2, seed=seed)
-    grads = check_gradients(kernel, params, inputs, targets)
-    sizes = ", ".join(
-        f"{s.name}={v}" for s, v in _concrete_sizes(cell, None, _problem_size).items()
-    )
-    note = f"(finite differences at {sizes}, T=5, B=2)"
-    return VerificationReport(oracle=oracle, gradients=grads, notes=[note])
+    if not isinstance(cell, Cell):
+        raise TypeError(f"verify: expected an rnnsym.Cell, got {type(cell).__name__}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"verify: T={T!r} steps for the scalar oracle; expected an integer ≥ 1")
+    if kernel is None:
+        kernel = compile_cell(cell)
+    missing = [m for m in ("loss_and_grad", "forward") if not callable(getattr(kernel, m, None))]
+    if missing:
+        raise TypeError(
+            f"verify: the kernel {type(kernel).__name__} has no {', '.join(missing)}(); expected "
+            f"loss_and_grad(params, inputs, targets, h0) and forward(params, inputs, h0)"
+        )
+    notes = []
+    oracle_report = None
+    if oracle:
+        derivation = getattr(kernel, "derivation", None)
+        if not isinstance(derivation, Derivation) or derivation.cell is not cell:
+            derivation = derive(cell)
+        oracle_report = scalar_oracle(cell, T=T, seed=seed, derivation=derivation)
+        if T > LONG_ORACLE_T:
+            notes.append(f"(the scalar oracle ran at T={T}; its cost grows fast with T)")
+    kernel_report = check_kernel(cell, kernel, seed=seed, directions=directions)
+    return VerificationReport(oracle=oracle_report, notes=notes, kernel=kernel_report)
 
 
 # ----- the bra-ket form against BPTT and the oracle -----
