@@ -359,3 +359,19 @@ def _match(label, body, dims, sizes, source, shape, is_sequence):
                 f"{_expected_text(dims, is_sequence)} = {_expected_text(concrete, is_sequence)} "
                 f"with {dim} = {sizes[dim]} from {other or f'axis {dims.index(dim)} of it'}"
             )
+
+
+def _erf(a):
+    # the error function entry by entry (NumPy has none): math.erf over the array
+    import math
+
+    a = np.asarray(a)
+    return np.vectorize(math.erf, otypes=[a.dtype])(a)
+
+
+def _erfc(a):
+    # the complementary error function 1 - erf(a), entry by entry, accurate for large a
+    import math
+
+    a = np.asarray(a)
+    return np.vectorize(math.erfc, otypes=[a.dtype])(a)

@@ -97,6 +97,67 @@ class _LazyDerivative:
         return self._rule(x, ans)
 
 
+_SUPPORTED = (
+    "arithmetic and powers, exp, log, sqrt, trigonometric and hyperbolic functions, Abs, "
+    "Max, Min, Piecewise, erf and erfc"
+)
+
+
+def _as_scalar_expr(name: str, raw, d: sp.Dummy) -> sp.Expr:
+    """What a user's scalar function returned, if it is a real SymPy expression of ``d``.
+
+    Only SymPy objects and plain numbers are accepted: a string is never parsed (that would run
+    it as code).
+    """
+    if isinstance(raw, bool) or not isinstance(raw, (sp.Basic, int, float)):
+        raise CellError(
+            f"elementwise({name!r}): the function must return a SymPy expression of its "
+            f"argument, got {raw!r} of type {type(raw).__name__}"
+        )
+    body = sp.sympify(raw, strict=True) if not isinstance(raw, sp.Basic) else raw
+    if not isinstance(body, sp.Expr) or body.is_Matrix or body.free_symbols - {d}:
+        raise CellError(
+            f"elementwise({name!r}): the function must return a scalar SymPy expression of its "
+            f"one argument, got {body!r}"
+        )
+    if body.has(sp.I) or body.is_real is False:
+        raise CellError(f"elementwise({name!r}): {body} is not real; cells are real-valued")
+    return body
+
+
+def _check_supported(name: str, body: sp.Expr, d: sp.Dummy) -> None:
+    """Refuse, when the function is defined, what a kernel could not compute or differentiate."""
+    from sympy.core.function import AppliedUndef
+
+    from .errors import DerivationError
+    from .numpy_printer import scalar_code
+
+    z = sp.Symbol("z")
+    shown = body.xreplace({d: z})
+    undefined = sorted({str(f.func) for f in body.atoms(AppliedUndef)})
+    if undefined:
+        raise CellError(
+            f"elementwise({name!r}): {shown} uses the undefined function(s) "
+            f"{', '.join(undefined)}; give the function's formula (supported: {_SUPPORTED})"
+        )
+    derivative = sp.diff(body, d)
+    if derivative.has(sp.DiracDelta, sp.Derivative, sp.Subs):
+        raise CellError(
+            f"elementwise({name!r}): the derivative of {shown} is not a function "
+            f"({derivative.xreplace({d: z})}): floor, sign, Heaviside and other steps have a "
+            f"distribution or no derivative; use a smooth or piecewise-linear function instead "
+            f"(relu = Max(z, 0) has the derivative Heaviside(z))"
+        )
+    for what, expr in (("", body), ("the derivative ", derivative)):
+        try:
+            scalar_code(expr, d, "z")
+        except DerivationError as exc:
+            raise CellError(
+                f"elementwise({name!r}): {what}{expr.xreplace({d: z})} cannot be computed with "
+                f"NumPy: {exc}. Supported: {_SUPPORTED}"
+            ) from None
+
+
 def elementwise(name: str, function) -> Callable:
     """Make an elementwise activation from a scalar SymPy function.
 
@@ -108,16 +169,13 @@ def elementwise(name: str, function) -> Callable:
         raise CellError(f"elementwise name must be a Python identifier, got {name!r}")
     d = sp.Dummy("d", real=True)
     try:
-        body = sp.sympify(function(d))
+        raw = function(d)
     except Exception as exc:  # the user's function could raise anything
         raise CellError(
             f"elementwise({name!r}): calling the function on a SymPy symbol failed: {exc}"
         ) from exc
-    if not isinstance(body, sp.Expr) or body.is_Matrix or body.free_symbols - {d}:
-        raise CellError(
-            f"elementwise({name!r}): the function must return a scalar SymPy expression of its "
-            f"one argument, got {body!r}"
-        )
+    body = _as_scalar_expr(name, raw, d)
+    _check_supported(name, body, d)
     lam = sp.Lambda(d, body)
     existing = _USER_DEFINITIONS.get(name)
     if existing is not None:

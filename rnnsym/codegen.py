@@ -849,6 +849,8 @@ _HELPER_ORDER = [
     "_sum_outer",
     "_sum_rows",
     "_add_seed",
+    "_erf",
+    "_erfc",
 ]
 
 

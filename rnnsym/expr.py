@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import sympy as sp
 from sympy import MatrixExpr, MatrixSymbol
 
@@ -27,27 +28,56 @@ def _describe(term: Term) -> str:
 
 
 def _is_scalar(value) -> bool:
-    if isinstance(value, (Term, MatrixExpr, bool)):
+    if isinstance(value, (Term, MatrixExpr, bool, np.bool_)):
         return False
     if isinstance(value, numbers.Number):
         return True
-    return isinstance(value, sp.Expr) and value.is_number
+    return isinstance(value, sp.Expr) and not value.is_Matrix
 
 
 def _scalar(value) -> sp.Expr:
     """A scalar as an exact SymPy number: a float becomes the rational of its shortest repr.
 
     ``0.1`` is kept as 1/10, so the oracle can evaluate the cell at any precision; the
-    generated code prints it back as ``0.1``.
+    generated code prints it back as ``0.1``. NumPy scalars are taken by value; complex
+    numbers and symbols are refused (a coefficient to learn is a parameter).
     """
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):
+        return sp.Integer(int(value))
+    if isinstance(value, numbers.Real) and not isinstance(value, sp.Basic):
+        value = float(value)  # np.float64(0.5) -> 0.5 (its repr is not a number in NumPy 2)
         if not math.isfinite(value):
             raise CellError(f"scalars in a cell must be finite, got {value}")
         return sp.Rational(repr(value))
-    result = sp.sympify(value)
+    if isinstance(value, numbers.Complex) and not isinstance(value, sp.Basic):
+        raise CellError(f"scalars in a cell must be real numbers, got the complex {value!r}")
+    result = sp.sympify(value, strict=True)
+    if result.free_symbols:
+        names = ", ".join(sorted(map(str, result.free_symbols)))
+        raise CellError(
+            f"the scalar {result} has free symbols ({names}); coefficients must be numbers. "
+            f"A coefficient to learn is a parameter: cell.param(name, 1), or a vector "
+            f"parameter multiplied elementwise"
+        )
+    if not result.is_number or result.is_real is not True:
+        raise CellError(f"scalars in a cell must be real numbers, got {result}")
     if not result.is_finite:
         raise CellError(f"scalars in a cell must be finite, got {value}")
     return result
+
+
+_UFUNC_OPERATORS = {
+    "add": ("__add__", "__radd__"),
+    "subtract": ("__sub__", "__rsub__"),
+    "multiply": ("__mul__", "__rmul__"),
+    "true_divide": ("__truediv__", None),
+    "matmul": ("__matmul__", "__rmatmul__"),
+}
+
+
+def _plain_scalar(value):
+    """A NumPy scalar as the Python number it holds; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def as_term(value, cell=None) -> Term:
@@ -67,6 +97,40 @@ class Term:
 
     __slots__ = ("expr", "cell")
     __array_priority__ = 1000  # keep NumPy from broadcasting over a Term
+    _op_priority = 100.0  # SymPy defers to Term: sympy.Integer(2) * term is a Term
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy scalars combine with a Term as Python numbers do; NumPy functions are refused.
+
+        ``np.float64(0.5) * term`` is ``0.5 * term``; ``np.tanh(term)`` is an error naming the
+        rnnsym function to use instead.
+        """
+        ops = _UFUNC_OPERATORS.get(ufunc.__name__)
+        if method == "__call__" and ops is not None and len(inputs) == 2 and not kwargs:
+            a, b = (_plain_scalar(v) for v in inputs)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                array = a if isinstance(a, np.ndarray) else b
+                raise CellError(
+                    f"a NumPy array (shape {array.shape}) cannot be part of a cell expression; "
+                    f"declare it with cell.param(...) and pass its value to the kernel"
+                )
+            if isinstance(a, Term):
+                return getattr(a, ops[0])(b)
+            if ops[1] is not None:
+                return getattr(b, ops[1])(a)
+        term = next(v for v in inputs if isinstance(v, Term))
+        name = ufunc.__name__
+        hint = {
+            "tanh": "rs.tanh",
+            "exp": "rs.exp",
+            "log": "rs.log",
+            "maximum": "rs.relu",
+            "true_divide": "division by a scalar (term / 2)",
+        }.get(name, "rs.tanh, rs.sigmoid, rs.relu, rs.softplus, rs.exp, rs.log or rs.elementwise")
+        raise CellError(
+            f"np.{name} cannot be applied to the cell expression {_describe(term)}: a cell is "
+            f"symbolic, not an array; use {hint}"
+        )
 
     def __init__(self, expr: MatrixExpr, cell=None):
         self.expr = expr
