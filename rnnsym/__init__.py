@@ -32,6 +32,7 @@ __all__ = [
     "ModelKernel",
     "compile",
     "check_gradients",
+    "verify",
     "cells",
     "elementwise",
     "concat",
@@ -75,3 +76,15 @@ def check_gradients(kernel, params, inputs, targets, h0=None, **options):
     from .verify import check_gradients as _check
 
     return _check(kernel, params, inputs, targets, h0=h0, **options)
+
+
+def verify(cell: Cell, kernel=None, **options):
+    """Check ``cell``'s derivation (scalar oracle) and a kernel for it against the cell's own
+    definition: loss, ``forward()``, every gradient entry and ``vjp()``'s adjoints at random
+    sizes, T, B and h(0), in float64 and float32. ``kernel``: a compiled kernel or any object
+    with ``loss_and_grad``, ``forward`` (and ``vjp``); default ``rs.compile(cell)``. Returns a
+    report whose ``ok`` says whether every check passed; see docs/verification.md.
+    """
+    from .verify import verify as _verify
+
+    return _verify(cell, kernel, **options)
