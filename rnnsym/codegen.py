@@ -16,6 +16,7 @@ same cell gives the same bytes.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import pprint
 import re
@@ -24,6 +25,7 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
 
 from . import _runtime
+from .cell import python_name
 from .derive import Derivation, adjoint_symbol
 from .errors import DerivationError
 from .numpy_printer import (
@@ -365,8 +367,22 @@ class KernelGenerator:
         taken |= {"params", "inputs", "targets", "h0", "sizes", "grads", "states", "SPEC"}
         taken |= {"forward", "loss_and_grad", "_forward", "_loss_and_grad"}
         taken |= {f"g_{n}" for n in list(cell.states) + list(cell.outputs) + list(cell.params)}
-        taken |= {f"{n}_t" for n in cell.states} | {f"g_{n}_t" for n in cell.states}
-        taken |= {f"{s.prev.name}_t" for s in cell.states.values()}
+        # the names of the user's quantities, as Python reads them (NFKC): generated code binds
+        # nothing else under these names
+        self.user_names = user_names(cell)
+        taken |= self.user_names
+
+        def own(base: str) -> str:
+            # a name of the generator's: ``base``, or ``_base`` where the user has ``base``
+            # (user names never start with '_')
+            return f"_{base}" if python_name(base) in self.user_names else base
+
+        self.step_name = {n: own(f"{n}_t") for n in cell.states}
+        self.prev_step_name = {n: own(f"{s.prev.name}_t") for n, s in cell.states.items()}
+        self.adjoint_step_name = {n: own(f"g_{n}_t") for n in cell.states}
+        self.full_name = own("full")
+        taken |= set(self.step_name.values()) | set(self.prev_step_name.values())
+        taken |= set(self.adjoint_step_name.values()) | {self.full_name}
         self.namer = Namer(taken)
         self.all_name = {n: self.namer.fresh(f"{n}_all") for n in self.state_order}
         self.batch: set = set()
@@ -476,13 +492,15 @@ class KernelGenerator:
         used = set().union(*(leaves(e) for e in body))
         for n, state in cell.states.items():
             if state.prev.symbol in used:
-                loop.stmts.append(Line(f"{state.prev.name}_t = {self.all_name[n]}[t]"))
-                loop.names[state.prev.symbol] = f"{state.prev.name}_t"
+                prev_t = self.prev_step_name[n]
+                loop.stmts.append(Line(f"{prev_t} = {self.all_name[n]}[t]"))
+                loop.names[state.prev.symbol] = prev_t
         # a later update may use a state updated earlier in the same step: emit in order
         for n, expr in zip(self.state_order, body, strict=True):
             root = loop.emit_shared([expr])[0]
-            loop.assign_into(f"{n}_t", root, f"{self.all_name[n]}[t + 1]", "eqs. (2)-(3)")
-            loop.names[cell.states[n].symbol] = f"{n}_t"
+            step = self.step_name[n]
+            loop.assign_into(step, root, f"{self.all_name[n]}[t + 1]", "eqs. (2)-(3)")
+            loop.names[cell.states[n].symbol] = step
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
         for n, state in cell.states.items():
             stmts.append(Line(f"{n} = {self.all_name[n]}[1:]", defines=n))
@@ -588,9 +606,10 @@ class KernelGenerator:
             if n in d.carry:
                 terms.append(loop.name(MatrixSymbol(carry_names[n], *shape), carry_names[n], True))
             value = add(*terms) if terms else sp.ZeroMatrix(*shape)
-            loop.emit([(f"g_{n}_t", value, "eq. (9)")])
-            loop.name(adjoint_symbol(states[n].symbol), f"g_{n}_t", True)
-            loop.stmts.append(Line(f"g_{n}[t] = g_{n}_t"))
+            g_t = self.adjoint_step_name[n]
+            loop.emit([(g_t, value, "eq. (9)")])
+            loop.name(adjoint_symbol(states[n].symbol), g_t, True)
+            loop.stmts.append(Line(f"g_{n}[t] = {g_t}"))
         # products the parameter gradients need are kept for all t
         force = set()
         for expr in carry_exprs.values():
@@ -686,7 +705,7 @@ class KernelGenerator:
         composed with: the layer below in a stack, the encoder of a sequence-to-sequence model.
         """
         cell, d = self.cell, self.d
-        stmts = [Line("if not full:"), Line(f"    return loss, {{{grad_dict}}}")]
+        stmts = [Line(f"if not {self.full_name}:"), Line(f"    return loss, {{{grad_dict}}}")]
         tail = Phase(self, grads.names, "i")
         tail.bound = dict(grads.bound)
         names = {}
@@ -731,7 +750,7 @@ class KernelGenerator:
         )
         unused = {n for n in self.state_order if not re.search(rf"\bg_{n}\b", used)}
         drop = {f"g_{n} = np.empty_like({n})" for n in unused}
-        drop |= {f"g_{n}[t] = g_{n}_t" for n in unused}
+        drop |= {f"g_{n}[t] = {self.adjoint_step_name[n]}" for n in unused}
         kept = []
         for stmt in phase.stmts:
             if isinstance(stmt, Loop):
@@ -767,7 +786,7 @@ class KernelGenerator:
         )
         grad = Function(
             "_loss_and_grad",
-            ("params", "inputs", "targets", "states", "sizes", "full=False"),
+            ("params", "inputs", "targets", "states", "sizes", f"{self.full_name}=False"),
             "Loss (eq. (5)) and the gradient of every parameter, eqs. (6)-(9).",
             tuple(
                 self.unpack(
@@ -886,13 +905,14 @@ def _assemble(
             f"{_indent_doc(equations)}\n"
         )
     doc = (
-        f'"""NumPy kernel for the recurrent cell {cell.name!r}, generated by rnnsym '
+        f"NumPy kernel for the recurrent cell {cell.name!r}, generated by rnnsym "
         f"{__version__}.\n\nDo not edit: regenerate with rnnsym. Needs only NumPy.\n\n"
         f"Arrays: params[name] has the parameter's shape (vectors 1-D); inputs and targets "
         f"are\n(T, B, size) arrays (time, batch, size); h0 is None (zeros), an array (B, size) "
         f"or (size,),\nor a dict of them by state name. float32 and float64 are supported.\n\n"
-        f"{about}" + '"""'
+        f"{about}"
     )
+    doc = '"""' + docstring_text(doc) + '"""'
     forward_api = (
         "def forward(params, inputs, h0=None):\n"
         '    """States and outputs for all t: dict of (T, B, size) arrays."""\n'
@@ -935,9 +955,24 @@ def _assemble(
 
 
 def _indent_doc(text: str) -> str:
-    return "\n".join(
-        ("    " + line) if line else "" for line in text.replace("\\", "\\\\").splitlines()
-    )
+    return "\n".join(("    " + line) if line else "" for line in text.split("\n"))
+
+
+def docstring_text(text: str) -> str:
+    """``text`` safe inside a triple-quoted docstring, reading the same: backslashes and
+    double quotes escaped (no user string can end the docstring) and so is every control
+    character but the line break."""
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif c == '"':
+            out.append('\\"')
+        elif c == "\n" or c.isprintable():
+            out.append(c)
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def _spec(cell) -> dict:
@@ -967,6 +1002,75 @@ def _spec(cell) -> dict:
     return spec
 
 
+def user_names(cell) -> set[str]:
+    """The names a cell's author chose (quantities, sizes, previous states), as Python reads
+    them (NFKC-normalised)."""
+    names = set(cell._vars) | {str(d) for d in cell._dims}
+    names |= {s.prev.name for s in cell.states.values()}
+    return {python_name(n) for n in names}
+
+
+def _user_bindings(source: str, names: set[str]) -> list[str]:
+    """Where generated code uses a user's name for something else: the clashes found."""
+    tree = ast.parse(source)
+    clashes: list[str] = []
+    module_level = {
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    module_level |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    module_level |= {
+        a.asname or a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
+    }
+    for func in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
+        bound: dict[str, int] = {}
+        for arg in func.args.args:
+            bound[arg.arg] = bound.get(arg.arg, 0) + 1
+        for node in ast.walk(func):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                targets = [node.target]
+            for target in targets:
+                for leaf in ast.walk(target):
+                    if isinstance(leaf, ast.Name) and isinstance(leaf.ctx, ast.Store):
+                        bound[leaf.id] = bound.get(leaf.id, 0) + 1
+        for name, count in sorted(bound.items()):
+            if name in names and count > 1:
+                clashes.append(f"{name!r} is bound {count} times in {func.name}()")
+        # the cell's quantities are arrays, never called: a call by one of their names means
+        # generated code wanted a builtin or helper of that name
+        called = {
+            n.func.id
+            for n in ast.walk(func)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        for name in sorted(called & names):
+            clashes.append(f"{func.name}() calls {name!r}, which the cell names")
+        loads = {
+            n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+        }
+        for name in sorted(loads & module_level & names & set(bound)):
+            clashes.append(f"{func.name}() reads the module's {name!r}, which the cell names")
+    return clashes
+
+
+def check_namespace(source: str, cell) -> str:
+    """``source`` unchanged if it uses the cell's names only for the cell's quantities; a
+    :class:`DerivationError` naming the clash otherwise (a safety net behind the renaming)."""
+    clashes = _user_bindings(source, user_names(cell))
+    if clashes:
+        raise DerivationError(
+            f"internal error: the kernel of cell {cell.name!r} would use a name of the cell for "
+            f"its own: {'; '.join(clashes)}. Rename that quantity or size."
+        )
+    return source
+
+
 def generate_module(derivation: Derivation) -> str:
     """The source of the kernel module of a derived cell."""
-    return KernelGenerator(derivation).generate()
+    return check_namespace(KernelGenerator(derivation).generate(), derivation.cell)

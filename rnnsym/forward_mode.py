@@ -41,6 +41,7 @@ from .codegen import (
     _is_worth_binding,
     _parent_counts,
     batch_sum,
+    check_namespace,
 )
 from .derive import Derivation, adjoint_symbol, backprop
 from .errors import DerivationError
@@ -405,6 +406,7 @@ class ForwardModeGenerator(KernelGenerator):
         S = {n: fresh(f"S_{n}") for n in s.varying}
         S_prev = {n: fresh(f"S_{n}_prev") for n in s.varying}
         out_t = {o: fresh(f"{o}_t") for o in cell.output_defs}
+        prev_t, step_t = self.prev_step_name, self.step_name
         size = {n: self.size_text(states[n].shape[0]) for n in states}
 
         # pieces of the step, to find what is used more than once
@@ -424,6 +426,14 @@ class ForwardModeGenerator(KernelGenerator):
         }
 
         stmts: list = []
+
+        # the builtin slice, or np.s_ where the cell names something slice
+        def slice_of(start, stop) -> str:
+            start, stop = sp.pycode(start), sp.pycode(stop)
+            if "slice" in self.user_names:
+                return f"np.s_[{start}:{stop}]"
+            return f"slice({start}, {stop})"
+
         if s.params:
             stmts.append(
                 Comment(
@@ -433,16 +443,14 @@ class ForwardModeGenerator(KernelGenerator):
             )
             for p in s.params:
                 start, stop = blocks[p]
-                stmts.append(Line(f"{at[p]} = slice({sp.pycode(start)}, {sp.pycode(stop)})"))
+                stmts.append(Line(f"{at[p]} = {slice_of(start, stop)}"))
             stmts.append(Line(f"{D} = {sp.pycode(s.size)}"))
             stmts.append(Line(f"{grad} = np.zeros({D}, dtype=dtype)"))
         for p in terms:
             stmts.append(Line(f"g_{p} = np.zeros_like({p})"))
         stmts.append(Line("loss = dtype.type(0)"))
-        for n, state in states.items():
-            stmts.append(
-                Line(f"{state.prev.name}_t = states[{n!r}]", defines=f"{state.prev.name}_t")
-            )
+        for n in states:
+            stmts.append(Line(f"{prev_t[n]} = states[{n!r}]", defines=prev_t[n]))
         for n in s.varying:
             zeros = f"np.zeros(({D}, B, {size[n]}), dtype=dtype)"
             comment = f"∂{n}(0)/∂θ = 0: {n}(0) is given"
@@ -452,8 +460,8 @@ class ForwardModeGenerator(KernelGenerator):
         phase = TangentPhase(self, names, "a", sequence=False)
         for var in [*cell.inputs.values(), *cell.targets.values()]:
             phase.names[var.symbol] = f"{var.name}[t]"
-        for state in states.values():
-            phase.names[state.prev.symbol] = f"{state.prev.name}_t"
+        for n, state in states.items():
+            phase.names[state.prev.symbol] = prev_t[n]
         for n in s.varying:
             phase.name(s.prev_symbols[n], S_prev[n], True)
         body = phase.stmts
@@ -461,8 +469,8 @@ class ForwardModeGenerator(KernelGenerator):
         for n in self.state_order:  # a later update may use a state updated earlier
             state = states[n]
             (update,) = self.prebind(phase, [self.d.update_expr(n)], assigned=1)
-            phase.assign(f"{n}_t", update, "eqs. (2)-(3)")
-            phase.name(state.symbol, f"{n}_t", True)
+            phase.assign(step_t[n], update, "eqs. (2)-(3)")
+            phase.name(state.symbol, step_t[n], True)
             if n not in s.varying:
                 continue
             body.append(
@@ -532,9 +540,9 @@ class ForwardModeGenerator(KernelGenerator):
 
         # the values of step t are those of t - 1 in the next step, where it reads them
         printed = RowPrinter({}, self.batch).doprint(Loop("t", "range(T)", tuple(body)))
-        for n, state in states.items():
-            if re.search(rf"\b{state.prev.name}_t\b", printed):
-                body.append(Line(f"{state.prev.name}_t = {n}_t"))
+        for n in states:
+            if re.search(rf"\b{prev_t[n]}\b", printed):
+                body.append(Line(f"{prev_t[n]} = {step_t[n]}"))
         for n in s.varying:
             if re.search(rf"\b{S_prev[n]}\b", printed):
                 body.append(Line(f"{S_prev[n]} = {S[n]}"))
@@ -681,4 +689,4 @@ def sensitivity_text(sens: Sensitivities) -> str:
 
 def generate_forward_module(derivation: Derivation) -> str:
     """The source of the forward-mode kernel module of a derived cell."""
-    return ForwardModeGenerator(derivation).generate()
+    return check_namespace(ForwardModeGenerator(derivation).generate(), derivation.cell)
