@@ -38,6 +38,68 @@ def _load_user_cell(spec: str) -> Cell:
     return cell
 
 
+class _ModuleKernel:
+    """An emitted kernel module loaded from a file, called through the kernel interface."""
+
+    def __init__(self, module, path: Path):
+        self.module, self.path = module, path
+        # without vjp() (a forward-mode kernel) the vjp checks are reported as skipped
+        self.mode = "reverse" if callable(getattr(module, "vjp", None)) else "forward"
+
+    def forward(self, params, inputs, h0=None):
+        return self.module.forward(params, inputs, h0)
+
+    def loss_and_grad(self, params, inputs, targets, h0=None):
+        return self.module.loss_and_grad(params, inputs, targets, h0)
+
+    def vjp(self, params, inputs, targets, h0=None):
+        return self.module.vjp(params, inputs, targets, h0)
+
+
+def _load_kernel(path_text: str, cell: Cell) -> _ModuleKernel:
+    """The kernel module ``rnnsym derive --emit`` (or ``Kernel.write``) wrote, loaded by path:
+    it is the user's own file, like the cell's."""
+    path = Path(path_text)
+    if not path.is_file():
+        raise RnnsymError(f"--kernel: no such file: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"rnnsym_kernel_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise RnnsymError(f"--kernel: {path} is not a Python module (expected a .py file)")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    missing = [f for f in ("loss_and_grad", "forward") if not callable(getattr(module, f, None))]
+    if missing:
+        raise RnnsymError(
+            f"--kernel: {path} defines no {' or '.join(missing)}(); expected a kernel module "
+            f"written by rnnsym derive --emit"
+        )
+    spec = getattr(module, "SPEC", None)
+    if isinstance(spec, dict) and isinstance(spec.get("params"), dict):
+        if sorted(spec["params"]) != sorted(cell.params):
+            raise RnnsymError(
+                f"--kernel: {path} is a kernel for parameters {sorted(spec['params'])}, but cell "
+                f"{cell.name!r} has parameters {sorted(cell.params)}"
+            )
+    return _ModuleKernel(module, path)
+
+
+def _check_T(args: argparse.Namespace) -> None:
+    """--T must be a positive number of steps; a large one only warns (it is slow)."""
+    from .verify import LONG_ORACLE_T
+
+    if args.T is None:
+        return
+    if args.T < 1:
+        raise RnnsymError(f"--T {args.T}: the number of steps must be at least 1")
+    if args.command in ("derive", "verify") and args.T > LONG_ORACLE_T:
+        print(
+            f"rnnsym: warning: --T {args.T} is the scalar oracle's number of steps; its cost "
+            f"grows with T (above {LONG_ORACLE_T} expect a long run). The kernel itself is "
+            f"checked at random T of 8 to 11 regardless",
+            file=sys.stderr,
+        )
+
+
 def _run_model(model, args: argparse.Namespace) -> int:
     from .verify import verify_model
 
@@ -69,9 +131,12 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
     from .verify import verify
 
     if isinstance(cell, Model):
+        if args.kernel:
+            raise RnnsymError("--kernel checks the kernel of one cell, not of a composed model")
         return _run_model(cell, args)
 
     kernel = compile_cell(cell)
+    checked = _load_kernel(args.kernel, cell) if args.kernel else kernel
     out = sys.stdout
     if args.latex:
         out.write(kernel.derivation.latex() + "\n")
@@ -87,7 +152,9 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
         return 0
     out.write("\n")
     out.flush()
-    report = verify(cell, kernel=kernel, T=args.T)
+    if args.kernel:
+        out.write(f"Checking the kernel in {args.kernel} against the cell\n")
+    report = verify(cell, kernel=checked, T=args.T)
     out.write(str(report) + "\n")
     return 0 if report.ok else 1
 
@@ -163,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="steps for the scalar oracle (default 3; 2 for the built-in gated cells)",
         )
+        p.add_argument(
+            "--kernel",
+            metavar="PATH.py",
+            help="check this kernel module (written by --emit, perhaps edited) instead of a "
+            "freshly generated one",
+        )
 
     derive_p = sub.add_parser("derive", help="derive a built-in cell and verify it")
     derive_p.add_argument(
@@ -170,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="elman",
         help=f"built-in cell or model: {', '.join(sorted([*cells.BUILTIN, *cells.MODELS]))} "
-        "(default elman)",
+        "(default elman), or PATH.py:FUNC for your own cell",
     )
     common(derive_p)
     verify_p = sub.add_parser("verify", help="derive and verify a cell defined in a file")
@@ -231,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "T"):
+            _check_T(args)
         if args.command == "cells":
             for name, builtin in sorted({**cells.BUILTIN, **cells.MODELS}.items()):
                 print(f"{name:16s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")
@@ -252,12 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             return _braket(args)
         if args.command == "demo":
             return _demo(args)
-        if args.command == "derive":
+        if args.command == "derive" and ":" not in args.cell:
             cell = cells.get(args.cell)
             if args.T is None:
                 args.T = cells.builtin(args.cell).oracle_T
         else:
-            cell = _load_user_cell(args.target)
+            cell = _load_user_cell(args.cell if args.command == "derive" else args.target)
             if args.T is None:
                 args.T = 3
         return _run(cell, args)

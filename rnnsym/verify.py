@@ -1272,7 +1272,7 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-LONG_ORACLE_T = 6  # the scalar oracle's cost grows fast with T; warn above this
+LONG_ORACLE_T = 8  # the scalar oracle's cost grows with T; warn above this
 
 
 def verify(
