@@ -13,6 +13,9 @@ from .expr import Term, concat, exp, log, log_sigmoid, relu, sigmoid, softplus, 
 from .losses import linear_loss, softmax_cross_entropy, squared_error
 from .unroll import unroll
 
+# after this import the name `verify` is the function, not the submodule rnnsym.verify
+from .verify import verify
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -76,15 +79,3 @@ def check_gradients(kernel, params, inputs, targets, h0=None, **options):
     from .verify import check_gradients as _check
 
     return _check(kernel, params, inputs, targets, h0=h0, **options)
-
-
-def verify(cell: Cell, kernel=None, **options):
-    """Check ``cell``'s derivation (scalar oracle) and a kernel for it against the cell's own
-    definition: loss, ``forward()``, every gradient entry and ``vjp()``'s adjoints at random
-    sizes, T, B and h(0), in float64 and float32. ``kernel``: a compiled kernel or any object
-    with ``loss_and_grad``, ``forward`` (and ``vjp``); default ``rs.compile(cell)``. Returns a
-    report whose ``ok`` says whether every check passed; see docs/verification.md.
-    """
-    from .verify import verify as _verify
-
-    return _verify(cell, kernel, **options)
