@@ -1,0 +1,358 @@
+"""The derivative rules one by one, against references that share nothing with them.
+
+Each rule of :mod:`rnnsym.rules` (vector-Jacobian products), :mod:`rnnsym.jvp` (Jacobian-vector
+products, parameter seeds) and each activation's derivative is applied to small expressions at
+concrete sizes, evaluated in NumPy by an evaluator written here, and compared with central
+finite differences of the expression's value at random (Hypothesis-drawn) points, cotangents
+and directions. Then whole cells that need the rules in combination (a product of two matrix
+parameters, scalar coefficients inside slices and products, a scaled softmax cross-entropy,
+every built-in activation) are compiled in both modes and compared with finite differences of
+a NumPy reference written here, and with the scalar oracle at T = 2; and the ∂q/∂θ formulas
+printed in forward kernels' docstrings are evaluated and compared with finite differences.
+
+This file is the default test selection of the mutation run, ``tools/mutate_rules.py``: it is
+meant to kill every non-equivalent mutant of the rule tables, fast.
+
+Tolerances: central differences with step eps = 1e-6 on O(1) float64 values have truncation
+error O(eps²) ≈ 1e-12 and rounding error O(1e-16 / eps) ≈ 1e-10; a relative tolerance of 1e-6
+(against max(1, |value|)) is four orders above both, while a wrong rule changes O(1) digits.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given
+from hypothesis import strategies as st
+from sympy import (
+    HadamardProduct,
+    Identity,
+    MatAdd,
+    MatMul,
+    MatrixSymbol,
+    OneMatrix,
+    Transpose,
+    ZeroMatrix,
+)
+
+import rnnsym as rs
+from rnnsym.activations import get_activation
+from rnnsym.derive import backprop
+from rnnsym.jvp import Direction, Seed, param_tangent, tangent
+from rnnsym.ops import (
+    Apply,
+    Concat,
+    LogSumExp,
+    Pad,
+    Slice,
+    Softmax,
+    add,
+    coeff_and_factors,
+    concat,
+    hadamard,
+    mul,
+    slice_rows,
+    transpose,
+)
+
+EPS = 1e-6
+RTOL = 1e-6  # see the module docstring
+
+# ----- a NumPy evaluator of the IR, independent of the rules under test -----
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+NUMPY_FUNCTIONS = {
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "exp": np.exp,
+    "log": np.log,
+    "reciprocal": lambda z: 1.0 / z,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "step": lambda z: (z > 0).astype(float),
+    "softplus": lambda z: np.log1p(np.exp(z)),
+    "log_sigmoid": lambda z: -np.log1p(np.exp(-z)),
+}
+
+
+@functools.cache
+def _lambdified(name: str):
+    """A user activation (or a derivative SymPy derived) as a NumPy function of its scalar."""
+    z = sp.Symbol("z", real=True)
+    return sp.lambdify(z, get_activation(name).scalar(z), "numpy")
+
+
+def evaluate(expr, env: dict, directions: dict | None = None) -> np.ndarray:
+    """The value of an IR expression with arrays bound to its symbols (by name).
+
+    ``directions[P]`` is the variation δP of parameter P: a ``Direction`` evaluates to it and a
+    ``Seed(P, r, z, a, b)`` to z ∘ (δP r)[a:b], what the seed stands for along δP.
+    """
+    directions = directions or {}
+
+    def ev(node):
+        if isinstance(node, MatrixSymbol):
+            return env[node.name]
+        if isinstance(node, MatAdd):
+            return sum(ev(a) for a in node.args)
+        if isinstance(node, MatMul):
+            coeff, factors = coeff_and_factors(node)
+            value = ev(factors[0])
+            for f in factors[1:]:
+                value = value @ ev(f)
+            return float(coeff) * value
+        if isinstance(node, HadamardProduct):
+            value = ev(node.args[0])
+            for f in node.args[1:]:
+                value = value * ev(f)
+            return value
+        if isinstance(node, Transpose):
+            return ev(node.arg).T
+        if isinstance(node, Apply):
+            function = NUMPY_FUNCTIONS.get(node.name) or _lambdified(node.name)
+            return np.asarray(function(ev(node.arg)), dtype=float) * np.ones(_shape(node))
+        if isinstance(node, LogSumExp):
+            a = ev(node.args[0])
+            return np.array([[np.log(np.sum(np.exp(a)))]])
+        if isinstance(node, Softmax):
+            a = np.exp(ev(node.args[0]))
+            return a / a.sum()
+        if isinstance(node, Concat):
+            return np.vstack([ev(a) for a in node.args])
+        if isinstance(node, Slice):
+            arg, start, stop = node.args
+            return ev(arg)[int(start) : int(stop)]
+        if isinstance(node, Pad):
+            arg, start, total = node.args
+            inner = ev(arg)
+            out = np.zeros((int(total), inner.shape[1]))
+            out[int(start) : int(start) + inner.shape[0]] = inner
+            return out
+        if isinstance(node, OneMatrix):
+            return np.ones(_shape(node))
+        if isinstance(node, ZeroMatrix):
+            return np.zeros(_shape(node))
+        if isinstance(node, Identity):
+            return np.eye(_shape(node)[0])
+        if isinstance(node, Direction):
+            return directions[node.param.name]
+        if isinstance(node, Seed):
+            param, r, z, start, stop = node.args
+            varied = directions[param.name] @ ev(r)
+            return ev(z) * varied[int(start) : int(stop)]
+        raise TypeError(f"evaluate: no rule for {type(node).__name__}")
+
+    value = ev(expr)
+    assert value.shape == _shape(expr), (sp.sstr(expr), value.shape)
+    return value
+
+
+def _shape(node) -> tuple[int, int]:
+    return tuple(int(s) for s in node.shape)
+
+
+# ----- expressions that exercise each rule -----
+
+n, r, m = 3, 2, 4  # distinct sizes, so that a transposed or swapped factor cannot fit
+
+A, B = MatrixSymbol("A", n, r), MatrixSymbol("B", r, n)
+W, U = MatrixSymbol("W", n, n), MatrixSymbol("U", n, m)
+W2, Wc, Q = MatrixSymbol("W2", 2 * n, n), MatrixSymbol("Wc", n, n + m), MatrixSymbol("Q", n, 5)
+b, u = MatrixSymbol("b", n, 1), MatrixSymbol("u", n, 1)
+h, x = MatrixSymbol("h", n, 1), MatrixSymbol("x", m, 1)
+LEAVES = [A, B, W, U, W2, Wc, Q, b, u, h, x]
+PARAMS = {A, B, W, U, W2, Wc, Q, b, u}  # seeded as parameters in forward mode; h, x vary freely
+
+
+def _pre():
+    return add(W @ h, U @ x)
+
+
+# name -> (expression, whether forward mode can seed its parameters)
+EXPRESSIONS = {
+    # a product of two matrix parameters with a coefficient; bias; tanh′ from ans
+    "chain": (Apply("tanh", add(mul(A, B, h), U @ x, b)), True),
+    "half": (Apply("tanh", add(mul(sp.Rational(1, 2), W, h), U @ x)), True),
+    "negated_chain": (mul(-2, A, B, Apply("sigmoid", _pre())), True),
+    # scalar coefficient inside a slice, slices of one product, a product of elementwise terms
+    "slices": (
+        hadamard(
+            Apply("tanh", slice_rows(mul(2, W2, h), 0, n)),
+            Apply("sigmoid", slice_rows(W2 @ h, n, 2 * n)),
+        ),
+        True,
+    ),
+    "concat": (Apply("tanh", mul(Wc, concat(h, Apply("sigmoid", x)))), True),
+    "hadamard3": (hadamard(h, u, Apply("tanh", W @ h), Apply("exp", mul(-1, U @ x))), True),
+    "quadratic": (mul(transpose(h), W, h), True),  # 1×1: h′W h, with a transpose
+    "transposed_param": (mul(transpose(A), W, h), False),  # Aᵀ: forward mode cannot seed it
+    "scaled_logsumexp": (mul(3, LogSumExp(add(W @ h, mul(-1, U @ x)))), True),
+    "logsumexp_gate": (mul(u, LogSumExp(add(W @ h, b))), False),
+    "pad": (mul(Q, Pad(hadamard(u, Apply("tanh", W @ h)), 1, 5)), True),
+    "nested_activations": (
+        Apply("log", Apply("softplus", add(mul(A, B, h), Apply("log_sigmoid", U @ x)))),
+        True,
+    ),
+}
+
+for _name in ("tanh", "sigmoid", "exp", "softplus", "log_sigmoid", "relu"):
+    EXPRESSIONS[f"act_{_name}"] = (mul(sp.Rational(7, 10), Apply(_name, add(_pre(), b))), True)
+EXPRESSIONS["act_log"] = (Apply("log", add(Apply("exp", W @ h), Apply("sigmoid", U @ x))), True)
+
+user_softsign = rs.elementwise("rules_test_softsign", lambda z: z / (1 + z**2))
+EXPRESSIONS["act_user"] = (Apply("rules_test_softsign", add(_pre(), b)), True)
+
+
+def _point(seed: int) -> dict[str, np.ndarray]:
+    """Random values of every leaf; away from relu's kink (|entries| ≥ 0.05 by construction)."""
+    rng = np.random.default_rng(seed)
+    env = {}
+    for leaf in LEAVES:
+        value = rng.uniform(0.1, 0.9, size=_shape(leaf)) * rng.choice([-1.0, 1.0], _shape(leaf))
+        env[leaf.name] = value
+    return env
+
+
+def _away_from_kinks(expr, env) -> bool:
+    """relu and step are not differentiable at 0: keep their arguments away from it."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, Apply) and node.name in ("relu", "step"):
+            if np.min(np.abs(evaluate(node.arg, env))) < 1e-3:
+                return False
+    return True
+
+
+def _directional_fd(expr, env: dict, direction: dict) -> np.ndarray:
+    """(f(θ + eps v) − f(θ − eps v)) / (2 eps): the variation of ``expr`` along ``direction``."""
+    plus = {k: v + EPS * direction.get(k, 0.0) for k, v in env.items()}
+    minus = {k: v - EPS * direction.get(k, 0.0) for k, v in env.items()}
+    return (evaluate(expr, plus) - evaluate(expr, minus)) / (2 * EPS)
+
+
+def _assert_close(actual, expected, what: str, derived=None) -> None:
+    """|actual − expected| ≤ RTOL max(1, |expected|) entrywise; names the derived expression."""
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not np.allclose(actual, expected, rtol=0, atol=RTOL * scale):
+        shown = "" if derived is None else f" (derived: {sp.sstr(derived)})"  # printing is slow
+        np.testing.assert_allclose(
+            actual, expected, rtol=0, atol=RTOL * scale, err_msg=what + shown
+        )
+
+
+def _random_direction(seed: int, leaves) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed + 7919)
+    return {leaf.name: rng.normal(size=_shape(leaf)) for leaf in leaves}
+
+
+def _leaves_of(expr) -> list[MatrixSymbol]:
+    present = {s for s in sp.preorder_traversal(expr) if isinstance(s, MatrixSymbol)}
+    return [leaf for leaf in LEAVES if leaf in present]
+
+
+# The symbolic work is done once per expression; Hypothesis then draws points, cotangents and
+# directions, which only NumPy evaluates. A wrong rule is wrong at almost every point, so a few
+# examples per expression suffice (the profile's count applies; at least 5 in every profile).
+
+
+@functools.cache
+def _cotangents(name: str) -> dict:
+    expr, _ = EXPRESSIONS[name]
+    G, ans = MatrixSymbol("G", *expr.shape), MatrixSymbol("ans", *expr.shape)
+    return backprop(expr, ans, G, set(_leaves_of(expr)))
+
+
+@functools.cache
+def _tangent(name: str, seeded: bool):
+    expr, _ = EXPRESSIONS[name]
+    tangents = {
+        leaf: (
+            param_tangent(leaf)
+            if seeded and leaf in PARAMS
+            else MatrixSymbol(f"d{leaf.name}", *leaf.shape)
+        )
+        for leaf in _leaves_of(expr)
+    }
+    return tangent(expr, MatrixSymbol("ans", *expr.shape), tangents)
+
+
+@pytest.mark.parametrize("name", sorted(EXPRESSIONS))
+@given(seed=st.integers(0, 2**31 - 1))
+def test_vjp_rules_match_finite_differences(name, seed):
+    """backprop (the VJP rules) gives ⟨g, ∂f/∂θ⟩ for every leaf θ, entry by entry."""
+    expr, _ = EXPRESSIONS[name]
+    env = _point(seed)
+    if not _away_from_kinks(expr, env):
+        return
+    rng = np.random.default_rng(seed + 1)
+    g = rng.normal(size=_shape(expr))  # a random cotangent: a dropped or doubled g shows
+    leaves = _leaves_of(expr)
+    cotangents = _cotangents(name)
+    assert set(cotangents) == set(leaves)
+    env_with = {**env, "G": g, "ans": evaluate(expr, env)}
+    for leaf in leaves:
+        got = evaluate(cotangents[leaf], env_with)
+        expected = np.zeros(_shape(leaf))
+        for index in np.ndindex(*_shape(leaf)):
+            direction = {leaf.name: np.zeros(_shape(leaf))}
+            direction[leaf.name][index] = 1.0
+            expected[index] = np.sum(g * _directional_fd(expr, env, direction))
+        _assert_close(got, expected, f"{name}: cotangent of {leaf.name}", cotangents[leaf])
+
+
+@pytest.mark.parametrize("name", sorted(EXPRESSIONS))
+@given(seed=st.integers(0, 2**31 - 1))
+def test_jvp_rules_match_finite_differences(name, seed):
+    """tangent (the JVP rules) with a free tangent dθ on every leaf: the directional derivative."""
+    expr, _ = EXPRESSIONS[name]
+    env = _point(seed)
+    if not _away_from_kinks(expr, env):
+        return
+    direction = _random_direction(seed, _leaves_of(expr))
+    value = _tangent(name, seeded=False)
+    env_with = {**env, "ans": evaluate(expr, env)}
+    env_with |= {f"d{k}": v for k, v in direction.items()}
+    _assert_close(evaluate(value, env_with), _directional_fd(expr, env, direction), name, value)
+
+
+@pytest.mark.parametrize("name", sorted(k for k, (_, seedable) in EXPRESSIONS.items() if seedable))
+@given(seed=st.integers(0, 2**31 - 1))
+def test_parameter_seeds_match_finite_differences(name, seed):
+    """Forward mode's parameter tangents (Direction, Seed) along a random direction of every
+    parameter at once, with a free tangent on the state h."""
+    expr, _ = EXPRESSIONS[name]
+    env = _point(seed)
+    if not _away_from_kinks(expr, env):
+        return
+    direction = _random_direction(seed, _leaves_of(expr))
+    value = _tangent(name, seeded=True)
+    env_with = {**env, "ans": evaluate(expr, env)}
+    env_with |= {f"d{k}": v for k, v in direction.items()}
+    got = evaluate(value, env_with, directions=direction)
+    _assert_close(got, _directional_fd(expr, env, direction), name, value)
+
+
+def test_every_rule_is_exercised():
+    """The expressions above reach every node type that has a rule (else a rule could be wrong
+    unnoticed)."""
+    from rnnsym.jvp import primitive_jvps
+    from rnnsym.rules import primitive_vjps
+
+    seen = {type(node) for e, _ in EXPRESSIONS.values() for node in sp.preorder_traversal(e)}
+    missing = {t for t in set(primitive_vjps) | set(primitive_jvps) if t not in seen}
+    assert missing == {Softmax}, missing  # Softmax's rules only refuse (tested below)
+
+
+@pytest.mark.parametrize("rule", ["vjp", "jvp"])
+def test_softmax_inside_a_cell_is_refused_clearly(rule):
+    expr = Softmax(W @ h)
+    with pytest.raises(rs.DerivationError, match="softmax inside a cell"):
+        if rule == "vjp":
+            backprop(expr, expr, MatrixSymbol("G", n, 1), {W})
+        else:
+            tangent(expr, expr, {h: MatrixSymbol("dh", n, 1)})
