@@ -63,9 +63,7 @@ class LocalStep:
 
 def _entry_symbols(symbol: MatrixSymbol) -> ImmutableMatrix:
     rows, cols = (int(s) for s in symbol.shape)
-    return ImmutableMatrix(
-        rows, cols, lambda i, j: sp.Symbol(f"{symbol.name}__{i}_{j}", real=True)
-    )
+    return ImmutableMatrix(rows, cols, lambda i, j: sp.Symbol(f"{symbol.name}__{i}_{j}", real=True))
 
 
 def _compile(name: str, kind: str, symbol: MatrixSymbol, expr, dims: dict) -> LocalStep:
@@ -222,9 +220,7 @@ class ScalarGraph:
                 if local is None or g is None:
                     continue
                 targets = [
-                    adjoint.setdefault(k, [mpmath.mpf(0)] * len(values[k]))
-                    if k in active
-                    else None
+                    adjoint.setdefault(k, [mpmath.mpf(0)] * len(values[k])) if k in active else None
                     for k in inputs
                 ]
                 for (k, number, at), p in zip(step.pairs, local, strict=True):
@@ -235,4 +231,3 @@ class ScalarGraph:
             zero = mpmath.mpf(0)
             grads = {k: adjoint.get(k, [zero] * len(values[k])) for k in wrt}
             return loss, grads
-

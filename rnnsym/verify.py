@@ -1472,104 +1472,132 @@ def _to_array(step_data: list[dict], name: str) -> np.ndarray:
 
 @dataclass
 class ModelOracleReport:
-    """``sympy.diff`` of a model's scalar-unrolled loss against its generated kernel."""
+    """The exact gradient of a model's unrolled loss (node-by-node ``sympy.diff``) against the
+    model's derivation chained at high precision and against its generated float64 kernel."""
 
     model: str
     sizes: dict[str, int]
     T: int
-    agreement: dict[str, float]  # agreeing significant digits (whole gradient), per parameter
+    agreement: dict[str, float]  # vs the float64 kernel: agreeing digits (whole gradient)
     required: float
     seconds: float
+    digits: int = 60
+    # vs rnnsym's derivation of each part, chained as the model kernel chains them and
+    # evaluated at ``digits`` digits: agreeing significant digits (worst entry)
+    derivation_agreement: dict[str, float] = field(default_factory=dict)
+    derivation_required: float = 40.0
+    oracle_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
-        return all(d >= self.required for d in self.agreement.values())
+        kernel = all(d >= self.required for d in self.agreement.values())
+        chained = all(d >= self.derivation_required for d in self.derivation_agreement.values())
+        return kernel and chained
 
     def __str__(self) -> str:
-        worst = min(self.agreement.values())
+        def worst(values: dict[str, float]) -> str:
+            low = min(values.values())
+            return "exact" if math.isinf(low) else f"{low:.1f} digits"
+
         verdict = "ok" if self.ok else "FAILED"
-        shown = "exact" if math.isinf(worst) else f"{worst:.1f} digits"
+        timing = f"{self.seconds:.1f} s"
+        if self.oracle_seconds is not None:
+            timing += f", oracle {self.oracle_seconds:.1f} s"
+        chained = ""
+        if self.derivation_agreement:
+            chained = (
+                f"the derivation chained at {self.digits} digits: worst "
+                f"{worst(self.derivation_agreement)}, {self.derivation_required:.0f} "
+                f"required; "
+            )
         return (
-            f"scalar oracle (sympy.diff of the unrolled model {self.model!r}, sizes "
-            f"{self.sizes}, T = {self.T}) vs the float64 kernel: worst {shown}, "
-            f"{self.required:.0f} required: {verdict} ({self.seconds:.1f} s)"
+            f"scalar oracle (sympy.diff node by node over the unrolled model {self.model!r}, "
+            f"sizes {self.sizes}, T = {self.T}) vs {chained}vs the float64 kernel: worst "
+            f"{worst(self.agreement)}, {self.required:.0f} required: {verdict} ({timing})"
         )
 
 
 def model_oracle(
     model,
     sizes: dict[str, int] | None = None,
-    T: int = 2,
+    T: int = 4,
     T_out: int | None = None,
     seed: int = 0,
     required: float = 10.0,
+    digits: int = 60,
+    derivation_required: float = 40.0,
+    chain: bool = True,
 ) -> ModelOracleReport:
-    """Unroll a composed model (every cell, in its time direction) into scalar SymPy
-    expressions, differentiate the total loss with ``sympy.diff`` and compare with the
-    model's generated kernel in float64 (batch 1). Nothing of rnnsym's derivation is used.
+    """Check a composed model against the exact gradient of its unrolled loss.
+
+    The oracle unrolls every cell in its own time direction (the backward layer from T down to
+    1, the decoder from the encoder's last state, the head at T only) into one graph and
+    differentiates it node by node with ``sympy.diff`` (:mod:`rnnsym.oracle`), evaluated in
+    mpmath at ``digits`` digits at a random rational point; nothing of rnnsym's derivation is
+    used. It is compared with
+
+    * rnnsym's derivation of each part (``chain=True``), evaluated at ``digits`` digits and
+      chained as :class:`~rnnsym.compose.ModelKernel` chains the kernels: the head's (or
+      decoder's) input or h(0) adjoints passed to each layer as the slides' d_h(t);
+      ``derivation_required`` digits must agree per entry;
+    * the model's generated kernel in float64 (batch 1): ``required`` digits, norm-wise.
+      float64 carries about 16; the kernel's rounding over a few steps costs one to two, so 10
+      flags any wrong term and no rounding.
+
+    Defaults: sizes 3, 4, 5, ... (distinct), T = 4 (seq2seq: T_y = T + 1).
     """
     from .compose import model_sizes
 
     start = time.perf_counter()
-    names = {**model_sizes(model, _oracle_size), **(sizes or {})}
+    names = {**model_sizes(model, _scalar_oracle_size), **(sizes or {})}
     rng = random.Random(seed)
     parts = model.parts
     dims = {}
     for part in parts.values():
         for n, s in part.cell.size_symbols.items():
             dims[s] = names[n]
-    symbols, point = {}, {}
+    values = {}  # exact rational parameter values, drawn in declaration order
     for part in parts.values():
         for n, p in part.cell.params.items():
-            shape = _concrete_shape(p.symbol, dims)
-            symbols[n] = ImmutableMatrix(
-                *shape, lambda i, j, n=n: sp.Symbol(f"{n}_{i}_{j}", real=True)
-            )
-            for s in symbols[n]:
-                point[s] = _rational(rng)
+            values[n] = _random_matrix(rng, *_concrete_shape(p.symbol, dims))
+    oracle_start = time.perf_counter()
+    graph = ScalarGraph()
+    keys = {n: graph.source(v, ("param", n)) for n, v in values.items()}
 
-    def zeros(cell):
-        return {
-            n: ImmutableMatrix.zeros(*_concrete_shape(s.symbol, dims))
-            for n, s in cell.states.items()
-        }
-
-    def params_of(cell):
-        return {n: symbols[n] for n in cell.params}
+    def run(role: str, data: list[dict], h0: dict | None = None) -> list[dict]:
+        cell = parts[role].cell
+        steps = compile_cell_steps(cell, dims)
+        return graph.steps(cell, steps, dims, [keys] * len(data), data, h0, prefix=role)
 
     inputs, targets, lengths = {}, {}, None
+    datasets: dict[str, list[dict]] = {}
     if model.kind == "bidirectional":
         fwd, bwd, head = (parts[r].cell for r in ("forward", "backward", "head"))
         data = _scalar_data(fwd, dims, T, rng, {})
-        for name in bwd.inputs:  # the same model inputs, read backwards
-            for step in data:
-                step.setdefault(name, step.get(name))
-        envs_f = _scalar_steps(fwd, dims, params_of(fwd), data, zeros(fwd))
-        envs_b = _scalar_steps(bwd, dims, params_of(bwd), data[::-1], zeros(bwd))[::-1]
-        states = {
-            n: [env[_concrete(cell.states[n].symbol, dims)] for env in envs]
-            for cell, envs in ((fwd, envs_f), (bwd, envs_b))
-            for n in cell.states
-        }
+        nodes_f = run("forward", data)
+        nodes_b = run("backward", data[::-1])[::-1]
+        states = {n: [step[n] for step in nodes_f] for n in fwd.states}
+        states |= {n: [step[n] for step in nodes_b] for n in bwd.states}
         head_data = _scalar_data(head, dims, T, rng, {n: states[n] for n in head.inputs})
-        total = _loss_of(head, dims, _scalar_steps(head, dims, params_of(head), head_data, {}))
+        run("head", head_data)
+        datasets = {"forward": data, "backward": data[::-1], "head": head_data}
         inputs = {n: _to_array(data, n) for n in fwd.inputs}
         targets = {n: head_data for n in head.targets}
     elif model.kind == "seq2seq":
         enc, dec = parts["encoder"].cell, parts["decoder"].cell
         T_y = T_out if T_out is not None else T + 1
         data_e = _scalar_data(enc, dims, T, rng, {})
-        envs_e = _scalar_steps(enc, dims, params_of(enc), data_e, zeros(enc))
+        nodes_e = run("encoder", data_e)
         where, target, state = model.context_slot
-        context = envs_e[-1][_concrete(enc.states[state].symbol, dims)]
-        h0 = zeros(dec)
-        given = {}
+        context = nodes_e[-1][state]
+        h0, given = {}, {}
         if where == "h0":
             h0[target] = context
         else:
             given[target] = [context] * T_y
         data_d = _scalar_data(dec, dims, T_y, rng, given)
-        total = _loss_of(dec, dims, _scalar_steps(dec, dims, params_of(dec), data_d, h0))
+        run("decoder", data_d, h0)
+        datasets = {"encoder": data_e, "decoder": data_d}
         inputs = {n: _to_array(data_e, n) for n in enc.inputs}
         inputs |= {
             n: _to_array(data_d, n) for n in dec.inputs if n not in dec.fed_back and n not in given
@@ -1578,19 +1606,28 @@ def model_oracle(
     else:  # last_output
         layer, head = parts["layer"].cell, parts["head"].cell
         data = _scalar_data(layer, dims, T, rng, {})
-        envs = _scalar_steps(layer, dims, params_of(layer), data, zeros(layer))
-        final = {n: [envs[-1][_concrete(s.symbol, dims)]] for n, s in layer.states.items()}
+        nodes = run("layer", data)
+        final = {n: [nodes[-1][n]] for n in layer.states}
         head_data = _scalar_data(head, dims, 1, rng, {n: final[n] for n in head.inputs})
-        total = _loss_of(head, dims, _scalar_steps(head, dims, params_of(head), head_data, {}))
+        run("head", head_data)
+        datasets = {"layer": data, "head": head_data}
         inputs = {n: _to_array(data, n) for n in layer.inputs}
         targets = {n: head_data for n in head.targets}
         lengths = np.array([T])
-    oracle = _evaluate_derivatives(total, symbols, point, 30)
+    shapes = {keys[n]: v.shape for n, v in values.items()}
+    _, grads = graph.gradients(list(keys.values()), digits)
+    exact = _as_matrices(grads, shapes, digits)
+    oracle = {n: exact[keys[n]] for n in values}
+    oracle_seconds = time.perf_counter() - oracle_start
+    chained_agreement = {}
+    if chain:
+        chained = _chained_derivation(model, dims, values, datasets, digits)
+        chained_agreement = {n: agreement_digits(oracle[n], chained[n], digits) for n in values}
     # the same point in float64 for the kernel (batch 1)
     params = {}
     for part in parts.values():
         for n, p in part.cell.params.items():
-            value = np.array(symbols[n].xreplace(point), dtype=np.float64)
+            value = np.array(values[n], dtype=np.float64)
             params[n] = value.reshape(-1) if p.symbol.shape[1] == 1 else value
     target_arrays = {}
     for n, steps in targets.items():
@@ -1603,14 +1640,120 @@ def model_oracle(
             target_arrays[n] = array[0] if model.kind == "last_output" else array
     kernel = model.compile()
     options = {"lengths": lengths} if lengths is not None else {}
-    _, grads = kernel.loss_and_grad(params, inputs, target_arrays, **options)
+    _, kernel_grads = kernel.loss_and_grad(params, inputs, target_arrays, **options)
     agreement = {}
-    for n, exact in oracle.items():
-        a = np.array(exact, dtype=np.float64).reshape(grads[n].shape)
+    for n, want in oracle.items():
+        a = np.array(want, dtype=np.float64).reshape(kernel_grads[n].shape)
         scale = max(np.linalg.norm(a), 1e-300)
-        error = np.linalg.norm(a - grads[n]) / scale
+        error = np.linalg.norm(a - kernel_grads[n]) / scale
         agreement[n] = float("inf") if error == 0 else float(-np.log10(error))
-    return ModelOracleReport(model.name, names, T, agreement, required, time.perf_counter() - start)
+    return ModelOracleReport(
+        model.name,
+        names,
+        T,
+        agreement,
+        required,
+        time.perf_counter() - start,
+        digits=digits,
+        derivation_agreement=chained_agreement,
+        derivation_required=derivation_required,
+        oracle_seconds=oracle_seconds,
+    )
+
+
+def _chained_derivation(model, dims: dict, values: dict, datasets: dict, digits: int) -> dict:
+    """The model's gradient from rnnsym's derivation of each part, evaluated at ``digits``
+    digits and chained as :class:`~rnnsym.compose.ModelKernel` chains the parts' kernels.
+
+    ``datasets[role]`` is the data of each part in the order it runs; entries that are not
+    matrices (nodes of the oracle's graph: another part's states, seq2seq's context) are
+    replaced by this function's own values of those states.
+    """
+    parts = model.parts
+    point = {n: v.evalf(digits) for n, v in values.items()}
+
+    def derivation(role: str) -> Derivation:
+        part = parts[role]
+        return derive(part.seeded or part.cell).inlined()
+
+    def params_of(d: Derivation, T: int) -> list[dict]:
+        return [{n: point[n] for n in d.cell.params}] * T
+
+    def state_values(d: Derivation, data: list[dict], h0: dict | None = None) -> dict:
+        envs = _forward_envs(d, dims, params_of(d, len(data)), data, h0 or {}, lambda m: m)
+        return {
+            n: [env[_concrete(s.symbol, dims)] for env in envs] for n, s in d.cell.states.items()
+        }
+
+    def with_values(data: list[dict], given: dict) -> list[dict]:
+        return [
+            {n: (given[n][t] if n in given else v) for n, v in step.items()}
+            for t, step in enumerate(data)
+        ]
+
+    def zeros_like(matrix) -> ImmutableMatrix:
+        return ImmutableMatrix.zeros(*matrix.shape)
+
+    def seeded_run(role: str, data: list[dict], adjoints: dict, h0=None) -> dict:
+        """The layer with the loss Σ_t ⟨d_h(t)|h(t)⟩, d_h the adjoints passed in."""
+        d = derivation(role)
+        seeds = parts[role].seeds
+        data = [
+            {**step, **{seeds[n]: adjoints[n][t] for n in seeds}} for t, step in enumerate(data)
+        ]
+        run = _bptt(d, dims, params_of(d, len(data)), data, h0 or {}, digits)
+        return {n: _sum(terms, digits) for n, terms in run.params.items()}
+
+    def input_adjoints(run: _BpttRun, name: str, like: list) -> list:
+        terms = run.inputs.get(name)
+        return terms if terms is not None else [zeros_like(v) for v in like]
+
+    grads: dict = {}
+    if model.kind == "bidirectional":
+        fwd_data, bwd_data = datasets["forward"], datasets["backward"]
+        states = state_values(derivation("forward"), fwd_data)
+        back = state_values(derivation("backward"), bwd_data)
+        states |= {n: v[::-1] for n, v in back.items()}
+        head_data = with_values(datasets["head"], states)
+        d_head = derive(parts["head"].cell).inlined()
+        run = _bptt(d_head, dims, params_of(d_head, len(head_data)), head_data, {}, digits)
+        grads |= {n: _sum(terms, digits) for n, terms in run.params.items()}
+        for role, data, order in (("forward", fwd_data, 1), ("backward", bwd_data, -1)):
+            adjoints = {n: input_adjoints(run, n, states[n])[::order] for n in parts[role].seeds}
+            grads |= seeded_run(role, data, adjoints)
+    elif model.kind == "seq2seq":
+        where, target, state = model.context_slot
+        enc_data = datasets["encoder"]
+        context = state_values(derivation("encoder"), enc_data)[state][-1]
+        dec_data, h0 = datasets["decoder"], {}
+        if where == "h0":
+            h0[target] = context
+        else:  # the context input reads C at every step
+            dec_data = with_values(dec_data, {target: [context] * len(dec_data)})
+        d_dec = derive(parts["decoder"].cell).inlined()
+        run = _bptt(d_dec, dims, params_of(d_dec, len(dec_data)), dec_data, h0, digits)
+        grads |= {n: _sum(terms, digits) for n, terms in run.params.items()}
+        if where == "h0":
+            g_context = run.h0.get(target, zeros_like(context))
+        else:
+            g_context = _sum(input_adjoints(run, target, [context] * len(dec_data)), digits)
+        ((seeded_state, _),) = parts["encoder"].seeds.items()
+        adjoint = [zeros_like(context)] * (len(enc_data) - 1) + [g_context]
+        grads |= seeded_run("encoder", enc_data, {seeded_state: adjoint})
+    else:  # last_output
+        data = datasets["layer"]
+        states = state_values(derivation("layer"), data)
+        final = {n: [v[-1]] for n, v in states.items()}
+        head_data = with_values(datasets["head"], final)
+        d_head = derive(parts["head"].cell).inlined()
+        run = _bptt(d_head, dims, params_of(d_head, 1), head_data, {}, digits)
+        grads |= {n: _sum(terms, digits) for n, terms in run.params.items()}
+        adjoints = {}
+        for n in parts["layer"].seeds:
+            (last,) = input_adjoints(run, n, final[n])
+            adjoints[n] = [zeros_like(last)] * (len(data) - 1) + [last]
+        grads |= seeded_run("layer", data, adjoints)
+    return grads
 
 
 def verify_model(model, kernel=None, T: int = 2, seed: int = 0) -> VerificationReport:
