@@ -20,7 +20,16 @@ def test_wrong_kernel_fails_verification(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "CHECKS FAILED" in out
-    # the derivation itself is right, so the oracle passes and finite differences fail on W
+    # the derivation itself is right, so the oracle passes; the kernel's gradient of W fails
+    # against the reference (and so do the adjoints the recurrence carries), U's too, V's not
     assert "— ok" in out
-    w_line = next(line for line in out.splitlines() if line.strip().startswith("W "))
-    assert "FAILED" in w_line
+    rows = {
+        " ".join(line.split("float64")[0].split()) + " float64": line
+        for line in out.splitlines()
+        if "float64" in line
+    }
+    assert "FAILED" in rows["gradient W float64"]
+    assert "FAILED" in rows["finite differences W float64"]
+    assert "FAILED" in rows["vjp h0 h float64"]
+    assert "FAILED" not in rows["gradient V float64"]
+    assert "FAILED" not in rows["loss float64"]
