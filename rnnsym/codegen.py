@@ -532,10 +532,13 @@ class KernelGenerator:
         adjoint_syms = {adjoint_symbol(s.symbol) for s in cell.states.values()}
         local_names, local_targets = {}, []
         self.loop_local = {}
+        self.local_per_step = {}
         for n in self.state_order:
             invariant = [e for e in d.state_local[n] if not (leaves(e) & adjoint_syms)]
             self.loop_local[n] = [e for e in d.state_local[n] if leaves(e) & adjoint_syms]
             if invariant:
+                # a parameter-only part (a linear loss dᵀh) is one vector, not one per step
+                self.local_per_step[n] = self.is_batch(add(*invariant))
                 local_names[n] = self.namer.fresh(f"l_{n}")
                 local_targets.append((local_names[n], add(*invariant), ""))
         if local_targets:
@@ -597,11 +600,9 @@ class KernelGenerator:
             terms = []
             shape = states[n].shape
             if n in local_names:
-                terms.append(
-                    loop.name(
-                        MatrixSymbol(f"{local_names[n]}[t]", *shape), f"{local_names[n]}[t]", True
-                    )
-                )
+                per_step = self.local_per_step[n]
+                local = f"{local_names[n]}[t]" if per_step else local_names[n]
+                terms.append(loop.name(MatrixSymbol(local, *shape), local, per_step))
             terms.extend(local_exprs[n])
             if n in d.carry:
                 terms.append(loop.name(MatrixSymbol(carry_names[n], *shape), carry_names[n], True))

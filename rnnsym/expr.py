@@ -44,6 +44,8 @@ def _scalar(value) -> sp.Expr:
     """
     if isinstance(value, numbers.Integral):
         return sp.Integer(int(value))
+    if isinstance(value, numbers.Rational) and not isinstance(value, sp.Basic):
+        return sp.Rational(int(value.numerator), int(value.denominator))  # Fraction(1, 3)
     if isinstance(value, numbers.Real) and not isinstance(value, sp.Basic):
         value = float(value)  # np.float64(0.5) -> 0.5 (its repr is not a number in NumPy 2)
         if not math.isfinite(value):

@@ -530,7 +530,10 @@ class ForwardModeGenerator(KernelGenerator):
         adjoints += [(S_prev[n], e) for n, e in s.direct_prev.items()]
         values = self.prebind(phase, [e for _, e in adjoints])
         for (array, _), value in zip(adjoints, values, strict=True):
-            body.append(Line(f"{grad} += np.tensordot({array}, {phase.print(value)}, axes=2)"))
+            text = phase.print(value)
+            if not self.is_batch(value):  # a parameter-only adjoint (a linear loss dᵀh)
+                text = f"np.broadcast_to({text}, {array}.shape[1:])"
+            body.append(Line(f"{grad} += np.tensordot({array}, {text}, axes=2)"))
         if terms:
             body.append(Comment("the terms of step t of the parameters the outputs use, eq. (6)"))
         values = self.prebind(phase, list(terms.values()))

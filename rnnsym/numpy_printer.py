@@ -89,6 +89,7 @@ class TotalLoss(MatrixExpr):
 
 
 _REDUCTIONS = (SumOuter, SumRows, TotalLoss)
+_COMMENT = re.compile(r"#.*$", re.MULTILINE)  # generated statements hold no '#' in strings
 
 
 def batch_leaves(expr: Basic) -> set[MatrixSymbol]:
@@ -387,7 +388,11 @@ class RowPrinter(Printer):
     def _right_factor(self, factor) -> str:
         """The array that multiplies a row from the right for the column factor ``factor``."""
         if isinstance(factor, Transpose):
-            return self._literal(factor.arg)
+            text = self._literal(factor.arg)
+            if factor.shape[0] == 1 and isinstance(factor.arg, MatrixSymbol):
+                # a row vector dᵀ: a vector parameter is a 1-D array, made a one-column matrix
+                return f"{text}[:, None]"
+            return text
         text = self._literal(factor)
         return f"{text}.T" if isinstance(factor, MatrixSymbol) else f"({text}).T"
 
@@ -488,7 +493,13 @@ class RowPrinter(Printer):
         parts = []
         for term in inner.args if isinstance(inner, MatAdd) else (inner,):
             coeff, factors = coeff_and_factors(term)
-            if len(factors) == 2 and isinstance(factors[0], Transpose) and factors[1].shape[1] == 1:
+            if (
+                len(factors) == 2
+                and isinstance(factors[0], Transpose)
+                and factors[1].shape[1] == 1
+                and self.is_batch(factors[0])
+                and self.is_batch(factors[1])
+            ):
                 # the sum over t and batch of uᵀv is one dot product of the flattened sequences
                 text = f"np.vdot({self._print(factors[0].arg)}, {self._print(factors[1])})"
             else:
@@ -521,10 +532,11 @@ class RowPrinter(Printer):
     def _kept(self, statements) -> list[str]:
         """Printed statements, without the optional lines whose name nothing later reads."""
         texts = [self._print(s) for s in statements]
+        code = [_COMMENT.sub("", text) for text in texts]  # "w.r.t." does not read r
         kept = []
         for i, (s, text) in enumerate(zip(statements, texts, strict=True)):
             if isinstance(s, Line) and s.defines:
-                later = "\n".join(texts[i + 1 :])
+                later = "\n".join(code[i + 1 :])
                 if not re.search(rf"\b{re.escape(s.defines)}\b", later):
                     continue
             kept.append(text)
