@@ -144,7 +144,7 @@ def test_derive_elman_prints_derivation_and_verification(capsys):
         assert line in out
     assert "Verification" in out
     assert "scalar oracle (" in out and "T=2" in out and "— ok" in out
-    assert "central finite differences" in out
+    assert "kernel checks (" in out and "float32" in out and "finite differences W" in out
     assert "FAILED" not in out
     assert out.rstrip().endswith("result: all checks passed")
     # the derivation comes before the report
@@ -365,3 +365,71 @@ def test_errors_have_no_traceback_in_a_subprocess(tmp_path, user_file):
     assert result.stderr.startswith("rnnsym: error: ")
     assert "returned int" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ----- rnnsym verify --kernel, derive PATH.py:FUNC, --T (issue 10) -----
+
+
+def test_derive_accepts_a_user_cell_like_verify(capsys, user_file):
+    # Regression: "unknown built-in cell" for PATH.py:FUNC
+    code, out, err = run_main(capsys, "derive", f"{user_file}:make_cell", "--no-verify")
+    assert code == 0 and err == ""
+    assert "Cell 'variant'" in out
+
+
+def test_verify_kernel_rechecks_an_emitted_kernel(capsys, tmp_path):
+    cell_file = tmp_path / "cells_lstm.py"
+    cell_file.write_text("import rnnsym as rs\n\n\ndef make():\n    return rs.cells.lstm()\n")
+    emitted = tmp_path / "lstm_kernel.py"
+    target = f"{cell_file}:make"
+    code, _, _ = run_main(capsys, "derive", target, "--no-verify", "--emit", str(emitted))
+    assert code == 0
+    code, out, err = run_main(capsys, "verify", target, "--T", "2", "--kernel", str(emitted))
+    assert code == 0, out + err
+    assert f"Checking the kernel in {emitted}" in out
+    assert out.rstrip().endswith("result: all checks passed")
+
+    # a hand edit: the forget gate's carry 0.1% short. The derivation (oracle) is still right;
+    # the edited kernel fails, and the exit code says so
+    source = emitted.read_text(encoding="utf-8")
+    lines = [
+        line
+        for line in source.splitlines()
+        if line.strip().startswith("carry_c = ") and "zeros" not in line
+    ]
+    assert len(lines) == 1
+    edited = tmp_path / "lstm_kernel_edited.py"
+    edited.write_text(source.replace(lines[0], lines[0] + " * 0.999"), encoding="utf-8")
+    code, out, err = run_main(capsys, "verify", target, "--T", "2", "--kernel", str(edited))
+    assert code == 1
+    assert "— ok" in out  # the oracle of the derivation
+    failed = [line.split()[:2] for line in out.splitlines() if line.rstrip().endswith("FAILED")]
+    assert ["gradient", "W_hh"] in failed and ["gradient", "V"] not in failed
+    assert out.rstrip().endswith("result: CHECKS FAILED")
+
+
+def test_verify_kernel_of_another_cell_is_a_clear_error(capsys, tmp_path, user_file):
+    emitted = tmp_path / "slides_kernel.py"
+    assert run_main(capsys, "derive", "slides", "--no-verify", "--emit", str(emitted))[0] == 0
+    code, out, err = run_main(capsys, "verify", f"{user_file}:make_cell", "--kernel", str(emitted))
+    assert_clean_error(code, out, err, "--kernel", "J_h", "'W'")
+
+
+def test_verify_kernel_missing_file(capsys, user_file, tmp_path):
+    code, out, err = run_main(
+        capsys, "verify", f"{user_file}:make_cell", "--kernel", str(tmp_path / "none.py")
+    )
+    assert_clean_error(code, out, err, "--kernel: no such file")
+
+
+@pytest.mark.parametrize("T", ["0", "-2"])
+def test_T_below_one_is_a_clear_error(capsys, T):
+    # Regression: IndexError in oracle_gradients
+    code, out, err = run_main(capsys, "derive", "elman", "--T", T)
+    assert_clean_error(code, out, err, f"--T {T}", "at least 1")
+
+
+def test_a_huge_T_warns(capsys):
+    code, out, err = run_main(capsys, "derive", "elman", "--T", "500", "--no-verify")
+    assert code == 0
+    assert err.startswith("rnnsym: warning: --T 500")
