@@ -356,3 +356,292 @@ def test_softmax_inside_a_cell_is_refused_clearly(rule):
             backprop(expr, expr, MatrixSymbol("G", n, 1), {W})
         else:
             tangent(expr, expr, {h: MatrixSymbol("dh", n, 1)})
+
+
+# ----- whole cells that need the rules in combination, against NumPy references -----
+
+
+def _np_sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _np_logsumexp(o):
+    top = o.max(axis=-1, keepdims=True)
+    return (top + np.log(np.exp(o - top).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+class CellCase:
+    """A cell and a NumPy reference of it written here: ``step(p, x_t, h_prev) -> h_t`` and
+    ``loss(p, h_t, x_t, targets_t) -> (B,)`` on batch-major rows (v @ W.T is W v)."""
+
+    sizes = {"n": 3, "m": 2, "r": 2, "k": 4}
+
+    def __init__(self, name, build, step, loss, outputs=None, defines=None):
+        self.name, self.build, self.step, self.loss = name, build, step, loss
+        self.outputs = outputs or {}  # output name -> f(p, h_t, x_t)
+        self.defines = defines or {}  # defined name -> f(p, x_t, h_prev)
+
+    def problem(self, seed: int, T: int = 4, B: int = 3):
+        rng = np.random.default_rng(seed)
+        cell = self.build()
+        sizes = {cell.size_symbols[k]: v for k, v in self.sizes.items() if k in cell.size_symbols}
+
+        def size(expr):
+            return int(sp.sympify(expr).subs(sizes))
+
+        params = {}
+        for pname, p in cell.params.items():
+            rows, cols = p.symbol.shape
+            if cols == 1:
+                params[pname] = rng.normal(0.0, 0.5, size=size(rows))
+            else:
+                params[pname] = rng.normal(0.0, 0.8 / np.sqrt(size(cols)), (size(rows), size(cols)))
+        inputs = {v: rng.normal(size=(T, B, size(s.shape[0]))) for v, s in cell.inputs.items()}
+        targets = {v: rng.normal(size=(T, B, size(s.shape[0]))) for v, s in cell.targets.items()}
+        h0 = {v: rng.normal(0.0, 0.5, size=(B, size(s.shape[0]))) for v, s in cell.states.items()}
+        return cell, params, inputs, targets, h0
+
+    def reference(self, params, inputs, targets, h0):
+        """(total loss, {state/output: (T, B, size)}) by the NumPy reference."""
+        T = next(iter(inputs.values())).shape[0]
+        h = h0["h"]
+        total, seqs = 0.0, {"h": [], **{o: [] for o in self.outputs}}
+        for t in range(T):
+            x_t = {k: v[t] for k, v in inputs.items()}
+            h = self.step(params, x_t, h)
+            seqs["h"].append(h)
+            for o, f in self.outputs.items():
+                seqs[o].append(f(params, h, x_t))
+            total += float(np.sum(self.loss(params, h, x_t, {k: v[t] for k, v in targets.items()})))
+        return total, {k: np.stack(v) for k, v in seqs.items()}
+
+
+def _lowrank():
+    cell = rs.Cell("lowrank")
+    n, m, r = cell.dims("n m r")
+    x, h = cell.input("x", m), cell.state("h", n)
+    P, Q, U, b = (
+        cell.param("P", n, r),
+        cell.param("Q", r, n),
+        cell.param("U", n, m),
+        cell.param("b", n),
+    )
+    cell.update(h, rs.tanh(P @ Q @ h.prev + U @ x + b))
+    cell.loss(rs.squared_error(h, cell.target("y", n)))
+    return cell
+
+
+def _scaled():
+    cell = rs.Cell("scaled")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W2, W, U = cell.param("W2", 2 * n, n), cell.param("W", n, n), cell.param("U", n, m)
+    pre = (2 * (W2 @ h.prev))[0:n] + 0.5 * (W @ h.prev) - U @ x
+    cell.update(h, rs.tanh(pre) * rs.sigmoid((W2 @ h.prev)[n : 2 * n]))
+    cell.loss(rs.squared_error(h, cell.target("y", n)))
+    return cell
+
+
+def _scaled_ce():
+    cell = rs.Cell("scaled_ce")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, V = cell.param("W", n, n), cell.param("U", n, m), cell.param("V", k, n)
+    cell.update(h, rs.tanh(W @ h.prev + U @ x))
+    o = cell.output("o", V @ h)
+    cell.loss(2 * rs.softmax_cross_entropy(o, cell.target("y", k)))
+    return cell
+
+
+def _activations():
+    cell = rs.Cell("activations")
+    n, m, r = cell.dims("n m r")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, b = cell.param("W", n, n), cell.param("U", n, m), cell.param("b", n)
+    P, Q = cell.param("P", n, r), cell.param("Q", r, n)
+    cell.update(h, rs.tanh(W @ h.prev + U @ x + rs.log(rs.softplus(b + P @ (Q @ h.prev)))))
+    z = cell.output("z", rs.exp(W @ h) + rs.log_sigmoid(U @ x + h))
+    cell.loss(rs.linear_loss(cell.target("d", n), z))
+    return cell
+
+
+def _softplus(z):
+    return np.log1p(np.exp(z))
+
+
+def _defined():
+    """A named intermediate (its ∂q/∂θ is a row of its own in the docstring), a leak term."""
+    cell = rs.Cell("defined")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, Wq, bq = (
+        cell.param("W", n, n),
+        cell.param("U", n, m),
+        cell.param("Wq", n, n),
+        cell.param("bq", n),
+    )
+    q = cell.define("q", rs.sigmoid(Wq @ h.prev + bq))
+    cell.update(h, q * rs.tanh(W @ h.prev + U @ x) - 0.5 * h.prev)
+    cell.loss(rs.squared_error(h, cell.target("y", n)))
+    return cell
+
+
+def _defined_q(p, x, hp):
+    return _np_sigmoid(hp @ p["Wq"].T + p["bq"])
+
+
+CELL_CASES = {
+    "lowrank": CellCase(
+        "lowrank",
+        _lowrank,
+        lambda p, x, hp: np.tanh(hp @ (p["P"] @ p["Q"]).T + x["x"] @ p["U"].T + p["b"]),
+        lambda p, h, x, y: 0.5 * np.sum((h - y["y"]) ** 2, axis=-1),
+    ),
+    "scaled": CellCase(
+        "scaled",
+        _scaled,
+        lambda p, x, hp: (
+            np.tanh(2 * (hp @ p["W2"].T)[:, :3] + 0.5 * hp @ p["W"].T - x["x"] @ p["U"].T)
+            * _np_sigmoid((hp @ p["W2"].T)[:, 3:])
+        ),
+        lambda p, h, x, y: 0.5 * np.sum((h - y["y"]) ** 2, axis=-1),
+    ),
+    "scaled_ce": CellCase(
+        "scaled_ce",
+        _scaled_ce,
+        lambda p, x, hp: np.tanh(hp @ p["W"].T + x["x"] @ p["U"].T),
+        lambda p, h, x, y: 2 * (_np_logsumexp(h @ p["V"].T) - np.sum(y["y"] * (h @ p["V"].T), -1)),
+        outputs={"o": lambda p, h, x: h @ p["V"].T},
+    ),
+    "activations": CellCase(
+        "activations",
+        _activations,
+        lambda p, x, hp: np.tanh(
+            hp @ p["W"].T + x["x"] @ p["U"].T + np.log(_softplus(p["b"] + hp @ (p["P"] @ p["Q"]).T))
+        ),
+        lambda p, h, x, y: np.sum(
+            y["d"] * (np.exp(h @ p["W"].T) - np.log1p(np.exp(-(x["x"] @ p["U"].T + h)))), -1
+        ),
+        outputs={
+            "z": lambda p, h, x: np.exp(h @ p["W"].T) - np.log1p(np.exp(-(x["x"] @ p["U"].T + h)))
+        },
+    ),
+    "defined": CellCase(
+        "defined",
+        _defined,
+        lambda p, x, hp: (
+            _defined_q(p, x, hp) * np.tanh(hp @ p["W"].T + x["x"] @ p["U"].T) - 0.5 * hp
+        ),
+        lambda p, h, x, y: 0.5 * np.sum((h - y["y"]) ** 2, axis=-1),
+        defines={"q": _defined_q},
+    ),
+}
+
+
+@functools.cache
+def _kernel(name: str, mode: str):
+    return rs.compile(CELL_CASES[name].build(), mode=mode)
+
+
+def _fd_gradient(case: CellCase, params, inputs, targets, h0) -> dict[str, np.ndarray]:
+    """Central differences of the reference loss, entry by entry."""
+    grads = {}
+    for pname, value in params.items():
+        g = np.zeros_like(value)
+        for index in np.ndindex(*value.shape):
+            plus, minus = value.copy(), value.copy()
+            plus[index] += EPS
+            minus[index] -= EPS
+            lp = case.reference({**params, pname: plus}, inputs, targets, h0)[0]
+            lm = case.reference({**params, pname: minus}, inputs, targets, h0)[0]
+            g[index] = (lp - lm) / (2 * EPS)
+        grads[pname] = g
+    return grads
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+@given(seed=st.integers(0, 2**31 - 1))
+def test_cell_matches_numpy_reference(name, mode, seed):
+    """Loss, forward() and every gradient entry of the kernel vs the NumPy reference (T = 4,
+    B = 3, nonzero h(0)); gradients vs central differences of the reference loss."""
+    case = CELL_CASES[name]
+    kernel = _kernel(name, mode)
+    _, params, inputs, targets, h0 = case.problem(seed)
+    loss_ref, states_ref = case.reference(params, inputs, targets, h0)
+    loss, grads = kernel.loss_and_grad(params, inputs, targets, h0)
+    # the same float64 operations in another order: 1e-12 relative is rounding, not a formula
+    assert loss == pytest.approx(loss_ref, rel=1e-12, abs=1e-12), "loss value"
+    states = kernel.forward(params, inputs, h0)
+    for key, ref in states_ref.items():
+        np.testing.assert_allclose(states[key], ref, rtol=1e-12, atol=1e-12, err_msg=key)
+    expected = _fd_gradient(case, params, inputs, targets, h0)
+    for pname, g in expected.items():
+        _assert_close(grads[pname], g, f"{name} ({mode}): gradient of {pname}")
+
+
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+def test_cell_derivation_matches_scalar_oracle(name):
+    """The matrix-form derivation vs sympy.diff of the unrolled scalar loss (T = 2, tiny sizes)."""
+    from rnnsym.verify import scalar_oracle
+
+    report = scalar_oracle(CELL_CASES[name].build(), T=2)
+    assert report.ok, str(report)  # 40 of 60 digits: see scalar_oracle
+
+
+@pytest.mark.parametrize("name", sorted(CELL_CASES))
+@given(seed=st.integers(0, 2**31 - 1))
+def test_sensitivity_formulas_match_finite_differences(name, seed):
+    """The ∂q(t)/∂θ formulas of a forward kernel's docstring (``Sensitivities.display``, what
+    ``sensitivity_text`` prints), evaluated along a random direction of every parameter and of
+    h(t−1), vs central differences of the NumPy reference step along the same direction."""
+
+    case = CELL_CASES[name]
+    cell, params, inputs, _, h0 = case.problem(seed, T=1, B=1)
+    dims = {cell.size_symbols[k]: v for k, v in case.sizes.items() if k in cell.size_symbols}
+    rows = _sensitivity_rows(name)
+    rng = np.random.default_rng(seed + 3)
+    direction = {k: rng.normal(size=v.shape) for k, v in params.items()}
+    dh_prev = rng.normal(size=h0["h"].shape)
+    x_t = {k: v[0] for k, v in inputs.items()}
+
+    def at(sign):  # the step at θ ± eps v, h(t-1) ± eps dh(t-1)
+        p = {k: v + sign * EPS * direction[k] for k, v in params.items()}
+        hp = h0["h"] + sign * EPS * dh_prev
+        return {"h": case.step(p, x_t, hp), **{q: f(p, x_t, hp) for q, f in case.defines.items()}}
+
+    plus, minus = at(1.0), at(-1.0)
+    base = at(0.0)
+    column = {k: v.reshape(_shape(cell.params[k].symbol.xreplace(dims))) for k, v in params.items()}
+    env = {**column, "x": x_t["x"].T, "h_prev": h0["h"].T, "∂h_prev/∂θ": dh_prev.T}
+    env |= {k: v.T for k, v in base.items()}
+    directions = {
+        k: v.reshape(_shape(cell.params[k].symbol.xreplace(dims))) for k, v in direction.items()
+    }
+    assert [q for q, _ in rows] == [*case.defines, "h"]
+    for q, formula in rows:
+        expected = ((plus[q] - minus[q]) / (2 * EPS)).T
+        got = evaluate(formula.xreplace(dims), env, directions=directions)
+        _assert_close(got, expected, f"{name}: ∂{q}/∂θ", formula)
+        env[f"∂{q}/∂θ"] = expected  # later rows read this quantity's sensitivity by name
+
+
+@functools.cache
+def _sensitivity_rows(name: str):
+    from rnnsym.forward_mode import sensitivities
+
+    return sensitivities(rs.derive(CELL_CASES[name].build())).display
+
+
+def test_sensitivity_formulas_are_the_docstrings():
+    """The formulas evaluated above are the ones a forward kernel's docstring prints."""
+    from rnnsym.forward_mode import sensitivities, sensitivity_text
+
+    for name in CELL_CASES:
+        kernel = _kernel(name, "forward")
+        sens = sensitivities(kernel.derivation)
+        text = sensitivity_text(sens)
+        rows = [line.strip() for line in text.splitlines() if line.strip().startswith("∂")]
+        assert len(rows) >= len(sens.display), name  # one printed row per formula at least
+        for line in rows:
+            assert line in kernel.source, (name, line)

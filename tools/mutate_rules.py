@@ -404,16 +404,23 @@ def _run_tree(tree: Path, tests: list[str], timeout: float, log: Path) -> tuple[
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         _child(tree, tests, log)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() - start > timeout:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "timeout", time.monotonic() - start
-        time.sleep(0.05)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() - start > timeout:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "timeout", time.monotonic() - start
+            time.sleep(0.05)
+    except BaseException:  # interrupted: take the running tests down too
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     seconds = time.monotonic() - start
     code = os.waitstatus_to_exitcode(status)
     if code == 0:
@@ -453,9 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", default=DEFAULT_TESTS, help="pytest selection")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="s per mutant")
     parser.add_argument(
+        "--examples",
+        type=int,
+        default=10,
+        help="Hypothesis examples per test (derandomised, no shrinking; the CI profile has 30)",
+    )
+    parser.add_argument(
         "--include-equivalent", action="store_true", help="also run the known-equivalent ones"
     )
     options = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the copies on kill
 
     with tempfile.TemporaryDirectory(prefix="rnnsym_mutants_") as workdir:
         snapshot = Path(workdir) / "snapshot"
@@ -482,17 +496,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         if dirty:
             print("  " + dirty.replace("\n", "\n  "))
-        print(f"tests: {' '.join(options.tests)}; timeout {options.timeout:g} s per mutant")
+        print(
+            f"tests: {' '.join(options.tests)}; timeout {options.timeout:g} s per mutant; "
+            f"{options.examples} Hypothesis examples per test"
+        )
         for name in _PRELOAD:  # imported once here, inherited by every forked run
             __import__(name)
         from hypothesis import HealthCheck, Phase, settings
 
-        # the suite's "ci" profile (tests/conftest.py: 30 derandomised examples) without
-        # shrinking: a failing example kills the mutant, its smallest form does not matter
+        # like the suite's "ci" profile (tests/conftest.py: derandomised), with --examples
+        # examples and without shrinking: a failing example kills the mutant, its smallest form
+        # does not matter. Fewer examples can only let more mutants survive.
         settings.register_profile(
             "mutation",
             deadline=None,
-            max_examples=30,
+            max_examples=options.examples,
             derandomize=True,
             database=None,
             phases=[Phase.explicit, Phase.generate],
