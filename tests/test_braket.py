@@ -227,7 +227,36 @@ def test_sympy_objects_and_concrete_sizes():
     symbolic = rs.braket(rs.cells.elman(), 2)
     n = symbolic.cell.size_symbols["n"]
     assert symbolic.J_h.shape == (2 * n, 2 * n)
-    assert symbolic.G_definition(1) == sp.sympify(symbolic.G_definition(1))  # a SymPy object
+    assert isinstance(symbolic.G_definition(1), sp.MatrixExpr)
+
+
+@pytest.mark.parametrize("name", ["elman", "elman_relu", "slides"])
+@pytest.mark.parametrize("t", [1, 2])
+def test_G_definition_is_the_derivative_of_the_activation(name, t):
+    """G(t) = σ′(a(t)) evaluated at a random point, against central differences of σ itself
+    (NumPy's tanh / relu / sigmoid, not rnnsym's rules) at a(t) = J_x x(t) + J_h h(t−1) + b."""
+    from test_rules import evaluate
+
+    sizes = {"n": 3, "m": 2}
+    form = rs.braket(rs.cells.get(name), 2, sizes=sizes)
+    dims = {form.cell.size_symbols[k]: v for k, v in sizes.items()}
+    expr = form.G_definition(t).xreplace(dims)
+    pre = form.at(form.pre_activation(), t).xreplace(dims)
+    rng = np.random.default_rng(t)
+    env = {}
+    for s in sorted(pre.free_symbols, key=str):
+        if isinstance(s, sp.MatrixSymbol):
+            env[s.name] = rng.normal(size=tuple(int(d) for d in s.shape))
+    a = evaluate(pre, env)
+    sigma = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}.get(
+        form.cell.updates[form.state_name].expr.activation.name, lambda z: 1 / (1 + np.exp(-z))
+    )
+    env[f"{form.state_name}({t})"] = sigma(a)  # h(t), which G(t) may be written with
+    eps = 1e-6
+    expected = (sigma(a + eps) - sigma(a - eps)) / (2 * eps)
+    # central differences: error O(eps²) ≈ 1e-12 on σ‴ = O(1); relu′ is exact away from 0
+    assert np.min(np.abs(a)) > 1e-3
+    np.testing.assert_allclose(evaluate(expr, env), expected, rtol=0, atol=1e-8)
 
 
 def test_general_form_has_no_slides_operators():
