@@ -258,6 +258,8 @@ def unrolled_point(
     untied: bool = False,
 ) -> UnrolledPoint:
     """Random rational parameters and data for ``cell`` over ``T`` steps (tiny default sizes)."""
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"unrolled_point: T={T!r} steps; expected an integer >= 1")
     dims = _concrete_sizes(cell, sizes, _oracle_size)
     rng = random.Random(seed)
 

@@ -221,3 +221,11 @@ def test_model_oracle_catches_a_wrong_chained_derivation(monkeypatch):
     assert report.derivation_agreement["V"] < 35
     assert report.derivation_agreement["W"] >= 40
     assert not report.ok
+
+
+@pytest.mark.parametrize("T", [0, -1, 2.5, True])
+def test_oracle_refuses_a_bad_number_of_steps(T):
+    with pytest.raises(ValueError, match=f"T={T!r} steps; expected an integer >= 1"):
+        unrolled_point(rs.cells.elman(), T)
+    with pytest.raises(ValueError, match=f"T={T!r} steps; expected an integer >= 1"):
+        scalar_oracle(rs.cells.elman(), T=T)
