@@ -416,8 +416,9 @@ class TestNames:
         assert_rejected_or_correct(param_name=param_name)
 
 
-def assert_rejected_or_correct(size_name: str = "n", param_name: str = "W") -> None:
-    """A name is either refused with a CellError or gives a kernel with correct gradients."""
+def assert_rejected_or_correct(size_name: str = "n", param_name: str = "W") -> str:
+    """A name is either refused with a CellError naming it, or gives a kernel whose loss and
+    gradients are right; returns which ("rejected" or "correct")."""
     try:
         cell = rs.Cell("named")
         n = cell.dims(size_name)
@@ -428,12 +429,33 @@ def assert_rejected_or_correct(size_name: str = "n", param_name: str = "W") -> N
         cell.loss(rs.squared_error(h, cell.target("y", n)))
     except rs.CellError as exc:
         assert size_name in str(exc) or param_name in str(exc)
-        return
+        return "rejected"
     kernel = rs.compile(cell)
     # the size differs from T, B and the loop indices, so that a size named T, B or t cannot
     # pass by coincidence
     params, inputs, targets = random_problem(cell, sizes={size_name: 5}, T=4, B=2)
-    assert rs.check_gradients(kernel, params, inputs, targets).ok
+    W_value, xs, ys = params[param_name], inputs["x"], targets["y"]
+    h_t, expected = np.zeros(xs.shape[1:]), 0.0
+    for t in range(xs.shape[0]):  # the cell written out in NumPy
+        h_t = np.tanh(h_t @ W_value.T + xs[t])
+        expected += 0.5 * float(np.sum((h_t - ys[t]) ** 2))
+    loss, grads = kernel.loss_and_grad(params, inputs, targets)
+    assert set(grads) == {param_name}
+    # the same float64 operations in another order: 1e-12 relative is rounding only
+    assert loss == pytest.approx(expected, rel=1e-12)
+    report = rs.check_gradients(kernel, params, inputs, targets)
+    assert report.ok, str(report)  # the tolerance of check_gradients (1e-6) says why
+    return "correct"
+
+
+@pytest.mark.parametrize(
+    "size_name, param_name",
+    [("width", "W_hh"), ("n_hidden", "weights"), ("n", "tanh"), ("n", "zeros"), ("sum", "W")],
+)
+def test_ordinary_names_give_correct_kernels(size_name, param_name):
+    """Names that generated code does not use reach the correctness branch of
+    assert_rejected_or_correct (so that branch is exercised, not only the rejection)."""
+    assert assert_rejected_or_correct(size_name=size_name, param_name=param_name) == "correct"
 
 
 class TestLossAndOutput:
