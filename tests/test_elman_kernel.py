@@ -367,31 +367,46 @@ def test_source_is_deterministic(elman_kernel: Any) -> None:
 
 
 def test_source_is_deterministic_across_hash_seeds(elman_kernel: Any, tmp_path: Path) -> None:
-    """Fresh interpreters with different PYTHONHASHSEED generate the same source (no
-    dependence on set/dict iteration order)."""
+    """Fresh interpreters with different PYTHONHASHSEED generate the same source for every
+    built-in cell in both modes (no dependence on set/dict iteration order), and the same as
+    this process. One subprocess per hash seed compiles them all."""
+    import json
+
     import rnnsym as rs
 
     package_root = str(Path(next(iter(rs.__path__))).resolve().parent)
     script = textwrap.dedent(
         """
+        import json
         import sys
         import rnnsym as rs
-        with open(sys.argv[1], "w", encoding="utf-8", newline="") as fh:
-            fh.write(rs.compile(rs.cells.elman()).source)
+        sources = {
+            f"{name} {mode}": rs.compile(rs.cells.get(name), mode=mode).source
+            for name in sorted(rs.cells.BUILTIN)
+            for mode in ("reverse", "forward")
+        }
+        with open(sys.argv[1], "w", encoding="utf-8") as fh:
+            json.dump(sources, fh)
         """
     )
-    sources: dict[str, bytes] = {}
+    sources: dict[str, dict[str, str]] = {}
     for hash_seed in ("0", "12345"):
         env = dict(os.environ)
         env["PYTHONHASHSEED"] = hash_seed
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
-        out = tmp_path / f"source_{hash_seed}.py"
-        subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, timeout=300)
-        sources[hash_seed] = out.read_bytes()
-    assert sources["0"] == sources["12345"], "source depends on PYTHONHASHSEED"
-    assert sources["0"] == elman_kernel.source.encode("utf-8"), "subprocess != in-process source"
+        out = tmp_path / f"sources_{hash_seed}.json"
+        subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, timeout=600)
+        sources[hash_seed] = json.loads(out.read_text(encoding="utf-8"))
+    expected = {f"{name} {mode}" for name in rs.cells.BUILTIN for mode in ("reverse", "forward")}
+    assert set(sources["0"]) == expected
+    for key, text in sources["0"].items():
+        assert text == sources["12345"][key], f"{key}: source depends on PYTHONHASHSEED"
+        name, mode = key.split()
+        here = rs.compile(rs.cells.get(name), mode=mode).source
+        assert text == here, f"{key}: subprocess != in-process source"
+    assert sources["0"]["elman reverse"] == elman_kernel.source
 
 
 _STANDALONE_SCRIPT = textwrap.dedent(
