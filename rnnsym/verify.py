@@ -4,8 +4,14 @@
   expressions, differentiates the total loss with ``sympy.diff`` (nothing of rnnsym's derivation
   is used), and compares with the matrix-form derivation evaluated step by step; both are
   evaluated with mpmath at ``digits`` significant digits at a random rational point.
-* :func:`check_gradients` compares a kernel's gradients with central finite differences.
-* :func:`verify` runs both and gives the report ``rnnsym derive`` prints.
+* :func:`check_kernel` checks a kernel (any object with ``loss_and_grad``, ``forward`` and
+  ``vjp``) against a NumPy interpreter of the cell's own equations: loss, states and outputs,
+  every gradient entry (complex-step derivatives of the interpreter) and ``vjp()``'s adjoints,
+  at random distinct sizes ≥ 7, T ≥ 8, B ≥ 3 and nonzero h(0), in float64 and float32.
+* :func:`check_gradients` compares a kernel's gradients with central finite differences at
+  data you give it.
+* :func:`verify` runs the scalar oracle and :func:`check_kernel`: the report ``rnnsym derive``
+  and ``rnnsym verify`` print.
 
 Expression swell keeps the symbolic oracle to tiny sizes (n ≈ 2, T ≈ 3): that is its purpose,
 an exact reference for small cases; finite differences cover realistic sizes.
