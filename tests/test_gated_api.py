@@ -132,3 +132,126 @@ def test_cross_entropy_gradient_is_softmax_minus_target():
     assert check_gradients(kernel, params, inputs, targets).ok
     with pytest.raises(rs.ShapeError, match=msg("softmax_cross_entropy", "o", "(k, 1)", "h")):
         rs.softmax_cross_entropy(o, h)
+
+
+# ----- every built-in cell: forward(), the loss and vjp() against independent computations -----
+
+BUILTIN_CELLS = sorted(rs.cells.BUILTIN)
+
+
+def _builtin_problem(name: str, seed: int):
+    """(cell, dims, params, inputs for forward() incl. fed-back ones, inputs, targets, h0)."""
+    cell = rs.cells.get(name)
+    sizes = {s: 3 + i for i, s in enumerate(sorted(cell.size_symbols))}  # distinct sizes
+    dims = {cell.size_symbols[s]: v for s, v in sizes.items()}
+    params, inputs, targets = random_problem(cell, sizes=sizes, T=3, B=2, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    h0 = {
+        n: rng.normal(0.0, 0.5, size=(2, int(s.symbol.shape[0].xreplace(dims))))
+        for n, s in cell.states.items()
+    }
+    explicit = dict(inputs)
+    for fed, target in cell.fed_back.items():  # forward() is given y(t-1) explicitly
+        y = _dense_target(cell, target, targets[target], dims)
+        explicit[fed] = np.concatenate([np.zeros_like(y[:1]), y[:-1]])
+    return cell, dims, params, explicit, inputs, targets, h0
+
+
+def _dense_target(cell, name, value, dims):
+    """A class-index target as the one-hot vectors the cell's expressions use."""
+    if name in cell.class_targets:
+        size = int(cell.targets[name].symbol.shape[0].xreplace(dims))
+        return np.eye(size)[value]
+    return value
+
+
+def _definition_run(kernel, dims, params, inputs, targets, h0):
+    """States, outputs and total loss of the cell's own (inlined) equations, evaluated entry by
+    entry by the NumPy evaluator of tests/test_rules.py: no generated code involved."""
+    from test_rules import evaluate
+
+    cell, d = kernel.cell, kernel.derivation
+    T, B = 3, 2
+
+    def size(var) -> int:
+        return int(var.symbol.shape[0].xreplace(dims))
+
+    column = {
+        n: v.reshape(tuple(int(s.xreplace(dims)) for s in cell.params[n].symbol.shape))
+        for n, v in params.items()
+    }
+    seqs = {n: np.zeros((T, B, size(v))) for n, v in {**cell.states, **cell.outputs}.items()}
+    updates = {n: d.update_expr(n).xreplace(dims) for n in cell.updates}
+    outputs = {n: d.output_expr(n).xreplace(dims) for n in cell.output_defs}
+    loss_expr = d.loss_expr.xreplace(dims)
+    total = 0.0
+    for b in range(B):
+        prev = {n: h0[n][b][:, None] for n in cell.states}
+        for t in range(T):
+            env = dict(column)
+            for n, v in cell.inputs.items():
+                value = inputs[n][b] if n in cell.context_inputs else inputs[n][t, b]
+                env[v.symbol.name] = value[:, None]
+            for n, v in cell.targets.items():
+                env[v.symbol.name] = _dense_target(cell, n, targets[n], dims)[t, b][:, None]
+            for n, s in cell.states.items():
+                env[s.prev.symbol.name] = prev[n]
+            for n, expr in updates.items():
+                env[cell.states[n].symbol.name] = evaluate(expr, env)
+            for n, expr in outputs.items():
+                env[cell.outputs[n].symbol.name] = evaluate(expr, env)
+            for n in seqs:
+                var = cell.states.get(n) or cell.outputs[n]
+                seqs[n][t, b] = env[var.symbol.name][:, 0]
+            total += float(evaluate(loss_expr, env)[0, 0])
+            prev = {n: env[s.symbol.name] for n, s in cell.states.items()}
+    return seqs, total
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+@pytest.mark.parametrize("name", BUILTIN_CELLS)
+def test_builtin_forward_and_loss_match_the_definition(name, mode):
+    """forward() and the loss of every built-in kernel equal the cell's equations evaluated
+    without generated code (T = 3, B = 2, nonzero h(0), distinct sizes)."""
+    cell, dims, params, explicit, inputs, targets, h0 = _builtin_problem(name, seed=5)
+    kernel = rs.compile(cell, mode=mode)
+    seqs, total = _definition_run(kernel, dims, params, explicit, targets, h0)
+    states = kernel.forward(params, explicit, h0 or None)
+    assert set(states) == set(cell.states) | set(cell.outputs)
+    for key, expected in seqs.items():
+        # float64, the same operations in another order: rounding only
+        np.testing.assert_allclose(states[key], expected, rtol=1e-10, atol=1e-12, err_msg=key)
+    loss, _ = kernel.loss_and_grad(params, inputs, targets, h0 or None)
+    assert loss == pytest.approx(total, rel=1e-10)
+
+
+@pytest.mark.parametrize("name", BUILTIN_CELLS)
+def test_builtin_vjp_adjoints_match_finite_differences_in_random_directions(name):
+    """vjp()'s adjoints of every input sequence and every h(0), all entries at once: ⟨∇, v⟩ vs
+    central differences of the loss along three random directions v per array."""
+    cell, dims, params, _, inputs, targets, h0 = _builtin_problem(name, seed=9)
+    kernel = rs.compile(cell)
+    loss, _, g_in, g_h0 = kernel.vjp(params, inputs, targets, h0 or None)
+    assert set(g_in) >= set(inputs) and set(g_h0) == set(cell.states)
+    rng = np.random.default_rng(11)
+    eps = 1e-6
+    # rounding of the loss (1e-16 |L|) over 2 eps and the O(eps²) truncation stay below
+    # 1e-7 max(1, |L|) by orders of magnitude; a wrong adjoint entry moves ⟨∇, v⟩ by O(1)
+    tol = 1e-7 * max(1.0, abs(loss))
+
+    def loss_at(new_inputs, new_h0):
+        return kernel.loss_and_grad(params, new_inputs, targets, new_h0 or None)[0]
+
+    for group, arrays, grads in (("input", inputs, g_in), ("h0", h0, g_h0)):
+        for n, array in arrays.items():
+            assert grads[n].shape == array.shape, (group, n)
+            for _ in range(3):
+                v = rng.normal(size=array.shape)
+                if group == "input":
+                    plus = loss_at({**inputs, n: array + eps * v}, h0)
+                    minus = loss_at({**inputs, n: array - eps * v}, h0)
+                else:
+                    plus = loss_at(inputs, {**h0, n: array + eps * v})
+                    minus = loss_at(inputs, {**h0, n: array - eps * v})
+                numeric = (plus - minus) / (2 * eps)
+                assert abs(np.sum(grads[n] * v) - numeric) <= tol, (group, n, numeric)
