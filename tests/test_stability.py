@@ -4,6 +4,10 @@ Pre-activations are driven to magnitudes up to 1e3 in float64. There exp(|a|) ov
 (exp(710) = inf) and sigmoid(-a) underflows to 0, so a naive kernel returns inf or NaN (log 0,
 inf - inf, 0 * inf). NumPy is set to raise on overflow, invalid operations and division by zero;
 underflow to 0 is allowed, because it is the correctly rounded result.
+
+Finite is not enough: the gradients through softplus, log σ and the cross-entropy are compared
+with closed forms evaluated stably in NumPy up to |a| = 1e3, and all gradients with finite
+differences where those are accurate.
 """
 
 from __future__ import annotations
@@ -75,3 +79,42 @@ def test_saturated_values_are_right(kernel):
     x0 = inputs["x"][..., 0:1]
     expected = np.where(x0 > 0, 0.0, -1e3) * np.ones_like(states["z"])
     np.testing.assert_allclose(states["z"], expected, rtol=1e-15, atol=1e-300)
+
+
+def _stable_sigmoid(a):
+    return 0.5 * (1.0 + np.tanh(0.5 * a))  # no overflow for any finite a
+
+
+@given(seed=st.integers(0, 2**16), exponent=st.floats(0.0, 3.0))
+def test_saturated_gradients_match_closed_forms(kernel, seed, exponent):
+    """The gradients of P (through softplus′ = σ), Q (through log σ′ = σ(−a)) and V (through the
+    cross-entropy) against closed forms evaluated stably in NumPy, for |a| up to 1e3, where
+    finite differences are useless: the stable forms must be right, not only finite."""
+    scale = 10.0**exponent
+    params, inputs, targets = problem(seed, scale)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        _, grads = kernel.loss_and_grad(params, inputs, targets)
+        h = kernel.forward(params, inputs)["h"]
+    x, y, d = inputs["x"], targets["y"], targets["d"]
+    o = h @ params["V"].T + np.logaddexp(0.0, x @ params["P"].T)  # softplus, stably
+    softmax = np.exp(o - o.max(axis=-1, keepdims=True))
+    softmax /= softmax.sum(axis=-1, keepdims=True)
+    g_o = softmax - y
+    expected = {
+        "V": np.einsum("tbk,tbn->kn", g_o, h),
+        "P": np.einsum("tbk,tbm->km", g_o * _stable_sigmoid(x @ params["P"].T), x),
+        "Q": np.einsum("tbn,tbm->nm", d * _stable_sigmoid(-(x @ params["Q"].T)), x),
+    }
+    for name, value in expected.items():
+        # float64 sums of O(scale) terms in another order: 1e-12 relative to the largest entry
+        atol = 1e-12 * max(1.0, np.abs(value).max())
+        np.testing.assert_allclose(grads[name], value, rtol=1e-10, atol=atol, err_msg=name)
+
+
+@given(seed=st.integers(0, 2**16), exponent=st.floats(-1.0, 0.5))
+def test_gradients_match_finite_differences_at_moderate_scale(kernel, seed, exponent):
+    """Every gradient (sigmoid, softplus, log σ, cross-entropy, through time) vs central finite
+    differences where those are accurate (|a| up to about 3)."""
+    params, inputs, targets = problem(seed, 10.0**exponent)
+    report = rs.check_gradients(kernel, params, inputs, targets)
+    assert report.ok, str(report)  # check_gradients' 1e-6 relative tolerance says why
