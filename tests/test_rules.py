@@ -189,6 +189,9 @@ EXPRESSIONS = {
         True,
     ),
     "concat": (Apply("tanh", mul(Wc, concat(h, Apply("sigmoid", x)))), True),
+    # a coefficient on a sum (c (a + b) in a tangent), then scaled or sliced
+    "scaled_sum": (Apply("tanh", mul(3, add(W @ h, U @ x, b))), True),
+    "sliced_sum": (slice_rows(mul(-2, add(W2 @ h, concat(u, b))), 1, 5), True),
     "hadamard3": (hadamard(h, u, Apply("tanh", W @ h), Apply("exp", mul(-1, U @ x))), True),
     "quadratic": (mul(transpose(h), W, h), True),  # 1×1: h′W h, with a transpose
     "transposed_param": (mul(transpose(A), W, h), False),  # Aᵀ: forward mode cannot seed it
