@@ -31,7 +31,7 @@ import sympy as sp
 from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
-from .ops import leaves
+from .ops import Apply, LogSumExp, Softmax, leaves, postorder
 
 __all__ = ["LocalStep", "compile_cell_steps", "ScalarGraph", "GUARD_DIGITS"]
 
@@ -90,18 +90,47 @@ def _compile(name: str, kind: str, symbol: MatrixSymbol, expr, dims: dict) -> Lo
     return LocalStep(name, kind, symbol.xreplace(dims), len(entries), concrete, pairs, function)
 
 
+def _split(name: str, symbol: MatrixSymbol, expr) -> list[tuple[str, MatrixSymbol, object]]:
+    """One named equation as a chain of smaller ones: every elementwise function, softmax and
+    log-sum-exp gets a node of its own for its argument and one for its value, so each local
+    expression stays small (a sum of products, or one function of one entry) and its
+    ``sympy.diff`` cheap however many gates the user wrote inline. Returns
+    ``(name, symbol, expr)`` of the pieces in evaluation order, the equation itself last."""
+    pieces = []
+    replaced: dict = {}
+    for node in postorder([expr]):
+        if not isinstance(node, (Apply, Softmax, LogSumExp)):
+            continue
+        current = node.xreplace(replaced)
+        arg = current.args[-1]
+        if not isinstance(arg, MatrixSymbol):
+            inner = MatrixSymbol(f"_{name}_{len(pieces)}", *arg.shape)
+            pieces.append((inner.name, inner, arg))
+            current = current.xreplace({arg: inner})
+        value = MatrixSymbol(f"_{name}_{len(pieces)}", *current.shape)
+        pieces.append((value.name, value, current))
+        replaced[node] = value
+    pieces.append((name, symbol, expr.xreplace(replaced)))
+    return pieces
+
+
 def compile_cell_steps(cell: Cell, dims: dict) -> list[LocalStep]:
     """The named equations of one step of ``cell``, in order, compiled at the sizes ``dims``:
-    updates and definitions as written, then the outputs, then the loss (if the cell has one)."""
-    steps = []
+    updates and definitions as written, then the outputs, then the loss (if the cell has one).
+    Each is preceded by the pieces :func:`_split` cuts it into (kind ``"piece"``)."""
+    equations = []
     for kind, name in cell.order:
-        expr = cell.step_term(kind, name).expr
-        steps.append(_compile(name, kind, cell._vars[name].symbol, expr, dims))
+        equations.append((name, kind, cell._vars[name].symbol, cell.step_term(kind, name).expr))
     for name, term in cell.output_defs.items():
-        steps.append(_compile(name, "output", cell.outputs[name].symbol, term.expr, dims))
+        equations.append((name, "output", cell.outputs[name].symbol, term.expr))
     if cell._loss_terms:
-        loss = cell.loss_expr
-        steps.append(_compile("L", "loss", MatrixSymbol("L", 1, 1), loss, dims))
+        equations.append(("L", "loss", MatrixSymbol("L", 1, 1), cell.loss_expr))
+    steps = []
+    for name, kind, symbol, expr in equations:
+        pieces = _split(name, symbol, expr)
+        for piece, piece_symbol, piece_expr in pieces[:-1]:
+            steps.append(_compile(piece, "piece", piece_symbol, piece_expr, dims))
+        steps.append(_compile(name, kind, symbol, pieces[-1][2], dims))
     return steps
 
 
