@@ -1459,31 +1459,6 @@ def braket_report(
 # ----- the scalar oracle of a composed model -----
 
 
-def _scalar_steps(cell: Cell, dims: dict, params: dict, data: list[dict], h0: dict) -> list:
-    """The cell's forward equations run step by step on explicit SymPy matrices.
-
-    ``data[t]`` maps input and target names to matrices; returns each step's environment
-    {concrete symbol: matrix}. Only the cell's own forward expressions are used.
-    """
-    envs = []
-    prev = dict(h0)
-    for step in data:
-        env = {_concrete(p.symbol, dims): params[n] for n, p in cell.params.items()}
-        for var in [*cell.inputs.values(), *cell.targets.values()]:
-            if var.name in step:
-                env[_concrete(var.symbol, dims)] = step[var.name]
-        for n, s in cell.states.items():
-            env[_concrete(s.prev.symbol, dims)] = prev[n]
-        for kind, n in cell.order:
-            expr = cell.step_term(kind, n).expr
-            env[_concrete(cell._vars[n].symbol, dims)] = _explicit(expr, dims, env)
-        for n, term in cell.output_defs.items():
-            env[_concrete(cell.outputs[n].symbol, dims)] = _explicit(term.expr, dims, env)
-        prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
-        envs.append(env)
-    return envs
-
-
 def _scalar_data(cell: Cell, dims: dict, T: int, rng: random.Random, given: dict) -> list[dict]:
     """Random rational data of a cell for T steps; fed-back inputs and contexts as the kernel
     builds them; ``given`` names inputs supplied by the model (other cells' states)."""
