@@ -9,7 +9,8 @@ Run from the repository root::
 For every built-in cell, the user cell below (``user``) and the composed models it times
 ``rnnsym.verify.scalar_oracle`` (``model_oracle`` for models) at their default settings: the
 oracle alone (``oracle s``) and the whole check including rnnsym's derivation evaluated at 60
-digits (``total s``), with the worst number of agreeing digits. ``--whole-loss`` adds the old
+digits (``total s``; ``total CPU s`` is its CPU time, steadier on a shared machine), with the
+worst number of agreeing digits. ``--whole-loss`` adds the old
 oracle (``sympy.diff`` of the whole scalar-unrolled loss) at its old settings, sizes 2 and 3
 and the built-in's ``oracle_T`` (3 for the user cell). No test asserts any timing; the results
 are in docs/benchmarks.md.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
@@ -64,35 +66,41 @@ def main(argv: list[str] | None = None) -> int:
     from rnnsym.verify import model_oracle, scalar_oracle
 
     names = args.cells or [*BUILTIN, "user", *MODELS]
-    header = "| cell | sizes, T | oracle s | total s | worst digits |"
+    header = "| cell | sizes, T | oracle s | total s | total CPU s | worst digits |"
     if args.whole_loss:
-        header += " whole-loss oracle: sizes, T | oracle s | total s |"
+        header += " whole-loss oracle: sizes, T | oracle s | total s | total CPU s |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in names:
         if name in MODELS:
+            cpu = time.process_time()
             report = model_oracle(rs.cells.get(name))
+            cpu = time.process_time() - cpu
             worst = [*report.derivation_agreement.values()]
             row = (
                 f"| {name} (model) | {report.sizes}, T={report.T} | {report.oracle_seconds:.2f} "
-                f"| {report.seconds:.2f} | {_worst(worst)} (vs chained derivation), "
+                f"| {report.seconds:.2f} | {cpu:.2f} | {_worst(worst)} (vs chained derivation), "
                 f"{min(report.agreement.values()):.1f} (vs float64 kernel) |"
             )
-            print(row + (" |  |  |" if args.whole_loss else ""), flush=True)
+            print(row + (" |  |  |  |" if args.whole_loss else ""), flush=True)
             continue
         cell = make_cell() if name == "user" else rs.cells.get(name)
+        cpu = time.process_time()
         report = scalar_oracle(cell)
+        cpu = time.process_time() - cpu
         sizes = ", ".join(f"{k}={v}" for k, v in report.sizes.items())
         row = (
             f"| {name} | {sizes}, T={report.T} | {report.oracle_seconds:.2f} | "
-            f"{report.seconds:.2f} | {_worst(report.agreement.values())} |"
+            f"{report.seconds:.2f} | {cpu:.2f} | {_worst(report.agreement.values())} |"
         )
         if args.whole_loss:
             T = BUILTIN[name].oracle_T if name in BUILTIN else 3
             old_sizes = {s: 2 + i % 2 for i, s in enumerate(sorted(cell.size_symbols))}
+            cpu = time.process_time()
             old = scalar_oracle(cell, sizes=old_sizes, T=T, method="whole-loss")
+            cpu = time.process_time() - cpu
             shown = ", ".join(f"{k}={v}" for k, v in old.sizes.items())
-            row += f" {shown}, T={T} | {old.oracle_seconds:.2f} | {old.seconds:.2f} |"
+            row += f" {shown}, T={T} | {old.oracle_seconds:.2f} | {old.seconds:.2f} | {cpu:.2f} |"
         print(row, flush=True)
     return 0
 
