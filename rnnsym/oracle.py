@@ -4,8 +4,10 @@ A cell (or a composed model) unrolled over T steps is a graph whose nodes are th
 quantities of each step: the states h(t), the intermediates of ``cell.define``, the outputs and
 the per-step losses L(t), plus the parameters, inputs, targets and initial states they read.
 Each node is a function of its *direct* inputs only (h(t) = tanh(b + W h(t−1) + U x(t)), with
-h(t−1) a node of its own, not written out). For every named equation of the step, at concrete
-sizes, this module
+h(t−1) a node of its own, not written out); each equation is cut further at its elementwise
+functions, softmax and log-sum-exp, whose argument and value get nodes of their own, so every
+local expression stays small. For every such equation of the step, at concrete sizes, this
+module
 
 1. writes its entries as scalar SymPy expressions in the scalar entries of its direct inputs
    (activations by their scalar definition ``Activation.scalar``, never their ``derivative``);
