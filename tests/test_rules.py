@@ -142,9 +142,9 @@ def evaluate(expr, env: dict, directions: dict | None = None) -> np.ndarray:
             return np.eye(_shape(node)[0])
         if isinstance(node, Direction):
             return directions[node.param.name]
-        if isinstance(node, Seed):
-            param, r, z, start, stop = node.args
-            varied = directions[param.name] @ ev(r)
+        if isinstance(node, Seed):  # through its accessors: param, and the shape checked below
+            _, r, z, start, stop = node.args
+            varied = directions[node.param.name] @ ev(r)
             return ev(z) * varied[int(start) : int(stop)]
         raise TypeError(f"evaluate: no rule for {type(node).__name__}")
 
@@ -192,6 +192,15 @@ EXPRESSIONS = {
     # a coefficient on a sum (c (a + b) in a tangent), then scaled or sliced
     "scaled_sum": (Apply("tanh", mul(3, add(W @ h, U @ x, b))), True),
     "sliced_sum": (slice_rows(mul(-2, add(W2 @ h, concat(u, b))), 1, 5), True),
+    # slices of activated vectors (gates of one stacked pre-activation), and a bare bias
+    "sliced_activations": (
+        hadamard(
+            slice_rows(Apply("tanh", W2 @ h), 0, n),
+            slice_rows(Apply("sigmoid", mul(-1, W2, h)), n, 2 * n),
+        ),
+        True,
+    ),
+    "affine": (add(W @ h, U @ x, b), True),
     "hadamard3": (hadamard(h, u, Apply("tanh", W @ h), Apply("exp", mul(-1, U @ x))), True),
     "quadratic": (mul(transpose(h), W, h), True),  # 1×1: h′W h, with a transpose
     "transposed_param": (mul(transpose(A), W, h), False),  # Aᵀ: forward mode cannot seed it
