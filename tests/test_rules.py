@@ -657,3 +657,21 @@ def test_sensitivity_formulas_are_the_docstrings():
         assert len(rows) >= len(sens.display), name  # one printed row per formula at least
         for line in rows:
             assert line in kernel.source, (name, line)
+
+
+def test_seed_terms_splits_a_tangent_into_seeds_and_the_rest():
+    """seed_terms finds every c · Seed term, also inside c (a + b), and keeps the rest."""
+    from rnnsym.jvp import seed_terms
+
+    seed_W, seed_b = Seed(W, h, OneMatrix(n, 1), 0, n), param_tangent(b)
+    other = mul(U, MatrixSymbol("dx", m, 1))
+    tangent_value = add(mul(2, seed_W), mul(3, add(seed_b, other)))
+    seeds, others = seed_terms(tangent_value)
+    assert {(c, s) for c, s in seeds} == {(2, seed_W), (3, seed_b)}
+    assert len(others) == 1 and not any(isinstance(x, Seed) for x in sp.preorder_traversal(others))
+    env, direction = _point(1), _random_direction(1, LEAVES)
+    env["dx"] = direction["x"]
+    whole = evaluate(tangent_value, env, directions=direction)
+    parts = sum(float(c) * evaluate(s, env, direction) for c, s in seeds)
+    parts = parts + sum(evaluate(o, env, direction) for o in others)
+    _assert_close(parts, whole, "seeds + others == tangent")
