@@ -77,6 +77,13 @@ UNWRAP = {"reversed", "transpose"}
 _SCALAR_FIRST = (
     "coeff is a scalar: mul() collects scalar factors into one coefficient wherever they are"
 )
+_TERM_ORDER = (
+    "terms.insert(1, ...) instead of insert(0, ...) only changes the order of the terms of a sum"
+)
+_ZERO_TERM = (
+    "a zero tangent is no longer skipped: its term is a ZeroMatrix, which add() drops (and a "
+    "tangent is never None there: tangent() gives ZeroMatrix to every matrix argument)"
+)
 EQUIVALENT: dict[str, str] = {
     "rnnsym/activations.py:relu': x -> ans": (
         "step(relu(x)) = step(x) for every x, 0 included (relu(x) > 0 exactly when x > 0)"
@@ -91,6 +98,18 @@ EQUIVALENT: dict[str, str] = {
     ),
     "rnnsym/jvp.py:_matmul_jvp: mul(coeff, *left, Seed(t.param, r, ones(rows, 1), 0, rows)) -> "
     "mul(*left, coeff, Seed(t.param, r, ones(rows, 1), 0, rows))": _SCALAR_FIRST,
+    "rnnsym/jvp.py:seed_terms: mul(coeff, t) -> mul(t, coeff)": _SCALAR_FIRST,
+    "rnnsym/jvp.py:_scaled: mul(c, seed.scaled(hadamard(*factors))) -> "
+    "mul(seed.scaled(hadamard(*factors)), c)": _SCALAR_FIRST,
+    "rnnsym/jvp.py:_sliced: mul(c, seed.sliced(start, stop)) -> mul(seed.sliced(start, stop), c)": (
+        _SCALAR_FIRST
+    ),
+    "rnnsym/jvp.py:_scaled: 0 -> 1": _TERM_ORDER,
+    "rnnsym/jvp.py:_sliced: 0 -> 1": _TERM_ORDER,
+    "rnnsym/jvp.py:_matmul_jvp: continue -> <deleted>": _ZERO_TERM,
+    "rnnsym/jvp.py:_matmul_jvp: t is None or is_zero(t) -> t is None and is_zero(t)": _ZERO_TERM,
+    "rnnsym/jvp.py:_hadamard_jvp: t is not None and (not is_zero(t)) -> "
+    "t is not None or not is_zero(t)": _ZERO_TERM,
 }
 
 
