@@ -675,3 +675,26 @@ def test_seed_terms_splits_a_tangent_into_seeds_and_the_rest():
     parts = sum(float(c) * evaluate(s, env, direction) for c, s in seeds)
     parts = parts + sum(evaluate(o, env, direction) for o in others)
     _assert_close(parts, whole, "seeds + others == tangent")
+
+
+def test_a_zero_tangent_gives_a_zero_of_the_node_shape():
+    """jvp() with ZeroMatrix tangents (arguments that do not vary) gives zero of the node's
+    shape. tangent() skips such nodes; this is jvp()'s own contract. (MatMul and Hadamard
+    rules need at least one varying factor: add() of no terms refuses, so they are left out.)"""
+    from rnnsym.jvp import jvp
+    from rnnsym.ops import postorder
+
+    env = _point(0)
+    checked = set()
+    for expr, _ in EXPRESSIONS.values():
+        for node in postorder([expr]):
+            if isinstance(node, (MatrixSymbol, MatMul, HadamardProduct)):
+                continue
+            zeros = [
+                ZeroMatrix(*a.shape) if isinstance(a, sp.MatrixExpr) else None for a in node.args
+            ]
+            value = jvp(node, node, zeros)
+            assert value.shape == node.shape, sp.sstr(node)
+            np.testing.assert_array_equal(evaluate(value, env), np.zeros(_shape(node)))
+            checked.add(type(node))
+    assert checked >= {MatAdd, Transpose, Apply, Slice, Concat, Pad, LogSumExp}
