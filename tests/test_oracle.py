@@ -1,4 +1,5 @@
-"""The independent scalar oracle: sympy.diff of the unrolled loss vs the matrix derivation."""
+"""The independent scalar oracle: sympy.diff of the unrolled loss (node by node over the unrolled
+graph, see tests/test_fast_oracle.py) vs the matrix derivation."""
 
 from __future__ import annotations
 
