@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import difflib
 import os
 import shutil
@@ -85,7 +86,7 @@ _ZERO_TERM = (
     "tangent is never None there: tangent() gives ZeroMatrix to every matrix argument)"
 )
 EQUIVALENT: dict[str, str] = {
-    "rnnsym/activations.py:relu': x -> ans": (
+    "rnnsym/activations.py:relu': x -> ans in Apply('step', x)": (
         "step(relu(x)) = step(x) for every x, 0 included (relu(x) > 0 exactly when x > 0)"
     ),
     "rnnsym/activations.py:log_sigmoid': mul(-1, x) -> mul(x, -1)": _SCALAR_FIRST,
@@ -104,8 +105,15 @@ EQUIVALENT: dict[str, str] = {
     "rnnsym/jvp.py:_sliced: mul(c, seed.sliced(start, stop)) -> mul(seed.sliced(start, stop), c)": (
         _SCALAR_FIRST
     ),
-    "rnnsym/jvp.py:_scaled: 0 -> 1": _TERM_ORDER,
-    "rnnsym/jvp.py:_sliced: 0 -> 1": _TERM_ORDER,
+    "rnnsym/jvp.py:_scaled: 0 -> 1 in terms.insert(0, hadamard(*factors, add(*others)))": (
+        _TERM_ORDER
+    ),
+    "rnnsym/jvp.py:_sliced: 0 -> 1 in terms.insert(0, slice_rows(add(*others), start, stop))": (
+        _TERM_ORDER
+    ),
+    "rnnsym/jvp.py:_matmul_jvp: 1 -> -1 in r.shape[1]": (
+        "r.shape[-1] is r.shape[1]: matrix shapes are pairs"
+    ),
     "rnnsym/jvp.py:_matmul_jvp: continue -> <deleted>": _ZERO_TERM,
     "rnnsym/jvp.py:_matmul_jvp: t is None or is_zero(t) -> t is None and is_zero(t)": _ZERO_TERM,
     "rnnsym/jvp.py:_hadamard_jvp: t is not None and (not is_zero(t)) -> "
@@ -124,10 +132,14 @@ class Mutant:
     before: str  # the mutated node, unparsed
     after: str
     source: str  # the whole mutated file
+    context: str = ""  # for a constant or a name: the expression it is part of
+    occurrence: int = 0  # k-th of several mutants that would print alike (k >= 1), else 0
 
     @property
     def description(self) -> str:
-        return f"{self.path}:{self.where}: {self.before} -> {self.after}"
+        where = f" in {self.context}" if self.context else ""
+        nth = f" (occurrence {self.occurrence})" if self.occurrence else ""
+        return f"{self.path}:{self.where}: {self.before} -> {self.after}{where}{nth}"
 
     def diff(self, original: str) -> str:
         lines = difflib.unified_diff(
@@ -368,7 +380,20 @@ def generate_mutants(root: Path) -> tuple[list[Mutant], dict[str, str]]:
                         continue
                     seen.add(source)
                     number = len(mutants) + 1
-                    mutants.append(Mutant(number, rel, where, _short(node), _short(new), source))
+                    context = ""
+                    if isinstance(node, (ast.Constant, ast.Name, ast.UnaryOp)):
+                        context = _short(parents[id(node)][0], 80)  # which 1 became 2
+                    mutants.append(
+                        Mutant(number, rel, where, _short(node), _short(new), source, context)
+                    )
+    counts: dict[str, int] = {}
+    for m in mutants:
+        counts[m.description] = counts.get(m.description, 0) + 1
+    seen_count: dict[str, int] = {}
+    for i, m in enumerate(mutants):
+        if counts[m.description] > 1:
+            seen_count[m.description] = seen_count.get(m.description, 0) + 1
+            mutants[i] = dataclasses.replace(m, occurrence=seen_count[m.description])
     return mutants, originals
 
 
