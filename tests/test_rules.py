@@ -698,3 +698,15 @@ def test_a_zero_tangent_gives_a_zero_of_the_node_shape():
             np.testing.assert_array_equal(evaluate(value, env), np.zeros(_shape(node)))
             checked.add(type(node))
     assert checked >= {MatAdd, Transpose, Apply, Slice, Concat, Pad, LogSumExp}
+
+
+@pytest.mark.parametrize(
+    "expr, param",
+    [
+        (mul(A, B), "A"),  # A's right part B is a matrix: no seed of a vector
+        (mul(transpose(h), W), "W"),  # nothing on W's right
+    ],
+)
+def test_forward_mode_refuses_a_parameter_without_a_vector_on_its_right(expr, param):
+    with pytest.raises(rs.DerivationError, match=f"parameter {param} multiplied by a vector"):
+        tangent(expr, expr, {leaf: param_tangent(leaf) for leaf in _leaves_of(expr)})
