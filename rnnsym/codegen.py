@@ -498,8 +498,12 @@ class KernelGenerator:
         # a later update may use a state updated earlier in the same step: emit in order
         for n, expr in zip(self.state_order, body, strict=True):
             root = loop.emit_shared([expr])[0]
-            step = self.step_name[n]
-            loop.assign_into(step, root, f"{self.all_name[n]}[t + 1]", "eqs. (2)-(3)")
+            step, dest = self.step_name[n], f"{self.all_name[n]}[t + 1]"
+            if self.is_batch(root):
+                loop.assign_into(step, root, dest, "eqs. (2)-(3)")
+            else:  # free of the data and of the past: one value, stored in every row
+                loop.stmts.append(Line(f"{dest} = {loop.print(root)}  # eqs. (2)-(3)"))
+                loop.stmts.append(Line(f"{step} = {dest}", defines=step))
             loop.names[cell.states[n].symbol] = step
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
         for n, state in cell.states.items():

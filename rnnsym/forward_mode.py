@@ -29,7 +29,16 @@ import re
 from dataclasses import dataclass, field
 
 import sympy as sp
-from sympy import HadamardProduct, Identity, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
+from sympy import (
+    HadamardProduct,
+    Identity,
+    MatAdd,
+    MatMul,
+    MatrixExpr,
+    MatrixSymbol,
+    Transpose,
+    ZeroMatrix,
+)
 
 from .codegen import (
     KernelGenerator,
@@ -108,6 +117,34 @@ def _varying(order: list[tuple[str, MatrixSymbol, MatrixExpr]], sources: set) ->
     return found
 
 
+def _distribute(expr: MatrixExpr, params: set) -> MatrixExpr:
+    """``expr`` with every matrix product over a sum that holds a parameter multiplied out:
+    (P1 − P2) x = P1 x − P2 x, so each parameter is a factor of a product with a vector.
+
+    The sum is built as a plain ``MatAdd``: :func:`~rnnsym.ops.add` would factor it again.
+    """
+    if isinstance(expr, MatrixSymbol) or not (leaves(expr) & params):
+        return expr
+    args = [_distribute(a, params) if isinstance(a, MatrixExpr) else a for a in expr.args]
+    if isinstance(expr, MatMul):
+        coeff, factors = coeff_and_factors(mul(*args))
+        products = [[]]
+        for factor in factors:
+            terms = (
+                factor.args if isinstance(factor, MatAdd) and leaves(factor) & params else [factor]
+            )
+            products = [p + [term] for p in products for term in terms]
+        if len(products) == 1:
+            return mul(coeff, *products[0])
+        return MatAdd(*[mul(coeff, *p) for p in products])
+    if isinstance(expr, MatAdd):
+        flat = []
+        for a in args:
+            flat.extend(a.args if isinstance(a, MatAdd) else [a])
+        return MatAdd(*flat)
+    return expr.func(*args)
+
+
 def sensitivities(derivation: Derivation) -> Sensitivities:
     """Derive the forward-mode (RTRL) equations of a cell's step."""
     cell = derivation.cell
@@ -117,6 +154,8 @@ def sensitivities(derivation: Derivation) -> Sensitivities:
     used = set().union(*(leaves(e) for e in updates.values()))
     params = [n for n, p in cell.params.items() if p.symbol in used]
     param_symbols = {cell.params[p].symbol for p in params}
+    # (P1 − P2) x and (A B + C D) v, as the sums of P v products that seeding needs
+    updates = {n: _distribute(e, param_symbols) for n, e in updates.items()}
 
     # a state varies if its update uses a parameter, or a state that varies (at t − 1 or t)
     varying: set[str] = set()
@@ -216,7 +255,8 @@ def _display(sens: Sensitivities) -> list[tuple[str, MatrixExpr]]:
     rows = []
     for kind, name in cell.order:
         var = cell._vars[name]
-        value = tangent(cell.step_term(kind, name).expr, var.symbol, leaf)
+        params = {cell.params[p].symbol for p in sens.params}
+        value = tangent(_distribute(cell.step_term(kind, name).expr, params), var.symbol, leaf)
         if is_zero(value):
             continue
         leaf[var.symbol] = (
@@ -469,7 +509,11 @@ class ForwardModeGenerator(KernelGenerator):
         for n in self.state_order:  # a later update may use a state updated earlier
             state = states[n]
             (update,) = self.prebind(phase, [self.d.update_expr(n)], assigned=1)
-            phase.assign(step_t[n], update, "eqs. (2)-(3)")
+            if self.is_batch(update):
+                phase.assign(step_t[n], update, "eqs. (2)-(3)")
+            else:  # free of the data and of the past: one value for every row
+                value = f"np.broadcast_to({phase.print(update)}, (B, {size[n]}))"
+                body.append(Line(f"{step_t[n]} = {value}  # eqs. (2)-(3)"))
             phase.name(state.symbol, step_t[n], True)
             if n not in s.varying:
                 continue

@@ -38,6 +38,7 @@ from .ops import (
     Softmax,
     coeff_and_factors,
     signed_terms,
+    transpose,
 )
 
 __all__ = [
@@ -387,12 +388,13 @@ class RowPrinter(Printer):
 
     def _right_factor(self, factor) -> str:
         """The array that multiplies a row from the right for the column factor ``factor``."""
+        if factor.shape[0] == 1 and factor.shape[1] != 1:
+            # a row vector dᵀ: vector parameters are 1-D arrays, made a one-column matrix here
+            column = transpose(factor)
+            text = self._literal(column)
+            return f"{text}[:, None]" if isinstance(column, MatrixSymbol) else f"({text})[:, None]"
         if isinstance(factor, Transpose):
-            text = self._literal(factor.arg)
-            if factor.shape[0] == 1 and isinstance(factor.arg, MatrixSymbol):
-                # a row vector dᵀ: a vector parameter is a 1-D array, made a one-column matrix
-                return f"{text}[:, None]"
-            return text
+            return self._literal(factor.arg)
         text = self._literal(factor)
         return f"{text}.T" if isinstance(factor, MatrixSymbol) else f"({text}).T"
 

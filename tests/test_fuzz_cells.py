@@ -381,6 +381,14 @@ REGRESSIONS = [
     (1, (("tanh", MM_X, MM_H),), (("softmax", 0, 0),)),
     # np.float64(0.5) * term and np.float32 / np.int64 scalars
     (1, (("tanh", ("scale", 6, MM_X), ("scale", 8, MM_H)),), (("softmax", 7, 0),)),
+    # found by this fuzzer: P1 @ x - P2 @ x is factored to (P1 - P2) x, which forward mode
+    # refused; rs.linear_loss(d, h) with a parameter d (a parameter-only adjoint, read as
+    # d[t]); a size no array has, read because a comment said "w.r.t."
+    (1, (("tanh", ("sub", MM_X, MM_X), ("mm2", ("prev", 0))),), (("linear", 1, 0),)),
+    (2, (("tanh", MM_X, None), ("sigmoid", ("add", ("mm2", ("x",)), ("mm2", ("x",))), ("mm", ("cur", 0)))), (("linear", 3, 1), ("softmax", 4, 0))),  # noqa: E501
+    # a state free of the data and of the past (h.prev - h.prev cancels): one value per row
+    (1, (("tanh", ("sub", ("raw", ("prev", 0)), ("raw", ("prev", 0))), ("act", "exp", ("add", ("lowrank",), ("bias",)))),), (("linear", 8, 0),)),  # noqa: E501
+    (1, (("tanh", ("addc", ("sub", ("raw", ("prev", 0)), ("raw", ("prev", 0))), 3), None),), (("squared", 0, 0),)),  # noqa: E501
     # three states, later ones reading earlier ones of the same step, defines and slices
     (3, (("sigmoid", ("define", ("slice", ("concat", ("x",), ("prev", 2)), 1)), None), ("tanh", ("mm", ("cur", 0)), ("define", ("bias",))), ("none", ("had", ("raw", ("cur", 1)), ("act", "fz_elu", ("mm", ("prev", 0)))), None)), (("linear", 5, 2), ("squared", 0, 1))),  # noqa: E501
 ]  # fmt: skip
