@@ -171,10 +171,9 @@ def indrnn() -> Cell:
 
 @dataclass(frozen=True)
 class Builtin:
-    """A built-in cell (or model) and the number of steps its scalar oracle runs by default."""
+    """A built-in cell (or model) and the report's figure it draws, if any."""
 
     make: Callable[[], Cell]
-    oracle_T: int = 3
     figure: str = ""  # the report's figure, for the architectures
 
 
@@ -183,12 +182,11 @@ BUILTIN: dict[str, Builtin] = {
     "elman_relu": Builtin(elman_relu),
     "slides": Builtin(slides),
     "indrnn": Builtin(indrnn),
-    # gated cells: sympy.diff of the unrolled scalar loss grows fast with T
-    "mgu": Builtin(mgu, 2),
-    "gru": Builtin(gru, 2),
-    "gru_original": Builtin(gru_original, 2),
-    "lstm": Builtin(lstm, 2),
-    "lstm_peephole": Builtin(lstm_peephole, 2),
+    "mgu": Builtin(mgu),
+    "gru": Builtin(gru),
+    "gru_original": Builtin(gru_original),
+    "lstm": Builtin(lstm),
+    "lstm_peephole": Builtin(lstm_peephole),
 }
 
 
@@ -197,19 +195,19 @@ def _architectures() -> None:
 
     BUILTIN.update(
         {
-            "teacher_forcing": Builtin(a.teacher_forcing, 3, "Fig. 4, teacher forcing"),
-            "output_feedback": Builtin(a.output_feedback, 3, "Fig. 4, free-running"),
-            "fixed_input": Builtin(a.fixed_input, 3, "Fig. 6"),
-            "stacked": Builtin(a.stacked, 2, "Fig. 9"),
-            "deep_transition": Builtin(a.deep_transition, 2, "Fig. 10"),
-            "elman_softmax": Builtin(a.elman_softmax, 3, "rnnsym demo apple"),
+            "teacher_forcing": Builtin(a.teacher_forcing, "Fig. 4, teacher forcing"),
+            "output_feedback": Builtin(a.output_feedback, "Fig. 4, free-running"),
+            "fixed_input": Builtin(a.fixed_input, "Fig. 6"),
+            "stacked": Builtin(a.stacked, "Fig. 9"),
+            "deep_transition": Builtin(a.deep_transition, "Fig. 10"),
+            "elman_softmax": Builtin(a.elman_softmax, "rnnsym demo apple"),
         }
     )
     MODELS.update(
         {
-            "last_output": Builtin(a.last_output_model, 3, "Fig. 5"),
-            "bidirectional": Builtin(a.bidirectional_model, 3, "Fig. 7"),
-            "seq2seq": Builtin(a.seq2seq_model, 2, "Fig. 8"),
+            "last_output": Builtin(a.last_output_model, "Fig. 5"),
+            "bidirectional": Builtin(a.bidirectional_model, "Fig. 7"),
+            "seq2seq": Builtin(a.seq2seq_model, "Fig. 8"),
         }
     )
 

@@ -174,9 +174,7 @@ def _braket(args: argparse.Namespace) -> int:
     if args.no_verify:
         return 0
     sys.stdout.flush()
-    builtin = cells.builtin(args.cell)
-    oracle_T = builtin.oracle_T if builtin else 3
-    report = braket_report(form, oracle=args.T <= oracle_T)
+    report = braket_report(form)
     text = str(report)
     if args.latex:  # a LaTeX comment, so the output still pastes as is
         text = "\n".join(f"% {line}" for line in text.splitlines())
@@ -228,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--T",
             type=int,
             default=None,
-            help="steps for the scalar oracle (default 3; 2 for the built-in gated cells)",
+            help="steps for the scalar oracle (default 6 for a cell, 4 for a composed model)",
         )
         p.add_argument(
             "--kernel",
@@ -329,12 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "derive" and ":" not in args.cell:
             cell = cells.get(args.cell)
-            if args.T is None:
-                args.T = cells.builtin(args.cell).oracle_T
         else:
             cell = _load_user_cell(args.cell if args.command == "derive" else args.target)
-            if args.T is None:
-                args.T = 3
         return _run(cell, args)
     except (RnnsymError, ValueError, OSError) as exc:
         print(f"rnnsym: error: {exc}", file=sys.stderr)

@@ -1,9 +1,10 @@
 """Independent checks of a derivation and of a generated kernel.
 
-* :func:`scalar_oracle` unrolls the cell for small concrete sizes and T into scalar SymPy
-  expressions, differentiates the total loss with ``sympy.diff`` (nothing of rnnsym's derivation
-  is used), and compares with the matrix-form derivation evaluated step by step; both are
-  evaluated with mpmath at ``digits`` significant digits at a random rational point.
+* :func:`scalar_oracle` unrolls the cell for small concrete sizes and T into a graph of scalar
+  SymPy nodes, differentiates it node by node with ``sympy.diff`` of each local scalar function
+  (:mod:`rnnsym.oracle`; nothing of rnnsym's derivation or derivative rules is used), and
+  compares with the matrix-form derivation evaluated step by step; both are evaluated with
+  mpmath at ``digits`` significant digits at a random rational point.
 * :func:`check_kernel` checks a kernel (any object with ``loss_and_grad``, ``forward`` and
   ``vjp``) against a NumPy interpreter of the cell's own equations: loss, states and outputs,
   every gradient entry (complex-step derivatives of the interpreter) and ``vjp()``'s adjoints,
@@ -13,8 +14,8 @@
 * :func:`verify` runs the scalar oracle and :func:`check_kernel`: the report ``rnnsym derive``
   and ``rnnsym verify`` print.
 
-Expression swell keeps the symbolic oracle to tiny sizes (n ≈ 2, T ≈ 3): that is its purpose,
-an exact reference for small cases; finite differences cover realistic sizes.
+The oracle is exact arithmetic's stand-in at small sizes (3, 4, 5, ..., T = 6 by default);
+the kernel checks cover realistic sizes and lengths.
 """
 
 from __future__ import annotations
@@ -1325,7 +1326,7 @@ LONG_ORACLE_T = 8  # the scalar oracle's cost grows with T; warn above this
 def verify(
     cell: Cell,
     kernel=None,
-    T: int = 3,
+    T: int | None = None,
     seed: int = 0,
     oracle: bool = True,
     directions: int = 2,
@@ -1336,14 +1337,16 @@ def verify(
     ``kernel`` is a compiled kernel or any object with ``loss_and_grad(params, inputs,
     targets, h0)``, ``forward(params, inputs, h0)`` and (optionally) ``vjp(...)``; it is only
     called through them. Default: ``rs.compile(cell)``. ``T`` is the scalar oracle's number of
-    steps (``oracle=False`` skips it); the kernel is checked at random distinct sizes ≥ 7,
-    T in 8..11, B in 3..4 and a random nonzero h(0), in float64 and float32 (drawn from
-    ``seed``), see docs/verification.md.
+    steps (default ``ORACLE_T``; ``oracle=False`` skips the oracle); the kernel is checked at
+    random distinct sizes ≥ 7, T in 8..11, B in 3..4 and a random nonzero h(0), in float64 and
+    float32 (drawn from ``seed``), see docs/verification.md.
     """
     from .kernel import compile_cell
 
     if not isinstance(cell, Cell):
         raise TypeError(f"verify: expected an rnnsym.Cell, got {type(cell).__name__}")
+    if T is None:
+        T = ORACLE_T
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"verify: T={T!r} steps for the scalar oracle; expected an integer ≥ 1")
     if kernel is None:
@@ -1481,10 +1484,6 @@ def _scalar_data(cell: Cell, dims: dict, T: int, rng: random.Random, given: dict
                 step[var.name] = _random_matrix(rng, rows, 1)
         data.append(step)
     return data
-
-
-def _loss_of(cell: Cell, dims: dict, envs: list) -> sp.Expr:
-    return sp.Add(*[_explicit(cell.loss_expr, dims, env)[0, 0] for env in envs])
 
 
 def _to_array(step_data: list[dict], name: str) -> np.ndarray:
@@ -1778,12 +1777,15 @@ def _chained_derivation(model, dims: dict, values: dict, datasets: dict, digits:
     return grads
 
 
-def verify_model(model, kernel=None, T: int = 2, seed: int = 0) -> VerificationReport:
-    """The scalar oracle and finite differences of a composed model (``rnnsym derive``)."""
+def verify_model(model, kernel=None, T: int | None = None, seed: int = 0) -> VerificationReport:
+    """The scalar oracle and finite differences of a composed model (``rnnsym derive``).
+
+    ``T`` is the oracle's number of steps (default: :func:`model_oracle`'s).
+    """
     from .compose import model_sizes, random_model_problem
 
     kernel = kernel or model.compile()
-    oracle = model_oracle(model, T=T, seed=seed)
+    oracle = model_oracle(model, seed=seed, **({} if T is None else {"T": T}))
     params, inputs, targets = random_model_problem(model, T=5, B=3, seed=seed)
     options, notes = {}, []
     if model.kind == "last_output":
