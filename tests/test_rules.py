@@ -710,3 +710,28 @@ def test_a_zero_tangent_gives_a_zero_of_the_node_shape():
 def test_forward_mode_refuses_a_parameter_without_a_vector_on_its_right(expr, param):
     with pytest.raises(rs.DerivationError, match=f"parameter {param} multiplied by a vector"):
         tangent(expr, expr, {leaf: param_tangent(leaf) for leaf in _leaves_of(expr)})
+
+
+@pytest.mark.parametrize("name", sorted(k for k, (_, seedable) in EXPRESSIONS.items() if seedable))
+def test_elementwise_factors_and_slices_fold_into_the_seeds(name):
+    """The documented form of a parameter tangent (rnnsym.jvp): elementwise factors and row
+    slices fold into each seed's z and [a:b], so a seed outside c · Seed terms only sits under
+    a matrix product (c L Seed(P, r) keeps L) or inside a concatenation or padding."""
+    from rnnsym.jvp import seed_terms
+
+    def loose_seeds(node, sheltered=False) -> list:
+        if isinstance(node, Seed):
+            return [] if sheltered else [node]
+        if isinstance(node, (Concat, Pad)) or (
+            isinstance(node, MatMul) and len(coeff_and_factors(node)[1]) >= 2
+        ):
+            sheltered = True  # a matrix factor L (not only a coefficient), or a concatenation
+        found = []
+        for arg in node.args:
+            if isinstance(arg, sp.MatrixExpr):
+                found += loose_seeds(arg, sheltered)
+        return found
+
+    _, others = seed_terms(_tangent(name, seeded=True))
+    for term in others:
+        assert loose_seeds(term) == [], sp.sstr(term)

@@ -114,6 +114,9 @@ EQUIVALENT: dict[str, str] = {
     "rnnsym/jvp.py:_matmul_jvp: 1 -> -1 in r.shape[1]": (
         "r.shape[-1] is r.shape[1]: matrix shapes are pairs"
     ),
+    "rnnsym/jvp.py:_apply_jvp: 1 -> -1 in ts[1]": (
+        "ts[-1] is ts[1]: an Apply node has two arguments, its name and its matrix"
+    ),
     "rnnsym/jvp.py:_matmul_jvp: continue -> <deleted>": _ZERO_TERM,
     "rnnsym/jvp.py:_matmul_jvp: t is None or is_zero(t) -> t is None and is_zero(t)": _ZERO_TERM,
     "rnnsym/jvp.py:_hadamard_jvp: t is not None and (not is_zero(t)) -> "
