@@ -190,7 +190,7 @@ EXPRESSIONS = {
     ),
     "concat": (Apply("tanh", mul(Wc, concat(h, Apply("sigmoid", x)))), True),
     # a coefficient on a sum (c (a + b) in a tangent), then scaled or sliced
-    "scaled_sum": (Apply("tanh", mul(3, add(W @ h, U @ x, b))), True),
+    "scaled_sum": (Apply("tanh", mul(3, add(mul(sp.Rational(1, 2), W, h), U @ x, b))), True),
     "sliced_sum": (slice_rows(mul(-2, add(W2 @ h, concat(u, b))), 1, 5), True),
     # slices of activated vectors (gates of one stacked pre-activation), and a bare bias
     "sliced_activations": (
@@ -665,9 +665,9 @@ def test_seed_terms_splits_a_tangent_into_seeds_and_the_rest():
 
     seed_W, seed_b = Seed(W, h, OneMatrix(n, 1), 0, n), param_tangent(b)
     other = mul(U, MatrixSymbol("dx", m, 1))
-    tangent_value = add(mul(2, seed_W), mul(3, add(seed_b, other)))
+    tangent_value = add(mul(2, seed_W), mul(3, add(mul(5, seed_b), other)))
     seeds, others = seed_terms(tangent_value)
-    assert {(c, s) for c, s in seeds} == {(2, seed_W), (3, seed_b)}
+    assert {(c, s) for c, s in seeds} == {(2, seed_W), (15, seed_b)}
     assert len(others) == 1 and not any(isinstance(x, Seed) for x in sp.preorder_traversal(others))
     env, direction = _point(1), _random_direction(1, LEAVES)
     env["dx"] = direction["x"]
