@@ -17,6 +17,7 @@ same cell gives the same bytes.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import pprint
 import re
@@ -878,14 +879,19 @@ _HELPER_ORDER = [
 ]
 
 
+@functools.cache
+def _helper_source(name: str) -> str:
+    return inspect.getsource(getattr(_runtime, name)).rstrip()
+
+
 def _runtime_source(used: set[str]) -> str:
     """The runtime helpers the module needs, copied from rnnsym/_runtime.py."""
     pieces = []
     for name in _HELPER_ORDER:
         if name in used:
-            pieces.append(inspect.getsource(getattr(_runtime, name)).rstrip())
+            pieces.append(_helper_source(name))
     checks = ["_shape_text", "_check_arrays", "_same_steps", "_resolve", "_expected_text", "_match"]
-    pieces.extend(inspect.getsource(getattr(_runtime, n)).rstrip() for n in checks)
+    pieces.extend(_helper_source(n) for n in checks)
     return "\n\n\n".join(pieces)
 
 
@@ -944,6 +950,9 @@ def _assemble(
         "    )\n"
         "    return _loss_and_grad(params, inputs, targets, states, sizes, True)"
     )
+    # the safety net: the generated functions use the cell's names for its quantities only
+    module_level = {"np", "SPEC", "forward", "loss_and_grad", "vjp", *_HELPER_ORDER}
+    check_namespace(f"{fwd}\n\n\n{grad}\n", cell, module_level)
     parts = [
         doc,
         "import numpy as np",
@@ -1015,11 +1024,18 @@ def user_names(cell) -> set[str]:
     return {python_name(n) for n in names}
 
 
-def _user_bindings(source: str, names: set[str]) -> list[str]:
-    """Where generated code uses a user's name for something else: the clashes found."""
+_GENERATED = ("_forward", "_loss_and_grad")  # the functions written per cell
+
+
+def _user_bindings(source: str, names: set[str], module_level: set[str] = frozenset()) -> list:
+    """Where generated code uses a user's name for something else: the clashes found.
+
+    ``source`` is a module, or the generated functions alone with the names of the module
+    around them in ``module_level``.
+    """
     tree = ast.parse(source)
     clashes: list[str] = []
-    module_level = {
+    module_level = set(module_level) | {
         t.id
         for node in tree.body
         if isinstance(node, ast.Assign)
@@ -1030,44 +1046,42 @@ def _user_bindings(source: str, names: set[str]) -> list[str]:
     module_level |= {
         a.asname or a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
     }
-    for func in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
+    for func in tree.body:
+        if not isinstance(func, ast.FunctionDef) or func.name not in _GENERATED:
+            continue
         bound: dict[str, int] = {}
+        called: set[str] = set()
+        loads: set[str] = set()
         for arg in func.args.args:
             bound[arg.arg] = bound.get(arg.arg, 0) + 1
         for node in ast.walk(func):
-            targets = []
-            if isinstance(node, ast.Assign):
-                targets = node.targets
-            elif isinstance(node, (ast.For, ast.comprehension)):
-                targets = [node.target]
-            for target in targets:
-                for leaf in ast.walk(target):
-                    if isinstance(leaf, ast.Name) and isinstance(leaf.ctx, ast.Store):
-                        bound[leaf.id] = bound.get(leaf.id, 0) + 1
+            if isinstance(node, ast.Name):
+                if isinstance(node.ctx, ast.Load):
+                    loads.add(node.id)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                # the cell's quantities are arrays, never called: a call by one of their
+                # names means generated code wanted a builtin or helper of that name
+                called.add(node.func.id)
+            elif isinstance(node, (ast.Assign, ast.For)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for leaf in ast.walk(target):
+                        if isinstance(leaf, ast.Name) and isinstance(leaf.ctx, ast.Store):
+                            bound[leaf.id] = bound.get(leaf.id, 0) + 1
         for name, count in sorted(bound.items()):
             if name in names and count > 1:
                 clashes.append(f"{name!r} is bound {count} times in {func.name}()")
-        # the cell's quantities are arrays, never called: a call by one of their names means
-        # generated code wanted a builtin or helper of that name
-        called = {
-            n.func.id
-            for n in ast.walk(func)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-        }
         for name in sorted(called & names):
             clashes.append(f"{func.name}() calls {name!r}, which the cell names")
-        loads = {
-            n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
-        }
         for name in sorted(loads & module_level & names & set(bound)):
             clashes.append(f"{func.name}() reads the module's {name!r}, which the cell names")
     return clashes
 
 
-def check_namespace(source: str, cell) -> str:
+def check_namespace(source: str, cell, module_level: set[str] = frozenset()) -> str:
     """``source`` unchanged if it uses the cell's names only for the cell's quantities; a
     :class:`DerivationError` naming the clash otherwise (a safety net behind the renaming)."""
-    clashes = _user_bindings(source, user_names(cell))
+    clashes = _user_bindings(source, user_names(cell), module_level)
     if clashes:
         raise DerivationError(
             f"internal error: the kernel of cell {cell.name!r} would use a name of the cell for "
@@ -1078,4 +1092,4 @@ def check_namespace(source: str, cell) -> str:
 
 def generate_module(derivation: Derivation) -> str:
     """The source of the kernel module of a derived cell."""
-    return check_namespace(KernelGenerator(derivation).generate(), derivation.cell)
+    return KernelGenerator(derivation).generate()  # checked by check_namespace

