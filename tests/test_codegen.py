@@ -96,3 +96,111 @@ def test_in_place_difference_only_when_the_first_array_is_finished():
         Line("return o, g_o"),
     ]
     assert _recycle_buffers(live)[1].value == "o - y"
+
+
+# ----- issue 10: coefficients and negation in front of sums, user strings, names -----
+
+b = MatrixSymbol("b", n, 1)
+
+
+def test_a_coefficient_or_minus_brackets_a_sum():
+    names = {**NAMES, b: "b"}
+    batch = BATCH
+    # the sequence branch printed -(h_prev + b) as -h_prev + b: a silently wrong gradient
+    assert RowPrinter(names, batch, True).doprint(mul(-1, add(h, b))) == "-(h + b)"
+    assert RowPrinter(names, batch, True).doprint(mul(2, add(h, b))) == "2 * (h + b)"
+    assert RowPrinter(names, batch).doprint(mul(-1, add(h, b))) == "-(h + b)"
+    # a bracketed or called term keeps its text
+    assert show(mul(-1, Apply("tanh", add(h, g)))) == "-np.tanh(h + g)"
+
+
+def test_scaled_softmax_cross_entropy_loss_value():
+    """2 * softmax_cross_entropy(o, y) printed as 2*logsumexp(o) - sum(y*o) before the fix."""
+    import rnnsym as rs
+    from rnnsym.verify import random_problem
+
+    cell = rs.Cell("sce")
+    n_, m_, k_ = cell.dims("n m k")
+    x_, h_ = cell.input("x", m_), cell.state("h", n_)
+    U_, W_, V_ = cell.param("U", n_, m_), cell.param("W", n_, n_), cell.param("V", k_, n_)
+    cell.update(h_, rs.tanh(U_ @ x_ + W_ @ h_.prev))
+    o_, y_ = cell.output("o", V_ @ h_), cell.target("y", k_)
+    cell.loss(2 * rs.softmax_cross_entropy(o_, y_))
+    params, inputs, targets = random_problem(cell, T=3, B=2)
+    loss, _ = rs.compile(cell).loss_and_grad(params, inputs, targets)
+    o = rs.compile(cell).forward(params, inputs)["o"]
+    y = targets["y"]
+    top = o.max(axis=-1, keepdims=True)
+    lse = top[..., 0] + np.log(np.exp(o - top).sum(axis=-1))
+    want = 2 * np.sum(lse - np.sum(y * o, axis=-1))  # an independent NumPy reference
+    # float64 sums of 6 terms: 1e-12 relative is rounding; the bug was off by O(1)
+    assert abs(loss - want) <= 1e-12 * max(1.0, abs(want))
+
+
+def _tiny_cell(name="c", param="W", size="n"):
+    import rnnsym as rs
+
+    cell = rs.Cell(name)
+    n_, m_ = cell.dims(f"{size} m")
+    x_, h_ = cell.input("x", m_), cell.state("h", n_)
+    W_, U_ = cell.param(param, n_, n_), cell.param("U", n_, m_)
+    cell.update(h_, rs.tanh(W_ @ h_.prev + U_ @ x_))
+    V_ = cell.param("V", 2, n_)
+    cell.loss(rs.squared_error(cell.output("o", V_ @ h_), cell.target("y", 2)))
+    return cell
+
+
+def test_a_cell_name_cannot_end_the_docstring(tmp_path):
+    import rnnsym as rs
+
+    marker = tmp_path / "ran"
+    name = f'x"""\nopen({str(marker)!r}, "w").close()\n"""\\'
+    for mode in ("reverse", "forward"):
+        kernel = rs.compile(_tiny_cell(name), mode=mode)
+        assert not marker.exists(), "the cell name ran as code"
+        assert repr(name) in kernel.module.__doc__  # the name is shown as text
+
+
+def test_control_characters_in_comments_stay_on_one_line():
+    from rnnsym.numpy_printer import Comment
+
+    printer = RowPrinter({}, set())
+    text = printer.doprint(Assign("a", "b", comment="first\nimport os\rsecond"))
+    assert "\n" not in text and "\r" not in text and text.startswith("a = b  # first")
+    assert printer.doprint(Comment("one\ntwo\x0bthree")) == "# one\n# two\\x0bthree"
+
+
+def test_generated_names_step_aside_for_the_cells_names():
+    import rnnsym as rs
+    from rnnsym.verify import check_gradients, random_problem
+
+    for param in ("full", "slice", "ｆｕｌｌ"):
+        cell = _tiny_cell(param=param)
+        for mode in ("reverse", "forward"):
+            kernel = rs.compile(cell, mode=mode)
+            params, inputs, targets = random_problem(cell, T=3, B=2)
+            assert check_gradients(kernel, params, inputs, targets).ok, (param, mode)
+        # the composing entry point still returns the input and h(0) adjoints
+        out = rs.compile(cell).vjp(params, inputs, targets)
+        assert len(out) == 4
+
+
+def test_namespace_check_refuses_a_clash():
+    import pytest
+
+    from rnnsym.codegen import check_namespace
+    from rnnsym.errors import DerivationError
+
+    cell = _tiny_cell()
+    clean = "def _forward(params):\n    W = params['W']\n    return W\n"
+    assert check_namespace(clean, cell) == clean
+    bound_twice = "def _forward(params):\n    W = params['W']\n    W = 0\n"
+    with pytest.raises(DerivationError, match="'W' is bound 2 times"):
+        check_namespace(bound_twice, cell)
+    called = "def _loss_and_grad(params):\n    U = params['U']\n    return U(0, 1)\n"
+    with pytest.raises(DerivationError, match="calls 'U'"):
+        check_namespace(called, cell)
+    # NFKC: Python reads ｈ_prev as h_prev, the cell's previous state
+    folded = "def _forward(states):\n    h_prev = 1\n    ｈ_prev = 2\n"
+    with pytest.raises(DerivationError, match="'h_prev' is bound 2 times"):
+        check_namespace(folded, cell)

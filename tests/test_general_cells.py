@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sympy as sp
 from cells import CATALOGUE
 
 import rnnsym as rs
@@ -72,3 +73,67 @@ def test_lstm_like_derivation_uses_same_step_state():
     (within,) = d.state_local["c"]
     assert "g_h" in {s.name for s in within.free_symbols}
     assert "c" in d.carry and "h" in d.carry
+
+
+# ----- issue 10: clear errors for what a cell cannot hold -----
+
+
+def _base():
+    cell = rs.Cell("c")
+    n, m = cell.dims("n m")
+    return cell, cell.input("x", m), cell.state("h", n), cell.param("U", n, m)
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "message"),
+    [
+        ("e_floor", lambda z: sp.floor(z), "derivative of floor"),
+        ("e_heaviside", lambda z: sp.Heaviside(z), "derivative of Heaviside"),
+        ("e_sign", lambda z: sp.sign(z), "derivative of sign"),
+        ("e_gamma", lambda z: sp.gamma(z), "gamma.* cannot be computed with NumPy"),
+        ("e_undef", lambda z: sp.Function("f")(z), "undefined function"),
+        ("e_str", lambda z: "z + 1", "got 'z \\+ 1' of type str"),
+        ("e_complex", lambda z: sp.I * z, "not real"),
+    ],
+)
+def test_elementwise_refuses_at_definition(name, function, message):
+    with pytest.raises(rs.CellError, match=message):
+        rs.elementwise(name, function)
+
+
+def test_elementwise_string_is_never_evaluated(tmp_path):
+    marker = tmp_path / "ran"
+    source = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    with pytest.raises(rs.CellError):
+        rs.elementwise("e_code", lambda z: source)
+    assert not marker.exists()
+
+
+def test_scalar_coefficients_of_every_kind():
+    from fractions import Fraction
+
+    cell, x, h, U = _base()
+    for value, want in [
+        (np.float64(0.5), sp.Rational(1, 2)),
+        (np.float32(0.25), sp.Rational(1, 4)),
+        (np.int64(3), sp.Integer(3)),
+        (Fraction(1, 3), sp.Rational(1, 3)),
+        (sp.Integer(2), sp.Integer(2)),
+    ]:
+        term = value * (U @ x)
+        assert isinstance(term, rs.Term)
+        assert term.expr.args[0] == want
+    with pytest.raises(rs.CellError, match="complex"):
+        (1 + 2j) * (U @ x)
+    with pytest.raises(rs.CellError, match="free symbols .*alpha"):
+        sp.Symbol("alpha") * (U @ x)
+    with pytest.raises(rs.CellError, match="NumPy array"):
+        np.ones(2) * (U @ x)
+
+
+def test_numpy_functions_on_a_term_name_the_rnnsym_function():
+    cell, x, h, U = _base()
+    with pytest.raises(rs.CellError, match="np.tanh .*use rs.tanh"):
+        np.tanh(U @ x)
+    with pytest.raises(rs.CellError, match="np.exp .*use rs.exp"):
+        np.exp(U @ x)
