@@ -17,7 +17,17 @@ import sympy as sp
 from sympy import MatrixExpr, MatrixSymbol
 
 from .errors import CellError, ShapeError
-from .ops import Apply, add, hadamard, mul, ones, shape_str, slice_rows, transpose
+from .ops import (
+    Apply,
+    add,
+    coeff_and_factors,
+    hadamard,
+    mul,
+    ones,
+    shape_str,
+    slice_rows,
+    transpose,
+)
 from .ops import concat as concat_exprs
 
 __all__ = ["Term", "Variable", "State", "apply", "as_term", "concat"]
@@ -386,12 +396,32 @@ def log(x) -> Term:
 
     ``log(sigmoid(a))`` is built as the single function log σ(a), which the kernel computes as
     −softplus(−a): the composition would give log 0 = −∞ and ∞·0 = NaN in the gradient once σ
-    underflows (a ≲ −745 in float64). The two are equal; only the computation differs.
+    underflows (a ≲ −745 in float64). ``log(1 - sigmoid(a))`` is log σ(−a) likewise (1 − σ(a)
+    rounds to 0 already for a ≳ 37). The two are equal; only the computation differs.
     """
     term = as_term(x)
     if isinstance(term.expr, Apply) and term.expr.name == "sigmoid":
         return Term(Apply("log_sigmoid", term.expr.arg), term.cell)
+    negated = _one_minus_sigmoid(term.expr)
+    if negated is not None:  # log(1 − σ(a)) = log σ(−a): 1 − σ(a) rounds to 0 for a ≳ 37
+        return Term(Apply("log_sigmoid", mul(-1, negated)), term.cell)
     return apply("log", term)
+
+
+def _one_minus_sigmoid(expr):
+    """``a`` if ``expr`` is 1 − σ(a), else None."""
+    if not isinstance(expr, sp.MatAdd) or len(expr.args) != 2:
+        return None
+    ones_ = [a for a in expr.args if isinstance(a, sp.OneMatrix)]
+    rest = [a for a in expr.args if not isinstance(a, sp.OneMatrix)]
+    if len(ones_) != 1 or len(rest) != 1:
+        return None
+    coeff, factors = coeff_and_factors(rest[0])
+    if coeff == -1 and len(factors) == 1:
+        (inner,) = factors
+        if isinstance(inner, Apply) and inner.name == "sigmoid":
+            return inner.arg
+    return None
 
 
 def log_sigmoid(x) -> Term:

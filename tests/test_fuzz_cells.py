@@ -389,6 +389,9 @@ REGRESSIONS = [
     # a state free of the data and of the past (h.prev - h.prev cancels): one value per row
     (1, (("tanh", ("sub", ("raw", ("prev", 0)), ("raw", ("prev", 0))), ("act", "exp", ("add", ("lowrank",), ("bias",)))),), (("linear", 8, 0),)),  # noqa: E501
     (1, (("tanh", ("addc", ("sub", ("raw", ("prev", 0)), ("raw", ("prev", 0))), 3), None),), (("squared", 0, 0),)),  # noqa: E501
+    # found by the 2,000-example run: log(1 - sigmoid(c * c)) with a growing c; 1 - σ rounded
+    # to 0 (log 0, then inf * 0 in the gradient) before log(1 - σ(a)) became log σ(-a)
+    (2, (("sigmoid", ("log", "1-sigmoid", ("sq", ("raw", ("prev", 1)))), None), ("none", ("sub", ("scale", 0, ("slice", ("concat", ("cur", 0), ("prev", 1)), 0)), ("mm", ("x",))), ("addc", ("slice", ("concat", ("x",), ("cur", 0)), 0), 1))), (("squared", 0, 0), ("linear", 4, 1))),  # noqa: E501
     # three states, later ones reading earlier ones of the same step, defines and slices
     (3, (("sigmoid", ("define", ("slice", ("concat", ("x",), ("prev", 2)), 1)), None), ("tanh", ("mm", ("cur", 0)), ("define", ("bias",))), ("none", ("had", ("raw", ("cur", 1)), ("act", "fz_elu", ("mm", ("prev", 0)))), None)), (("linear", 5, 2), ("squared", 0, 1))),  # noqa: E501
 ]  # fmt: skip
