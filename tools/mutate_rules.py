@@ -10,19 +10,24 @@ Mutants are made by rewriting the syntax tree (``ast``) of the rule tables:
   built-in ``Activation``, ``_one_minus``, ``_scalar_derivative`` and ``_LazyDerivative``.
 
 Operators: ``+``/``-`` and ``*``/``/`` swapped, a unary minus or ``not`` dropped, integer
-constants changed (k -> k + 1, k -> -k), ``reversed(x)`` and ``transpose(x)`` replaced by
+constants changed (k -> k + 1, k -> -k, -k -> -(k + 1)), ``True``/``False`` flipped (not in
+keyword arguments such as ``strict=``), ``reversed(x)`` and ``transpose(x)`` replaced by
 ``x``, one argument dropped from ``mul``/``hadamard``/``add``/``concat`` (a dropped factor, term
 or cotangent ``g``), adjacent positional arguments swapped (not for the commutative ``add`` and
 ``hadamard``), list elements swapped, comparisons negated (``==``/``!=``, ``is``/``is not``,
 ``in``/``not in``, ``<``/``<=``), ``and``/``or`` swapped, ``if`` conditions negated, and
-``continue``, ``+=`` and expression statements (``terms.append(...)``) deleted. Docstrings,
-error messages and ``raise`` statements are not mutated.
+``continue``, ``+=`` and expression statements (``terms.append(...)``) deleted; in a built-in
+activation's derivative ``lambda x, ans: ...`` also ``x``/``ans`` swapped and the function it
+applies replaced (``reciprocal`` -> ``exp``, ``step`` -> ``sigmoid``, ``sigmoid`` -> ``tanh``).
+Docstrings, error messages and ``raise`` statements are not mutated.
 
 Each mutant is run in its own copy of ``rnnsym/`` and ``tests/`` in a temporary directory (the
 working tree is never modified), in a forked interpreter that already has SymPy, NumPy, pytest
 and Hypothesis imported, with ``-x`` and a per-mutant timeout. A mutant is *killed* when the
-tests fail (or time out), *survives* when they pass. Known-equivalent mutants (no input can tell
-them apart from the original) are listed in ``EQUIVALENT`` with the reason.
+tests fail (or time out), *survives* when they pass. Hypothesis runs derandomised, with
+``--examples`` examples per test (default 10; the CI profile has 30) and no shrinking.
+Known-equivalent mutants (no input can tell them apart from the original) are listed in
+``EQUIVALENT`` with the reason, and left out of the score.
 
 Usage::
 
