@@ -327,9 +327,9 @@ def _check_kernels(recipe, T: int = 3, B: int = 2, seed: int = 0, notes: bool = 
     cell, text = build(recipe)
     if notes:  # Hypothesis shows the cell's source with a failing example
         note(text)
-    derivation = rs.derive(cell)
-    assert derivation.pretty().strip() and derivation.latex().strip()
     reverse = rs.compile(cell)
+    derivation = reverse.derivation  # the derived cell prints, as text and as LaTeX
+    assert derivation.pretty().strip() and derivation.latex().strip()
     forward = rs.compile(cell, mode="forward")
     params, inputs, targets = random_problem(cell, sizes=SIZES, T=T, B=B, seed=seed)
     # finite differences: central, eps = 1e-6, relative tolerance 1e-6 plus the rounding floor
