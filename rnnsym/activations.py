@@ -111,8 +111,8 @@ def _as_scalar_expr(name: str, raw, d: sp.Dummy) -> sp.Expr:
     """
     if isinstance(raw, bool) or not isinstance(raw, (sp.Basic, int, float)):
         raise CellError(
-            f"elementwise({name!r}): the function must return a SymPy expression of its "
-            f"argument, got {raw!r} of type {type(raw).__name__}"
+            f"elementwise({name!r}): the function must return a scalar SymPy expression of "
+            f"its argument, got {raw!r} of type {type(raw).__name__}"
         )
     body = sp.sympify(raw, strict=True) if not isinstance(raw, sp.Basic) else raw
     if not isinstance(body, sp.Expr) or body.is_Matrix or body.free_symbols - {d}:

@@ -591,7 +591,9 @@ RUNTIME_ERRORS = {
     ),
     "fixed_input_context_size": (
         lambda: _fixed_input(x=np.zeros((2, 5))),
-        r"inputs\['x'\] has shape \(2, 5\); expected \(m,\) = \(4,\) with m = 4",
+        # m is read from R and x only, one array each: the data sets it, both arrays are named
+        r"params\['R'\] has shape \(5, 4\); expected \(n, m\) = \(5, 5\) with m = 5 from "
+        r"inputs\['x'\]",
     ),
     "fixed_input_context_as_sequence": (
         lambda: _fixed_input(x=np.zeros((3, 2, 4))),
@@ -612,7 +614,9 @@ RUNTIME_ERRORS = {
     ),
     "stacked_input_size": (
         _stacked_input_size,
-        r"inputs\['x_1'\] has shape \(3, 2, 7\); expected \(T, B, m_1\)",
+        # m_1 is read from U_1 and x_1 only: the data sets it, both arrays are named
+        r"params\['U_1'\] has shape \(5, 4\); expected \(n_1, m_1\) = \(5, 7\) with m_1 = 7 "
+        r"from inputs\['x_1'\]",
     ),
 }
 
