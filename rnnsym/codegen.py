@@ -24,6 +24,7 @@ import re
 
 import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
+from sympy.core.basic import Basic
 
 from . import _runtime
 from .cell import python_name
@@ -201,6 +202,21 @@ def _gemm_rooted(expr, is_batch) -> bool:
     return False
 
 
+def _structure(expr) -> tuple | str:
+    """A key equal for expressions that differ only in the order of the terms of their sums
+    (hoisting moves the loop-invariant terms of a sum first)."""
+    if isinstance(expr, MatrixSymbol):
+        return expr.name
+    if not isinstance(expr, Basic) or not expr.args:
+        return sp.srepr(expr)
+    if isinstance(expr, MatAdd):  # nested sums (a placeholder written out) flattened, sorted
+        terms = list(expr.args)
+        while any(isinstance(t, MatAdd) for t in terms):
+            terms = [a for t in terms for a in (t.args if isinstance(t, MatAdd) else (t,))]
+        return ("MatAdd", *sorted((_structure(t) for t in terms), key=repr))
+    return (type(expr).__name__, *(_structure(a) for a in expr.args))
+
+
 def _parent_counts(roots) -> dict:
     counts: dict = {}
     for node in postorder(roots):
@@ -315,8 +331,12 @@ class Phase:
             if avoid and leaves(node) & avoid:
                 continue
             if counts.get(node, 0) >= 2:
-                self.bind(node, self.gen.namer.numbered(self.temp_prefix))
+                self.bind(node, self.temp_name(node))
         return [r.xreplace(self.bound) for r in roots]
+
+    def temp_name(self, node: MatrixExpr) -> str:
+        """A name for a temporary: the cell's own name for a value it named, else numbered."""
+        return self.gen.temp_name(self.gen.original(node, self.bound), self.temp_prefix)
 
     def emit(self, targets: list[tuple[str, MatrixExpr, str]], force=frozenset()) -> dict:
         """Assign each (name, expr, comment), binding shared and forced subexpressions first.
@@ -342,7 +362,7 @@ class Phase:
             if node in root_name:
                 continue
             if counts.get(node, 0) >= 2 or node in force:
-                name = self.gen.namer.numbered(self.temp_prefix)
+                name = self.temp_name(node)
                 self.bind(node, name)
                 if node in force:
                     forced[node] = name
@@ -397,9 +417,25 @@ class KernelGenerator:
         self.hoisted_seq: dict = {}  # subexpression -> name of its array for all t
         self.unhoist: dict = {}  # placeholder "v0[t]" -> the subexpression it stands for
         self.carry_names: dict = {}  # state -> the name of what step 1 hands back to h(0)
+        self.forward_hoisted: dict = {}  # subexpression -> its placeholder "v0[t]" in the loop
+        # the values the cell named with cell.define, written out, by structure -> their name;
+        # each name is bound at most once per generated function, for that value only
+        self.define_names = {
+            _structure(expr): symbol.name for symbol, expr in self.display._inline_maps()[0].items()
+        }
+        self.unnamed_defines = set(self.define_names.values())
 
     def is_batch(self, expr) -> bool:
         return bool(batch_leaves(expr) & self.batch)
+
+    def temp_name(self, expr: MatrixExpr, prefix: str) -> str:
+        """The name the cell gave ``expr`` with ``cell.define`` (``z``, ``u``) the first time it
+        is bound in a function; otherwise a numbered ``prefix`` (``v0``)."""
+        name = self.define_names.get(_structure(expr))
+        if name in self.unnamed_defines:
+            self.unnamed_defines.discard(name)
+            return name
+        return self.namer.numbered(prefix)
 
     def size_text(self, size) -> str:
         size = sp.sympify(size)
@@ -434,7 +470,7 @@ class KernelGenerator:
             return expr.func(*args)
         if not (leaves(expr) & variant):
             if expr not in hoisted:
-                name = self.namer.numbered("v")
+                name = self.temp_name(expr, "v")
                 self.pending.append((name, expr, ""))
                 self.hoisted_seq[expr] = name
                 symbol = MatrixSymbol(f"{name}[t]", *expr.shape)
@@ -484,6 +520,7 @@ class KernelGenerator:
             for n in self.state_order
         ]
         pre.emit(self.pending)
+        self.forward_hoisted = dict(hoisted)  # arrays for all t that the backward pass reuses
         if pre.stmts:
             stmts.append(Comment("the part of each update that does not depend on t - 1, all t"))
             stmts.extend(pre.stmts)
@@ -573,7 +610,12 @@ class KernelGenerator:
         pre = Phase(self, phase.names, "v")
         pre.bound = dict(phase.bound)
         loop_names = {p.symbol: n for n, p in cell.params.items()}
-        hoisted: dict = {}
+        # what the forward pass already computed for all t (W_x x(t)) is read, not recomputed
+        hoisted: dict = dict(self.forward_hoisted)
+        for expr, placeholder in hoisted.items():
+            loop_names[placeholder] = placeholder.name
+            whole = self.hoisted_seq[expr]
+            pre.bound[expr] = pre.name(MatrixSymbol(whole, *expr.shape), whole, True)
         self.pending = []
         order = list(reversed(self.state_order))
         local_exprs = {
@@ -666,6 +708,7 @@ class KernelGenerator:
         forward_body = [*fwd_stmts, *out.stmts, Line(f"return {{{result}}}")]
 
         self.namer = Namer(base_names)  # each function is its own namespace
+        self.unnamed_defines = set(self.define_names.values())
         self.hoisted_seq = {}
         fwd_stmts, seq = self.forward_phase()
         phase = self.output_phase(seq)
