@@ -6,7 +6,7 @@
 
 # # The bidirectional RNN (Fig. 7): two adjoint recurrences running in opposite directions
 #
-# Architecture 4 of the report (`shared/spec/seeds-en.md`, §2): a forward RNN h(t) reads the
+# Architecture 4 of the report (its §3, Fig. 7): a forward RNN h(t) reads the
 # sequence from its start, a backward RNN g(t) from its end, and the output combines them at
 # every step, o(t) = c + V h(t) + V_g g(t), with the squared-error loss of eq. (5). The
 # forward layer is the Elman recurrence of eqs. (2)–(3); the backward layer is the same

@@ -6,14 +6,14 @@
 
 # # The lecture slides, step by step: the whole sequence at once in bra-ket form
 #
-# The slides (`shared/spec/seeds-en.md` §4) write the RNN over the whole sequence as one ket
-# equation with block-diagonal operators 𝕁_x, 𝕁_h and the diagonal G(t), and stop just after
-# G(t) is defined. This derivation rebuilds every object of the slides with `rs.braket`,
-# completes the derivation as §5 of the spec sets it up (error bras, update rules, the closed
+# Y. Suga's lecture slides ("Deep learning and physics 4.2", 2023) write the RNN over the whole
+# sequence as one ket equation with block-diagonal operators 𝕁_x, 𝕁_h and the diagonal G(t), and
+# stop just after G(t) is defined. This derivation rebuilds every object of the slides with
+# `rs.braket`, completes the derivation as rnnsym sets it up (error bras, update rules, the closed
 # form with a finite Neumann sum), and checks each step: symbolically where the claim is an
-# identity, and numerically against the core's BPTT (eqs. (6)–(9)), `sympy.diff` of the
-# unrolled loss and the generated NumPy kernel. It runs as a script
-# (`python derivations/braket_elman.py`) and is executed by the test suite.
+# identity, and numerically against the core's BPTT (eqs. (6)–(9)), `sympy.diff` of the unrolled
+# loss and the generated NumPy kernel. It runs as a script (`python derivations/braket_elman.py`)
+# and is executed by the test suite.
 
 import numpy as np
 import sympy as sp

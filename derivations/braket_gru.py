@@ -9,8 +9,9 @@
 # The slides' form h = σ(J_x x + J_h h(t−1)) has a diagonal G(t), so the step-to-step Jacobian
 # factors as G(t)J_h(t). A gated cell does not: in the GRU (PyTorch's layout, the built-in
 # `gru`) h(t) = (1 − z) ∘ g + z ∘ h(t−1) depends on h(t−1) directly, through the gates r, z and
-# through the candidate g. `rs.braket` then uses the general form of `shared/spec/seeds-en.md`
-# §5: the transition A(t) = ∂h(t)/∂h(t−1), known by its action on a bra (the `carry` that
+# through the candidate g. `rs.braket` then uses the general form that completes the
+# slides' derivation: the transition A(t) = ∂h(t)/∂h(t−1), known by its action on a bra (the
+# `carry` that
 # `rs.derive` derives), the block-diagonal 𝔸 = diag(A(1), …, A(T)), the error bras
 # ⟨δ_t(τ)| = ⟨d(t)|A(t)⋯A(τ+1) and the closed form ⟨δ| = ⟨d|(𝕀 − 𝔸𝕊)⁻¹. For the slides' cell
 # A(t) = G(t)J_h(t) and everything below reduces to `derivations/braket_elman.py`. Runs as a

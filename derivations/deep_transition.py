@@ -6,7 +6,7 @@
 
 # # A deep RNN with deeper blocks (Fig. 10): back-propagation through time, derived and checked
 #
-# The report's second way to make an RNN deep (§3 of `shared/spec/seeds-en.md`): keep one
+# The report's second way to make an RNN deep (its §4, Fig. 10): keep one
 # recurrent state, but make each of the three blocks of the Elman cell — input→hidden (U in
 # eq. (2)), hidden→hidden (W in eq. (2)) and hidden→output (V in eq. (4)) — a small multi-layer
 # network instead of one affine map. With one hidden layer of p units in each block:

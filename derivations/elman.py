@@ -6,10 +6,10 @@
 
 # # The Elman RNN: back-propagation through time, derived and checked
 #
-# This worked derivation reproduces §1 of the report (`shared/spec/seeds-en.md`): the Elman
-# RNN of eqs. (2)–(5) and its gradients, eqs. (6)–(9). It runs as a script
-# (`python derivations/elman.py`) and is executed by the test suite, so every claim below is
-# checked each time the tests run.
+# This worked derivation reproduces §1 of the report (after Goodfellow, Bengio & Courville, *Deep
+# Learning*, 2016, ch. 10): the Elman RNN of eqs. (2)–(5) and its gradients, eqs. (6)–(9). It runs
+# as a script (`python derivations/elman.py`) and is executed by the test suite, so every claim
+# below is checked each time the tests run.
 
 import sympy as sp
 

@@ -6,7 +6,7 @@
 
 # # The Elman RNN with ReLU: back-propagation through time, derived and checked
 #
-# The report's Elman RNN (`shared/spec/seeds-en.md`, eqs. (2)–(5)) with tanh in eq. (3)
+# The report's Elman RNN (eqs. (2)–(5)) with tanh in eq. (3)
 # replaced by the rectifier, h(t) = relu(b + W h(t−1) + U x(t)), as
 # `torch.nn.RNN(nonlinearity="relu")` computes it (ReLU recurrent nets: Le, Jaitly & Hinton,
 # 2015). The output (4) and loss (5) are the report's. Only one thing changes in the gradients

@@ -6,7 +6,7 @@
 
 # # A fixed-length vector as input (Fig. 6): back-propagation through time, derived and checked
 #
-# The report's third architecture (§2.3 of `shared/spec/seeds-en.md`), the image-captioning RNN:
+# The report's third architecture (its §3, Fig. 6), the image-captioning RNN:
 # besides the sequence, one fixed vector x (say an image's features) enters *every* step
 # through a new weight matrix R, and the token y(t) is both the target at step t and the input
 # at step t+1:

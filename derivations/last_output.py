@@ -6,7 +6,7 @@
 
 # # One output at the end (Fig. 5): the loss at t = T only, sequences of different lengths
 #
-# Architecture 2 of the report (`shared/spec/seeds-en.md`, §2): the recurrence of eqs. (2)–(3)
+# Architecture 2 of the report (its §3, Fig. 5): the recurrence of eqs. (2)–(3)
 # reads the whole input sequence, and a single output o = c + V h(T) (eq. (4)) with a single
 # loss summarises it, as in sentiment analysis. The loss here is softmax cross-entropy over
 # K classes (ŷ = softmax(o), ∇_o L = ŷ − 1_y, *Deep Learning* eqs. 10.18–10.28), the other

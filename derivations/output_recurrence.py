@@ -6,7 +6,7 @@
 
 # # Recurrence from the output to the hidden layer (Fig. 4): teacher forcing and free running
 #
-# The report's first architecture (§2.1 of `shared/spec/seeds-en.md`): the recurrent weight W
+# The report's first architecture (its §3, Fig. 4): the recurrent weight W
 # carries the previous *output* into the hidden state, h(t) = tanh(b + W o(t−1) + U x(t)), in
 # place of W h(t−1) in eq. (2). There are two ways to run it, and they are two different cells:
 #

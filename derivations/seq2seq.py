@@ -6,7 +6,7 @@
 
 # # Sequence to sequence (Fig. 8): the gradient reaches the encoder through the context C
 #
-# Architecture 5 of the report (`shared/spec/seeds-en.md`, §2): an encoder RNN reads the input
+# Architecture 5 of the report (its §3, Fig. 8): an encoder RNN reads the input
 # sequence x(1), …, x(T_x); its final state is the fixed-length context C = h(T_x); a decoder
 # RNN started from C produces an output sequence of a *different* length T_y. Here the encoder
 # is the Elman recurrence of eqs. (2)–(3), and the decoder is trained with teacher forcing

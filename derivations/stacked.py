@@ -6,7 +6,7 @@
 
 # # A deep RNN with more hidden layers (Fig. 9): three stacked layers, derived and checked
 #
-# The report's first way to make an RNN deep (§3 of `shared/spec/seeds-en.md`): recurrent layers
+# The report's first way to make an RNN deep (its §4, Fig. 9): recurrent layers
 # stacked so that layer ℓ's state sequence is layer ℓ+1's input sequence. Here three layers,
 # written as ordinary user cells and merged by `rs.stack`:
 #

@@ -1,4 +1,4 @@
-"""The whole sequence at once: the lecture slides' bra-ket form, completed (seeds-en §4–§5).
+"""The whole sequence at once: the lecture slides' bra-ket form, completed.
 
 For a concrete number of steps T the states of a one-state cell form one ket
 |h⟩ = (h(1), …, h(T))ᵀ and the inputs |x⟩ = (x(1), …, x(T))ᵀ; the shifted ket
@@ -635,5 +635,5 @@ class SequenceForm:
 
 
 def braket(cell: Cell, T: int, tied: bool = True, sizes: dict | None = None) -> SequenceForm:
-    """The whole-sequence bra-ket form of ``cell`` over ``T`` steps (seeds-en §4–§5)."""
+    """The whole-sequence bra-ket form of ``cell`` over ``T`` steps (the slides', completed)."""
     return SequenceForm(cell, T, tied=tied, sizes=sizes)

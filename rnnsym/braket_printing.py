@@ -297,7 +297,7 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, list[tuple[str, str
         for tau in range(t, 0, -1):
             lhs = bra(rf"\delta_{{{t}}}({tau})" if latex else f"δ_{t}({tau})")
             bras.append((lhs, p.term(form.error_bra(t, tau))))
-    sections.append(("Error bras ⟨δ_t(τ)|, τ ≤ t (seeds-en §5)", bras))
+    sections.append(("Error bras ⟨δ_t(τ)|, τ ≤ t", bras))
 
     rules = []
     eps = r"\epsilon" if latex else "ε"
@@ -353,9 +353,7 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, list[tuple[str, str
     for tau, b in zip(steps, form.closed_form(), strict=True):
         lhs = bra(rf"\delta({tau})" if latex else f"δ({tau})")
         closed.append((lhs, p.term(b)))
-    sections.append(
-        (f"Closed form: the inverse is a finite Neumann sum, 𝕊^{T} = 0 (seeds-en §5)", closed)
-    )
+    sections.append((f"Closed form: the inverse is a finite Neumann sum, 𝕊^{T} = 0", closed))
 
     rec = []
     if form.slides:

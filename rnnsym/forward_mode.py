@@ -6,7 +6,8 @@ parameters θ that the state updates use (the recurrent-path parameters), one st
     ∂q(t)/∂θ = (tangent of q's update)(∂q′(t−1)/∂θ, ∂q″(t)/∂θ of states updated earlier, δθ)
 
 with ∂q(0)/∂θ = 0, since q(0) is given. Over the whole sequence this is the right action of
-(𝕀 − 𝔾𝕁_h𝕊)⁻¹ of seeds-en §5, applied one block row at a time. The gradient is summed as it goes:
+(𝕀 − 𝔾𝕁_h𝕊)⁻¹ of the slides' bra-ket form, applied one block row at a time. The gradient is
+summed as it goes:
 
     ∇_θ L = Σ_t Σ_q (∂L(t)/∂q(t))ᵀ ∂q(t)/∂θ  (+ the terms of parameters used by the outputs)
 
@@ -517,7 +518,7 @@ class ForwardModeGenerator(KernelGenerator):
             if n not in s.varying:
                 continue
             body.append(
-                Comment(f"∂{n}(t)/∂θ: the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹ (seeds-en §5), one step")
+                Comment(f"∂{n}(t)/∂θ: the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹ (the slides), one step")
             )
             exprs = [s.carried[n]]
             for top, rest in seeds[n].values():
@@ -708,7 +709,7 @@ def sensitivity_text(sens: Sensitivities) -> str:
         "forward": "Forward step, t = 1..T (h(0) given, zero by default)",
         "sensitivity": (
             "Sensitivities, t = 1..T, zero at t = 0: the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹, "
-            "seeds-en §5\n(δP: the variation of P along each of its entries)"
+            "the slides' form\n(δP: the variation of P along each of its entries)"
         ),
         "gradient": (
             "Gradient, summed over t and the batch; ∂L⁽ᵗ⁾/∂q only through the outputs and the "
@@ -728,7 +729,7 @@ def sensitivity_text(sens: Sensitivities) -> str:
         "Forward mode (real-time recurrent learning): loss_and_grad carries the sensitivities of "
         "the\nstates to the D entries of the parameters that the updates use, one step at a "
         "time, and adds\ntheir part of the gradient as it goes: its memory does not grow with "
-        "T. The equations it\nimplements (report eqs. (2)-(5); seeds-en §5):\n\n"
+        "T. The equations it\nimplements (report eqs. (2)-(5); the slides' bra-ket form):\n\n"
     )
     return f"{intro}{_indent_doc(chr(10).join(lines))}\n"
 

@@ -277,7 +277,7 @@ def test_kernel_api() -> None:
     assert forward.mode == "forward" and rs.compile(rs.cells.elman()).mode == "reverse"
     assert "forward mode" in repr(forward)
     assert forward.cell is cell and forward.spec["params"]["W"] == ("n", "n")
-    for text in ("(𝕀 − 𝔾𝕁_h𝕊)⁻¹", "seeds-en §5", "eq. (4)", "eq. (5)", "S_h_prev"):
+    for text in ("(𝕀 − 𝔾𝕁_h𝕊)⁻¹", "the slides", "eq. (4)", "eq. (5)", "S_h_prev"):
         assert text in forward.source, text
 
 
