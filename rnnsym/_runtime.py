@@ -57,6 +57,12 @@ def _zeros(like, size):
     return np.zeros(like.shape[:-1] + (size,), dtype=like.dtype)
 
 
+def _rows(like, p):
+    # the vector p repeated in every row of like's leading (time, batch) axes, to be stacked
+    # with per-step data
+    return np.broadcast_to(p, like.shape[:-1] + p.shape[-1:])
+
+
 def _pad(g, start, total):
     # g placed at rows start.. of a zero vector of total rows (the adjoint of a slice)
     out = np.zeros(g.shape[:-1] + (total,), dtype=g.dtype)

@@ -913,6 +913,7 @@ _HELPER_ORDER = [
     "_step",
     "_mm",
     "_zeros",
+    "_rows",
     "_pad",
     "_sum_outer",
     "_sum_rows",

@@ -457,10 +457,6 @@ class RowPrinter(Printer):
     def _print_Concat(self, expr) -> str:
         parts = expr.args
         data = [p for p in parts if self.is_batch(p)]
-        if data and any(not self.is_batch(p) and not isinstance(p, ZeroMatrix) for p in parts):
-            raise DerivationError(
-                f"cannot stack parameters and per-step data in one vector: {sp.sstr(expr)}"
-            )
         like = next((p for p in data if isinstance(p, MatrixSymbol)), data[0] if data else None)
         texts = []
         for part in parts:
@@ -468,6 +464,10 @@ class RowPrinter(Printer):
                 # a block of zeros shaped like the per-step rows of its neighbours
                 self.used_helpers.add("_zeros")
                 texts.append(f"_zeros({self._print(like)}, {self._index(part.shape[0])})")
+            elif like is not None and not self.is_batch(part):
+                # a parameter vector stacked with per-step data: repeated in every row
+                self.used_helpers.add("_rows")
+                texts.append(f"_rows({self._print(like)}, {self._print(part)})")
             else:
                 texts.append(self._print(part))
         return "np.concatenate([" + ", ".join(texts) + "], axis=-1)"
