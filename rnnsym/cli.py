@@ -14,21 +14,30 @@ from .errors import RnnsymError
 __all__ = ["main"]
 
 
-def _load_user_cell(spec: str) -> Cell:
-    """``path/to/file.py:function`` -> the Cell that function returns."""
-    path_text, sep, func_name = spec.rpartition(":")
-    if not sep or not path_text or not func_name:
-        raise RnnsymError(f"expected PATH.py:FUNCTION, got {spec!r}")
-    path = Path(path_text)
+def _load_module(path: Path, prefix: str, what: str):
+    """The user's own Python file at ``path``, run as a module (its folder importable while it
+    loads, so it may import its neighbours); ``what`` starts the error messages."""
     if not path.is_file():
-        raise RnnsymError(f"no such file: {path}")
-    module_spec = importlib.util.spec_from_file_location(f"rnnsym_user_{path.stem}", path)
+        raise RnnsymError(f"{what}no such file: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"{prefix}_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise RnnsymError(f"{what}{path} is not a Python module (expected a .py file)")
     module = importlib.util.module_from_spec(module_spec)
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         module_spec.loader.exec_module(module)
     finally:
         sys.path.pop(0)
+    return module
+
+
+def _load_user_cell(spec: str) -> Cell:
+    """``path/to/file.py:function`` -> the Cell that function returns."""
+    path_text, sep, func_name = spec.rpartition(":")
+    if not sep or not path_text or not func_name:
+        raise RnnsymError(f"expected PATH.py:FUNCTION, got {spec!r}")
+    path = Path(path_text)
+    module = _load_module(path, "rnnsym_user", "")
     func = getattr(module, func_name, None)
     if func is None or not callable(func):
         raise RnnsymError(f"{path} defines no function {func_name!r}")
@@ -60,13 +69,7 @@ def _load_kernel(path_text: str, cell: Cell) -> _ModuleKernel:
     """The kernel module ``rnnsym derive --emit`` (or ``Kernel.write``) wrote, loaded by path:
     it is the user's own file, like the cell's."""
     path = Path(path_text)
-    if not path.is_file():
-        raise RnnsymError(f"--kernel: no such file: {path}")
-    module_spec = importlib.util.spec_from_file_location(f"rnnsym_kernel_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise RnnsymError(f"--kernel: {path} is not a Python module (expected a .py file)")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _load_module(path, "rnnsym_kernel", "--kernel: ")
     missing = [f for f in ("loss_and_grad", "forward") if not callable(getattr(module, f, None))]
     if missing:
         raise RnnsymError(
