@@ -7,6 +7,7 @@ import linecache
 import types
 from pathlib import Path
 
+from . import display
 from .cell import Cell
 from .codegen import generate_module
 from .derive import Derivation, derive
@@ -25,6 +26,9 @@ class Kernel:
     batch, in the input dtype. ``source`` is the module text, runnable with NumPy alone.
     ``mode`` says how ``loss_and_grad`` gets the gradient: ``"reverse"`` (BPTT) or
     ``"forward"`` (forward sensitivity propagation, memory independent of T).
+    ``certificate`` is the report of the last ``rs.verify`` or ``check_kernel`` run on this
+    kernel (``None`` until one has run) and ``certificate_cell`` the cell it was checked
+    against; in Jupyter the kernel shows both, and its source.
     """
 
     def __init__(self, derivation: Derivation, source: str, mode: str = "reverse"):
@@ -32,6 +36,8 @@ class Kernel:
         self.cell = derivation.cell
         self.source = source
         self.mode = mode
+        self.certificate = None  # set by rs.verify / check_kernel (display.attach_certificate)
+        self.certificate_cell: Cell | None = None
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
         filename = f"<rnnsym kernel {ascii(self.cell.name)} {digest}>"  # one line, any name
         module = types.ModuleType(f"rnnsym_kernel_{digest}")
@@ -70,6 +76,8 @@ class Kernel:
         lines = len(self.source.splitlines())
         mode = "" if self.mode == "reverse" else f" ({self.mode} mode)"
         return f"<Kernel {self.cell.name!r}{mode}: {lines} lines of NumPy>"
+
+    _repr_html_ = display.kernel_html
 
 
 def compile_cell(cell: Cell, mode: str = "reverse") -> Kernel:

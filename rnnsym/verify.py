@@ -31,6 +31,7 @@ from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
 from .derive import Derivation, adjoint_symbol, derive
+from .display import attach_certificate
 from .errors import RnnsymError
 from .ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors
 from .oracle import GUARD_DIGITS, ScalarGraph, compile_cell_steps
@@ -1219,7 +1220,7 @@ def check_kernel(
     # directional central differences of the kernel's own float64 loss
     checks += _directional(cell, kernel, problem, h0_arg, directions, seed)
     sizes = dict(problem.sizes)
-    return KernelReport(
+    report = KernelReport(
         sizes,
         problem.T,
         problem.B,
@@ -1227,6 +1228,8 @@ def check_kernel(
         checks,
         time.perf_counter() - start,
     )
+    attach_certificate(kernel, cell, report)  # an rnnsym Kernel shows it in Jupyter
+    return report
 
 
 def _directional(cell, kernel, problem, h0, directions: int, seed: int) -> list[Check]:
@@ -1369,7 +1372,9 @@ def verify(
     kernel_report = check_kernel(
         cell, kernel, seed=seed, directions=directions, input_scale=input_scale
     )
-    return VerificationReport(oracle=oracle_report, notes=notes, kernel=kernel_report)
+    report = VerificationReport(oracle=oracle_report, notes=notes, kernel=kernel_report)
+    attach_certificate(kernel, cell, report)  # replaces check_kernel's with the whole report
+    return report
 
 
 # ----- the bra-ket form against BPTT and the oracle -----

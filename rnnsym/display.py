@@ -1,0 +1,147 @@
+"""How rnnsym's objects show themselves in Jupyter (and in a plain ``repr``).
+
+Jupyter asks an object for rich representations through ``_repr_latex_``, ``_repr_markdown_``
+and ``_repr_html_``; these functions compute them, so that each class needs one line per
+method. A derivation is shown as its LaTeX (a top-level ``align*`` environment, which MathJax
+typesets as it is), a composed model's derivation as Markdown with one such environment per
+cell, and a kernel as HTML: its verification certificate and its generated source.
+
+Nothing here imports the rest of rnnsym at module level, so any module may import it.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+__all__ = [
+    "derivation_repr",
+    "derivation_latex",
+    "sequence_form_latex",
+    "model_derivation_repr",
+    "model_derivation_markdown",
+    "kernel_html",
+    "attach_certificate",
+    "NOT_VERIFIED",
+]
+
+NOT_VERIFIED = "not verified yet; run rs.verify(cell, kernel)"
+
+
+def _equation_counts(derivation: Any) -> tuple[int, int]:
+    """(number of equations, number of parameter gradients) of a Derivation."""
+    equations = derivation.equations()
+    gradients = sum(1 for eq in equations if isinstance(eq.lhs, str) and eq.lhs.startswith("grad:"))
+    return len(equations), gradients
+
+
+def derivation_repr(derivation: Any) -> str:
+    """A one-line summary of a Derivation, instead of its dataclass fields."""
+    equations, gradients = _equation_counts(derivation)
+    return (
+        f"<Derivation {derivation.cell.name!r}: {equations} equations, {gradients} parameter "
+        f"gradients; print() for text, .latex() for LaTeX>"
+    )
+
+
+def derivation_latex(derivation: Any) -> str:
+    """``_repr_latex_`` of a Derivation: its ``latex()``, an ``align*`` environment.
+
+    The environment is returned as it is, not inside ``$$``: MathJax typesets a top-level
+    ``\\begin{align*}`` directly, while MathJax 4 rejects ``align*`` nested in display math.
+    """
+    return derivation.latex().strip()
+
+
+def sequence_form_latex(form: Any) -> str:
+    """``_repr_latex_`` of a SequenceForm (the bra-ket form): its ``latex()``."""
+    return form.latex().strip()
+
+
+def model_derivation_repr(model_derivation: Any) -> str:
+    """A one-line summary of a ModelDerivation, instead of its dataclass fields."""
+    model = model_derivation.model
+    parts = ", ".join(model_derivation.parts)
+    equations = sum(_equation_counts(d)[0] for d in model_derivation.parts.values())
+    kind = model.kind.replace("_", " ")
+    return (
+        f"<ModelDerivation {model.name!r} ({kind}): parts {parts}; {equations} equations; "
+        f"print() for text, .latex() for LaTeX>"
+    )
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|$~&])")
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` as literal Markdown: every punctuation character Markdown reads is escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def model_derivation_markdown(model_derivation: Any) -> str:
+    """``_repr_markdown_`` of a ModelDerivation: each cell's ``align*`` block, with the
+    comment lines of ``latex()`` (the model, each part, how the adjoints are chained) as text."""
+    blocks: list[str] = []
+    math: list[str] = []
+    prose: list[str] = []
+
+    def flush_prose() -> None:
+        if prose:
+            blocks.append("  \n".join(_markdown_text(line) for line in prose))
+            prose.clear()
+
+    def flush_math() -> None:
+        if math:
+            blocks.append("\n".join(math))
+            math.clear()
+
+    for line in model_derivation.latex().splitlines():
+        if line.startswith("%"):
+            flush_math()
+            prose.append(line[1:].strip())
+        elif line.strip():
+            flush_prose()
+            math.append(line)
+    flush_math()
+    flush_prose()
+    return "\n\n".join(blocks) + "\n"
+
+
+def attach_certificate(kernel: Any, cell: Any, report: Any) -> None:
+    """Remember ``report`` (of ``rs.verify`` or ``check_kernel`` against ``cell``) on an rnnsym
+    ``Kernel`` as its certificate; other kernel objects are left untouched."""
+    from .kernel import Kernel
+
+    if isinstance(kernel, Kernel):
+        kernel.certificate = report
+        kernel.certificate_cell = cell
+
+
+def _certificate_html(kernel: Any) -> str:
+    report = getattr(kernel, "certificate", None)
+    if report is None:
+        return f"<p><b>Certificate:</b> {html.escape(NOT_VERIFIED)}</p>"
+    cell = getattr(kernel, "certificate_cell", None)
+    against = "" if cell is None else f" against cell {html.escape(repr(cell.name))}"
+    if cell is not None and cell is not kernel.cell:
+        against += " (a different Cell object from the one this kernel was compiled from)"
+    verdict = "all checks passed" if report.ok else "CHECKS FAILED"
+    kind = "rs.verify" if hasattr(report, "oracle") else "check_kernel"
+    return (
+        f"<p><b>Certificate:</b> {verdict} (last run of {kind}{against})</p>\n"
+        f"<details><summary>verification report</summary>\n"
+        f"<pre>{html.escape(str(report))}</pre>\n</details>"
+    )
+
+
+def kernel_html(kernel: Any) -> str:
+    """``_repr_html_`` of a Kernel: its summary, its certificate and its source (collapsed)."""
+    lines = len(kernel.source.splitlines())
+    return (
+        f'<div class="rnnsym-kernel">\n'
+        f"<p>{html.escape(repr(kernel))}</p>\n"
+        f"{_certificate_html(kernel)}\n"
+        f"<details><summary>generated source ({lines} lines, NumPy only)</summary>\n"
+        f"<pre>{html.escape(kernel.source)}</pre>\n</details>\n</div>"
+    )
