@@ -1,19 +1,22 @@
 """Back-propagation through time, derived symbolically for any cell.
 
-The step of a cell is a list of named equations, in order: the state updates (eqs. (2)–(3)),
-the outputs (eq. (4)) and the per-step loss L(t) (eq. (5)). Reverse mode runs over them
-backwards, and inside each equation over its expression DAG with the rules of
-:mod:`rnnsym.rules`. Every named quantity q gets an adjoint symbol ``g_q`` standing for
-∇_{q(t)} L, so the results stay short and read like the report:
+The step of a cell is a list of named equations, in order: the state updates (and named
+intermediates), the outputs and the per-step loss L(t). Reverse mode runs over them backwards,
+and inside each equation over its expression DAG with the rules of :mod:`rnnsym.rules`. Every
+named quantity q gets an adjoint symbol ``g_q`` standing for ∇_{q(t)} L, so the results stay
+short and read like the report:
 
-* ``output_adjoints[o]``: ∇_{o(t)} L (for eq. (5), o(t) − y(t));
+* ``output_adjoints[o]``: ∇_{o(t)} L (o(t) − y(t) for the squared error);
 * ``state_local[h]``: the part of ∇_{h(t)} L that arises within step t (through outputs, the
   loss and states updated later in the step);
 * ``carry[h]``: the part that step t hands back to step t − 1, (∂h(t)/∂h(t−1))ᵀ-products of the
-  step-t adjoints; so ∇_{h(t)} L = state_local[h](t) + carry[h](t + 1) — eq. (9) in general;
-* ``param_terms[W]``: the per-step term whose sum over t is ∇_W L — eqs. (6)–(8) in general.
+  step-t adjoints; so ∇_{h(t)} L = state_local[h](t) + carry[h](t + 1);
+* ``param_terms[W]``: the per-step term whose sum over t is ∇_W L.
 
-Nothing depends on T or on the sizes: the derivation is done once, for one step.
+Each line is numbered by its position in :meth:`Derivation.equations` (the derivation's own
+numbering, :meth:`Derivation.number_of`), and carries the report's equation number as its label
+only when it is that equation (:mod:`rnnsym.labels`). Nothing depends on T or on the sizes: the
+derivation is done once, for one step.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sympy import Identity, MatrixExpr, MatrixSymbol
 
 from .cell import Cell
 from .errors import DerivationError
-from .ops import add, coeff_and_factors, leaves, postorder
+from .ops import add, leaves, postorder
 from .rules import vjp
 
 __all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
@@ -33,11 +36,21 @@ __all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
 
 @dataclass(frozen=True)
 class Equation:
-    """``lhs = rhs``, with the report's equation it implements or generalises."""
+    """``lhs = rhs``; ``label`` is the report's equation this line is ("eq. (4)",
+    "eqs. (2)-(3)"), or "" when it is none of them (see :mod:`rnnsym.labels`)."""
 
     lhs: MatrixSymbol | str
     rhs: MatrixExpr
     label: str = ""
+
+    @property
+    def key(self) -> str:
+        """The line's name: the quantity it defines (``"h"``, ``"L"``), its adjoint
+        (``"g_h"``), or the parameter whose gradient it is (``"W"`` for ``"grad:W"``)."""
+        lhs = self.lhs
+        if isinstance(lhs, str):
+            return lhs[5:] if lhs.startswith("grad:") else lhs
+        return lhs.name
 
 
 def adjoint_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
@@ -52,7 +65,10 @@ def next_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
 
 @dataclass
 class Derivation:
-    """The derived BPTT equations of a cell (see the module docstring)."""
+    """The derived BPTT equations of a cell (see the module docstring).
+
+    ``labels`` maps every line's :attr:`Equation.key` to its report label ("" for none).
+    """
 
     cell: Cell
     forward: list[Equation]
@@ -141,7 +157,7 @@ class Derivation:
         return expr.xreplace(rule)
 
     def state_adjoint(self, name: str) -> MatrixExpr:
-        """∇_{h(t)} L = (within-step part) + (part from step t+1): eq. (9) in general."""
+        """∇_{h(t)} L = (within-step part) + (part from step t+1)."""
         local = self.state_local[name]
         from_next = self.shift_forward(self.carry[name]) if name in self.carry else None
         terms = list(local) + ([from_next] if from_next is not None else [])
@@ -149,18 +165,45 @@ class Derivation:
         return add(*terms) if terms else sp.ZeroMatrix(*symbol.shape)
 
     def equations(self) -> list[Equation]:
-        """Forward step, adjoints and gradients, in reading order."""
+        """Forward step, adjoints and gradients, in reading order.
+
+        The forward lines in the order the cell computes them; the adjoints of the outputs,
+        then of the states and intermediates from the last computed back to the first; then the
+        gradients: those that are the report's eqs. (6), (7), (8) first, in that order (ties in
+        declaration order), then the others in declaration order. Position i (1-based) in this
+        list is the line's number, :meth:`number_of`.
+        """
+        label = self.labels.get
         eqs = list(self.forward)
         for name, expr in self.output_adjoints.items():
-            eqs.append(Equation(self.adjoint(name), expr, self.labels.get(f"g_{name}", "")))
+            eqs.append(Equation(self.adjoint(name), expr, label(f"g_{name}", "")))
         for kind, name in reversed(self.cell.order):
             if kind == "update":
-                eqs.append(Equation(self.adjoint(name), self.state_adjoint(name), "eq. (9)"))
+                expr = self.state_adjoint(name)
             else:
-                eqs.append(Equation(self.adjoint(name), self.intermediate_adjoints[name], ""))
-        for name, expr in self.param_terms.items():
-            eqs.append(Equation(f"grad:{name}", expr, self.labels.get(name, "")))
+                expr = self.intermediate_adjoints[name]
+            eqs.append(Equation(self.adjoint(name), expr, label(f"g_{name}", "")))
+        names = list(self.param_terms)
+        report = sorted((n for n in names if label(n, "")), key=lambda n: label(n))
+        for name in report + [n for n in names if not label(n, "")]:
+            eqs.append(Equation(f"grad:{name}", self.param_terms[name], label(name, "")))
         return eqs
+
+    def number_of(self, key: str) -> int:
+        """The derivation's own number of a line: its 1-based position in :meth:`equations`.
+
+        ``key`` is the line's :attr:`Equation.key`: ``"h"`` (its update), ``"L"`` (the loss),
+        ``"g_h"`` (∇_{h(t)}L), ``"W"`` (∇_W L). Text, LaTeX and kernel comments cite this number.
+        """
+        numbers = self.__dict__.get("_numbers")
+        if numbers is None:
+            numbers = {eq.key: i for i, eq in enumerate(self.equations(), 1)}
+            self.__dict__["_numbers"] = numbers
+        if key not in numbers:
+            raise KeyError(
+                f"cell {self.cell.name!r} has no line {key!r}; its lines are {', '.join(numbers)}"
+            )
+        return numbers[key]
 
     def latex(self) -> str:
         """The derivation as a LaTeX ``align*`` block in the report's notation."""
@@ -207,32 +250,6 @@ def backprop(root: MatrixExpr, ans: MatrixExpr, g: MatrixExpr, differentiable: s
     return result
 
 
-def _param_label(cell: Cell, name: str, term: MatrixExpr) -> str:
-    """Which of the report's eqs. (6)-(8) a parameter's gradient generalises."""
-    symbol = cell.params[name].symbol
-    if any(symbol in leaves(t.expr) for t in cell.output_defs.values()) or symbol in leaves(
-        cell.loss_expr
-    ):
-        return "eq. (6)" if symbol.shape[1] != 1 else "bias, cf. eq. (6)"
-    if symbol.shape[1] == 1:
-        steps = [cell.step_term(kind, n).expr for kind, n in cell.order]
-        elementwise = any(
-            isinstance(node, sp.HadamardProduct) and symbol in node.args
-            for expr in steps
-            for node in sp.preorder_traversal(expr)
-        )
-        # a vector multiplied elementwise (IndRNN's u, peepholes) is a weight, not a bias
-        return "elementwise weight, cf. eq. (7)" if elementwise else "bias, cf. eqs. (7)-(8)"
-    last = coeff_and_factors(term)[1][-1] if isinstance(term, sp.MatMul) else None
-    if isinstance(last, sp.Transpose) and isinstance(last.arg, MatrixSymbol):
-        var = cell.variable(last.arg)
-        if var is not None and var.kind == "prev":
-            return "eq. (7)"
-        if var is not None and var.kind == "input":
-            return "eq. (8)"
-    return "cf. eqs. (7)-(8)"
-
-
 def derive(cell: Cell) -> Derivation:
     """Derive the backward recurrence and the parameter gradients of a cell."""
     if not isinstance(cell, Cell):
@@ -242,11 +259,10 @@ def derive(cell: Cell) -> Derivation:
     loss_symbol = MatrixSymbol("L", 1, 1)
     eqs: list[tuple[MatrixSymbol, MatrixExpr, str]] = []
     for kind, name in cell.order:
-        label = "eqs. (2)-(3)" if kind == "update" else ""
-        eqs.append((cell._vars[name].symbol, cell.step_term(kind, name).expr, label))
+        eqs.append((cell._vars[name].symbol, cell.step_term(kind, name).expr, ""))
     for name, term in cell.output_defs.items():
-        eqs.append((cell.outputs[name].symbol, term.expr, "eq. (4)"))
-    eqs.append((loss_symbol, cell.loss_expr, "eq. (5)"))
+        eqs.append((cell.outputs[name].symbol, term.expr, ""))
+    eqs.append((loss_symbol, cell.loss_expr, ""))
 
     prev_of = {s.prev.symbol: n for n, s in states.items()}
     named = {sym for sym, _, _ in eqs}
@@ -265,7 +281,6 @@ def derive(cell: Cell) -> Derivation:
     carry: dict[str, list[MatrixExpr]] = {}
     param_terms: dict[str, list[MatrixExpr]] = {n: [] for n in cell.params}
     input_terms: dict[str, list[MatrixExpr]] = {}
-    labels: dict[str, str] = {}
 
     for symbol, expr, _label in reversed(eqs):
         if symbol is loss_symbol:
@@ -275,7 +290,6 @@ def derive(cell: Cell) -> Derivation:
             contributions = pending.pop(symbol, [])
             if name in states:
                 state_local[name] = contributions
-                labels[f"g_{name}"] = "eq. (9)"
             elif name in cell.intermediates:
                 intermediate_adjoints[name] = (
                     add(*contributions) if contributions else sp.ZeroMatrix(*symbol.shape)
@@ -284,7 +298,6 @@ def derive(cell: Cell) -> Derivation:
                 output_adjoints[name] = (
                     add(*contributions) if contributions else sp.ZeroMatrix(*symbol.shape)
                 )
-                labels[f"g_{name}"] = "from eq. (5)"
             g = adjoint_symbol(symbol)
         for leaf, ct in backprop(expr, symbol, g, differentiable).items():
             if leaf in named:
@@ -299,18 +312,20 @@ def derive(cell: Cell) -> Derivation:
     # The loss's contributions to outputs and states are in dependency order; reading order is
     # outputs, then states from the last updated back to the first.
     output_adjoints = {n: output_adjoints[n] for n in cell.outputs}
-    summed_params = {}
-    for name, terms in param_terms.items():
-        summed_params[name] = add(*terms)
-        labels[name] = _param_label(cell, name, summed_params[name])
-    return Derivation(
+    derivation = Derivation(
         cell=cell,
-        forward=[Equation(sym, expr, label) for sym, expr, label in eqs],
+        forward=[Equation(sym, expr) for sym, expr, _ in eqs],
         output_adjoints=output_adjoints,
         state_local=state_local,
         carry={n: add(*terms) for n, terms in carry.items()},
-        param_terms=summed_params,
+        param_terms={n: add(*terms) for n, terms in param_terms.items()},
         input_terms={n: add(*terms) for n, terms in input_terms.items()},
-        labels=labels,
         intermediate_adjoints=intermediate_adjoints,
     )
+    from .labels import report_labels  # labels reads Derivation: imported here
+
+    derivation.labels = report_labels(derivation)
+    derivation.forward = [
+        Equation(eq.lhs, eq.rhs, derivation.labels[eq.key]) for eq in derivation.forward
+    ]
+    return derivation
