@@ -3,56 +3,200 @@
 Symbols carry their time step: h⁽ᵗ⁻¹⁾ for ``h.prev``, ∇_{h⁽ᵗ⁾}L for the adjoint ``g_h``, and the
 step-(t+1) quantities of the backward recurrence as h⁽ᵗ⁺¹⁾. Parameters are shared over time and
 print bare. ``∘`` is the elementwise (Hadamard) product.
+
+Equation numbers are the derivation's own: equation N is the N-th of
+``Derivation.equations()``, printed "(N)" in text and ``\\tag{N}`` in LaTeX. A line that *is* an
+equation of the report carries the report's number as a side note, "[report eq. (7)]".
+
+LaTeX conventions: rows k to l of a stacked vector a (1-based, both included) print as
+``[a^{(t)}]_{k:l}``, a single row k as ``[a^{(t)}]_{k}``; the vector of ones is
+``\\mathbf{1}``. User names are escaped: no name a user gives becomes LaTeX code.
 """
 
 from __future__ import annotations
 
-from sympy import HadamardProduct, MatAdd, MatrixSymbol
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol, Transpose
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
 from .ops import coeff_and_factors, signed_terms
 
-__all__ = ["derivation_text", "derivation_latex", "TextPrinter", "DerivationLatexPrinter"]
+__all__ = [
+    "derivation_text",
+    "derivation_latex",
+    "latex_rows",
+    "align_block",
+    "LatexRow",
+    "TextPrinter",
+    "DerivationLatexPrinter",
+    "latex_text",
+    "label_key",
+    "TEXT_WIDTH_PT",
+]
 
 _SUP = {"t": "ᵗ", "-": "⁻", "+": "⁺", "1": "¹", "(": "⁽", ")": "⁾"}
 
+# The width LaTeX's article class gives the text at 10pt (345pt); displayed lines are broken
+# to fit it.
+TEXT_WIDTH_PT = 345.0
 
-def _time_tables(cell) -> tuple[dict, dict]:
+
+# ----- names -----
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "^": r"\textasciicircum{}",
+    "%": r"\%",
+    "~": r"\textasciitilde{}",
+    "_": r"\_",
+}
+
+
+def latex_text(text: str) -> str:
+    """``text`` for LaTeX's text mode: specials escaped, characters outside ASCII as U+XXXX.
+
+    Nothing of ``text`` is read as LaTeX code, whatever it holds.
+    """
+    out = []
+    for ch in str(text):
+        if ch in _LATEX_SPECIALS:
+            out.append(_LATEX_SPECIALS[ch])
+        elif ch == "\n":
+            out.append(" ")
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append(f"[U+{ord(ch):04X}]")
+    return "".join(out)
+
+
+def _greek(ch: str) -> str | None:
+    """``\\alpha`` for α, ``\\Gamma`` for Γ; None for letters LaTeX has no command for."""
+    try:
+        uname = unicodedata.name(ch)
+    except ValueError:
+        return None
+    match = re.fullmatch(r"GREEK (SMALL|CAPITAL) LETTER ([A-Z]+)", uname)
+    if not match:
+        return None
+    word = match.group(2).lower()
+    small = {
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+        "lamda", "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi",
+        "omega",
+    }  # fmt: skip
+    capital = {"gamma", "delta", "theta", "lamda", "xi", "pi", "sigma", "upsilon", "phi", "psi",
+               "omega"}  # fmt: skip
+    word_tex = "lambda" if word == "lamda" else word
+    if match.group(1) == "SMALL" and word in small:
+        return "\\" + word_tex
+    if match.group(1) == "CAPITAL" and word in capital:
+        return "\\" + word_tex.capitalize()
+    return None
+
+
+def _math_part(text: str) -> str:
+    """One part of a name for math mode: ASCII letters and digits as they are, Greek letters
+    as commands, anything else as escaped text."""
+    out, plain = [], []
+
+    def flush():
+        if plain:
+            out.append(rf"\text{{{latex_text(''.join(plain))}}}")
+            plain.clear()
+
+    for ch in text:
+        if ch.isascii() and ch.isalnum():
+            flush()
+            out.append(ch)
+        elif (cmd := _greek(ch)) is not None:
+            flush()
+            out.append(cmd + " ")
+        else:
+            plain.append(ch)
+    flush()
+    return "".join(out).rstrip()
+
+
+def _latex_name(name: str) -> str:
+    """A user's name as LaTeX math: ``W_hh`` → ``W_{hh}``, ``out`` → ``\\mathrm{out}``.
+
+    The name is read as Python reads it (NFKC); characters other than ASCII letters, digits,
+    underscores and Greek letters are printed as escaped text, never as LaTeX code.
+    """
+    name = unicodedata.normalize("NFKC", str(name))
+    head, _, tail = name.partition("_")
+    head_tex = _math_part(head)
+    if len(head) > 1 and head_tex == head:
+        head_tex = rf"\mathrm{{{head}}}"  # a word, not a product of letters
+    if not head_tex:
+        head_tex = r"\_"
+    if not tail:
+        return head_tex
+    tail_tex = ",".join(_math_part(p) or r"\_" for p in tail.split("_"))
+    return f"{head_tex}_{{{tail_tex}}}"
+
+
+def label_key(*parts: str) -> str:
+    """A ``\\label`` key made of ``parts``: lower-case ASCII letters, digits, ':' and '-' only."""
+    cleaned = []
+    for part in parts:
+        text = unicodedata.normalize("NFKD", str(part)).lower()
+        text = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+        cleaned.append(text or "x")
+    return ":".join(cleaned)
+
+
+def _time_tables(cell, bold: bool = False) -> tuple[dict, dict]:
+    """Unicode and LaTeX names of every symbol of ``cell`` at its time step; ``bold`` prints
+    vectors in bold, as the report does."""
     text, tex = {"L": "L⁽ᵗ⁾"}, {"L": "L^{(t)}"}
     steps = {"": "(t)", "_prev": "(t-1)", "_next": "(t+1)"}
 
     def sup(s: str) -> str:
         return "".join(_SUP[c] for c in s)
 
+    def name_tex(var_name: str, vector: bool) -> str:
+        base = _latex_name(var_name)
+        if bold and vector:
+            return rf"\boldsymbol{{{base}}}"
+        return base
+
     timed = [v for v in cell._vars.values() if v.kind != "param"]
     for var in timed:
+        vector = var.symbol.shape[1] == 1
         for suffix, step in steps.items():
             if suffix == "_prev" and var.kind != "state":
                 continue
             name = var.name + suffix
             text[name] = f"{var.name}{sup(step)}"
-            tex[name] = f"{_latex_name(var.name)}^{{{step}}}"
+            tex[name] = f"{name_tex(var.name, vector)}^{{{step}}}"
             if var.kind in ("state", "output", "intermediate"):
                 text[f"g_{name}"] = f"∇_{{{text[name]}}}L"
                 tex[f"g_{name}"] = rf"\nabla_{{{tex[name]}}} L"
     for name, target in cell.fed_back.items():  # y.prev: y(t-1)
         text[name] = f"{target}{sup('(t-1)')}"
-        tex[name] = f"{_latex_name(target)}^{{(t-1)}}"
+        tex[name] = f"{name_tex(target, True)}^{{(t-1)}}"
     for name in cell.context_inputs:  # one value for the whole sequence
         text[name] = name
-        tex[name] = _latex_name(name)
-    for name in cell.params:
+        tex[name] = name_tex(name, True)
+    for name, var in cell.params.items():
         text[name] = name
-        tex[name] = _latex_name(name)
+        tex[name] = name_tex(name, var.symbol.shape[1] == 1)
     return text, tex
 
 
-def _latex_name(name: str) -> str:
-    head, _, tail = name.partition("_")
-    if len(head) > 1:
-        head = rf"\mathrm{{{head}}}"  # a word, not a product of letters
-    return f"{head}_{{{tail}}}" if tail else head
+# ----- printers -----
 
 
 class _SumsAndProducts:
@@ -65,12 +209,15 @@ class _SumsAndProducts:
 
     def _print_MatMul(self, expr) -> str:
         coeff, factors = coeff_and_factors(expr)
-        body = " ".join(self._factor(f) for f in factors)
+        body = " ".join(self._factor_at(f, i == len(factors) - 1) for i, f in enumerate(factors))
         if coeff == 1:
             return body
         if coeff == -1:
             return f"{self.MINUS}{body}"
         return f"{self._print(coeff)} {body}"
+
+    def _factor_at(self, expr, last: bool) -> str:
+        return self._factor(expr)
 
     def _print_MatAdd(self, expr) -> str:
         out = []
@@ -109,9 +256,6 @@ class TextPrinter(_SumsAndProducts, StrPrinter):
             "LogSumExp",
             "Softmax",
         )
-        simple = simple or (
-            type(expr).__name__ == "Transpose" and isinstance(expr.arg, MatrixSymbol)
-        )
         return text if simple else f"({text})"
 
     def _print_OneMatrix(self, expr) -> str:
@@ -144,24 +288,60 @@ class TextPrinter(_SumsAndProducts, StrPrinter):
         return "".join(self._print(a) for a in expr.args)
 
 
+def _is_adjoint(expr) -> bool:
+    return isinstance(expr, MatrixSymbol) and expr.name.startswith("g_")
+
+
+def _user_activation(name: str) -> bool:
+    from .activations import _USER_DEFINITIONS
+
+    return name in _USER_DEFINITIONS
+
+
 class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
-    """LaTeX with time-stepped symbols and ∘ for the Hadamard product."""
+    """LaTeX with time-stepped symbols and ∘ for the Hadamard product.
+
+    An adjoint ∇L followed by another factor keeps the report's parentheses:
+    ``(\\nabla_{o^{(t)}} L)\\, {h^{(t)}}^{\\top}``.
+    """
 
     def __init__(self, names: dict[str, str]):
         super().__init__()
         self.names = names
 
+    _OWN = frozenset({"Apply", "Slice", "Pad", "Concat", "LogSumExp", "Softmax"})
+
+    def _print(self, expr, **kwargs) -> str:
+        # rnnsym's own nodes print here, not through their ``_latex`` methods: a user's
+        # function name must be escaped, and slices use the 1-based form of this module
+        name = type(expr).__name__
+        if name in self._OWN:
+            return getattr(self, f"_print_{name}")(expr)
+        return super()._print(expr, **kwargs)
+
     def _print_MatrixSymbol(self, expr) -> str:
-        return self.names.get(expr.name, expr.name)
+        name = self.names.get(expr.name)
+        return name if name is not None else _latex_name(expr.name)
 
     def _print_OneMatrix(self, expr) -> str:
         return r"\mathbf{1}"
+
+    def _print_ZeroMatrix(self, expr) -> str:
+        return r"\mathbf{0}"
+
+    def _print_Identity(self, expr) -> str:
+        return "I"
 
     def _factor(self, expr) -> str:
         text = self._print(expr)
         if isinstance(expr, (MatAdd, HadamardProduct)):
             return rf"\left({text}\right)"
         return text
+
+    def _factor_at(self, expr, last: bool) -> str:
+        if _is_adjoint(expr) and not last:
+            return rf"\left({self._print(expr)}\right)\,"
+        return self._factor(expr)
 
     def _print_Transpose(self, expr) -> str:
         arg = expr.arg
@@ -170,7 +350,269 @@ class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
         return rf"\left({self._print(arg)}\right)^{{\top}}"
 
     def _print_HadamardProduct(self, expr) -> str:
-        return r" \circ ".join(self._factor(a) for a in expr.args)
+        n = len(expr.args)
+        parts = []
+        for i, a in enumerate(expr.args):
+            if _is_adjoint(a) and i < n - 1:
+                parts.append(rf"\left({self._print(a)}\right)")
+            else:
+                parts.append(self._factor(a))
+        return r" \circ ".join(parts)
+
+    def _print_Apply(self, expr) -> str:
+        return rf"{self._function(expr.name)}\left({self._print(expr.arg)}\right)"
+
+    def _function(self, name: str) -> str:
+        if _user_activation(name):  # the user's name, escaped; derivatives carry primes
+            base = name.rstrip("'")
+            primes = "'" * (len(name) - len(base))
+            return rf"\operatorname{{{latex_text(base)}}}{primes}"
+        from .activations import get_activation
+
+        return get_activation(name).latex
+
+    def _index(self, value) -> str:
+        return self._print(sp.sympify(value))
+
+    def _print_Slice(self, expr) -> str:
+        arg, start, stop = expr.args
+        first = self._index(start + 1)
+        if sp.simplify(stop - start - 1) == 0:
+            rows = first
+        else:
+            rows = f"{first}:{self._index(stop)}"
+        return rf"\left[{self._print(arg)}\right]_{{{rows}}}"
+
+    def _print_Pad(self, expr) -> str:
+        arg, start, total = expr.args
+        return (
+            rf"\operatorname{{pad}}_{{{self._index(start + 1)}}}^{{{self._index(total)}}}"
+            rf"\left({self._print(arg)}\right)"
+        )
+
+    def _print_Concat(self, expr) -> str:
+        rows = r" \\ ".join(self._print(a) for a in expr.args)
+        return rf"\begin{{bmatrix}} {rows} \end{{bmatrix}}"
+
+    def _print_LogSumExp(self, expr) -> str:
+        return rf"\operatorname{{logsumexp}}\left({self._print(expr.args[0])}\right)"
+
+    def _print_Softmax(self, expr) -> str:
+        return rf"\operatorname{{softmax}}\left({self._print(expr.args[0])}\right)"
+
+
+# ----- line breaking -----
+
+# Widths in pt of glyphs at 10pt (Computer Modern), for estimating a displayed line's width.
+_CMD_WIDTH = {
+    "nabla": 8.3,
+    "circ": 12.2,  # with the spacing of a binary operator
+    "top": 7.8,
+    "tanh": 18.9,
+    "sigma": 5.7,
+    "sum": 14.4,
+    "log": 12.8,
+    "exp": 15.6,
+    "quad": 10.0,
+    "qquad": 20.0,
+    ",": 1.7,
+    ";": 2.8,
+    "langle": 3.9,
+    "rangle": 3.9,
+    "dots": 13.4,
+    "cdot": 7.8,
+    "le": 12.2,
+    "delta": 4.5,
+    "epsilon": 4.1,
+    "boldsymbol": 0.0,
+    "mathbf": 0.0,
+    "mathrm": 0.0,
+    "left": 0.0,
+    "right": 0.0,
+    "bigl": 0.0,
+    "bigr": 0.0,
+    "Bigl": 0.0,
+    "Bigr": 0.0,
+    "frac": 0.0,
+    "tag": 0.0,
+    "notag": 0.0,
+}
+
+
+def _strip_environments(tex: str) -> str:
+    """A bmatrix is as wide as its widest row (plus its brackets)."""
+
+    def widest(match: re.Match) -> str:
+        rows = match.group(1).split(r"\\")
+        return "[[" + max(rows, key=lambda r: _width(r)) + "]]"
+
+    return re.sub(r"\\begin\{bmatrix\}(.*?)\\end\{bmatrix\}", widest, tex)
+
+
+def _width(tex: str) -> float:
+    """Estimated width in pt of ``tex`` set as display math at 10pt."""
+    tex = _strip_environments(tex)
+    tex = re.sub(r"\\frac\{1\}\{2\}", "½", tex)
+    tex = re.sub(r"\\(?:text|operatorname)\{((?:[^{}]|\{[^{}]*\})*)\}", r"\\txt{\1}", tex)
+    total = 0.0
+    scale = [1.0]  # script size per group
+    pending = 1.0  # the size of the next group
+    i = 0
+    while i < len(tex):
+        ch = tex[i]
+        if ch == "\\":
+            match = re.match(r"\\([A-Za-z]+|.)", tex[i:])
+            cmd = match.group(1)
+            i += len(match.group(0))
+            if cmd == "txt":  # text or an operator name: about 5pt a letter
+                end = tex.index("}", i)
+                total += 5.0 * len(re.sub(r"\\[A-Za-z]+\{?\}?", "x", tex[i + 1 : end])) * scale[-1]
+                i = end + 1
+                continue
+            total += _CMD_WIDTH.get(cmd, 8.0) * scale[-1]
+            continue
+        i += 1
+        if ch in "_^":
+            pending = max(0.5, scale[-1] * 0.7)
+            if i < len(tex) and tex[i] != "{":  # a one-character script
+                total += 5.0 * pending
+                i += 1
+                pending = 1.0
+            continue
+        if ch == "{":
+            scale.append(pending if pending != 1.0 else scale[-1])
+            pending = 1.0
+            continue
+        if ch == "}":
+            if len(scale) > 1:
+                scale.pop()
+            continue
+        if ch == " ":
+            continue
+        if ch in "+-=":
+            total += (12.2 if scale[-1] == 1.0 else 7.8) * scale[-1]
+        elif ch in "()[]":
+            total += 3.9 * scale[-1]
+        elif ch in ",:|.":
+            total += 2.8 * scale[-1]
+        elif ch == "½":
+            total += 6.0 * scale[-1]
+        else:
+            total += 5.6 * scale[-1]
+    return total
+
+
+class _Breaker:
+    """Splits a too-wide right-hand side into pieces joined by the lines of an ``align``.
+
+    Pieces are cut only between the terms of a sum, the factors of a product or a Hadamard
+    product, or inside the argument of a function; a parenthesis that spans pieces is a
+    ``\\bigl(``/``\\bigr)`` pair, which LaTeX allows across lines.
+    """
+
+    def __init__(self, printer: DerivationLatexPrinter):
+        self.p = printer
+
+    def pieces(self, expr, budget: float) -> list[str]:
+        whole = self.p.doprint(expr)
+        if _width(whole) <= budget:
+            return [whole]
+        if isinstance(expr, MatAdd):
+            out: list[str] = []
+            for i, (negative, term) in enumerate(signed_terms(expr)):
+                sub = self.pieces(term, budget)
+                sign = "-" if negative else ("+" if i else "")
+                sub[0] = f"{sign} {sub[0]}".strip() if sign else sub[0]
+                out.extend(sub)
+            return out
+        if isinstance(expr, MatMul):
+            coeff, factors = coeff_and_factors(expr)
+            out = []
+            for i, f in enumerate(factors):
+                last = i == len(factors) - 1
+                if isinstance(f, (MatAdd, HadamardProduct)):
+                    out.extend(self._grouped(f, budget))
+                else:
+                    out.append(self.p._factor_at(f, last))
+            if coeff == -1:
+                out[0] = "-" + out[0]
+            elif coeff != 1:
+                out[0] = f"{self.p._print(coeff)} {out[0]}"
+            return self._merge(out, budget)
+        if isinstance(expr, HadamardProduct):
+            out = []
+            n = len(expr.args)
+            for i, f in enumerate(expr.args):
+                if isinstance(f, (MatAdd, HadamardProduct)):
+                    sub = self._grouped(f, budget)
+                elif _is_adjoint(f) and i < n - 1:
+                    sub = [rf"\left({self.p._print(f)}\right)"]
+                else:
+                    sub = [self.p._factor(f)]
+                if i:
+                    sub[0] = rf"\circ {sub[0]}"
+                out.extend(sub)
+            return self._merge(out, budget)
+        if type(expr).__name__ == "Apply":
+            inner = self.pieces(expr.arg, budget)
+            if len(inner) > 1:
+                return [rf"{self.p._function(expr.name)}\bigl({inner[0]}", *inner[1:-1],
+                        rf"{inner[-1]}\bigr)"]  # fmt: skip
+        if isinstance(expr, Transpose) and not isinstance(expr.arg, MatrixSymbol):
+            inner = self.pieces(expr.arg, budget)
+            if len(inner) > 1:
+                return [rf"\bigl({inner[0]}", *inner[1:-1], rf"{inner[-1]}\bigr)^{{\top}}"]
+        return [whole]
+
+    def _grouped(self, expr, budget: float) -> list[str]:
+        inner = self.pieces(expr, budget)
+        if len(inner) == 1:
+            return [rf"\left({inner[0]}\right)"]
+        return [rf"\bigl({inner[0]}", *inner[1:-1], rf"{inner[-1]}\bigr)"]
+
+    @staticmethod
+    def _merge(parts: list[str], budget: float) -> list[str]:
+        """Adjacent pieces joined again where they fit together on a line."""
+        out: list[str] = []
+        for part in parts:
+            if out and _width(out[-1] + " " + part) <= budget and not _open(out[-1]):
+                out[-1] = f"{out[-1]} {part}"
+            else:
+                out.append(part)
+        return out
+
+
+def _open(text: str) -> bool:
+    """Whether a piece leaves a \\bigl( open (then the next piece continues its group)."""
+    return text.count(r"\bigl(") > text.count(r"\bigr)")
+
+
+def _pack(pieces: list[str], first: float, rest: float) -> list[str]:
+    """Pieces packed greedily into lines of ``first`` and then ``rest`` pt."""
+    lines: list[str] = []
+    for piece in pieces:
+        budget = first if not lines else rest
+        if lines and _width(lines[-1] + " " + piece) <= budget:
+            lines[-1] = f"{lines[-1]} {piece}"
+        else:
+            lines.append(piece)
+    return lines
+
+
+# ----- rows -----
+
+
+@dataclass
+class LatexRow:
+    """One numbered equation: ``lhs = rhs`` over one or more lines, its own number, its
+    ``\\label`` key and the report equation it is (``report``, "" if none)."""
+
+    section: str  # "forward", "backward" or "gradient"
+    number: int
+    lhs: str
+    lines: list[str]
+    report: str
+    key: str
 
 
 def _rows(derivation) -> list[tuple[str, object, str, str]]:
@@ -183,6 +625,91 @@ def _rows(derivation) -> list[tuple[str, object, str, str]]:
         else:
             rows.append(("forward" if i < n_forward else "backward", eq.lhs, eq.rhs, eq.label))
     return rows
+
+
+def _report_note(label: str) -> str:
+    """``[report eq.~(7)]`` for the label "eq. (7)"."""
+    return rf"\text{{[report {latex_text(label).replace('. ', '.~')}]}}"
+
+
+_TAG_PT = 30.0  # a tag "(12)" and the least space before it
+
+
+def latex_rows(
+    derivation,
+    bold: bool = False,
+    key: str | None = None,
+    tag_prefix: str = "",
+    width: float = TEXT_WIDTH_PT,
+) -> list[LatexRow]:
+    """Every equation of ``derivation`` as LaTeX, broken into lines that fit ``width`` pt.
+
+    ``bold`` prints vectors in bold (the report's notation); ``key`` starts the label keys
+    (default ``eq:<cell name>``); ``tag_prefix`` goes before each number (a model's parts).
+    """
+    _, names = _time_tables(derivation.cell, bold=bold)
+    printer = DerivationLatexPrinter(names)
+    breaker = _Breaker(printer)
+    key = key or label_key("eq", derivation.cell.name)
+    tag_width = _TAG_PT + 6.0 * len(tag_prefix)
+    out = []
+    for number, (sect, lhs, rhs, label) in enumerate(_rows(derivation), 1):
+        note = _report_note(label) if label else ""
+        note_width = _width(note) + 10.0 if note else 0.0
+        if sect == "gradient":
+            left = rf"\nabla_{{{printer._print(derivation.cell.params[lhs].symbol)}}} L"
+            summed = isinstance(rhs, MatAdd)
+            prefix = r"\sum_{t} "
+        else:
+            left = printer.doprint(lhs)
+            summed, prefix = False, ""
+        left_width = _width(left) + 12.2
+        budget = width - left_width - tag_width - _width(prefix) - (8.0 if summed else 0.0)
+        whole = printer.doprint(rhs)
+        if _width(whole) + note_width <= budget:
+            lines = [rf"\left({whole}\right)" if summed else whole]
+        else:
+            pieces = breaker.pieces(rhs, budget - 20.0)
+            lines = _pack(pieces, budget, budget - 20.0)
+            if len(lines) > 1 and summed:
+                lines[0], lines[-1] = rf"\Bigl({lines[0]}", rf"{lines[-1]}\Bigr)"
+            elif summed:
+                lines = [rf"\left({lines[0]}\right)"]
+            if _width(lines[-1]) + note_width > budget - 20.0 * (len(lines) > 1) and note:
+                lines.append("")  # the side note on a line of its own
+        lines[0] = prefix + lines[0]
+        if note:
+            lines[-1] = (lines[-1] + r" \quad " + note) if lines[-1] else note
+        out.append(LatexRow(sect, number, left, lines, label, f"{key}:{number}"))
+    return out
+
+
+def align_block(
+    rows: list[LatexRow],
+    tag_prefix: str = "",
+    labels: bool = True,
+    titles: dict[str, str] | None = None,
+) -> str:
+    """Rows as one ``align`` environment: ``\\tag{N}`` and ``\\label`` on each equation's last
+    line, continuation lines ``\\notag``; ``titles`` (LaTeX text, by section) head the
+    sections as unnumbered lines."""
+    out = [r"\begin{align}"]
+    body: list[str] = []
+    section = None
+    for row in rows:
+        if titles and row.section != section and titles.get(row.section):
+            body.append(rf"  & {titles[row.section]} \notag")
+        section = row.section
+        for i, line in enumerate(row.lines):
+            left = f"{row.lhs} &= " if i == 0 else r"&\quad "
+            if i < len(row.lines) - 1:
+                body.append(f"  {left}{line} \\notag")
+            else:
+                label = rf"\label{{{row.key}}}" if labels else ""
+                body.append(f"  {left}{line} \\tag{{{tag_prefix}{row.number}}}{label}")
+    out.append(" \\\\\n".join(body))
+    out.append(r"\end{align}")
+    return "\n".join(out)
 
 
 _TITLES = {
@@ -199,8 +726,29 @@ _TITLES_NO_STATE = {
 }
 
 
-def derivation_text(derivation) -> str:
-    """The derivation as aligned Unicode text."""
+def latex_titles(derivation) -> dict[str, str]:
+    """The section titles of a derivation as LaTeX math (text in ``\\text``, no ``$``, so
+    MathJax renders them as LaTeX does)."""
+    cell = derivation.cell
+    if not cell.states:
+        return {
+            "forward": r"\text{Step } t \text{, every } t \text{ at once (no state)}",
+            "backward": r"\text{Adjoints at step } t \text{ (no recurrence)}",
+            "gradient": r"\text{Gradients, summed over } t \text{ and the batch}",
+        }
+    initial = ", ".join(f"{_latex_name(n)}^{{(0)}}" for n in cell.states)
+    return {
+        "forward": rf"\text{{Forward step, }} t = 1, \dots, T \text{{; }} {initial} "
+        r"\text{ given}",
+        "backward": r"\text{Backward recurrence, } t = T, \dots, 1 \text{; terms of step } "
+        r"T+1 \text{ are zero}",
+        "gradient": r"\text{Gradients, summed over } t \text{ and the batch}",
+    }
+
+
+def derivation_text(derivation, tag_prefix: str = "") -> str:
+    """The derivation as aligned Unicode text, each equation numbered "(N)" (``tag_prefix``
+    before N for a model's parts) and a report equation marked "[report eq. (7)]"."""
     titles = dict(_TITLES) if derivation.cell.states else _TITLES_NO_STATE
     if derivation.cell.states:  # name the cell's own states: h(0), or o(0) for Fig. 4
         initial = ", ".join(f"{n}(0)" for n in derivation.cell.states)
@@ -210,43 +758,43 @@ def derivation_text(derivation) -> str:
     lines: list[str] = [f"Cell {derivation.cell.name!r}"]
     section = None
     body = []
-    for sect, lhs, rhs, label in _rows(derivation):
+    rows = _rows(derivation)
+    number_width = len(f"({tag_prefix}{len(rows)})")
+    for number, (sect, lhs, rhs, label) in enumerate(rows, 1):
         if sect == "gradient":
             left = f"∇_{lhs} L = Σ_t"
         else:
             left = printer.doprint(lhs)
-        body.append((sect, left, printer.doprint(rhs), label))
-    width = max(len(left) for _, left, _, _ in body)
-    for sect, left, right, label in body:
+        body.append((sect, number, left, printer.doprint(rhs), label))
+    width = max(len(left) for _, _, left, _, _ in body)
+    for sect, number, left, right, label in body:
         if sect != section:
             lines.append("")
             lines.append(titles[sect])
             section = sect
-        tag = f"    [{label}]" if label else ""
-        lines.append(
-            f"  {left.rjust(width)} {'=' if sect != 'gradient' else ''}"
-            f"{' ' if sect != 'gradient' else ''}{right}{tag}".replace("  =", " =")
-        )
+        tag = f"    [report {label}]" if label else ""
+        equals = "" if sect == "gradient" else " ="
+        mark = f"({tag_prefix}{number})".rjust(number_width)
+        lines.append(f"  {mark} {left.rjust(width)}{equals} {right}{tag}")
     return "\n".join(lines)
 
 
-def derivation_latex(derivation) -> str:
-    """The derivation as a LaTeX ``align*`` environment."""
-    _, names = _time_tables(derivation.cell)
-    printer = DerivationLatexPrinter(names)
-    out = [r"\begin{align*}"]
-    rows = _rows(derivation)
-    for i, (sect, lhs, rhs, label) in enumerate(rows):
-        if sect == "gradient":
-            left = rf"\nabla_{{{_latex_name(lhs)}}} L &= \sum_{{t}} "
-            right = printer.doprint(rhs)
-            if isinstance(rhs, MatAdd):
-                right = rf"\left({right}\right)"
-        else:
-            left = f"{printer.doprint(lhs)} &= "
-            right = printer.doprint(rhs)
-        tag = rf" && \text{{{label}}}" if label else ""
-        end = r" \\" if i < len(rows) - 1 else ""
-        out.append(f"  {left}{right}{tag}{end}")
-    out.append(r"\end{align*}")
-    return "\n".join(out)
+def derivation_latex(
+    derivation,
+    bold: bool = False,
+    key: str | None = None,
+    tag_prefix: str = "",
+    labels: bool = True,
+    titles: bool = True,
+) -> str:
+    """The derivation as one LaTeX ``align`` environment (MathJax renders it too).
+
+    Equation N carries ``\\tag{N}`` and ``\\label{<key>:N}`` (key default ``eq:<cell name>``);
+    a report equation carries the note "[report eq. (7)]". ``bold`` prints vectors in bold as
+    the report does; ``labels=False`` leaves the labels out (two copies on one page would
+    clash); ``titles`` heads the sections with unnumbered lines of text.
+    """
+    rows = latex_rows(derivation, bold=bold, key=key, tag_prefix=tag_prefix)
+    return align_block(
+        rows, tag_prefix, labels=labels, titles=latex_titles(derivation) if titles else None
+    )
