@@ -417,6 +417,22 @@ def last_output(layer: Cell, head: Cell, name: str | None = None) -> Model:
 # ----- the derivation of a model -----
 
 
+# the letter before a model part's equation numbers: (F3) is equation 3 of the forward layer
+TAG_PREFIX = {
+    "forward": "F",
+    "backward": "B",
+    "head": "H",
+    "encoder": "E",
+    "decoder": "D",
+    "layer": "L",
+}
+
+
+def _swap_tex(text: str) -> str:
+    """LaTeX of a layer run backwards in time: steps t−1 and t+1 trade places."""
+    return text.replace("^{(t-1)}", "\0").replace("^{(t+1)}", "^{(t-1)}").replace("\0", "^{(t+1)}")
+
+
 def _swap_time(text: str) -> str:
     """A layer run backwards in time: its step t−1 is step t+1 of the sequence, and back."""
     marks = [("⁽ᵗ⁻¹⁾", "⁽ᵗ⁺¹⁾"), ("(t-1)", "(t+1)"), ("t = T..1", "t = 1..T")]
@@ -505,6 +521,8 @@ class ModelDerivation:
         return text
 
     def pretty(self) -> str:
+        from .printing import derivation_text
+
         m = self.model
         out = [f"Model {m.name!r} ({m.kind.replace('_', ' ')})", ""]
         for role, d in self.parts.items():
@@ -516,7 +534,7 @@ class ModelDerivation:
                 "decoder": "Decoder, t = 1..T_y",
                 "layer": "Layer, t = 1..T",
             }[role]
-            text = self._in_model_time(role, d.pretty())
+            text = self._in_model_time(role, derivation_text(d, tag_prefix=TAG_PREFIX[role]))
             out.append(f"== {title} ==")
             out.append(text)
             out.append("")
@@ -524,16 +542,154 @@ class ModelDerivation:
         out.extend(self._coupling())
         return "\n".join(out)
 
-    def latex(self) -> str:
+    # ----- LaTeX -----
+
+    def _part_titles(self, role: str) -> tuple[str, dict[str, str]]:
+        """The part's heading and its section titles, LaTeX math with text in ``\\text``."""
+        from .printing import _latex_name, latex_titles
+
         m = self.model
-        out = [f"% Model {m.name!r} ({m.kind.replace('_', ' ')})"]
+        part = m.parts[role]
+        d = self.parts[role]
+        titles = latex_titles(d)
+        length = {"encoder": "T_x", "decoder": "T_y"}.get(role, "T")
+        heading = {
+            "forward": r"\text{Forward layer, runs } t = 1, \dots, T",
+            "backward": r"\text{Backward layer, runs } t = T, \dots, 1 \text{ (in sequence time)}",
+            "head": r"\text{Head, at every step } t"
+            if m.kind != "last_output"
+            else r"\text{Head, at } t = T \text{ only}",
+            "encoder": r"\text{Encoder, } t = 1, \dots, T_x",
+            "decoder": r"\text{Decoder, } t = 1, \dots, T_y",
+            "layer": r"\text{Layer, } t = 1, \dots, T",
+        }[role]
+        if part.cell.states:
+            initial = ", ".join(f"{_latex_name(s)}^{{(0)}}" for s in part.cell.states)
+            given = rf"{initial} \text{{ given}}"
+            if part.reverse:
+                initial = ", ".join(f"{_latex_name(s)}^{{(T+1)}}" for s in part.cell.states)
+                given = rf"{initial} \text{{ given}}"
+            if role == "decoder" and m.context_slot[0] == "h0":
+                _, target, state = m.context_slot
+                given = (
+                    rf"{_latex_name(target)}^{{(0)}} = C = {_latex_name(state)}^{{(T_x)}}"
+                    r" \text{ (the encoder's last state)}"
+                )
+            steps = r"t = T, \dots, 1" if part.reverse else rf"t = 1, \dots, {length}"
+            back = rf"t = 1, \dots, {length}" if part.reverse else rf"t = {length}, \dots, 1"
+            edge = "0" if part.reverse else f"{length}+1"
+            titles["forward"] = rf"\text{{Forward step, }} {steps} \text{{; }} {given}"
+            titles["backward"] = (
+                rf"\text{{Backward recurrence, }} {back} \text{{; terms of step }} {edge} "
+                r"\text{ are zero}"
+            )
+        return heading, titles
+
+    def latex_parts(
+        self, bold: bool = False, key: str | None = None, labels: bool = True
+    ) -> list[tuple[str, str]]:
+        """``(role, align block)`` for each cell of the model, then ``("coupling", block)``.
+
+        Equation N of a part is tagged with the part's letter (F, B, H, E, D, L) before N,
+        and labelled ``<key>:<role>:N`` (key default ``eq:<model name>``).
+        """
+        from .printing import align_block, label_key, latex_rows
+
+        key = key or label_key("eq", self.model.name)
+        out = []
         for role, d in self.parts.items():
-            text = d.latex()
-            if m.parts[role].reverse:
-                text = _swap_time(text)
+            prefix = TAG_PREFIX[role]
+            rows = latex_rows(d, bold=bold, key=f"{key}:{label_key(role)}", tag_prefix=prefix)
+            if self.model.parts[role].reverse:
+                for row in rows:
+                    row.lhs = _swap_tex(row.lhs)
+                    row.lines = [_swap_tex(line) for line in row.lines]
+            heading, titles = self._part_titles(role)
+            block = align_block(rows, prefix, labels=labels, titles=titles, heading=heading)
+            out.append((role, block))
+        out.append(("coupling", self._coupling_latex(bold, key, labels)))
+        return out
+
+    def _coupling_latex(self, bold: bool, key: str, labels: bool) -> str:
+        """How the adjoints are chained, as an ``align`` (equations tagged C1, C2, ...)."""
+        from .printing import (
+            DerivationLatexPrinter,
+            LatexRow,
+            _latex_name,
+            _time_tables,
+            align_block,
+        )
+
+        m = self.model
+        rows: list[LatexRow] = []
+
+        def add(lhs: str, rhs: str) -> None:
+            n = len(rows) + 1
+            rows.append(LatexRow("coupling", n, lhs, [rhs], "", f"{key}:coupling:{n}"))
+
+        def vec(name: str, step: str) -> str:
+            base = _latex_name(name)
+            return (rf"\boldsymbol{{{base}}}" if bold else base) + f"^{{({step})}}"
+
+        if m.kind in ("bidirectional", "last_output"):
+            head = self.parts["head"]
+            _, names = _time_tables(head.cell, bold=bold)
+            printer = DerivationLatexPrinter(names)
+            for state in m.wiring.values():
+                term = head.input_terms.get(state)
+                shown = printer.doprint(term) if term is not None else r"\mathbf{0}"
+                step = "T" if m.kind == "last_output" else "t"
+                shown = shown.replace("^{(t)}", f"^{{({step})}}")
+                add(rf"\nabla_{{{vec(state, step)}}} L", shown + r" \quad \text{(from the head)}")
+        parts = [p for p in m.parts.values() if p.seeds]
+        for part in parts:
+            for state, seed in part.seeds.items():
+                if m.kind == "bidirectional":
+                    add(
+                        vec(seed, "t"), rf"\nabla_{{{vec(state, 't')}}} L \quad \text{{for all }} t"
+                    )
+                elif m.kind == "last_output":
+                    add(
+                        vec(seed, "t"),
+                        rf"\nabla_{{{vec(state, 'T')}}} L \text{{ at }} t = T"
+                        r"\text{, } \mathbf{0} \text{ elsewhere}",
+                    )
+        if m.kind == "seq2seq":
+            where, target, state = m.context_slot
+            (seed,) = m.parts["encoder"].seeds.values()
+            add("C", vec(state, "T_x"))
+            if where == "h0":
+                add(vec(target, "0"), "C")
+                add(
+                    vec(seed, "t"),
+                    rf"\nabla_{{{vec(target, '0')}}} L \text{{ at }} t = T_x"
+                    r"\text{, } \mathbf{0} \text{ elsewhere}",
+                )
+            else:
+                add(
+                    vec(seed, "t"),
+                    rf"\sum_{{t'}} \nabla_{{{_latex_name(target)}}} L^{{(t')}} \text{{ at }} "
+                    r"t = T_x\text{, } \mathbf{0} \text{ elsewhere}",
+                )
+        titles = {"coupling": r"\text{How the adjoints are chained}"}
+        block = align_block(rows, "C", labels=labels, titles=titles)
+        if m.kind == "bidirectional":
+            note = (
+                r"  & \text{The adjoint recurrences run in opposite directions: the forward "
+                r"layer's} \notag \\" + "\n"
+                r"  & t = T, \dots, 1 \text{, the backward layer's } t = 1, \dots, T \notag \\"
+            )
+            block = block.replace("\n\\end{align}", " \\\\\n" + note[:-3] + "\n\\end{align}")
+        return block
+
+    def latex(self, bold: bool = False, key: str | None = None, labels: bool = True) -> str:
+        """The model's derivation as LaTeX: one ``align`` per cell and one for the chaining,
+        each headed by an unnumbered line (see :meth:`latex_parts`)."""
+        m = self.model
+        out = [f"% Model {m.name!r} ({m.kind.replace('_', ' ')})".replace("\n", " ")]
+        for role, block in self.latex_parts(bold=bold, key=key, labels=labels):
             out.append(f"% {role}")
-            out.append(text)
-        out.extend("% " + line.strip() for line in self._coupling())
+            out.append(block)
         return "\n".join(out)
 
     def __str__(self) -> str:

@@ -288,8 +288,10 @@ class TextPrinter(_SumsAndProducts, StrPrinter):
         return "".join(self._print(a) for a in expr.args)
 
 
-def _is_adjoint(expr) -> bool:
-    return isinstance(expr, MatrixSymbol) and expr.name.startswith("g_")
+def _is_adjoint(expr, names: dict[str, str]) -> bool:
+    """Whether ``expr`` is the symbol of an adjoint ∇L (by how it prints: a state may itself
+    be called g)."""
+    return isinstance(expr, MatrixSymbol) and names.get(expr.name, "").startswith(r"\nabla")
 
 
 def _user_activation(name: str) -> bool:
@@ -339,7 +341,7 @@ class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
         return text
 
     def _factor_at(self, expr, last: bool) -> str:
-        if _is_adjoint(expr) and not last:
+        if _is_adjoint(expr, self.names) and not last:
             return rf"\left({self._print(expr)}\right)\,"
         return self._factor(expr)
 
@@ -353,7 +355,7 @@ class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
         n = len(expr.args)
         parts = []
         for i, a in enumerate(expr.args):
-            if _is_adjoint(a) and i < n - 1:
+            if _is_adjoint(a, self.names) and i < n - 1:
                 parts.append(rf"\left({self._print(a)}\right)")
             else:
                 parts.append(self._factor(a))
@@ -545,7 +547,7 @@ class _Breaker:
             for i, f in enumerate(expr.args):
                 if isinstance(f, (MatAdd, HadamardProduct)):
                     sub = self._grouped(f, budget)
-                elif _is_adjoint(f) and i < n - 1:
+                elif _is_adjoint(f, self.p.names) and i < n - 1:
                     sub = [rf"\left({self.p._print(f)}\right)"]
                 else:
                     sub = [self.p._factor(f)]
@@ -689,12 +691,13 @@ def align_block(
     tag_prefix: str = "",
     labels: bool = True,
     titles: dict[str, str] | None = None,
+    heading: str = "",
 ) -> str:
     """Rows as one ``align`` environment: ``\\tag{N}`` and ``\\label`` on each equation's last
     line, continuation lines ``\\notag``; ``titles`` (LaTeX text, by section) head the
-    sections as unnumbered lines."""
+    sections as unnumbered lines, after ``heading`` (LaTeX math) if given."""
     out = [r"\begin{align}"]
-    body: list[str] = []
+    body: list[str] = [rf"  & {heading} \notag"] if heading else []
     section = None
     for row in rows:
         if titles and row.section != section and titles.get(row.section):
