@@ -3,12 +3,16 @@
 The kernel is laid out in five phases, each a list of statements printed by
 :class:`~rnnsym.numpy_printer.RowPrinter`:
 
-1. forward recurrence (eqs. (2)–(3)): a loop over t for the states; everything in the update that
-   does not depend on the previous states (``b + U x(t)``) is computed for all t at once first;
-2. outputs, loss and the loss-local adjoints (eqs. (4), (5), first term of (9)): all t at once;
-3. adjoint recurrence (eq. (9)): the only sequential part of the backward pass;
-4. parameter gradients (eqs. (6)–(8)): for each parameter one contraction over time and batch,
+1. forward recurrence: a loop over t for the states; everything in the update that does not
+   depend on the previous states (``b + U x(t)``) is computed for all t at once first;
+2. outputs, loss and the loss-local adjoints (the parts of ∇_{h(t)}L arising within step t):
+   all t at once;
+3. adjoint recurrence: the only sequential part of the backward pass;
+4. parameter gradients: for each parameter one contraction over time and batch,
    Σ_t u(t) v(t)ᵀ, computed as one matrix product.
+
+The module docstring holds the derivation, its lines numbered; the comments cite those numbers
+(:func:`cite`), and the report's equation number only where the line is that equation.
 
 Names come from the cell; generated temporaries are numbered (``v0``, ``d0``), never random, so the
 same cell gives the same bytes.
@@ -372,11 +376,56 @@ class Phase:
         return forced
 
 
+def _number_ranges(numbers: list[int]) -> str:
+    """``[5, 6, 7, 9]`` -> ``"(5)-(7), (9)"``."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"({r[0]})" if len(r) == 1 else f"({r[0]})-({r[-1]})" for r in runs)
+
+
+def cite(derivation: Derivation, keys) -> str:
+    """How a kernel comment cites lines of the derivation in its docstring: their numbers
+    (:meth:`~rnnsym.derive.Derivation.number_of`) and, for those that are one of the report's
+    equations, the report's numbers: ``"(1) above, report eqs. (2)-(3)"``, ``"(9)-(10) above"``,
+    ``"(3)-(10) above, report eqs. (5)-(9)"`` (the numbers of the lines that are its equations)."""
+    numbers = {k: derivation.number_of(k) for k in keys if k in derivation.labels}
+    return cite_lines(numbers, derivation.labels, keys)
+
+
+def cite_lines(numbers: dict[str, int], labels: dict[str, str], keys) -> str:
+    """:func:`cite` for any numbered list of lines: ``numbers[key]`` is a line's number and
+    ``labels[key]`` its report label (or ""); keys without a number are left out."""
+    keys = [k for k in keys if k in numbers]
+    if not keys:
+        return ""
+    text = _number_ranges([numbers[k] for k in keys]) + " above"
+    report = _report_numbers([labels.get(k, "") for k in keys])
+    if not report:
+        return text
+    return f"{text}, report eq{'s' if len(report) > 1 else ''}. {_number_ranges(report)}"
+
+
+def _report_numbers(labels) -> list[int]:
+    """The report's equation numbers in labels such as "eq. (4)" and "eqs. (2)-(3)"."""
+    numbers = set()
+    for label in labels:
+        found = [int(n) for n in re.findall(r"\((\d+)\)", label)]
+        if "-" in label and len(found) == 2:
+            found = list(range(found[0], found[1] + 1))
+        numbers.update(found)
+    return sorted(numbers)
+
+
 class KernelGenerator:
     """Builds the kernel module of one derivation."""
 
     def __init__(self, derivation: Derivation):
         self.display = derivation  # named intermediates kept, for the module docstring
+        self.cite = functools.partial(cite, derivation)  # its line numbers, for the comments
         derivation = derivation.inlined()
         self.d = derivation
         cell = derivation.cell
@@ -504,7 +553,8 @@ class KernelGenerator:
         seq = self.sequence_names()
         if not cell.states:  # no recurrence: every step is computed at once, all t
             return [], seq
-        stmts: list = [Comment("forward recurrence, eqs. (2)-(3): the states for t = 1..T")]
+        steps = self.cite([name for _, name in cell.order])
+        stmts: list = [Comment(f"forward recurrence, {steps}: the states for t = 1..T")]
         for n in self.state_order:
             size = self.size_text(cell.states[n].shape[0])
             stmts.append(Line(f"{self.all_name[n]} = np.empty((T + 1, B, {size}), dtype=dtype)"))
@@ -538,9 +588,9 @@ class KernelGenerator:
             root = loop.emit_shared([expr])[0]
             step, dest = self.step_name[n], f"{self.all_name[n]}[t + 1]"
             if self.is_batch(root):
-                loop.assign_into(step, root, dest, "eqs. (2)-(3)")
+                loop.assign_into(step, root, dest, self.cite([n]))
             else:  # free of the data and of the past: one value, stored in every row
-                loop.stmts.append(Line(f"{dest} = {loop.print(root)}  # eqs. (2)-(3)"))
+                loop.stmts.append(Line(f"{dest} = {loop.print(root)}  # {self.cite([n])}"))
                 loop.stmts.append(Line(f"{step} = {dest}", defines=step))
             loop.names[cell.states[n].symbol] = step
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
@@ -557,17 +607,21 @@ class KernelGenerator:
         cell = self.cell
         phase = Phase(self, seq, "e")
         if cell.output_defs:
-            phase.stmts.append(Comment("outputs, eq. (4), all t at once"))
+            outputs = self.cite(list(cell.output_defs))
+            phase.stmts.append(Comment(f"outputs, {outputs}, all t at once"))
         for name in cell.output_defs:
-            phase.emit([(name, self.d.output_expr(name), "")])
+            phase.emit([(name, self.d.output_expr(name), self.cite([name]))])
         return phase
 
     def loss_phase(self, phase: Phase) -> dict:
         cell, d = self.cell, self.d
-        targets = [("loss", TotalLoss(d.loss_expr), "eq. (5), summed over t and batch")]
+        targets = [("loss", TotalLoss(d.loss_expr), f"{self.cite(['L'])}, summed over t and batch")]
         for name, expr in d.output_adjoints.items():
-            targets.append((f"g_{name}", expr, f"gradient w.r.t. {name}(t)"))
-        phase.stmts.append(Comment("loss, eq. (5), and the adjoints of the outputs"))
+            targets.append(
+                (f"g_{name}", expr, f"gradient w.r.t. {name}(t), {self.cite([f'g_{name}'])}")
+            )
+        loss_lines = self.cite(["L", *(f"g_{n}" for n in d.output_adjoints)])
+        phase.stmts.append(Comment(f"loss and the adjoints of the outputs, {loss_lines}"))
         phase.emit(targets)
         for name in d.output_adjoints:
             phase.name(adjoint_symbol(cell.outputs[name].symbol), f"g_{name}", True)
@@ -585,7 +639,10 @@ class KernelGenerator:
                 local_targets.append((local_names[n], add(*invariant), ""))
         if local_targets:
             phase.stmts.append(
-                Comment("the part of each state adjoint that arises within step t, eq. (9)")
+                Comment(
+                    "the part of each state adjoint that arises within step t, "
+                    + self.cite([f"g_{n}" for n in local_names])
+                )
             )
             phase.emit(local_targets)
         return local_names
@@ -602,7 +659,8 @@ class KernelGenerator:
         if not states:  # no recurrence: the steps decouple, nothing runs backwards in time
             return {}
         stmts = phase.stmts
-        stmts.append(Comment("adjoint recurrence, eq. (9): the only sequential part"))
+        recurrence = self.cite([f"g_{name}" for _, name in cell.order])
+        stmts.append(Comment(f"adjoint recurrence, {recurrence}: the only sequential part"))
         for n in self.state_order:
             stmts.append(Line(f"g_{n} = np.empty_like({n})"))
         for n in d.carry:
@@ -655,7 +713,7 @@ class KernelGenerator:
                 terms.append(loop.name(MatrixSymbol(carry_names[n], *shape), carry_names[n], True))
             value = add(*terms) if terms else sp.ZeroMatrix(*shape)
             g_t = self.adjoint_step_name[n]
-            loop.emit([(g_t, value, "eq. (9)")])
+            loop.emit([(g_t, value, self.cite([f"g_{n}"]))])
             loop.name(adjoint_symbol(states[n].symbol), g_t, True)
             loop.stmts.append(Line(f"g_{n}[t] = {g_t}"))
         # products the parameter gradients need are kept for all t
@@ -731,8 +789,9 @@ class KernelGenerator:
             )
         for n in self.state_order:
             grads.name(adjoint_symbol(cell.states[n].symbol), f"g_{n}", True)
-        grads.stmts.append(Comment("parameter gradients, eqs. (6)-(8): one contraction each"))
-        grads.emit([(f"g_{n}", s, d.labels.get(n, "")) for n, s in sums.items()])
+        gradients = self.cite(list(cell.params))
+        grads.stmts.append(Comment(f"parameter gradients, {gradients}: one contraction each"))
+        grads.emit([(f"g_{n}", s, self.cite([n])) for n, s in sums.items()])
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
         tail = self.composition_tail(grads, grad_dict)
         self._drop_unused_adjoint_sequences(phase, grads, tail)
@@ -823,10 +882,12 @@ class KernelGenerator:
             Line(f"dtype = inputs[{first_input!r}].dtype"),
             *[Line(f"{n} = sizes[{n!r}]", defines=n) for n in sorted(cell._dims)],
         ]
+        forward_keys = [e.key for e in self.display.forward if e.key != "L"]
+        backward_keys = ["L"] + [e.key for e in self.display.equations()[len(forward_keys) + 1 :]]
         fwd = Function(
             "_forward",
             ("params", "inputs", "states", "sizes"),
-            "States and outputs for all t, eqs. (2)-(4).",
+            f"States and outputs for all t, {self.cite(forward_keys)}.",
             tuple(
                 self.unpack([("params", cell.params), ("inputs", cell.inputs)])
                 + header
@@ -836,7 +897,7 @@ class KernelGenerator:
         grad = Function(
             "_loss_and_grad",
             ("params", "inputs", "targets", "states", "sizes", f"{self.full_name}=False"),
-            "Loss (eq. (5)) and the gradient of every parameter, eqs. (6)-(9).",
+            f"Loss and the gradient of every parameter, {self.cite(backward_keys)}.",
             tuple(
                 self.unpack(
                     [("params", cell.params), ("inputs", cell.inputs), ("targets", cell.targets)]
@@ -956,7 +1017,10 @@ def _assemble(
     if about is None:
         equations = derivation_text(gen.display)
         about = (
-            f"The derivation this kernel implements (report eqs. (2)-(9)):\n\n"
+            f"The derivation this kernel implements. The comments below cite its lines by\n"
+            f"number; a line that is one of the equations (2)-(9) of the report (after\n"
+            f"Goodfellow, Bengio & Courville, Deep Learning, MIT Press 2016, ch. 10) says\n"
+            f"which in brackets.\n\n"
             f"{_indent_doc(equations)}\n"
         )
     doc = (

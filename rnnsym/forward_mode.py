@@ -12,9 +12,12 @@ summed as it goes:
     ∇_θ L = Σ_t Σ_q (∂L(t)/∂q(t))ᵀ ∂q(t)/∂θ  (+ the terms of parameters used by the outputs)
 
 where ∂L(t)/∂q(t) is the adjoint through the outputs and the loss of step t only: reverse mode
-over eqs. (4)-(5) of one step, with no recurrence backwards in time. Memory does not depend on
-T; a step costs about D times as much as the step itself (O(n⁴) for an Elman cell of size n, where
-BPTT costs O(n²) per step).
+over the outputs and the loss of one step, with no recurrence backwards in time. Memory does
+not depend on T; a step costs about D times as much as the step itself (O(n⁴) for an Elman cell
+of size n, where BPTT costs O(n²) per step).
+
+The module docstring lists these equations, numbered (:func:`sensitivity_rows`); the kernel's
+comments cite those numbers, and the report's equation number only where a line is that equation.
 
 In code a sensitivity is an array (D, B, size): the printer's row layout (B, size) with one more
 leading axis, so that per-step arrays (B, size) broadcast against it. Each parameter owns a block
@@ -26,6 +29,7 @@ there in place.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +55,7 @@ from .codegen import (
     _is_worth_binding,
     _parent_counts,
     batch_sum,
+    cite_lines,
 )
 from .derive import Derivation, adjoint_symbol, backprop
 from .errors import DerivationError
@@ -204,7 +209,7 @@ def sensitivities(derivation: Derivation) -> Sensitivities:
 
 
 def _step_adjoints(derivation: Derivation) -> tuple[dict, dict, dict, dict]:
-    """Reverse mode over the outputs and the loss of one step (eqs. (4)-(5)) only.
+    """Reverse mode over the outputs and the loss of one step only.
 
     Returns the output adjoints (in the order they are computed), ∂L(t)/∂q(t) and ∂L(t)/∂q(t−1)
     of the states, and the per-step gradient terms of the parameters, all through the outputs
@@ -387,6 +392,11 @@ class ForwardModeGenerator(KernelGenerator):
     def __init__(self, derivation: Derivation):
         super().__init__(derivation)
         self.s = sensitivities(derivation)
+        rows = sensitivity_rows(self.s)
+        numbers = {row[0]: i for i, row in enumerate(rows, 1)}
+        labels = {row[0]: row[4] for row in rows}
+        # the comments cite the numbered equations of this module's docstring
+        self.cite = functools.partial(cite_lines, numbers, labels)
         self.tangents: set = set(self.s.symbols.values()) | set(self.s.prev_symbols.values())
         self.batch |= self.tangents
 
@@ -510,15 +520,18 @@ class ForwardModeGenerator(KernelGenerator):
             state = states[n]
             (update,) = self.prebind(phase, [self.d.update_expr(n)], assigned=1)
             if self.is_batch(update):
-                phase.assign(step_t[n], update, "eqs. (2)-(3)")
+                phase.assign(step_t[n], update, self.cite([n]))
             else:  # free of the data and of the past: one value for every row
                 value = f"np.broadcast_to({phase.print(update)}, (B, {size[n]}))"
-                body.append(Line(f"{step_t[n]} = {value}  # eqs. (2)-(3)"))
+                body.append(Line(f"{step_t[n]} = {value}  # {self.cite([n])}"))
             phase.name(state.symbol, step_t[n], True)
             if n not in s.varying:
                 continue
             body.append(
-                Comment(f"∂{n}(t)/∂θ: the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹ (the slides), one step")
+                Comment(
+                    f"∂{n}(t)/∂θ, {self.cite([f'∂{n}'])}: the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹ "
+                    f"(the slides), one step"
+                )
             )
             exprs = [s.carried[n]]
             for top, rest in seeds[n].values():
@@ -546,7 +559,8 @@ class ForwardModeGenerator(KernelGenerator):
                     body.append(Line(f"{S[n]}[{at[p]}] += {phase.print(rest)}  # seeded by {p}"))
             phase.name(s.symbols[n], S[n], True)
 
-        body.append(Comment("outputs, eq. (4), and the loss of step t, eq. (5)"))
+        step_lines = self.cite([*cell.output_defs, "L", *(f"g_{o}" for o in s.output_adjoints)])
+        body.append(Comment(f"outputs and the loss of step t, {step_lines}"))
         for o, var in cell.outputs.items():
             (expr,) = self.prebind(phase, [self.d.output_expr(o)], assigned=1)
             phase.assign(out_t[o], expr)
@@ -554,10 +568,11 @@ class ForwardModeGenerator(KernelGenerator):
         for o, expr in s.output_adjoints.items():
             (expr,) = self.prebind(phase, [expr], assigned=1)
             name = f"g_{o}"
+            comment = f"gradient w.r.t. {o}(t), {self.cite([name])}"
             if _is_worth_binding(expr):
-                phase.bind(expr, name, f"gradient w.r.t. {o}(t)")
+                phase.bind(expr, name, comment)
             else:
-                phase.assign(name, expr, f"gradient w.r.t. {o}(t)")
+                phase.assign(name, expr, comment)
             phase.name(adjoint_symbol(cell.outputs[o].symbol), name, True)
         (loss,) = self.prebind(phase, [TotalLoss(self.d.loss_expr)])
         body.append(Line(f"loss += {phase.print(loss)}"))
@@ -567,7 +582,11 @@ class ForwardModeGenerator(KernelGenerator):
                 Comment(
                     "the gradient through the sensitivities: ∂L(t)/∂q weighs ∂q/∂θ, the "
                     "adjoint through\nthe outputs and the loss of step t only (nothing "
-                    "flows back in time)"
+                    "flows back in time), "
+                    + self.cite(
+                        [*(f"∂L/∂{n}" for n in s.direct), *(f"∂L/∂{n}_prev" for n in s.direct_prev)]
+                        + ["∇θ"]
+                    )
                 )
             )
         adjoints = [(S[n], e) for n, e in s.direct.items()]
@@ -579,11 +598,15 @@ class ForwardModeGenerator(KernelGenerator):
                 text = f"np.broadcast_to({text}, {array}.shape[1:])"
             body.append(Line(f"{grad} += np.tensordot({array}, {text}, axes=2)"))
         if terms:
-            body.append(Comment("the terms of step t of the parameters the outputs use, eq. (6)"))
+            body.append(
+                Comment(
+                    "the terms of step t of the parameters the outputs use, "
+                    + self.cite(list(terms))
+                )
+            )
         values = self.prebind(phase, list(terms.values()))
         for p, value in zip(terms, values, strict=True):
-            label = self.d.labels.get(p, "")
-            body.append(Line(f"g_{p} += {phase.print(value)}" + (f"  # {label}" if label else "")))
+            body.append(Line(f"g_{p} += {phase.print(value)}  # {self.cite([p])}"))
 
         # the values of step t are those of t - 1 in the next step, where it reads them
         printed = RowPrinter({}, self.batch).doprint(Loop("t", "range(T)", tuple(body)))
@@ -629,10 +652,14 @@ class ForwardModeGenerator(KernelGenerator):
         def unpack(groups) -> list:
             return [Line(f"{n} = {group}[{n!r}]") for group, names in groups for n in names]
 
+        keys = [row[0] for row in sensitivity_rows(self.s)]
+        forward_keys = [e.key for e in self.display.forward if e.key != "L"]
+        other_keys = ["L"] + keys[len(forward_keys) + 1 :]
+
         fwd = Function(
             "_forward",
             ("params", "inputs", "states", "sizes"),
-            "States and outputs for all t, eqs. (2)-(4).",
+            f"States and outputs for all t, {self.cite(forward_keys)}.",
             tuple(
                 unpack([("params", cell.params), ("inputs", cell.inputs)]) + header + forward_body
             ),
@@ -640,8 +667,8 @@ class ForwardModeGenerator(KernelGenerator):
         grad = Function(
             "_loss_and_grad",
             ("params", "inputs", "targets", "states", "sizes"),
-            "Loss (eq. (5)) and its gradient by forward sensitivity propagation, one step at a "
-            "time.",
+            f"Loss and its gradient by forward sensitivity propagation, one step at a time, "
+            f"{self.cite(other_keys)}.",
             tuple(
                 unpack(
                     [("params", cell.params), ("inputs", cell.inputs), ("targets", cell.targets)]
@@ -670,8 +697,16 @@ class _SensitivityText(TextPrinter):
         return text
 
 
-def sensitivity_text(sens: Sensitivities) -> str:
-    """The forward-mode equations a kernel implements, as readable Unicode text."""
+def sensitivity_rows(sens: Sensitivities) -> list[tuple[str, str, str, str, str]]:
+    """The forward-mode equations in order, numbered by position (1-based) in this list:
+    ``(key, section, left side, right side, report label)`` as readable Unicode text.
+
+    Keys: a forward line's :attr:`~rnnsym.derive.Equation.key`; ``"∂q"`` for ∂q(t)/∂θ;
+    ``"g_o"`` for ∇_{o(t)}L; ``"∂L/∂q"`` and ``"∂L/∂q_prev"`` for the adjoints of step t;
+    ``"∇θ"`` for the sum over the sensitivities; a parameter's name for its output terms.
+    """
+    from .labels import same_expression
+
     derivation = sens.derivation
     cell = derivation.cell
     names, _ = _time_tables(cell)
@@ -682,18 +717,19 @@ def sensitivity_text(sens: Sensitivities) -> str:
             names[f"∂{name}_prev/∂θ"] = f"∂{names[var.prev.name]}/∂θ"
     printer = _SensitivityText(names)
     params = ", ".join(sens.params)
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
     for eq in derivation.forward:
-        rows.append(("forward", printer.doprint(eq.lhs), printer.doprint(eq.rhs), eq.label))
+        rows.append((eq.key, "forward", printer.doprint(eq.lhs), printer.doprint(eq.rhs), eq.label))
     for name, value in sens.display:
-        rows.append(("sensitivity", f"∂{names[name]}/∂θ", printer.doprint(value), ""))
+        rows.append((f"∂{name}", "sensitivity", f"∂{names[name]}/∂θ", printer.doprint(value), ""))
     for o, expr in sens.output_adjoints.items():
-        rows.append(("gradient", f"∇_{{{names[o]}}}L", printer.doprint(expr), ""))
+        # ∇_{o(t)}L, the same line as the derivation's (which has no report number)
+        rows.append((f"g_{o}", "gradient", f"∇_{{{names[o]}}}L", printer.doprint(expr), ""))
     for n, expr in sens.direct.items():
-        rows.append(("gradient", f"∂L⁽ᵗ⁾/∂{names[n]}", printer.doprint(expr), ""))
+        rows.append((f"∂L/∂{n}", "gradient", f"∂L⁽ᵗ⁾/∂{names[n]}", printer.doprint(expr), ""))
     for n, expr in sens.direct_prev.items():
         prev = names[cell.states[n].prev.name]
-        rows.append(("gradient", f"∂L⁽ᵗ⁾/∂{prev}", printer.doprint(expr), ""))
+        rows.append((f"∂L/∂{n}_prev", "gradient", f"∂L⁽ᵗ⁾/∂{prev}", printer.doprint(expr), ""))
     if sens.params:
         weighted = [f"(∂L⁽ᵗ⁾/∂{names[n]})ᵀ ∂{names[n]}/∂θ" for n in sens.direct]
         weighted += [
@@ -701,10 +737,24 @@ def sensitivity_text(sens: Sensitivities) -> str:
             for n in sens.direct_prev
         ]
         total = " + ".join(weighted) if weighted else "0"
-        rows.append(("gradient", "∇_θ L", f"Σ_t {total}", f"θ = {params}"))
+        rows.append(("∇θ", "gradient", "∇_θ L", f"Σ_t {total}  (θ = {params})", ""))
     for p, expr in sens.output_terms.items():
         extra = " (added to its part of ∇_θ L)" if p in sens.params else ""
-        rows.append(("gradient", f"∇_{p} L", f"Σ_t {printer.doprint(expr)}{extra}", ""))
+        # the whole gradient of a parameter only the outputs use: the report's number where
+        # the derivation's line for it is that equation and this line is the same expression
+        label = ""
+        if not extra and derivation.labels.get(p):
+            whole = derivation.inline(derivation.param_terms[p])
+            if same_expression(derivation.inline(expr), whole):
+                label = derivation.labels[p]
+        rows.append((p, "gradient", f"∇_{p} L", f"Σ_t {printer.doprint(expr)}{extra}", label))
+    return rows
+
+
+def sensitivity_text(sens: Sensitivities) -> str:
+    """The forward-mode equations a kernel implements, numbered, as readable Unicode text."""
+    cell = sens.derivation.cell
+    rows = sensitivity_rows(sens)
     titles = {
         "forward": "Forward step, t = 1..T (h(0) given, zero by default)",
         "sensitivity": (
@@ -716,20 +766,24 @@ def sensitivity_text(sens: Sensitivities) -> str:
             "loss of step t"
         ),
     }
-    width = max(len(left) for _, left, _, _ in rows)
+    width = max(len(left) for _, _, left, _, _ in rows)
+    tag_width = len(f"({len(rows)})")
     lines = [f"Cell {cell.name!r}"]
     section = None
-    for sect, left, right, label in rows:
+    for i, (_, sect, left, right, label) in enumerate(rows, 1):
         if sect != section:
             lines += ["", titles[sect]]
             section = sect
-        tag = f"    [{label}]" if label else ""
-        lines.append(f"  {left.rjust(width)} = {right}{tag}")
+        tag = f"    [report {label}]" if label else ""
+        lines.append(f"  {f'({i})'.rjust(tag_width)} {left.rjust(width)} = {right}{tag}")
     intro = (
         "Forward mode (real-time recurrent learning): loss_and_grad carries the sensitivities of "
         "the\nstates to the D entries of the parameters that the updates use, one step at a "
         "time, and adds\ntheir part of the gradient as it goes: its memory does not grow with "
-        "T. The equations it\nimplements (report eqs. (2)-(5); the slides' bra-ket form):\n\n"
+        "T. The equations it\nimplements, numbered as the comments below cite them (in "
+        "brackets: the equation of the report\nafter Goodfellow, Bengio & Courville, Deep "
+        "Learning, MIT Press 2016, ch. 10, that a line is;\nthe sensitivities follow the "
+        "slides' bra-ket form):\n\n"
     )
     return f"{intro}{_indent_doc(chr(10).join(lines))}\n"
 

@@ -110,8 +110,13 @@ def _canon(expr):
 def _random_env(exprs, rng: random.Random) -> tuple[dict, dict]:
     from sympy import ImmutableMatrix
 
-    symbols = set().union(*(e.free_symbols for e in exprs))
-    sizes = sorted((s for s in symbols if isinstance(s, sp.Symbol)), key=lambda s: s.name)
+    symbols = set()
+    for expr in exprs:
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, MatrixExpr):
+                for size in node.shape:
+                    symbols |= sp.sympify(size).free_symbols
+    sizes = sorted(symbols, key=lambda s: s.name)
     dims = {s: 2 + i for i, s in enumerate(sizes)}  # distinct sizes catch transpositions
     env = {}
     for expr in exprs:

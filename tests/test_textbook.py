@@ -1,6 +1,6 @@
 """The derived Elman equations equal the report's eqs. (6)-(9), checked symbolically.
 
-The right-hand sides below are written straight from ../shared/spec/seeds-en.md §1, with
+The right-hand sides below are written straight from the report's eqs. (6)-(9), with
 diag(1 - h^2) as an explicit diagonal matrix, independently of rnnsym's rules. Both sides are
 expanded entry by entry at concrete sizes (distinct n, m, k so that a transposition cannot
 cancel) and must agree exactly: the difference of every entry is the polynomial 0.
@@ -120,9 +120,23 @@ def test_latex_and_text_are_deterministic_and_cite_equations():
     second = rs.derive(rs.cells.elman())
     assert first.latex() == second.latex()
     assert first.pretty() == second.pretty()
+    # every line of the Elman cell is one of the report's equations, except ∇_o L, ∇_b L, ∇_c L
+    # (tests/test_labels.py checks every built-in cell); the gradients in the report's order
+    got = [(eq.key, eq.label) for eq in first.equations()]
+    assert got == [
+        ("h", "eqs. (2)-(3)"),
+        ("o", "eq. (4)"),
+        ("L", "eq. (5)"),
+        ("g_o", ""),
+        ("g_h", "eq. (9)"),
+        ("V", "eq. (6)"),
+        ("W", "eq. (7)"),
+        ("U", "eq. (8)"),
+        ("b", ""),
+        ("c", ""),
+    ]
     latex = first.latex()
-    assert latex.startswith(r"\begin{align*}") and latex.endswith(r"\end{align*}")
-    for label in ("eqs. (2)-(3)", "eq. (4)", "eq. (5)", "eq. (6)", "eq. (7)", "eq. (8)", "eq. (9)"):
-        assert label in latex
+    for number in range(1, len(got) + 1):  # the derivation's own numbers, as LaTeX tags
+        assert rf"\tag{{{number}}}" in latex
     assert r"\nabla_{h^{(t+1)}} L" in latex
     assert "∇_{h⁽ᵗ⁺¹⁾}L" in first.pretty()
