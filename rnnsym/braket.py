@@ -43,9 +43,9 @@ from sympy import (
 )
 
 from .cell import Cell
-from .derive import Derivation, adjoint_symbol, derive
+from .derive import Derivation, adjoint_symbol, backprop, derive
 from .errors import CellError, RnnsymError
-from .ops import Apply, add, coeff_and_factors, mul, transpose
+from .ops import Apply, Concat, Pad, Slice, add, coeff_and_factors, hadamard, mul, transpose
 
 __all__ = ["SequenceForm", "braket", "monomials"]
 
@@ -160,6 +160,32 @@ def monomials(expr: MatrixExpr) -> Counter:
     return Counter({(expr,): 1})
 
 
+def _zeroed(expr: MatrixExpr, zero: set) -> MatrixExpr:
+    """``expr`` with the symbols in ``zero`` set to zero, rebuilt so that zeros vanish.
+
+    Used on expressions linear in those symbols (adjoints), where a zero factor of a product,
+    an elementwise product, a slice, a padding or a stacking makes the whole term zero.
+    """
+    if isinstance(expr, MatrixSymbol):
+        return ZeroMatrix(*expr.shape) if expr in zero else expr
+    if not isinstance(expr, MatrixExpr) or not expr.args:
+        return expr
+    args = [_zeroed(a, zero) if isinstance(a, MatrixExpr) else a for a in expr.args]
+    if isinstance(expr, MatAdd):
+        return add(*args)
+    if isinstance(expr, MatMul):
+        return mul(*args)
+    if isinstance(expr, sp.HadamardProduct):
+        return hadamard(*args)
+    if isinstance(expr, Transpose):
+        return transpose(args[0])
+    if isinstance(expr, (Slice, Pad, Concat)):
+        matrices = [a for a in args if isinstance(a, MatrixExpr)]
+        if all(isinstance(a, ZeroMatrix) for a in matrices):
+            return ZeroMatrix(*expr.shape)
+    return expr.func(*args)
+
+
 # ----- the sequence-space form -----
 
 
@@ -177,18 +203,16 @@ class SequenceForm:
         if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise RnnsymError(f"braket needs a number of steps T >= 1, got {T!r}")
         cell.check()
-        if len(cell.states) != 1:
-            raise CellError(
-                f"braket: cell {cell.name!r} has {len(cell.states)} states "
-                f"({', '.join(cell.states)}); the sequence-space form is built for cells with "
-                f"one state h(t) (stack them into one state to use it)"
-            )
         self.cell = cell
         self.T = T
         self.tied = tied
         self.derivation: Derivation = derive(cell)
-        self.state_name, self.state = next(iter(cell.states.items()))
-        self.slides = _slides_form(cell)
+        self.states = list(cell.states.items())
+        self.state_name, self.state = self.states[0]
+        self.multi = len(self.states) > 1
+        # the ket of the whole sequence: the state itself, or the stacked s(t) = (h(t); c(t))
+        self.ket_name = "s" if self.multi else self.state_name
+        self.slides = None if self.multi else _slides_form(cell)
         self.dims = {}
         if sizes:
             symbols = cell.size_symbols
@@ -227,17 +251,20 @@ class SequenceForm:
                 rule[var.symbol] = self.step(name, t, shape)
                 if var.kind in ("output", "state", "intermediate"):
                     rule[adjoint_symbol(var.symbol)] = self.step(f"g_{name}", t, shape)
-        rule[self.state.prev.symbol] = self.step(
-            self.state_name, t - 1, self._shape(self.state.symbol)
-        )
+        for name, state in self.states:
+            rule[state.prev.symbol] = self.step(name, t - 1, self._shape(state.symbol))
+        for seed in [*self.seeds.values(), *self.totals.values()]:
+            rule[seed] = self.step(seed.name, t, self._shape(seed))
         return expr.xreplace(rule)
 
     def _build(self) -> None:
         T, cell = self.T, self.cell
-        n_shape = self._shape(self.state.symbol)
-        n = n_shape[0]
+        self.state_sizes = {name: self._shape(st.symbol)[0] for name, st in self.states}
+        n = sp.Add(*self.state_sizes.values())
+        n_shape = (n, sp.Integer(1))
         self.n = n
-        self.h_steps = [self.step(self.state_name, t, n_shape) for t in range(T + 1)]
+        self._stacked_pass()
+        self.h_steps = [self.step(self.ket_name, t, n_shape) for t in range(T + 1)]
         self.d_steps = [self.step("d", t, n_shape) for t in range(1, T + 1)]
         self.d_bras = [transpose(d) for d in self.d_steps]
         identity = Identity(n)
@@ -263,6 +290,74 @@ class SequenceForm:
             self.A_steps = [self.step("A", t, (n, n)) for t in range(1, T + 1)]
             self.transition_steps = list(self.A_steps)
             self.M_blocks = _bmul(_bdiag(self.A_steps), self.shift_blocks)
+
+    def _stacked_pass(self) -> None:
+        """One step backwards without the loss: the action of A(t)ᵀ and of ∂s(t)/∂θ.
+
+        Seeds: a ket |u⟩ = (|u_h⟩; |u_c⟩; …) on the stacked state s(t), its components taken as
+        independent (∂/∂c(t) holds h(t) fixed); each state's total adjoint within the step is
+        its seed plus what the states updated later in the step send back. The results, in the
+        cell's own one-step symbols: ``carry_exprs[s]`` = [A(t)ᵀ|u⟩]_s (the part of the seed
+        handed to s(t−1)) and ``param_exprs[θ]`` = the step's term of ⟨u|∂s(t)/∂θ.
+        """
+        cell = self.cell
+        if self.multi:
+            self.seeds = {
+                name: MatrixSymbol(f"u_{name}", *st.symbol.shape) for name, st in self.states
+            }
+        else:  # one state: the seed is ∇_{h(t)}L itself, as in the derivation
+            self.seeds = {self.state_name: adjoint_symbol(self.state.symbol)}
+        states = dict(self.states)
+        prev_of = {st.prev.symbol: name for name, st in self.states}
+        named = {cell._vars[name].symbol: name for _, name in cell.order}
+        params = {p.symbol: name for name, p in cell.params.items()}
+        differentiable = set(named) | set(prev_of) | set(params)
+        pending: dict = {}
+        carry: dict[str, list] = {name: [] for name in states}
+        param_terms: dict[str, list] = {name: [] for name in cell.params}
+        # a state read later in the step gets a named total ū_c = u_c + (what comes back)
+        self.totals: dict[str, MatrixSymbol] = {}
+        self.total_defs: dict[str, MatrixExpr] = {}
+        for kind, name in reversed(cell.order):
+            symbol = cell._vars[name].symbol
+            incoming = pending.pop(symbol, [])
+            if kind == "update" and incoming:
+                total = MatrixSymbol(f"ū_{name}", *symbol.shape)
+                self.totals[name] = total
+                self.total_defs[name] = add(self.seeds[name], *incoming)
+                incoming = [total]
+            elif kind == "update":
+                incoming = [self.seeds[name]]
+            if not incoming:
+                continue
+            g = add(*incoming)
+            expr = cell.step_term(kind, name).expr
+            for leaf, ct in backprop(expr, symbol, g, differentiable).items():
+                if leaf in named:
+                    pending.setdefault(leaf, []).append(ct)
+                elif leaf in prev_of:
+                    carry[prev_of[leaf]].append(ct)
+                elif leaf in params:
+                    param_terms[params[leaf]].append(ct)
+        self.carry_exprs = {
+            name: add(*terms) if terms else ZeroMatrix(*states[name].symbol.shape)
+            for name, terms in carry.items()
+        }
+        self.param_exprs = {
+            name: add(*terms) if terms else ZeroMatrix(*cell.params[name].symbol.shape)
+            for name, terms in param_terms.items()
+        }
+        # the loss of step t must read the states s(t) only, not s(t−1) behind them
+        d = self.derivation
+        state_adjoints = {adjoint_symbol(st.symbol) for _, st in self.states}
+        for name, expr in d.carry.items():
+            direct = _zeroed(self._adjoints_inlined(expr), state_adjoints)
+            if not isinstance(direct, ZeroMatrix):
+                raise CellError(
+                    f"braket: the loss of a step of cell {self.cell.name!r} reads the previous "
+                    f"state {name}(t−1) other than through the states of the step "
+                    f"({sp.sstr(direct)}); the bra-ket form needs L(t) to depend on s(t) only"
+                )
 
     # ----- the SymPy objects of the slides -----
 
@@ -335,20 +430,47 @@ class SequenceForm:
         self._need_slides("G")
         return self.at(self.G_definition_one_step(), t)
 
-    def d_definition(self, t: int) -> MatrixExpr:
-        """|d(t)⟩ = ∂L(t)/∂h(t) through the outputs and the loss of step t."""
+    def d_definition(self, t, state: str | None = None) -> MatrixExpr:
+        """|d(t)⟩ = ∂L(t)/∂h(t) through the outputs and the loss of step t; with several
+        states, the component ``state`` of |d(t)⟩ = ∂L(t)/∂s(t) (the other states held)."""
         d = self.derivation
-        local = d.state_local[self.state_name]
-        expr = add(*local) if local else ZeroMatrix(*self.state.symbol.shape)
+        name = self._state_arg(state)
+        symbol = self.cell.states[name].symbol
+        local = d.state_local[name]
+        expr = add(*local) if local else ZeroMatrix(*symbol.shape)
         rule = {
             adjoint_symbol(self.cell.outputs[o].symbol): e for o, e in d.output_adjoints.items()
         }
+        state_adjoints = {adjoint_symbol(st.symbol) for _, st in self.states}
+        expr = _zeroed(self._adjoints_inlined(expr), state_adjoints)
         return self.at(expr.xreplace(rule), t)
 
-    def transition_action(self, t: int) -> MatrixExpr:
-        """(⟨g|A(t))ᵀ as the derivation gives it (the carry of eq. (9)), with g = g_h(t)."""
-        carry = self._adjoints_inlined(self.derivation.carry[self.state_name])
-        return self.at(carry, t)
+    def transition_action(self, t, state: str | None = None) -> MatrixExpr:
+        """[A(t)ᵀ|u⟩]_state: what step t hands back to state(t−1) from a ket |u⟩ on s(t)
+        (one state: (⟨g|A(t))ᵀ with g = ∇_{h(t)}L, the carry of the derivation)."""
+        return self.at(self.carry_exprs[self._state_arg(state)], t)
+
+    def inline_totals(self, expr: MatrixExpr) -> MatrixExpr:
+        """``expr`` of the step's pass with the totals ū_c written out in the seeds u."""
+        rule = {self.totals[n]: e for n, e in self.total_defs.items()}
+        for _ in rule:
+            expr = expr.xreplace(rule)
+        return expr
+
+    def _state_arg(self, state: str | None) -> str:
+        if state is None:
+            if self.multi:
+                raise RnnsymError(
+                    f"cell {self.cell.name!r} has the states {', '.join(self.cell.states)}: "
+                    f"name one (state='{self.state_name}')"
+                )
+            return self.state_name
+        if state not in self.cell.states:
+            raise RnnsymError(
+                f"{state!r} is not a state of cell {self.cell.name!r}; its states are "
+                f"{', '.join(self.cell.states)}"
+            )
+        return state
 
     def _adjoints_inlined(self, expr: MatrixExpr) -> MatrixExpr:
         cell, d = self.cell, self.derivation
@@ -423,10 +545,11 @@ class SequenceForm:
     def variation(self, t: int) -> MatrixExpr:
         """δ|h(t)⟩ = G(t)(δJ_x|x(t)⟩ + δJ_h|h(t−1)⟩ + δb + J_h δ|h(t−1)⟩) (slides form), or
         δ_θ|h(t)⟩ + A(t)δ|h(t−1)⟩ (general form; δ_θ is the step's own dependence)."""
-        n_shape = self._shape(self.state.symbol)
-        prev = ZeroMatrix(*n_shape) if t == 1 else self.step("δh", t - 1, n_shape)
+        n_shape = (self.n, 1)
+        k = self.ket_name
+        prev = ZeroMatrix(*n_shape) if t == 1 else self.step(f"δ{k}", t - 1, n_shape)
         if not self.slides:
-            local = self.step("δ_θh", t, n_shape)
+            local = self.step(f"δ_θ{k}", t, n_shape)
             return add(local, mul(self.transition_steps[t - 1], prev))
         s = self.slides
         terms = [
@@ -451,13 +574,12 @@ class SequenceForm:
         over τ) or a list with one per step (untied).
         """
         rules: dict = {}
-        g_h = adjoint_symbol(self.state.symbol)
         vectors = {}
         if self.slides:
             s = self.slides
             vectors = {s.J_x: self.x_steps, s.J_h: self.h_steps[:-1]}
             vectors |= {b: None for b in s.biases}
-        for name, term in self.derivation.param_terms.items():
+        for name in self.derivation.param_terms:
             per_step = []
             for tau in range(1, self.T + 1):
                 if name in vectors:
@@ -465,16 +587,68 @@ class SequenceForm:
                     v = vectors[name]
                     per_step.append(mul(kets, transpose(v[tau - 1])) if v else kets)
                 else:
-                    # general form: the step term read with ∇_{h(τ)}L = |δ(τ)⟩; slides form:
-                    # a parameter outside the recurrence (the output layer), step-local
-                    ket = ZeroMatrix(*g_h.shape) if self.slides else self.adjoint_ket(tau)
-                    expr = self._adjoints_inlined(term).xreplace({g_h: ket})
-                    per_step.append(self.at(expr, tau))
+                    # slides form: a parameter outside the recurrence (the output layer),
+                    # step-local; general form: ∂L(τ)/∂θ + ⟨δ(τ)|∂s(τ)/∂θ, the seed of the
+                    # step's pass read as |δ(τ)⟩ (several states: its components |δ_h(τ)⟩, …)
+                    per_step.append(self.step_term(name, tau))
             if self.tied:
                 rules[name] = mul(-EPSILON, add(*per_step))
             else:
                 rules[name] = [mul(-EPSILON, e) for e in per_step]
         return rules
+
+    def _seed_rule(self, tau) -> dict:
+        """The seeds u(τ) of the step's pass read as the adjoint ket |δ(τ)⟩ (several states:
+        its parts |δ_h(τ)⟩, …; a total ū_c(τ) is then ∇_{c(τ)}L of the derivation)."""
+        if not self.multi:
+            ((name, seed),) = self.seeds.items()
+            return {self.step(seed.name, tau, self._shape(seed)): self.step("δ", tau, (self.n, 1))}
+        rule = {
+            self.step(seed.name, tau, self._shape(seed)): self.step(
+                f"δ_{name}", tau, self._shape(seed)
+            )
+            for name, seed in self.seeds.items()
+        }
+        for name, total in self.totals.items():
+            rule[self.step(total.name, tau, self._shape(total))] = self.step(
+                f"g_{name}", tau, self._shape(total)
+            )
+        return rule
+
+    def total_adjoint(self, tau, state: str) -> MatrixExpr | None:
+        """∇_{c(τ)}L = |δ_c(τ)⟩ + what the states updated after c in the step send back, for a
+        state read later in the step (None for the others, where it is |δ_c(τ)⟩ itself)."""
+        name = self._state_arg(state)
+        if name not in self.totals:
+            return None
+        return self.at(self.total_defs[name], tau).xreplace(self._seed_rule(tau))
+
+    def step_term(self, name: str, tau) -> MatrixExpr:
+        """The step-τ term of ∇_θ L in bra-ket form (τ an integer or a symbol).
+
+        Slides form: |δ(τ)⟩⟨v(τ)| with v = x, h(τ−1) or 1 (biases), |δ(τ)⟩ = Σ_{t≥τ}|δ_t(τ)⟩;
+        otherwise ∂L(τ)/∂θ (states held) plus ⟨δ(τ)|∂s(τ)/∂θ, the step's pass seeded with |δ(τ)⟩.
+        """
+        if name not in self.cell.params:
+            raise RnnsymError(
+                f"{name!r} is not a parameter of cell {self.cell.name!r}; its parameters are "
+                f"{', '.join(self.cell.params)}"
+            )
+        state_adjoints = {adjoint_symbol(st.symbol) for _, st in self.states}
+        term = self.derivation.param_terms[name]
+        direct = self.at(_zeroed(self._adjoints_inlined(term), state_adjoints), tau)
+        if self.slides:
+            s = self.slides
+            ket = self.step("δ", tau, (self.n, 1))
+            if name == s.J_x:
+                return mul(ket, transpose(self.step(s.input, tau, self.x_steps[0].shape)))
+            if name == s.J_h:
+                return mul(ket, transpose(self.step(self.ket_name, tau - 1, (self.n, 1))))
+            if name in s.biases:
+                return ket
+            return direct
+        pass_term = self.at(self.param_exprs[name], tau).xreplace(self._seed_rule(tau))
+        return add(direct, pass_term)
 
     def adjoint_ket(self, tau: int) -> MatrixSymbol:
         """|δ(τ)⟩ = Σ_{t≥τ}|δ_t(τ)⟩ as a symbol (its value is ``transpose(adjoint_bra(τ))``)."""
@@ -508,32 +682,60 @@ class SequenceForm:
         di = self.derivation.inlined()
         values = problem.values(digits)
         envs = _run_forward(di, problem, values, num)
-        state = self.state
-        h_sym = _concrete(state.symbol, dims)
-        g_h = _concrete(adjoint_symbol(state.symbol), dims)
-        n = _concrete(state.symbol, dims).shape[0]
-        h = [ImmutableMatrix.zeros(n, 1)] + [env[h_sym] for env in envs]
+        sizes = {name: _concrete(st.symbol, dims).shape[0] for name, st in self.states}
+        n = sum(sizes.values())
+        offsets, start = {}, 0
+        for name, size in sizes.items():
+            offsets[name] = (start, start + size)
+            start += size
+
+        def parts(ket: ImmutableMatrix) -> dict:  # a stacked ket split into its states
+            return {name: ket[a:b, :] for name, (a, b) in offsets.items()}
+
+        state_adjoints = {
+            name: _concrete(adjoint_symbol(st.symbol), dims) for name, st in self.states
+        }
+        seeds = {name: _concrete(seed, dims) for name, seed in self.seeds.items()}
+        carry = {
+            name: self.derivation.inline(self.inline_totals(e))
+            for name, e in self.carry_exprs.items()
+        }
+        param_exprs = {
+            name: self.derivation.inline(self.inline_totals(e))
+            for name, e in self.param_exprs.items()
+        }
+        h = [ImmutableMatrix.zeros(n, 1)] + [
+            ImmutableMatrix.vstack(*[env[_concrete(st.symbol, dims)] for _, st in self.states])
+            for env in envs
+        ]
         d_vec, G_mat, A_mat = [], [], []
         for t, env in enumerate(envs):
             for o, expr in di.output_adjoints.items():
                 env[_concrete(adjoint_symbol(cell.outputs[o].symbol), dims)] = num(
                     _explicit(expr, dims, env)
                 )
-            local = di.state_local[self.state_name]
-            d = ImmutableMatrix.zeros(n, 1)
-            for term in local:
-                d = d + _explicit(term, dims, env)
-            d_vec.append(num(d))
+            # ⟨d(t)| = ∂L(t)/∂s(t): the loss's part of the step's state adjoints, every state
+            # adjoint read as zero (what a state sends back within the step is not part of it)
+            for name, symbol in state_adjoints.items():
+                env[symbol] = ImmutableMatrix.zeros(sizes[name], 1)
+            d = []
+            for name, _ in self.states:
+                value = ImmutableMatrix.zeros(sizes[name], 1)
+                for term in di.state_local[name]:
+                    value = value + _explicit(term, dims, env)
+                d.append(value)
+            d_vec.append(num(ImmutableMatrix.vstack(*d)))
             if self.slides:
                 diag = _explicit(self.G_definition_one_step(), dims, env)
                 G_mat.append(num(ImmutableMatrix.diag(*list(diag))))
                 A_mat.append(num(G_mat[-1] * values[t][self.slides.J_h]))
-            else:
-                carry = di.carry[self.state_name]
+            else:  # A(t) row by row: the row i of A(t) is (A(t)ᵀ|e_i⟩)ᵀ
                 rows = []
                 for i in range(n):
-                    env[g_h] = ImmutableMatrix.eye(n)[:, i]
-                    rows.append(list(_explicit(carry, dims, env)))
+                    for name, part in parts(ImmutableMatrix.eye(n)[:, i]).items():
+                        env[seeds[name]] = part
+                    column = [_explicit(carry[name], dims, env) for name, _ in self.states]
+                    rows.append(list(ImmutableMatrix.vstack(*column)))
                 A_mat.append(num(ImmutableMatrix(rows)))
         # the adjoint bras ⟨δ(τ)| (slides form: at the pre-activation, with G(τ))
         if route == "update_rule":
@@ -568,6 +770,8 @@ class SequenceForm:
         for tau in range(1, T + 1):
             env = envs[tau - 1]
             bra = bras[tau - 1]
+            for symbol in state_adjoints.values():  # the step-local (direct) terms read these
+                env[symbol] = ImmutableMatrix.zeros(*symbol.shape)
             if self.slides:
                 s = self.slides
                 x = problem.data[tau - 1][s.input]
@@ -575,15 +779,16 @@ class SequenceForm:
                 per_step[s.J_h].append(num(bra.T * h[tau - 1].T))
                 for b in s.biases:
                     per_step[b].append(num(bra.T))
-                env[g_h] = ImmutableMatrix.zeros(n, 1)  # the output layer: step-local terms
-                for name, term in di.param_terms.items():
+                for name, term in di.param_terms.items():  # the output layer: step-local
                     if name not in (s.J_x, s.J_h, *s.biases):
                         per_step[name].append(num(_explicit(term, dims, env)))
             else:
-                # the state bra ⟨δ(τ)| is ∇_{h(τ)}L: every parameter's step term reads it
-                env[g_h] = bra.T
-                for name, term in di.param_terms.items():
-                    per_step[name].append(num(_explicit(term, dims, env)))
+                # ∂L(τ)/∂θ (states held) + ⟨δ(τ)|∂s(τ)/∂θ, the step's pass seeded with |δ(τ)⟩
+                direct = {name: _explicit(e, dims, env) for name, e in di.param_terms.items()}
+                for name, part in parts(bra.T).items():
+                    env[seeds[name]] = part
+                for name, value in direct.items():
+                    per_step[name].append(num(value + _explicit(param_exprs[name], dims, env)))
         if problem.untied:
             return per_step
         return {name: num(sum(terms[1:], terms[0])) for name, terms in per_step.items()}
