@@ -86,6 +86,14 @@ def _load_kernel(path_text: str, cell: Cell) -> _ModuleKernel:
     return _ModuleKernel(module, path)
 
 
+def _comment(text: str, latex: bool) -> str:
+    """``text`` as LaTeX comments (``% `` before every line) when the output is LaTeX, so that
+    it pastes into a document as is."""
+    if not latex:
+        return text
+    return "\n".join(f"% {line}" if line else "%" for line in text.splitlines())
+
+
 def _check_T(args: argparse.Namespace) -> None:
     """--T must be a positive number of steps; a large one only warns (it is slow)."""
     from .verify import LONG_ORACLE_T
@@ -114,17 +122,15 @@ def _run_model(model, args: argparse.Namespace) -> int:
         base = Path(args.emit)
         for role, part_kernel in kernel.kernels.items():
             path = part_kernel.write(base.with_name(f"{base.stem}_{role}{base.suffix or '.py'}"))
-            out.write(f"\nKernel of the {role} written to {path} (needs only NumPy)")
+            line = f"Kernel of the {role} written to {path} (needs only NumPy)"
+            out.write("\n" + _comment(line, args.latex))
         out.write("\n")
     if args.no_verify:
         return 0
     out.write("\n")
     out.flush()
     report = verify_model(model, kernel=kernel, T=args.T)
-    text = str(report)
-    if args.latex:
-        text = "\n".join(f"% {line}" for line in text.splitlines())
-    out.write(text + "\n")
+    out.write(_comment(str(report), args.latex) + "\n")
     return 0 if report.ok else 1
 
 
@@ -148,17 +154,22 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
     if args.emit:
         path = kernel.write(args.emit)
         out.write(
-            f"\nKernel written to {path} ({len(kernel.source.splitlines())} lines, "
-            f"needs only NumPy)\n"
+            _comment(
+                f"\nKernel written to {path} ({len(kernel.source.splitlines())} lines, "
+                f"needs only NumPy)",
+                args.latex,
+            )
+            + "\n"
         )
     if args.no_verify:
         return 0
     out.write("\n")
     out.flush()
     if args.kernel:
-        out.write(f"Checking the kernel in {args.kernel} against the cell\n")
+        out.write(_comment(f"Checking the kernel in {args.kernel} against the cell", args.latex))
+        out.write("\n")
     report = verify(cell, kernel=checked, T=args.T)
-    out.write(str(report) + "\n")
+    out.write(_comment(str(report), args.latex) + "\n")
     return 0 if report.ok else 1
 
 
@@ -178,10 +189,7 @@ def _braket(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.flush()
     report = braket_report(form)
-    text = str(report)
-    if args.latex:  # a LaTeX comment, so the output still pastes as is
-        text = "\n".join(f"% {line}" for line in text.splitlines())
-    sys.stdout.write("\n" + text + "\n")
+    sys.stdout.write("\n" + _comment(str(report), args.latex) + "\n")
     return 0 if report.ok else 1
 
 
