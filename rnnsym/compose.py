@@ -544,14 +544,14 @@ class ModelDerivation:
 
     # ----- LaTeX -----
 
-    def _part_titles(self, role: str) -> tuple[str, dict[str, str]]:
+    def _part_titles(self, role: str, notation: str = "plain") -> tuple[str, dict[str, str]]:
         """The part's heading and its section titles, LaTeX math with text in ``\\text``."""
-        from .printing import _latex_name, latex_titles
+        from .printing import latex_step, latex_titles
 
         m = self.model
         part = m.parts[role]
         d = self.parts[role]
-        titles = latex_titles(d)
+        titles = latex_titles(d, notation)
         length = {"encoder": "T_x", "decoder": "T_y"}.get(role, "T")
         heading = {
             "forward": r"\text{Forward layer, runs } t = 1, \dots, T",
@@ -564,17 +564,15 @@ class ModelDerivation:
             "layer": r"\text{Layer, } t = 1, \dots, T",
         }[role]
         if part.cell.states:
-            initial = ", ".join(f"{_latex_name(s)}^{{(0)}}" for s in part.cell.states)
+            initial = ", ".join(latex_step(s, "0", notation) for s in part.cell.states)
             given = rf"{initial} \text{{ given}}"
             if part.reverse:
-                initial = ", ".join(f"{_latex_name(s)}^{{(T+1)}}" for s in part.cell.states)
+                initial = ", ".join(latex_step(s, "T+1", notation) for s in part.cell.states)
                 given = rf"{initial} \text{{ given}}"
             if role == "decoder" and m.context_slot[0] == "h0":
                 _, target, state = m.context_slot
-                given = (
-                    rf"{_latex_name(target)}^{{(0)}} = C = {_latex_name(state)}^{{(T_x)}}"
-                    r" \text{ (the encoder's last state)}"
-                )
+                first, last = latex_step(target, "0", notation), latex_step(state, "T_x", notation)
+                given = rf"{first} = C = {last} \text{{ (the encoder's last state)}}"
             steps = r"t = T, \dots, 1" if part.reverse else rf"t = 1, \dots, {length}"
             back = rf"t = 1, \dots, {length}" if part.reverse else rf"t = {length}, \dots, 1"
             edge = "0" if part.reverse else f"{length}+1"
@@ -586,7 +584,7 @@ class ModelDerivation:
         return heading, titles
 
     def latex_parts(
-        self, bold: bool = False, key: str | None = None, labels: bool = True
+        self, notation: str = "plain", key: str | None = None, labels: bool = True
     ) -> list[tuple[str, str]]:
         """``(role, align block)`` for each cell of the model, then ``("coupling", block)``.
 
@@ -599,26 +597,22 @@ class ModelDerivation:
         out = []
         for role, d in self.parts.items():
             prefix = TAG_PREFIX[role]
-            rows = latex_rows(d, bold=bold, key=f"{key}:{label_key(role)}", tag_prefix=prefix)
+            rows = latex_rows(
+                d, notation=notation, key=f"{key}:{label_key(role)}", tag_prefix=prefix
+            )
             if self.model.parts[role].reverse:
                 for row in rows:
                     row.lhs = _swap_tex(row.lhs)
                     row.lines = [_swap_tex(line) for line in row.lines]
-            heading, titles = self._part_titles(role)
+            heading, titles = self._part_titles(role, notation)
             block = align_block(rows, prefix, labels=labels, titles=titles, heading=heading)
             out.append((role, block))
-        out.append(("coupling", self._coupling_latex(bold, key, labels)))
+        out.append(("coupling", self._coupling_latex(notation, key, labels)))
         return out
 
-    def _coupling_latex(self, bold: bool, key: str, labels: bool) -> str:
+    def _coupling_latex(self, notation: str, key: str, labels: bool) -> str:
         """How the adjoints are chained, as an ``align`` (equations tagged C1, C2, ...)."""
-        from .printing import (
-            DerivationLatexPrinter,
-            LatexRow,
-            _latex_name,
-            _time_tables,
-            align_block,
-        )
+        from .printing import LatexRow, _latex_name, align_block, latex_printer, latex_step
 
         m = self.model
         rows: list[LatexRow] = []
@@ -628,18 +622,16 @@ class ModelDerivation:
             rows.append(LatexRow("coupling", n, lhs, [rhs], "", f"{key}:coupling:{n}"))
 
         def vec(name: str, step: str) -> str:
-            base = _latex_name(name)
-            return (rf"\boldsymbol{{{base}}}" if bold else base) + f"^{{({step})}}"
+            return latex_step(name, step, notation)
 
         if m.kind in ("bidirectional", "last_output"):
             head = self.parts["head"]
-            _, names = _time_tables(head.cell, bold=bold)
-            printer = DerivationLatexPrinter(names)
+            printer = latex_printer(head.cell, notation)
             for state in m.wiring.values():
                 term = head.input_terms.get(state)
                 shown = printer.doprint(term) if term is not None else r"\mathbf{0}"
                 step = "T" if m.kind == "last_output" else "t"
-                shown = shown.replace("^{(t)}", f"^{{({step})}}")
+                shown = shown.replace("^{(t)}", f"^{{({step})}}").replace("(t)", f"({step})")
                 add(rf"\nabla_{{{vec(state, step)}}} L", shown + r" \quad \text{(from the head)}")
         parts = [p for p in m.parts.values() if p.seeds]
         for part in parts:
@@ -682,12 +674,12 @@ class ModelDerivation:
             block = block.replace("\n\\end{align}", " \\\\\n" + note[:-3] + "\n\\end{align}")
         return block
 
-    def latex(self, bold: bool = False, key: str | None = None, labels: bool = True) -> str:
+    def latex(self, notation: str = "plain", key: str | None = None, labels: bool = True) -> str:
         """The model's derivation as LaTeX: one ``align`` per cell and one for the chaining,
         each headed by an unnumbered line (see :meth:`latex_parts`)."""
         m = self.model
         out = [f"% Model {m.name!r} ({m.kind.replace('_', ' ')})".replace("\n", " ")]
-        for role, block in self.latex_parts(bold=bold, key=key, labels=labels):
+        for role, block in self.latex_parts(notation=notation, key=key, labels=labels):
             out.append(f"% {role}")
             out.append(block)
         return "\n".join(out)

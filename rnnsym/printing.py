@@ -32,6 +32,9 @@ __all__ = [
     "latex_rows",
     "align_block",
     "LatexRow",
+    "KetLatexPrinter",
+    "latex_printer",
+    "NOTATIONS",
     "TextPrinter",
     "DerivationLatexPrinter",
     "latex_text",
@@ -128,19 +131,23 @@ def _math_part(text: str) -> str:
     return "".join(out).rstrip()
 
 
-def _latex_name(name: str) -> str:
+def _latex_name(name: str, bold: bool = False) -> str:
     """A user's name as LaTeX math: ``W_hh`` → ``W_{hh}``, ``out`` → ``\\mathrm{out}``.
 
     The name is read as Python reads it (NFKC); characters other than ASCII letters, digits,
-    underscores and Greek letters are printed as escaped text, never as LaTeX code.
+    underscores and Greek letters are printed as escaped text, never as LaTeX code. ``bold``
+    sets the name (not its subscript) in bold: a vector in the report's notation.
     """
     name = unicodedata.normalize("NFKC", str(name))
     head, _, tail = name.partition("_")
     head_tex = _math_part(head)
-    if len(head) > 1 and head_tex == head:
+    plain = head_tex == head
+    if len(head) > 1 and plain:
         head_tex = rf"\mathrm{{{head}}}"  # a word, not a product of letters
     if not head_tex:
         head_tex = r"\_"
+    if bold:
+        head_tex = rf"\mathbf{{{head}}}" if plain else rf"\boldsymbol{{{head_tex}}}"
     if not tail:
         return head_tex
     tail_tex = ",".join(_math_part(p) or r"\_" for p in tail.split("_"))
@@ -157,20 +164,31 @@ def label_key(*parts: str) -> str:
     return ":".join(cleaned)
 
 
-def _time_tables(cell, bold: bool = False) -> tuple[dict, dict]:
-    """Unicode and LaTeX names of every symbol of ``cell`` at its time step; ``bold`` prints
-    vectors in bold, as the report does."""
-    text, tex = {"L": "L⁽ᵗ⁾"}, {"L": "L^{(t)}"}
+NOTATIONS = ("plain", "report", "braket")
+
+
+def _time_tables(cell, bold: bool = False, notation: str = "plain") -> tuple[dict, dict]:
+    """Unicode and LaTeX names of every symbol of ``cell`` at its time step.
+
+    ``notation="report"`` (or ``bold``) sets vectors in bold, as the report does;
+    ``notation="braket"`` writes the step in parentheses, h(t − 1), as the slides do (the
+    printer adds the kets).
+    """
+    if notation not in NOTATIONS:
+        raise ValueError(f"notation={notation!r}; expected one of {', '.join(NOTATIONS)}")
+    bold = bold or notation == "report"
+    kets = notation == "braket"
+    text, tex = {"L": "L⁽ᵗ⁾"}, {"L": "L(t)" if kets else "L^{(t)}"}
     steps = {"": "(t)", "_prev": "(t-1)", "_next": "(t+1)"}
 
     def sup(s: str) -> str:
         return "".join(_SUP[c] for c in s)
 
+    def at(base: str, step: str) -> str:
+        return f"{base}{step}" if kets else f"{base}^{{{step}}}"
+
     def name_tex(var_name: str, vector: bool) -> str:
-        base = _latex_name(var_name)
-        if bold and vector:
-            return rf"\boldsymbol{{{base}}}"
-        return base
+        return _latex_name(var_name, bold=bold and vector)
 
     timed = [v for v in cell._vars.values() if v.kind != "param"]
     for var in timed:
@@ -180,13 +198,13 @@ def _time_tables(cell, bold: bool = False) -> tuple[dict, dict]:
                 continue
             name = var.name + suffix
             text[name] = f"{var.name}{sup(step)}"
-            tex[name] = f"{name_tex(var.name, vector)}^{{{step}}}"
+            tex[name] = at(name_tex(var.name, vector), step)
             if var.kind in ("state", "output", "intermediate"):
                 text[f"g_{name}"] = f"∇_{{{text[name]}}}L"
                 tex[f"g_{name}"] = rf"\nabla_{{{tex[name]}}} L"
     for name, target in cell.fed_back.items():  # y.prev: y(t-1)
         text[name] = f"{target}{sup('(t-1)')}"
-        tex[name] = f"{name_tex(target, True)}^{{(t-1)}}"
+        tex[name] = at(name_tex(target, True), "(t-1)")
     for name in cell.context_inputs:  # one value for the whole sequence
         text[name] = name
         tex[name] = name_tex(name, True)
@@ -401,6 +419,33 @@ class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
 
     def _print_Softmax(self, expr) -> str:
         return rf"\operatorname{{softmax}}\left({self._print(expr.args[0])}\right)"
+
+
+class KetLatexPrinter(DerivationLatexPrinter):
+    """The slides' notation: vectors as kets |h(t)⟩, transposed vectors as bras ⟨x(t)|, and a
+    bra next to a ket as one bracket ⟨d(t)|h(t)⟩."""
+
+    def plain(self, expr) -> str:
+        return super()._print_MatrixSymbol(expr)
+
+    def _print_MatrixSymbol(self, expr) -> str:
+        name = self.plain(expr)
+        if expr.shape[1] == 1 and expr.shape[0] != 1:
+            return rf"| {name} \rangle"
+        return name
+
+    def _print_Transpose(self, expr) -> str:
+        arg = expr.arg
+        if isinstance(arg, MatrixSymbol) and arg.shape[1] == 1 and arg.shape[0] != 1:
+            return rf"\langle {self.plain(arg)} |"
+        return super()._print_Transpose(expr)
+
+    def _factor_at(self, expr, last: bool) -> str:
+        return self._factor(expr)  # a ket needs no parentheses
+
+    def _print_MatMul(self, expr) -> str:
+        text = super()._print_MatMul(expr)
+        return text.replace(r"| | ", "| ")  # ⟨a| |b⟩ is ⟨a|b⟩
 
 
 # ----- line breaking -----
@@ -637,20 +682,26 @@ def _report_note(label: str) -> str:
 _TAG_PT = 30.0  # a tag "(12)" and the least space before it
 
 
+def latex_printer(cell, notation: str = "plain") -> DerivationLatexPrinter:
+    """The LaTeX printer of ``cell``'s symbols in a notation (see :data:`NOTATIONS`)."""
+    _, names = _time_tables(cell, notation=notation)
+    return KetLatexPrinter(names) if notation == "braket" else DerivationLatexPrinter(names)
+
+
 def latex_rows(
     derivation,
-    bold: bool = False,
+    notation: str = "plain",
     key: str | None = None,
     tag_prefix: str = "",
     width: float = TEXT_WIDTH_PT,
 ) -> list[LatexRow]:
     """Every equation of ``derivation`` as LaTeX, broken into lines that fit ``width`` pt.
 
-    ``bold`` prints vectors in bold (the report's notation); ``key`` starts the label keys
-    (default ``eq:<cell name>``); ``tag_prefix`` goes before each number (a model's parts).
+    ``notation``: "plain", "report" (vectors in bold, as the report) or "braket" (kets and
+    bras, steps in parentheses, as the slides); ``key`` starts the label keys (default
+    ``eq:<cell name>``); ``tag_prefix`` goes before each number (a model's parts).
     """
-    _, names = _time_tables(derivation.cell, bold=bold)
-    printer = DerivationLatexPrinter(names)
+    printer = latex_printer(derivation.cell, notation)
     breaker = _Breaker(printer)
     key = key or label_key("eq", derivation.cell.name)
     tag_width = _TAG_PT + 6.0 * len(tag_prefix)
@@ -659,7 +710,8 @@ def latex_rows(
         note = _report_note(label) if label else ""
         note_width = _width(note) + 10.0 if note else 0.0
         if sect == "gradient":
-            left = rf"\nabla_{{{printer._print(derivation.cell.params[lhs].symbol)}}} L"
+            symbol = derivation.cell.params[lhs].symbol
+            left = rf"\nabla_{{{DerivationLatexPrinter._print_MatrixSymbol(printer, symbol)}}} L"
             summed = isinstance(rhs, MatAdd)
             prefix = r"\sum_{t} "
         else:
@@ -729,7 +781,13 @@ _TITLES_NO_STATE = {
 }
 
 
-def latex_titles(derivation) -> dict[str, str]:
+def latex_step(name: str, step: str, notation: str = "plain") -> str:
+    """A user's vector name at a step in a notation: h^{(0)}, bold, or h(0) (slides)."""
+    base = _latex_name(name, bold=notation == "report")
+    return f"{base}({step})" if notation == "braket" else f"{base}^{{({step})}}"
+
+
+def latex_titles(derivation, notation: str = "plain") -> dict[str, str]:
     """The section titles of a derivation as LaTeX math (text in ``\\text``, no ``$``, so
     MathJax renders them as LaTeX does)."""
     cell = derivation.cell
@@ -739,7 +797,7 @@ def latex_titles(derivation) -> dict[str, str]:
             "backward": r"\text{Adjoints at step } t \text{ (no recurrence)}",
             "gradient": r"\text{Gradients, summed over } t \text{ and the batch}",
         }
-    initial = ", ".join(f"{_latex_name(n)}^{{(0)}}" for n in cell.states)
+    initial = ", ".join(latex_step(n, "0", notation) for n in cell.states)
     return {
         "forward": rf"\text{{Forward step, }} t = 1, \dots, T \text{{; }} {initial} "
         r"\text{ given}",
@@ -784,7 +842,7 @@ def derivation_text(derivation, tag_prefix: str = "") -> str:
 
 def derivation_latex(
     derivation,
-    bold: bool = False,
+    notation: str = "plain",
     key: str | None = None,
     tag_prefix: str = "",
     labels: bool = True,
@@ -793,11 +851,11 @@ def derivation_latex(
     """The derivation as one LaTeX ``align`` environment (MathJax renders it too).
 
     Equation N carries ``\\tag{N}`` and ``\\label{<key>:N}`` (key default ``eq:<cell name>``);
-    a report equation carries the note "[report eq. (7)]". ``bold`` prints vectors in bold as
-    the report does; ``labels=False`` leaves the labels out (two copies on one page would
-    clash); ``titles`` heads the sections with unnumbered lines of text.
+    a report equation carries the note "[report eq. (7)]". ``notation="report"`` prints
+    vectors in bold as the report does, ``"braket"`` as kets as the slides do;
+    ``labels=False`` leaves the labels out (two copies on one page would clash); ``titles``
+    heads the sections with unnumbered lines of text.
     """
-    rows = latex_rows(derivation, bold=bold, key=key, tag_prefix=tag_prefix)
-    return align_block(
-        rows, tag_prefix, labels=labels, titles=latex_titles(derivation) if titles else None
-    )
+    rows = latex_rows(derivation, notation=notation, key=key, tag_prefix=tag_prefix)
+    shown = latex_titles(derivation, notation) if titles else None
+    return align_block(rows, tag_prefix, labels=labels, titles=shown)
