@@ -482,6 +482,82 @@ class SequenceForm:
                 ].xreplace(rule)
         return expr.xreplace(rule) if rule else expr
 
+    # ----- the slides' component form (concrete sizes) -----
+
+    def _basis(self, what: str) -> list[ImmutableMatrix]:
+        """The kets |m⟩, m = 1…nT, of the whole sequence (needs concrete sizes)."""
+        self._need_slides(what)
+        size = sp.sympify(self.n * self.T)
+        if not size.is_Integer:
+            raise RnnsymError(
+                f"{what} sums over the components m = 1…nT: build the form with concrete sizes, "
+                f"e.g. rs.braket(cell, {self.T}, sizes={{'n': 2, ...}}) (n is {self.n})"
+            )
+        return [ImmutableMatrix.eye(int(size))[:, m] for m in range(int(size))]
+
+    def _bias_ket(self) -> MatrixExpr | None:
+        biases = [
+            self._ket([self.param(b, t) for t in range(1, self.T + 1)]) for b in self.slides.biases
+        ]
+        return add(*biases) if biases else None
+
+    def _component_argument(self, ket_m: ImmutableMatrix) -> MatrixExpr:
+        """⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ (+ ⟨m|b⟩), a 1 × 1 expression."""
+        bra = ket_m.T
+        terms = [MatMul(bra, self.J_x, self.x), MatMul(bra, self.J_h, self.h_shifted)]
+        bias = self._bias_ket()
+        if bias is not None:
+            terms.append(MatMul(bra, bias))
+        return MatAdd(*terms)
+
+    def component_form(self) -> MatrixExpr:
+        """|h⟩ = Σ_m |m⟩ σ(⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ + ⟨m|b⟩), m over the nT components of
+        the whole sequence (the slides' component form; concrete sizes, slides form)."""
+        act = self.cell.updates[self.state_name].expr.activation
+        terms = [
+            MatMul(m, Apply(act.name, self._component_argument(m)))
+            for m in self._basis("component_form")
+        ]
+        return MatAdd(*terms)
+
+    def G_component_form(self) -> MatrixExpr:
+        """𝔾 = Σ_m |m⟩ σ′(⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ + ⟨m|b⟩) ⟨m| (concrete sizes, slides form):
+        the slides' G(t) over the whole sequence, diagonal."""
+        act = self.cell.updates[self.state_name].expr.activation
+        terms = []
+        for m in self._basis("G_component_form"):
+            out = MatMul(m.T, self.h)  # ⟨m|h⟩, which σ′ may be written with
+            deriv = act.derivative(self._component_argument(m), out)
+            terms.append(MatMul(m, deriv, m.T))
+        return MatAdd(*terms)
+
+    def chain(self, t: int) -> MatrixExpr:
+        """δ⟨d(t)|h(t)⟩ = Σ_{τ≤t}(⟨δ_t(τ)|δJ_x|x(τ)⟩ + ⟨δ_t(τ)|δJ_h|h(τ−1)⟩ + ⟨δ_t(τ)|δb⟩)
+        (slides form; δJ the variations of the step's weights), or Σ_{τ≤t}⟨δ_t(τ)|δ_θs(τ)⟩
+        (general form). A 1 × 1 expression in the step symbols."""
+        self._check_steps(t, t)
+        terms = []
+        for tau in range(1, t + 1):
+            bra = self.error_bra(t, tau)
+            if self.slides:
+                s = self.slides
+                terms.append(mul(bra, self._delta(s.J_x, tau), self.x_steps[tau - 1]))
+                terms.append(mul(bra, self._delta(s.J_h, tau), self.h_steps[tau - 1]))
+                terms.extend(mul(bra, self._delta(b, tau)) for b in s.biases)
+            else:
+                source = self.step(f"δ_θ{self.ket_name}", tau, (self.n, 1))
+                terms.append(mul(bra, source))
+        return add(*terms)
+
+    def is_linear_loss(self) -> bool:
+        """Whether the loss is the slides' L = Σ_t⟨d(t)|h(t)⟩ with the weights d(t) a target."""
+        if self.multi:
+            return False
+        d = self.d_definition(1)
+        return isinstance(d, MatrixSymbol) and any(
+            d == self.step(name, 1, self._shape(v.symbol)) for name, v in self.cell.targets.items()
+        )
+
     # ----- derived results -----
 
     def error_bra(self, t: int, tau: int) -> MatrixExpr:
