@@ -19,6 +19,7 @@
 # it, draws it, and checks it three independent ways. It runs as a script
 # (`python derivations/bidirectional.py`) and is executed by the test suite.
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -106,7 +107,8 @@ assert str(carry_h).replace("h", "g").replace("W", "W_g") == str(carry_g)
 #
 # which is exactly what the derivation prints for the two layers:
 
-lines = [line.strip() for line in text.splitlines()]
+# each line without its number ("(5)", "(F3)") in front
+lines = [re.sub(r"^\([A-Z]*\d+\)\s*", "", line.strip()) for line in text.splitlines()]
 eq9_h = next(line for line in lines if line.startswith("∇_{h⁽ᵗ⁾}L ="))
 eq9_g = next(line for line in lines if line.startswith("∇_{g⁽ᵗ⁾}L ="))
 print(eq9_h)

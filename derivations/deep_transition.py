@@ -45,7 +45,7 @@ Z, z_b = cell.param("Z", p, n), cell.param("z_b", p)
 V, c = cell.param("V", k, p), cell.param("c", k)
 a = cell.define("a", rs.tanh(A @ x + a_b))  # input -> hidden MLP, hidden layer
 r = cell.define("r", rs.tanh(W @ h.prev + r_b))  # hidden -> hidden MLP, hidden layer
-cell.update(h, rs.tanh(P @ r + Q @ a + b))  # eqs. (2)-(3): the MLPs' last layer
+cell.update(h, rs.tanh(P @ r + Q @ a + b))  # the MLPs' last layer, for eqs. (2)-(3)
 z = cell.define("z", rs.tanh(Z @ h + z_b))  # hidden -> output MLP, hidden layer
 o = cell.output("o", c + V @ z)  # eq. (4)
 cell.loss(rs.squared_error(o, cell.target("y", k)))  # eq. (5)
@@ -118,11 +118,14 @@ assert (sp.Matrix(concrete) - eq9).applyfunc(sp.expand) == sp.zeros(N, 1)
 print("eq. (9) through the deeper blocks reproduced exactly:")
 print("  ∇h(t) = Zᵀ diag(1 − z²) Vᵀ (o − y) + Wᵀ diag(1 − r(t+1)²) Pᵀ diag(1 − h(t+1)²) ∇h(t+1)")
 
-# The gradients of eqs. (6)–(8) now exist once per layer of each block: ∇W pairs the hidden
-# layer's adjoint with h(t−1) (eq. (7)), ∇A with x(t) (eq. (8)), ∇V with z(t) (eq. (6)):
+# The gradients of eqs. (6)–(8) now have one analogue per layer of each block: ∇W pairs the
+# hidden layer's adjoint with h(t−1) (as eq. (7) does), ∇A with x(t) (as eq. (8)), ∇V with
+# z(t). Only ∇V = Σ_t ∇o(t) z(t)ᵀ is the report's equation itself (eq. (6), for
+# o(t) = c + V z(t), eq. (4) with z for h); ∇W and ∇A go through the MLPs, so they carry no
+# report label:
 
-assert derivation.labels["W"] == "eq. (7)" and derivation.labels["A"] == "eq. (8)"
-assert derivation.labels["V"] == "eq. (6)"
+assert derivation.labels["W"] == "" and derivation.labels["A"] == ""
+assert derivation.labels["V"] == "eq. (6)" and derivation.labels["o"] == "eq. (4)"
 assert derivation.param_terms["W"].args[-1] == h.prev.symbol.T
 
 # ## 4. An independent oracle

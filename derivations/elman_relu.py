@@ -28,7 +28,7 @@ n, m, k = cell.dims("n m k")
 x, h = cell.input("x", m), cell.state("h", n)
 W, U, b = cell.param("W", n, n), cell.param("U", n, m), cell.param("b", n)
 V, c = cell.param("V", k, n), cell.param("c", k)
-cell.update(h, rs.relu(b + W @ h.prev + U @ x))  # eqs. (2)-(3), ReLU for tanh
+cell.update(h, rs.relu(b + W @ h.prev + U @ x))  # eqs. (2)-(3) with ReLU for tanh
 o = cell.output("o", c + V @ h)  # eq. (4)
 cell.loss(rs.squared_error(o, cell.target("y", k)))  # eq. (5)
 

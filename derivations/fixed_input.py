@@ -38,9 +38,9 @@ y = cell.target("y", k, classes=True)  # the caption's tokens
 h = cell.state("h", n)
 W, R, U = cell.param("W", n, n), cell.param("R", n, m), cell.param("U", n, k)
 b, V, c = cell.param("b", n), cell.param("V", k, n), cell.param("c", k)
-cell.update(h, rs.tanh(b + W @ h.prev + R @ x + U @ y.prev))  # eqs. (2)-(3), with R x
+cell.update(h, rs.tanh(b + W @ h.prev + R @ x + U @ y.prev))  # eqs. (2)-(3) + R x
 o = cell.output("o", c + V @ h)  # eq. (4)
-cell.loss(rs.softmax_cross_entropy(o, y))  # eq. (5) -> softmax cross-entropy
+cell.loss(rs.softmax_cross_entropy(o, y))  # softmax cross-entropy, not eq. (5)
 
 # It is the built-in `rs.cells.get("fixed_input")`: the two derivations print identically.
 
@@ -68,15 +68,20 @@ elman = rs.derive(rs.cells.elman())
 assert derivation.carry["h"] == elman.carry["h"]
 assert derivation.state_local["h"] == elman.state_local["h"]
 
-# **∇R is eq. (8) with the fixed x.** Its per-step term is the bias term δ(t) = diag(1 − h(t)²)
-# ∇h(t) times xᵀ, and x does not depend on t, so the sum over t factorises:
+# **∇R has the form of eq. (8), with the fixed x.** Its per-step term is the bias term
+# δ(t) = diag(1 − h(t)²) ∇h(t) times xᵀ, and x does not depend on t, so the sum over t
+# factorises:
 # ∇R = (Σ_t δ(t)) xᵀ = ∇b xᵀ for one sequence. (Over a batch, Σ_b of each sequence's ∇b times
 # its own xᵀ; checked numerically in section 5.)
 
 term_R, term_b = derivation.param_terms["R"], derivation.param_terms["b"]
 assert isinstance(term_R, sp.MatMul) and term_R.args == (term_b, x.symbol.T)
-assert derivation.labels["R"] == "eq. (8)"
-print("∇R = Σ_t diag(1 − h(t)²) ∇h(t) xᵀ — eq. (8) with the fixed x:", term_R)
+# It is not the report's eq. (8) itself (the update is not eq. (2): it has four terms and no
+# input x(t)), so it carries no report label; only o(t) = c + V h(t) (eq. (4)) and ∇V (eq. (6))
+# do.
+assert derivation.labels["R"] == ""
+assert [k for k, v in derivation.labels.items() if v] == ["o", "V"]
+print("∇R = Σ_t diag(1 − h(t)²) ∇h(t) xᵀ — the form of eq. (8), with the fixed x:", term_R)
 
 # ## 4. An independent oracle
 #

@@ -37,7 +37,7 @@ a_h = cell.define("a_h", W_hh @ h.prev + b_hh)
 r = cell.define("r", rs.sigmoid(a_x[0:n] + a_h[0:n]))
 z = cell.define("z", rs.sigmoid(a_x[n : 2 * n] + a_h[n : 2 * n]))
 g = cell.define("g", rs.tanh(a_x[2 * n : 3 * n] + r * a_h[2 * n : 3 * n]))  # reset after W_hn
-cell.update(h, (1 - z) * g + z * h.prev)  # eqs. (2)-(3)
+cell.update(h, (1 - z) * g + z * h.prev)  # in place of eqs. (2)-(3)
 V, b_V = cell.param("V", k, n), cell.param("b_V", k)
 out = cell.output("out", V @ h + b_V)  # eq. (4)
 cell.loss(rs.squared_error(out, cell.target("y", k)))  # eq. (5)

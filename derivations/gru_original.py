@@ -31,7 +31,7 @@ b_r, b_z, b_g = (cell.param(f"b_{s}", n) for s in "rzg")
 r = cell.define("r", rs.sigmoid(W_r @ rs.concat(h.prev, x) + b_r))
 z = cell.define("z", rs.sigmoid(W_z @ rs.concat(h.prev, x) + b_z))
 g = cell.define("g", rs.tanh(W_g @ rs.concat(r * h.prev, x) + b_g))  # reset before W_g
-cell.update(h, (1 - z) * g + z * h.prev)  # eqs. (2)-(3)
+cell.update(h, (1 - z) * g + z * h.prev)  # in place of eqs. (2)-(3)
 V, b_V = cell.param("V", k, n), cell.param("b_V", k)
 out = cell.output("out", V @ h + b_V)  # eq. (4)
 cell.loss(rs.squared_error(out, cell.target("y", k)))  # eq. (5)

@@ -27,7 +27,7 @@ cell = rs.Cell("indrnn")
 n, m, k = cell.dims("n m k")
 x, h = cell.input("x", m), cell.state("h", n)
 W, u, b = cell.param("W", n, m), cell.param("u", n), cell.param("b", n)
-cell.update(h, rs.relu(W @ x + u * h.prev + b))  # eqs. (2)-(3), elementwise recurrence
+cell.update(h, rs.relu(W @ x + u * h.prev + b))  # in place of eqs. (2)-(3): elementwise
 V, b_V = cell.param("V", k, n), cell.param("b_V", k)
 out = cell.output("out", V @ h + b_V)  # eq. (4)
 cell.loss(rs.squared_error(out, cell.target("y", k)))  # eq. (5)
@@ -45,9 +45,13 @@ print(derivation.pretty())
 
 print(derivation.latex())
 
-# A word on the labels: ∇u is tagged "bias, cf. eqs. (7)-(8)" because the labels go by a
-# parameter's shape and u is a vector. It is the recurrent weight, and its term
-# step(a(t)) ∘ ∇h(t) ∘ h(t−1) is the diagonal of eq. (7)'s diag(σ′) ∇h(t) h(t−1)ᵀ.
+# A word on the labels: a line carries a report number only when it is that equation, so here
+# only out(t) = V h(t) + b_V (eq. (4)), the loss (eq. (5)) and ∇V (eq. (6)) do. ∇u is the
+# recurrent weight's gradient, and its term step(a(t)) ∘ ∇h(t) ∘ h(t−1) is the diagonal of
+# the Elman cell's diag(1 − h(t)²) ∇h(t) h(t−1)ᵀ (eq. (7)) with the ReLU mask for tanh′: an
+# analogue, not eq. (7), so it has no report label.
+
+assert [k for k, v in derivation.labels.items() if v] == ["out", "L", "V"]
 
 g_u_names = {s.name for s in derivation.param_terms["u"].atoms(sp.MatrixSymbol)}
 assert {"g_h", "h_prev"} <= g_u_names, g_u_names

@@ -28,7 +28,7 @@ x = cell.input("x", m)
 h, c = cell.state("h", n), cell.state("c", n)
 W_ih, W_hh = cell.param("W_ih", 4 * n, m), cell.param("W_hh", 4 * n, n)
 b_ih, b_hh = cell.param("b_ih", 4 * n), cell.param("b_hh", 4 * n)
-a = cell.define("a", W_ih @ x + b_ih + W_hh @ h.prev + b_hh)  # eq. (2), four gates stacked
+a = cell.define("a", W_ih @ x + b_ih + W_hh @ h.prev + b_hh)  # four gates stacked
 p_i, p_f, p_o = cell.param("p_i", n), cell.param("p_f", n), cell.param("p_o", n)
 i = cell.define("i", rs.sigmoid(a[0:n] + p_i * c.prev))  # peeks at c(t-1)
 f = cell.define("f", rs.sigmoid(a[n : 2 * n] + p_f * c.prev))  # peeks at c(t-1)
@@ -80,8 +80,8 @@ print(f"∇c(t) (eq. (9)) has {len(g_c.args)} terms: the carousel, 3 peepholes, 
 assert names(derivation.state_adjoint("h")) == {"V", "g_out", "W_hh", "g_a_next"}
 
 # **The peephole gradients.** ∇p_i and ∇p_f pair their gate's σ′ ∘ ∇gate with c(t−1), ∇p_o
-# with c(t): each is what the peephole looked at. (They are labelled "bias" because labels go
-# by shape; they are diagonal weights, the elementwise analogue of eq. (7).)
+# with c(t): each is what the peephole looked at. (They are diagonal weights, the elementwise
+# analogue of eq. (7), not eq. (7) itself: they carry no report label.)
 
 assert "c_prev" in names(derivation.param_terms["p_i"])
 assert "c_prev" in names(derivation.param_terms["p_f"])

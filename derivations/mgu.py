@@ -29,7 +29,7 @@ W_f, W_g = cell.param("W_f", n, n + m), cell.param("W_g", n, n + m)
 b_f, b_g = cell.param("b_f", n), cell.param("b_g", n)
 f = cell.define("f", rs.sigmoid(W_f @ rs.concat(h.prev, x) + b_f))
 g = cell.define("g", rs.tanh(W_g @ rs.concat(f * h.prev, x) + b_g))  # f as the reset gate
-cell.update(h, (1 - f) * h.prev + f * g)  # eqs. (2)-(3); f as the update gate
+cell.update(h, (1 - f) * h.prev + f * g)  # in place of eqs. (2)-(3); f as the update gate
 V, b_V = cell.param("V", k, n), cell.param("b_V", k)
 out = cell.output("out", V @ h + b_V)  # eq. (4)
 cell.loss(rs.squared_error(out, cell.target("y", k)))  # eq. (5)

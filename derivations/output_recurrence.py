@@ -39,7 +39,7 @@ x = tf.input("x", m)
 y = tf.target("y", k)
 W, U, b = tf.param("W", n, k), tf.param("U", n, m), tf.param("b", n)
 V, c = tf.param("V", k, n), tf.param("c", k)
-h = tf.define("h", rs.tanh(b + W @ y.prev + U @ x))  # eqs. (2)-(3) with y(t-1) for h(t-1)
+h = tf.define("h", rs.tanh(b + W @ y.prev + U @ x))  # like eqs. (2)-(3), y(t-1) for h(t-1)
 o = tf.output("o", c + V @ h)  # eq. (4)
 tf.loss(rs.squared_error(o, y))  # eq. (5)
 
@@ -103,7 +103,7 @@ x = fr.input("x", m)
 o = fr.state("o", k)
 W, U, b = fr.param("W", n, k), fr.param("U", n, m), fr.param("b", n)
 V, c = fr.param("V", k, n), fr.param("c", k)
-h = fr.define("h", rs.tanh(b + W @ o.prev + U @ x))  # eqs. (2)-(3) with o(t-1) for h(t-1)
+h = fr.define("h", rs.tanh(b + W @ o.prev + U @ x))  # like eqs. (2)-(3), o(t-1) for h(t-1)
 fr.update(o, c + V @ h)  # eq. (4): the recurrent quantity
 fr.loss(rs.squared_error(o, fr.target("y", k)))  # eq. (5)
 

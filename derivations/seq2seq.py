@@ -18,6 +18,7 @@
 # ∇_C L = ∇_{s(0)}L, and that is the one seed of the encoder's eq. (9) at t = T_x. The script
 # runs as `python derivations/seq2seq.py` and is executed by the test suite.
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -45,7 +46,7 @@ y = decoder.target("y", k)
 s = decoder.state("s", n)
 W_d, U_d, b_d = decoder.param("W_d", n, n), decoder.param("U_d", n, k), decoder.param("b_d", n)
 V, c = decoder.param("V", k, n), decoder.param("c", k)
-decoder.update(s, rs.tanh(b_d + W_d @ s.prev + U_d @ y.prev))  # eqs. (2)-(3), input y(t-1)
+decoder.update(s, rs.tanh(b_d + W_d @ s.prev + U_d @ y.prev))  # like (2)-(3), reads y(t-1)
 o = decoder.output("o", c + V @ s)  # eq. (4)
 decoder.loss(rs.squared_error(o, y))  # eq. (5)
 assert decoder.fed_back == {"y_prev": "y"}
@@ -84,7 +85,8 @@ carry_s = derivation.parts["decoder"].carry["s"]
 print("decoder carry to step t-1 (at t = 1: ∇_C L):", carry_s)
 assert str(carry_s) == "W_d.T*(HadamardProduct(-(HadamardProduct(s, s)) + 1, g_s))"
 assert model.parts["encoder"].seeds == {"h": "d_h"}
-lines = [line.strip() for line in text.splitlines()]
+# each line without its number ("(5)", "(F3)") in front
+lines = [re.sub(r"^\([A-Z]*\d+\)\s*", "", line.strip()) for line in text.splitlines()]
 assert (
     "d_h⁽ᵗ⁾ := ∇_{s⁽⁰⁾}L (the decoder's carry out of its step 1) at t = T_x, 0 elsewhere" in lines
 )
