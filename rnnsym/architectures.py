@@ -50,7 +50,8 @@ def teacher_forcing() -> Cell:
     x, y = cell.input("x", m), cell.target("y", k)
     W, U, b = cell.param("W", n, k), cell.param("U", n, m), cell.param("b", n)
     V, c = cell.param("V", k, n), cell.param("c", k)
-    h = cell.define("h", rx.tanh(b + W @ y.prev + U @ x))  # eqs. (2)-(3), o(t-1) -> y(t-1)
+    # not eqs. (2)-(3): W reads the target y(t-1) where eq. (2) reads h(t-1)
+    h = cell.define("h", rx.tanh(b + W @ y.prev + U @ x))
     o = cell.output("o", c + V @ h)  # eq. (4)
     cell.loss(squared_error(o, y))  # eq. (5)
     return cell
@@ -68,7 +69,8 @@ def output_feedback() -> Cell:
     o = cell.state("o", k)
     W, U, b = cell.param("W", n, k), cell.param("U", n, m), cell.param("b", n)
     V, c = cell.param("V", k, n), cell.param("c", k)
-    h = cell.define("h", rx.tanh(b + W @ o.prev + U @ x))  # eqs. (2)-(3)
+    # not eqs. (2)-(3): W reads the output o(t-1) where eq. (2) reads h(t-1)
+    h = cell.define("h", rx.tanh(b + W @ o.prev + U @ x))
     cell.update(o, c + V @ h)  # eq. (4), the recurrent quantity
     cell.loss(squared_error(o, cell.target("y", k)))  # eq. (5)
     return cell
