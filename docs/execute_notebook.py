@@ -26,7 +26,7 @@ def execute(path: Path = NOTEBOOK):
         timeout=TIMEOUT_S,
         kernel_name="python3",
         record_timing=False,  # no timestamps: re-running changes only what the cells print
-        resources={"metadata": {"path": str(path.parent.parent)}},  # run from the repo root
+        resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}},  # in the repo root
     )
     client.execute()
     return notebook
