@@ -11,6 +11,7 @@ from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
 from .expr import Term, concat, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
+from .paper import paper_document
 from .unroll import unroll
 
 # after this import the name `verify` is the function, not the submodule rnnsym.verify
@@ -24,6 +25,7 @@ __all__ = [
     "Derivation",
     "derive",
     "unroll",
+    "paper_document",
     "braket",
     "SequenceForm",
     "stack",

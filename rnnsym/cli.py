@@ -102,7 +102,7 @@ def _check_T(args: argparse.Namespace) -> None:
         return
     if args.T < 1:
         raise RnnsymError(f"--T {args.T}: the number of steps must be at least 1")
-    if args.command in ("derive", "verify") and args.T > LONG_ORACLE_T:
+    if args.command in ("derive", "verify", "paper") and args.T > LONG_ORACLE_T:
         print(
             f"rnnsym: warning: --T {args.T} is the scalar oracle's number of steps; its cost "
             f"grows with T (above {LONG_ORACLE_T} expect a long run). The kernel itself is "
@@ -191,6 +191,28 @@ def _braket(args: argparse.Namespace) -> int:
     report = braket_report(form)
     sys.stdout.write("\n" + _comment(str(report), args.latex) + "\n")
     return 0 if report.ok else 1
+
+
+def _paper(args: argparse.Namespace) -> int:
+    from .paper import make_paper
+
+    target = args.cell
+    obj = _load_user_cell(target) if ":" in target else cells.get(target)
+    paper = make_paper(
+        obj, notation=args.notation, body_only=args.body_only, verify=not args.no_verify, T=args.T
+    )
+    if args.output in (None, "-"):
+        sys.stdout.write(paper.tex)
+    else:
+        path = Path(args.output)
+        path.write_text(paper.tex, encoding="utf-8")
+        verdict = (
+            ""
+            if args.no_verify
+            else (", every check of its certificate passed" if paper.ok else ", SOME CHECKS FAILED")
+        )
+        print(f"LaTeX document for {obj.name!r} written to {path}{verdict}")
+    return 0 if paper.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -293,6 +315,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the check against BPTT and sympy.diff at a random point",
     )
+    paper_p = sub.add_parser(
+        "paper", help="a standalone LaTeX document: the derivation and its verification"
+    )
+    paper_p.add_argument(
+        "cell", help="a built-in cell or model name, or PATH.py:FUNC for your own cell"
+    )
+    paper_p.add_argument(
+        "-o", "--output", metavar="PATH.tex", help="write the document here (default: stdout)"
+    )
+    paper_p.add_argument(
+        "--notation",
+        choices=["report", "braket"],
+        default="report",
+        help="report: bold vectors and ∇ as in the report (default); braket: the slides' kets",
+    )
+    paper_p.add_argument(
+        "--body-only",
+        action="store_true",
+        help="no preamble, for pasting into a document that loads amsmath and amssymb",
+    )
+    paper_p.add_argument(
+        "--no-verify", action="store_true", help="leave out the verification certificate"
+    )
+    paper_p.add_argument(
+        "--T",
+        type=int,
+        default=None,
+        help="steps for the scalar oracle (default 6 for a cell, 4 for a composed model)",
+    )
     demo_p = sub.add_parser("demo", help="worked examples trained with generated kernels")
     demo_p.add_argument("example", choices=["apple"], help='apple: learn "This is an apple ."')
     demo_p.add_argument("--steps", type=int, default=400, help="gradient-descent steps (400)")
@@ -336,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             return _braket(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "paper":
+            return _paper(args)
         if args.command == "derive" and ":" not in args.cell:
             cell = cells.get(args.cell)
         else:

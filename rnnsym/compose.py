@@ -674,6 +674,13 @@ class ModelDerivation:
             block = block.replace("\n\\end{align}", " \\\\\n" + note[:-3] + "\n\\end{align}")
         return block
 
+    def paper(self, **options) -> str:
+        """This derivation as a standalone LaTeX document with its verification certificate;
+        see :func:`rnnsym.paper.paper_document` for the options."""
+        from .paper import paper_document
+
+        return paper_document(self, **options)
+
     def latex(self, notation: str = "plain", key: str | None = None, labels: bool = True) -> str:
         """The model's derivation as LaTeX: one ``align`` per cell and one for the chaining,
         each headed by an unnumbered line (see :meth:`latex_parts`)."""
