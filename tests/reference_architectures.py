@@ -1,6 +1,6 @@
 """Hand-written NumPy references for the report's architectures (§3–§4, Figures 4–10).
 
-Each function is written straight from the report's description (``spec/seeds-en.md`` §2–§3):
+Each function is written straight from the report's description (its §3–§4, Figures 4–10):
 the forward pass, the loss, and the gradients by a hand-written back-propagation through time.
 Nothing here imports ``rnnsym``: these are the independent oracles the generated kernels are
 tested against in ``test_architectures.py``.

@@ -1,6 +1,6 @@
 """Hand-written NumPy oracle for the Elman RNN and its BPTT gradients.
 
-Written straight from the report's equations (2)-(9) (see ``spec/seeds-en.md`` section 1), one
+Written straight from the report's equations (2)-(9) (the Elman RNN and its gradients), one
 time step and one batch element at a time, with column vectors, so that every line can be read
 against the textbook formula. It is deliberately slow and must never import ``rnnsym``.
 

@@ -1,8 +1,8 @@
 """Property tests of the generated Elman kernel against the hand-written oracle.
 
 The kernel comes from the session fixture ``elman_kernel`` (``rs.compile(rs.cells.elman())``);
-the oracle is ``reference_elman.elman_reference``, eqs. (2)-(9) of ``spec/seeds-en.md`` written
-out per time step. Kernel contract exercised here:
+the oracle is ``reference_elman.elman_reference``, the report's eqs. (2)-(9) written out per
+time step. Kernel contract exercised here:
 
 - ``kernel.loss_and_grad(params, {"x": x}, {"y": y}, h0=None) -> (loss, grads)``
 - ``kernel.forward(params, {"x": x}, h0=None) -> {"h": (T, B, n), "o": (T, B, k)}``

@@ -2,9 +2,9 @@
 
 The forward-mode kernel has the reverse-mode kernel's API and must give the same loss and
 gradients for every cell, computed by propagating the sensitivities ∂q(t)/∂θ forward in time
-(seeds-en §5: the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹) with memory independent of T. Checked here:
-equality with reverse mode over random sizes, lengths, batches, weights and initial states;
-central finite differences; peak memory against T; the generated source (deterministic,
+(in the slides' bra-ket form, the right action of (𝕀 − 𝔾𝕁_h𝕊)⁻¹) with memory independent of T.
+Checked here: equality with reverse mode over random sizes, lengths, batches, weights and initial
+states; central finite differences; peak memory against T; the generated source (deterministic,
 NumPy only); and the errors for a bad mode and for expressions forward mode cannot seed.
 """
 

@@ -99,7 +99,7 @@ def test_teacher_forcing_has_no_state_and_feeds_y_prev_from_the_target():
     assert not [n for n in graph.nodes if n.quantity == "y_prev"]  # not a free input node
     e = edges(graph)
     for t in range(1, T + 1):
-        assert e[(f"y_{t - 1}", f"h_{t}")] == ("W",)  # eq. (2) with y(t−1) for h(t−1)
+        assert e[(f"y_{t - 1}", f"h_{t}")] == ("W",)  # W reads y(t−1) where eq. (2) has h(t−1)
         assert e[(f"x_{t}", f"h_{t}")] == ("U",)
         assert expr_symbols(graph, f"h_{t}") == {"b", "W", f"y_{t - 1}", "U", f"x_{t}"}
     fed = [(x.source, x.target) for x in graph.edges if x.fed_back]
