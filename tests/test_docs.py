@@ -38,3 +38,14 @@ def test_architectures_doc_runs(capsys):
     out = capsys.readouterr().out
     assert "opposite directions" in out
     assert "V_4" in out
+
+
+def test_equations_page_numbers_only_the_reports_equations():
+    """docs/equations.md tags exactly the report's eqs. (2)-(9), once each and in order; every
+    other equation on the page is unnumbered (the slides do not number theirs, and rnnsym's
+    completion is not the report's)."""
+    text = (DOCS / "equations.md").read_text(encoding="utf-8")
+    assert re.findall(r"\\tag\{([^}]*)\}", text) == [str(n) for n in range(2, 10)]
+    # no MathJax/Sphinx automatic numbering either: only starred environments, no labels
+    assert not re.search(r"\\begin\{(equation|align|gather|multline)\}", text)
+    assert not re.search(r"\$\$[ \t]*\([^)\n]*\)[ \t]*$", text, flags=re.M)  # $$ ... $$ (label)

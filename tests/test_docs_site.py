@@ -182,3 +182,19 @@ def test_the_link_checker_sees_links():
         "x.md#y",
         "../z.md",
     ]
+
+
+def test_no_extension_fetches_anything():
+    """intersphinx (or any extension that downloads at build time) stays off."""
+    conf: dict = {"__file__": str(DOCS / "conf.py")}
+    if _missing_docs_tools():
+        pytest.skip("docs/conf.py imports docutils: pip install -e '.[docs]'")
+    exec(compile((DOCS / "conf.py").read_text(encoding="utf-8"), "conf.py", "exec"), conf)
+    assert set(conf["extensions"]) <= {
+        "myst_nb",
+        "sphinx.ext.autodoc",
+        "sphinx.ext.napoleon",
+        "sphinx.ext.mathjax",
+    }
+    assert not conf.get("intersphinx_mapping")
+    assert conf["nb_execution_mode"] == "off"
