@@ -8,6 +8,7 @@ them: x(t), h(t−1), J_h(t), G(t), δ_t(τ).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy import MatAdd, MatrixSymbol, Transpose
@@ -153,7 +154,7 @@ class BraketText(_BraKet):
 
 
 class BraketLatex(_BraKet):
-    MINUS, IDENTITY, ONES = "-", r"\mathbb{1}", r"\mathbf{1}"
+    MINUS, IDENTITY, ONES = "-", "I", r"\mathbf{1}"
 
     def __init__(self):
         from .printing import DerivationLatexPrinter
@@ -162,7 +163,11 @@ class BraketLatex(_BraKet):
 
     def name(self, symbol: MatrixSymbol) -> str:
         base, t = _split(symbol.name)
-        step = f"({t.replace('−', '-')})" if t is not None else ""
+        step = ""
+        if t is not None:
+            step = "(" + t.replace("−", "-").replace("τ", r"\tau ").strip() + ")"
+        if base.startswith("ū_"):
+            return rf"\bar{{u}}_{{{_latex_name(base[2:])}}}{step}"
         if base.startswith("g_"):
             return rf"\nabla_{{{_latex_name(base[2:])}{step}}} L"
         if base.startswith("δ_θ"):
@@ -197,189 +202,421 @@ class BraketLatex(_BraKet):
         return self._fallback.doprint(expr)
 
 
-def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Sections of (lhs, rhs) pairs, printed by ``p``."""
-    T = form.T
-    steps = range(1, T + 1)
-    bb = (
-        (lambda s: rf"\mathbb{{{s}}}")
-        if latex
-        else (lambda s: {"J": "𝕁", "G": "𝔾", "S": "𝕊", "I": "𝕀", "A": "𝔸"}[s])
-    )
-    sub = (lambda s: f"_{{{s}}}") if latex else (lambda s: f"_{s}")
-    diag = r"\operatorname{diag}" if latex else "diag"
-    bra = p.bra
-    ket = p.ket
-    inv = "^{-1}" if latex else "⁻¹"
-    tuple_of = (
-        (lambda items: r"\left(" + ", ".join(items) + r"\right)^{\top}")
-        if latex
-        else (lambda items: "(" + ", ".join(items) + ")ᵀ")
-    )
-    sum_t = (lambda lo: rf"\sum_{{t={lo}}}^{{{T}}}") if latex else (lambda lo: f"Σ_{{t={lo}..{T}}}")
-    sections = []
-    h = form.h_steps
-    name = p.name
-    h_prev = name(form.step(form.state_name, sp.Symbol("t") - 1, h[0].shape))
-    kets = [
-        (ket("h"), tuple_of([name(s) for s in h[1:]])),
-        (
-            ket(h_prev),
-            f"{bb('S')}{ket('h')} + {ket(name(h[0]))} = " + tuple_of([name(s) for s in h[:-1]]),
-        ),
-    ]
-    if form.slides:
-        kets.insert(0, (ket("x"), tuple_of([name(s) for s in form.x_steps])))
-    sections.append(("Kets over the whole sequence (slides §4)", kets))
+@dataclass
+class Broken:
+    """A right-hand side that may be broken over lines: ``prefix chunk chunk … suffix``.
 
-    ops = []
-    if form.slides:
-        s = form.slides
-        ops.append(
-            (f"{bb('J')}{sub('x')}", f"{diag}(" + ", ".join(name(J) for J in form.Jx_steps) + ")")
+    Each chunk after the first carries its own leading `` + `` or `` − ``; the LaTeX printer
+    breaks between chunks where the line would be too wide, the text printer never breaks.
+    """
+
+    prefix: str
+    chunks: list[str]
+    suffix: str = ""
+
+    def joined(self) -> str:
+        return self.prefix + "".join(self.chunks) + self.suffix
+
+
+class _Notation:
+    """The symbols of the sequence-space derivation, in text or in LaTeX."""
+
+    def __init__(self, p: _BraKet, latex: bool):
+        self.p, self.latex = p, latex
+        self.eps = r"\epsilon" if latex else "ε"
+        self.delta = r"\delta" if latex else "δ"
+        self.top = r"^{\top}" if latex else "ᵀ"
+        self.inv = "^{-1}" if latex else "⁻¹"
+        self.diag = r"\operatorname{diag}" if latex else "diag"
+        self.open, self.close = (r"\bigl(", r"\bigr)") if latex else ("(", ")")
+
+    def pick(self, text: str, tex: str) -> str:
+        return tex if self.latex else text
+
+    def bb(self, s: str) -> str:
+        if self.latex:
+            return rf"\mathbb{{{s}}}"
+        return {"J": "𝕁", "G": "𝔾", "S": "𝕊", "I": "𝕀", "A": "𝔸"}[s]
+
+    def sub(self, s: str) -> str:
+        return f"_{{{s}}}" if self.latex else f"_{s}"
+
+    def sum(self, below: str, above=None) -> str:
+        if self.latex:
+            top = f"^{{{above}}}" if above is not None else ""
+            return rf"\sum_{{{below}}}{top}"
+        return f"Σ_{{{below}..{above}}}" if above is not None else f"Σ_{{{below}}}"
+
+    def group(self, text: str) -> str:
+        return rf"\left({text}\right)" if self.latex else f"({text})"
+
+    def tuple_of(self, items: list[str]) -> str:
+        return self.group(", ".join(items)) + self.top
+
+    def column(self, items: list[str]) -> str:
+        if self.latex:
+            return r"\begin{pmatrix} " + r" \\ ".join(items) + r" \end{pmatrix}"
+        return "(" + "; ".join(items) + ")"
+
+    def matrix(self, rows: list[list[str]]) -> str:
+        if self.latex:
+            body = r" \\ ".join(" & ".join(r) for r in rows)
+            return rf"\begin{{pmatrix}} {body} \end{{pmatrix}}"
+        return "[" + "; ".join("  ".join(r) for r in rows) + "]"
+
+    def partial(self, top: str, bottom: str) -> str:
+        if self.latex:
+            return rf"\partial {top} / \partial {bottom}"
+        return f"∂{top}/∂{bottom}"
+
+    def shift(self, T: int) -> str:
+        return self.matrix([["I" if i == j + 1 else "0" for j in range(T)] for i in range(T)])
+
+    def diag_of(self, items: list[str]) -> str:
+        return f"{self.diag}(" + ", ".join(items) + ")"
+
+    def chunks(self, expr) -> Broken:
+        """``expr`` as chunks: the terms of a sum, or of the sum inside ``c (…)``."""
+        p = self.p
+        coeff, factors = coeff_and_factors(expr)
+        prefix = suffix = ""
+        inner = expr
+        if isinstance(expr, sp.MatMul) and len(factors) == 1 and isinstance(factors[0], MatAdd):
+            number = p.MINUS if coeff == -1 else p.number(coeff)
+            prefix, inner, suffix = f"{number} {self.open}", factors[0], self.close
+        if not isinstance(inner, MatAdd):
+            return Broken(p.term(expr), [])
+        return Broken(
+            prefix, _signed(p, [(neg, p.term(t)) for neg, t in signed_terms(inner)]), suffix
         )
-        ops.append(
-            (f"{bb('J')}{sub('h')}", f"{diag}(" + ", ".join(name(J) for J in form.Jh_steps) + ")")
-        )
-        gdef = p.term(form.G_definition(sp.Symbol("t")))
-        ops.append(("G(t)", f"{diag}({gdef})"))
-        ops.append((bb("G"), f"{diag}(" + ", ".join(name(G) for G in form.G_steps) + ")"))
+
+
+def _signed(p: _BraKet, terms: list[tuple[bool, str]]) -> list[str]:
+    """Terms as chunks with their signs: ``a``, `` + b``, `` − c``."""
+    out = []
+    for i, (negative, text) in enumerate(terms):
+        if i == 0:
+            out.append(f"{p.MINUS}{text}" if negative else text)
+        else:
+            out.append(f" {p.MINUS} {text}" if negative else f" + {text}")
+    return out
+
+
+Rows = list[tuple["str | None", "str | Broken"]]  # lhs None: a remark
+
+
+def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
+    """Sections (title, rows of (lhs, rhs)) printed by ``p``; a title is text with its
+    mathematics in $…$ (LaTeX) or plain Unicode (text)."""
+    N = _Notation(p, latex)
+    pick = N.pick
+    T, steps = form.T, range(1, form.T + 1)
+    bb, sub = N.bb, N.sub
+    bra, ket, name = p.bra, p.ket, p.name
+    t, tau = sp.Symbol("t"), sp.Symbol("τ")
+    k, n = form.ket_name, form.n
+    slides = form.slides
+
+    def step(base: str, at) -> str:
+        return name(form.step(base, at, (1, 1)))
+
+    h_t, h_prev, h_tau_prev = step(k, t), step(k, t - 1), step(k, tau - 1)
+    tau_text = pick("τ", r"\tau")
+    cite = "(Suga 2023)"
+    sections: list = []
+
+    # ----- kets -----
+    kets: Rows = []
+    if slides:
+        kets.append((ket("x"), N.tuple_of([name(s) for s in form.x_steps])))
+    kets.append((ket(k), N.tuple_of([name(s) for s in form.h_steps[1:]])))
+    shifted = N.tuple_of([name(s) for s in form.h_steps[:-1]])
+    kets.append((ket(h_prev), f"{bb('S')}{ket(k)} + {ket(name(form.h_steps[0]))} = {shifted}"))
+    if form.multi:
+        kets.append((ket(h_t), N.column([ket(step(s, t)) for s, _ in form.states])))
+    sections.append((f"Kets over the whole sequence {cite}", kets))
+
+    # ----- operators, the recurrence, G(t) -----
+    ops: Rows = []
+    Jx, Jh = f"{bb('J')}{sub('x')}", f"{bb('J')}{sub('h')}"
+    if slides:
+        s = slides
+        ops.append((Jx, N.diag_of([name(J) for J in form.Jx_steps])))
+        ops.append((Jh, N.diag_of([name(J) for J in form.Jh_steps])))
+        ops.append((bb("S"), N.shift(T)))
+        sections.append((f"Operators over time {cite}", ops))
+
         act = form.cell.updates[form.state_name].expr.activation
         sigma = act.latex if latex else act.name
-        bias = "".join(f" + {ket(b)}" for b in s.biases)
-        ops.append(
-            (
-                ket("h"),
-                f"{sigma}({bb('J')}{sub('x')} {ket('x')} + "
-                f"{bb('J')}{sub('h')} {ket(h_prev)}{bias})",
-            )
-        )
-    else:
-        g = MatrixSymbol(f"g_{form.state_name}(t)", *h[0].shape)
-        action = p.term(form.transition_action(sp.Symbol("t")))
-        top = r"^{\top}" if latex else "ᵀ"
-        ops.append((f"A(t){top} {ket(name(g))}", action))
-        ops.append((bb("A"), f"{diag}(" + ", ".join(name(A) for A in form.A_steps) + ")"))
-    rows = [["I" if i == j + 1 else "0" for j in range(T)] for i in range(T)]
-    if latex:
-        body = r" \\ ".join(" & ".join(r) for r in rows)
-        ops.append((bb("S"), rf"\begin{{pmatrix}} {body} \end{{pmatrix}}"))
-    else:
-        ops.append((bb("S"), "[" + "; ".join(" ".join(r) for r in rows) + "]"))
-    title = (
-        "Operators over time (slides §4)"
-        if form.slides
-        else "Operators over time (general form: A(t) = ∂h(t)/∂h(t−1))"
-    )
-    sections.append((title, ops))
-
-    loss = []
-    d_def = p.term(form.d_definition(sp.Symbol("t")))
-    loss.append(
-        (
-            r"\delta L" if latex else "δL",
-            sum_t(1) + " " + bra("d(t)") + " δ" + ket("h(t)")
-            if not latex
-            else sum_t(1) + r" \langle d(t) | \delta h(t) \rangle",
-        )
-    )
-    loss.append((ket("d(t)"), d_def))
-    sections.append(("Loss, through the direct weights d(t) = ∂L(t)/∂h(t)", loss))
-
-    var = []
-    for t in steps:
-        lhs = rf"\delta | h({t}) \rangle" if latex else f"δ|h({t})⟩"
-        var.append((lhs, p.term(form.variation(t))))
-    sections.append(("Variation of the state (slides §4)", var))
-
-    bras = []
-    for t in steps:
-        for tau in range(t, 0, -1):
-            lhs = bra(rf"\delta_{{{t}}}({tau})" if latex else f"δ_{t}({tau})")
-            bras.append((lhs, p.term(form.error_bra(t, tau))))
-    sections.append(("Error bras ⟨δ_t(τ)|, τ ≤ t", bras))
-
-    rules = []
-    eps = r"\epsilon" if latex else "ε"
-    vec = {}
-    if form.slides:
-        s = form.slides
-        vec = {s.J_x: r"x(\tau)" if latex else "x(τ)", s.J_h: r"h(\tau-1)" if latex else "h(τ−1)"}
-        vec |= {b: "" for b in s.biases}
-    for pname, rule in form.update_rules().items():
-        lhs_name = name(MatrixSymbol(pname, 1, 1))
-        delta = rf"\delta {lhs_name}" if latex else f"δ{lhs_name}"
-        if pname in vec:
-            index = "mn" if vec[pname] else "m"
-            if latex:
-                entry = rf" \langle n | {vec[pname]} \rangle" if vec[pname] else ""
-                general = (
-                    rf"-{eps} \sum_{{t=1}}^{{{T}}} \sum_{{\tau \le t}} "
-                    rf"\langle \delta_t(\tau) | m \rangle{entry}"
-                )
-            else:
-                entry = f"⟨n|{vec[pname]}⟩" if vec[pname] else ""
-                general = f"−{eps} Σ_t Σ_{{τ≤t}} ⟨δ_t(τ)|m⟩{entry}"
-            rules.append((f"{delta}^{{{index}}}", general))
-        if isinstance(rule, list):
-            for i, e in enumerate(rule):
-                rules.append((f"{delta}({i + 1})", p.term(e)))
-        else:
-            rules.append((delta, p.term(rule)))
-    where = "slides §4" if form.slides else "|δ(τ)⟩ = Σ_{t≥τ} |δ_t(τ)⟩"
-    sections.append((f"Update rules, learning rate ε ({where})", rules))
-
-    closed = []
-    M = f"{bb('G')}{bb('J')}{sub('h')}{bb('S')}" if form.slides else f"{bb('A')}{bb('S')}"
-    N = form.neumann_blocks()
-    if latex:
-        body = r" \\ ".join(" & ".join(p.term(b) for b in row) for row in N)
-        closed.append(
-            (
-                rf"\left({bb('I')} - {M}\right){inv}",
-                rf"\sum_{{k<{T}}} \left({M}\right)^k = \begin{{pmatrix}} {body} \end{{pmatrix}}",
-            )
-        )
-    else:
-        for i, row in enumerate(N):
-            closed.append((f"[(𝕀 − {M})⁻¹]_{{{i + 1},·}}", "  ".join(p.term(b) for b in row)))
-    tail = bb("G") if form.slides else ""
-    closed.append(
-        (
-            bra(r"\delta" if latex else "δ"),
-            f"{bra('d')}({bb('I')} - {M}){inv}{tail}" if latex else f"⟨d|(𝕀 − {M})⁻¹{tail}",
-        )
-    )
-    for tau, b in zip(steps, form.closed_form(), strict=True):
-        lhs = bra(rf"\delta({tau})" if latex else f"δ({tau})")
-        closed.append((lhs, p.term(b)))
-    sections.append((f"Closed form: the inverse is a finite Neumann sum, 𝕊^{T} = 0", closed))
-
-    rec = []
-    if form.slides:
-        jh = name(form.Jh_steps[0]) if form.tied else "J_h(τ+1)"
+        sigma_prime = pick(f"{sigma}′", f"{sigma}'")
+        biases = [name(MatrixSymbol(b, 1, 1)) for b in s.biases]
+        bias_ket = "".join(f" + {ket(b)}" for b in biases)
         if latex:
-            jh_tex = jh if form.tied else r"J_{h}(\tau+1)"
-            rec.append(
-                (
-                    bra(r"\delta(\tau)"),
-                    rf"\left(\langle d(\tau) | + \langle \delta(\tau+1) | {jh_tex}\right) G(\tau)",
+            m_bias = "".join(rf" + \langle m | {b} \rangle" for b in biases)
+            arg = rf"\langle m | {Jx} | x \rangle + \langle m | {Jh} | {h_prev} \rangle{m_bias}"
+            sum_m = rf"\sum_{{m=1}}^{{{sp.latex(n * T)}}}"
+            comp = rf"{sum_m} | m \rangle\, {sigma}\left({arg}\right)"
+            g_comp = rf"{sum_m} | m \rangle\, {sigma_prime}\left({arg}\right) \langle m |"
+        else:
+            m_bias = "".join(f" + ⟨m|{b}⟩" for b in biases)
+            arg = f"⟨m|{Jx}|x⟩ + ⟨m|{Jh}|{h_prev}⟩{m_bias}"
+            nT = str(n * T).replace("*", "")
+            comp = f"Σ_{{m=1..{nT}}} |m⟩ {sigma}({arg})"
+            g_comp = f"Σ_{{m=1..{nT}}} |m⟩ {sigma_prime}({arg}) ⟨m|"
+        rec: Rows = [
+            (ket(k), f"{sigma}({Jx} {ket('x')} + {Jh} {ket(h_prev)}{bias_ket})"),
+            ("", comp),
+            (bb("G"), g_comp),
+            ("", N.diag_of([name(G) for G in form.G_steps])),
+            ("G(t)", N.diag_of([p.term(form.G_definition(t))])),
+        ]
+        title = pick(
+            "The recurrence component by component (σ elementwise), and 𝔾, which is diagonal",
+            r"The recurrence component by component ($\sigma$ elementwise), and "
+            r"$\mathbb{G}$, which is diagonal",
+        )
+        sections.append((title, rec))
+    else:
+        if form.multi:
+            names = [s for s, _ in form.states]
+            rows = [[N.partial(step(a, t), step(b, t - 1)) for b in names] for a in names]
+            ops.append(("A(t)", f"{N.partial(h_t, h_prev)} = " + N.matrix(rows)))
+            u = N.column([ket(step(form.seeds[s].name, t)) for s in names])
+            for q, total in form.totals.items():
+                ops.append((step(total.name, t), N.chunks(form.at(form.total_defs[q], t))))
+            for s in names:
+                lhs = f"[A(t){N.top} {u}]{sub(s)}"
+                ops.append((lhs, N.chunks(form.transition_action(t, s))))
+        else:
+            ops.append(("A(t)", N.partial(h_t, h_prev)))
+            g = ket(step(f"g_{form.state_name}", t))
+            for q, total in form.totals.items():
+                ops.append((step(total.name, t), N.chunks(form.at(form.total_defs[q], t))))
+            ops.append((f"A(t){N.top} {g}", N.chunks(form.transition_action(t))))
+        ops.append((bb("A"), N.diag_of([name(A) for A in form.A_steps])))
+        ops.append((bb("S"), N.shift(T)))
+        title = pick(
+            f"Operators over time (general form: A(t) = ∂{k}(t)/∂{k}(t−1))",
+            rf"Operators over time (general form: $A(t) = \partial {k}(t)/\partial {k}(t-1)$)",
+        )
+        sections.append((title, ops))
+
+    # ----- the loss -----
+    loss: Rows = []
+    delta_L = pick("δL", r"\delta L")
+    varied = f"{N.sum('t=1', T)} " + pick(f"⟨d(t)|δ{h_t}⟩", rf"\langle d(t) | \delta {h_t} \rangle")
+    if form.is_linear_loss():
+        loss.append(
+            ("L", f"{N.sum('t=1', T)} " + pick(f"⟨d(t)|{h_t}⟩", rf"\langle d(t) | {h_t} \rangle"))
+        )
+        loss.append((delta_L, varied))
+        title = pick(
+            "Loss, linear in the states as in the slides",
+            "Loss, linear in the states as in the slides",
+        )
+    else:
+        loss.append((delta_L, varied))
+        if form.multi:
+            comps = [p.term(form.d_definition(t, s)) for s, _ in form.states]
+            loss.append((ket("d(t)"), N.column(comps)))
+        else:
+            loss.append((ket("d(t)"), N.chunks(form.d_definition(t))))
+        title = pick(
+            f"Loss, through the direct weights d(t) = ∂L(t)/∂{k}(t)",
+            rf"Loss, through the direct weights $d(t) = \partial L(t)/\partial {k}(t)$",
+        )
+    sections.append((title, loss))
+
+    # ----- variations -----
+    var: Rows = []
+    if slides:
+        for J, which in ((slides.J_x, "x"), (slides.J_h, "h")):
+            dname = name(MatrixSymbol(f"δ{J}", 1, 1))
+            blocks = N.diag_of([name(form._delta(J, i)) for i in steps])
+            mn = pick(
+                f"Σ_{{m,n}} |m⟩⟨n| {dname}^{{mn}}",
+                rf"\sum_{{m,n}} | m \rangle \langle n |\, {dname}^{{mn}}",
+            )
+            var.append((f"{N.delta}{pick('', ' ')}{bb('J')}{sub(which)}", f"{blocks} = {mn}"))
+    for i in steps:
+        lhs = pick(f"δ|{k}({i})⟩", rf"\delta | {k}({i}) \rangle")
+        var.append((lhs, N.chunks(form.variation(i))))
+    title = (
+        f"Variation of the weights and of the state {cite}" if slides else "Variation of the state"
+    )
+    sections.append((title, var))
+
+    # ----- error bras -----
+    bras: Rows = []
+    for i in steps:
+        for j in range(i, 0, -1):
+            lhs = bra(pick(f"δ_{i}({j})", rf"\delta_{{{i}}}({j})"))
+            bras.append((lhs, p.term(form.error_bra(i, j))))
+    sections.append(
+        (
+            pick(
+                "Error bras ⟨δ_t(τ)|, τ ≤ t", r"Error bras $\langle\delta_t(\tau)|$, $\tau \le t$"
+            ),
+            bras,
+        )
+    )
+
+    # ----- the chain -----
+    chain: Rows = []
+    d_h = pick(f"δ⟨d(t)|{h_t}⟩", rf"\delta \langle d(t) | {h_t} \rangle")
+    dt = pick("δ_t(τ)", r"\delta_t(\tau)")
+    sum_tau = N.sum(pick("τ≤t", r"\tau \le t"))
+    if slides:
+        s = slides
+        vectors = [(s.J_x, pick("x(τ)", r"x(\tau)")), (s.J_h, h_tau_prev)]
+        terms, comps = [], []
+        for J, v in vectors:
+            dJ = name(form._delta(J, tau))
+            terms.append(f"{bra(dt)} {dJ} {ket(v)}")
+            comps.append(
+                pick(
+                    f"⟨{dt}|m⟩⟨n|{v}⟩ {dJ}^{{mn}}",
+                    rf"\langle {dt} | m \rangle \langle n | {v} \rangle\, {dJ}^{{mn}}",
                 )
             )
-        else:
-            rec.append(("⟨δ(τ)|", f"(⟨d(τ)| + ⟨δ(τ+1)| {jh}) G(τ),   ⟨δ({T + 1})| = 0"))
-    else:
-        rec.append(
+        for b in s.biases:
+            db = name(form._delta(b, tau))
+            terms.append(f"{bra(dt)} {db}")
+            comps.append(pick(f"⟨{dt}|m⟩ {db}^{{m}}", rf"\langle {dt} | m \rangle\, {db}^{{m}}"))
+        chain.append(
+            (d_h, Broken(f"{sum_tau} {N.open}", _signed(p, [(False, x) for x in terms]), N.close))
+        )
+        mn_sum = N.sum("m,n")
+        chain.append(
             (
-                bra(r"\delta(\tau)") if latex else "⟨δ(τ)|",
-                (
-                    r"\langle d(\tau) | + \langle \delta(\tau+1) | A(\tau+1)"
-                    if latex
-                    else f"⟨d(τ)| + ⟨δ(τ+1)| A(τ+1),   ⟨δ({T + 1})| = 0"
+                "",
+                Broken(
+                    f"{mn_sum} {sum_tau} {N.open}", _signed(p, [(False, x) for x in comps]), N.close
                 ),
             )
         )
-    sections.append(("Stepping τ down: the BPTT recurrence, eq. (9)", rec))
+        explicit = []
+        for j in range(1, T + 1):
+            b = p.term(form.error_bra(T, j))
+            for J, v in ((s.J_x, form.x_steps[j - 1]), (s.J_h, form.h_steps[j - 1])):
+                explicit.append(f"{b} {name(form._delta(J, j))} {ket(name(v))}")
+            explicit.extend(f"{b} {name(form._delta(c, j))}" for c in s.biases)
+    else:
+        source = step(f"δ_θ{k}", tau)
+        chain.append(
+            (d_h, f"{sum_tau} " + pick(f"⟨{dt}|{source}⟩", rf"\langle {dt} | {source} \rangle"))
+        )
+        explicit = [f"{p.term(form.error_bra(T, j))} {ket(step(f'δ_θ{k}', j))}" for j in steps]
+    lhs_T = pick(f"δ⟨d({T})|{k}({T})⟩", rf"\delta \langle d({T}) | {k}({T}) \rangle")
+    chain.append((lhs_T, Broken("", _signed(p, [(False, x) for x in explicit]))))
+    source = f" {cite}" if slides else ""
+    title = pick(
+        f"The chain: the variation of ⟨d(t)|{k}(t)⟩ through the error bras{source}",
+        rf"The chain: the variation of $\langle d(t)|{k}(t)\rangle$ through the error bras"
+        + source,
+    )
+    sections.append((title, chain))
+
+    # ----- update rules -----
+    rules: Rows = []
+    eps = N.eps
+    if slides:
+        vec = {slides.J_x: pick("x(τ)", r"x(\tau)"), slides.J_h: h_tau_prev}
+        vec |= {b: "" for b in slides.biases}
+        for pname, rule in form.update_rules().items():
+            delta = f"{N.delta}{pick('', ' ')}{name(MatrixSymbol(pname, 1, 1))}"
+            if pname in vec:
+                index = "mn" if vec[pname] else "m"
+                if latex:
+                    entry = rf" \langle n | {vec[pname]} \rangle" if vec[pname] else ""
+                    general = (
+                        rf"-{eps} \sum_{{t=1}}^{{{T}}} \sum_{{\tau \le t}} "
+                        rf"\langle \delta_t(\tau) | m \rangle{entry}"
+                    )
+                else:
+                    entry = f"⟨n|{vec[pname]}⟩" if vec[pname] else ""
+                    general = f"−{eps} Σ_t Σ_{{τ≤t}} ⟨δ_t(τ)|m⟩{entry}"
+                rules.append((f"{delta}^{{{index}}}", general))
+            if isinstance(rule, list):
+                for i, e in enumerate(rule):
+                    rules.append((f"{delta}({i + 1})", N.chunks(e)))
+            else:
+                rules.append((delta, N.chunks(rule)))
+        title = pick(
+            f"Update rules, learning rate ε {cite}",
+            rf"Update rules, learning rate $\epsilon$ {cite}",
+        )
+    else:
+        for pname in form.cell.params:
+            pn = name(MatrixSymbol(pname, 1, 1))
+            if form.tied:
+                lhs = f"{N.delta}{pick('', ' ')}{pn}"
+                tau_1 = pick("τ=1", r"\tau=1")
+                prefix = f"{p.MINUS}{eps} {N.sum(tau_1, T)} "
+            else:
+                lhs = f"{N.delta}{pick('', ' ')}{pn}({tau_text})"
+                prefix = f"{p.MINUS}{eps} "
+            body = N.chunks(form.step_term(pname, tau))
+            if body.chunks and not body.prefix:
+                rules.append((lhs, Broken(prefix + N.open, body.chunks, N.close)))
+            else:
+                rules.append((lhs, Broken(prefix + body.prefix, body.chunks, body.suffix)))
+        title = pick("Update rules, learning rate ε", r"Update rules, learning rate $\epsilon$")
+        t_ge_tau = N.sum(pick("t≥τ", r"t \ge \tau"))
+        delta_t_tau = pick("δ_t(τ)", r"\delta_t(\tau)")
+        if form.multi:
+            parts = ", ".join(bra(step(f"δ_{s}", tau)) for s, _ in form.states)
+            sum_bras = f"{t_ge_tau} {bra(delta_t_tau)}"
+            rules.insert(0, (bra(pick("δ(τ)", r"\delta(\tau)")), f"({parts}) = {sum_bras}"))
+            where = pick("|u(τ)⟩ = |δ(τ)⟩", r"$|u(\tau)\rangle = |\delta(\tau)\rangle$")
+        else:
+            sum_kets = f"{t_ge_tau} {ket(delta_t_tau)}"
+            rules.insert(0, (ket(pick("δ(τ)", r"\delta(\tau)")), sum_kets))
+            g = step(f"g_{form.state_name}", tau)
+            where = pick(f"{g} = |δ(τ)⟩", rf"${g} = |\delta(\tau)\rangle$")
+        if form.totals:
+            note = pick("ū(τ): the totals above at ", r"$\bar u(\tau)$: the totals above at ")
+            rules.insert(1, (None, note + where))
+    sections.append((title, rules))
+
+    # ----- the closed form -----
+    closed: Rows = []
+    M = f"{bb('G')}{Jh}{bb('S')}" if slides else f"{bb('A')}{bb('S')}"
+    I_minus_M = N.group(f"{bb('I')} {p.MINUS} {M}")
+    closed.append((f"{I_minus_M}{N.inv}", f"{N.sum(f'k<{T}')} {N.group(M)}^k"))
+    closed.append(("", N.matrix([[p.term(b) for b in row] for row in form.neumann_blocks()])))
+    tail = bb("G") if slides else ""
+    closed.append((bra(N.delta), f"{bra('d')}{I_minus_M}{N.inv}{tail}"))
+    for j, b in zip(steps, form.closed_form(), strict=True):
+        closed.append((bra(pick(f"δ({j})", rf"\delta({j})")), N.chunks(b)))
+    title = pick(
+        f"Closed form: the inverse is a finite Neumann sum, 𝕊^{T} = 0",
+        rf"Closed form: the inverse is a finite Neumann sum, $\mathbb{{S}}^{{{T}}} = 0$",
+    )
+    sections.append((title, closed))
+
+    # ----- the backward recurrence -----
+    rec2: Rows = []
+    tau_bra = bra(pick("δ(τ)", r"\delta(\tau)"))
+    nxt = bra(pick("δ(τ+1)", r"\delta(\tau+1)"))
+    d_tau = bra(pick("d(τ)", r"d(\tau)"))
+    if slides:
+        jh = name(form.Jh_steps[0]) if form.tied else name(form.param(slides.J_h, tau + 1))
+        rec2.append((tau_bra, N.group(f"{d_tau} + {nxt} {jh}") + pick(" G(τ)", r" G(\tau)")))
+        title = pick(
+            "Stepping τ down: the BPTT recurrence (⟨δ(τ)| = ∇_{a(τ)}L, a the pre-activation)",
+            r"Stepping $\tau$ down: the BPTT recurrence ($\langle\delta(\tau)| = "
+            r"\nabla_{a(\tau)}L$, $a$ the pre-activation)",
+        )
+    else:
+        rec2.append((tau_bra, f"{d_tau} + {nxt} " + pick("A(τ+1)", r"A(\tau+1)")))
+        title = pick(
+            f"Stepping τ down: the BPTT recurrence (⟨δ(τ)| = ∇_{{{k}(τ)}}L)",
+            rf"Stepping $\tau$ down: the BPTT recurrence ($\langle\delta(\tau)| = "
+            rf"\nabla_{{{k}(\tau)}}L$)",
+        )
+    rec2.append((bra(pick(f"δ({T + 1})", rf"\delta({T + 1})")), "0"))
+    sections.append((title, rec2))
     return sections
 
 
@@ -388,49 +625,79 @@ def braket_text(form) -> str:
     p = BraketText()
     tied = "weights tied over time" if form.tied else "untied: every step has its own weights"
     kind = "slides form" if form.slides else "general form"
+    if form.multi:
+        kind += f", stacked state {form.ket_name}(t) = ({'; '.join(form.cell.states)})"
     out = [f"Sequence-space form of cell {form.cell.name!r}, T = {form.T} ({kind}; {tied})"]
     for title, rows in _lines(form, p, latex=False):
         out.append("")
         out.append(title)
-        width = max(len(lhs) for lhs, _ in rows)
+        width = max(len(lhs) for lhs, _ in rows if lhs is not None)
         for lhs, rhs in rows:
-            out.append(f"  {lhs.rjust(width)} = {rhs}")
+            text = rhs.joined() if isinstance(rhs, Broken) else rhs
+            if lhs is None:  # a remark
+                out.append(f"  {' ' * width}   ({text})")
+            else:
+                out.append(f"  {lhs.rjust(width)} = {text}")
     return "\n".join(out)
 
 
-_TEX_TITLE = {
-    "§": r"\S",
-    "τ": r"$\tau$",
-    "≤": r"$\le$",
-    "≥": r"$\ge$",
-    "ε": r"$\epsilon$",
-    "𝕊": r"$\mathbb{S}$",
-    "∂": r"$\partial$",
-    "⟨δ_t(τ)|": r"$\langle\delta_t(\tau)|$",
-    "|δ(τ)⟩ = Σ_{t≥τ} |δ_t(τ)⟩": r"$|\delta(\tau)\rangle = \sum_{t\ge\tau}|\delta_t(\tau)\rangle$",
-    "A(t) = ∂h(t)/∂h(t−1)": r"$A(t) = \partial h(t)/\partial h(t-1)$",
-    "d(t) = ∂L(t)/∂h(t)": r"$d(t) = \partial L(t)/\partial h(t)$",
-}
+# ----- LaTeX: one display per section, long right-hand sides broken -----
+
+#: widest right-hand side, in estimated characters of math, before a line is broken: a
+#: 6.5in text width holds about 80 characters of 10pt math; the estimate is rough, so 60
+WIDTH = 60
 
 
-def _tex_title(title: str) -> str:
-    """A section title for ``\\text{}``: its mathematics in $…$."""
-    for plain in sorted(_TEX_TITLE, key=len, reverse=True):
-        title = title.replace(plain, _TEX_TITLE[plain])
-    return re.sub(r"\^(\d+)", r"$^{\1}$", title).replace("$$", "")
+def _tex_width(tex: str) -> float:
+    """A rough width of LaTeX math in characters: commands count as one, scripts as 0.7."""
+    tex = re.sub(r"\\(left|right|bigl|bigr|,|;|quad|qquad)\b", "", tex)
+    tex = re.sub(
+        r"\\begin\{pmatrix\}(.*?)\\end\{pmatrix\}", lambda m: _matrix_width(m.group(1)), tex
+    )
+    tex = re.sub(r"\\operatorname\{(\w+)\}", r"\1", tex)
+    tex = re.sub(r"\\mathrm\{(\w+)\}", r"\1", tex)
+    tex = re.sub(r"\\[A-Za-z]+", "#", tex)
+    script = sum(len(m) for m in re.findall(r"[_^]\{([^{}]*)\}", tex))
+    tex = re.sub(r"[{}_^\s]", "", tex)
+    return len(tex) - 0.3 * script
+
+
+def _matrix_width(body: str) -> str:
+    rows = [r.split("&") for r in body.split(r"\\")]
+    widths = [max((_tex_width(c) for c in col), default=0) for col in zip(*rows, strict=False)]
+    return "#" * int(sum(widths) + 2 * len(widths))
+
+
+def _tex_rows(lhs: str, rhs) -> list[str]:
+    """``lhs &= rhs``, broken into ``&\\quad …`` continuation lines where too wide."""
+    if lhs is None:  # a remark
+        return [rf"&\text{{({rhs})}}"]
+    if not isinstance(rhs, Broken):
+        return [f"{lhs} &= {rhs}"]
+    lines, current = [], rhs.prefix
+    for chunk in rhs.chunks:
+        if current.strip() and _tex_width(current + chunk) > WIDTH:
+            lines.append(current)
+            current = chunk.lstrip()
+        else:
+            current += chunk
+    lines.append(current + rhs.suffix)
+    out = [f"{lhs} &= {lines[0]}"]
+    out.extend(rf"&\quad {line}" for line in lines[1:])
+    return out
 
 
 def braket_latex(form) -> str:
-    """The sequence-space derivation as a LaTeX ``align*`` block."""
+    """The sequence-space derivation as LaTeX: one ``align*`` display per section.
+
+    Pastes into a document with amsmath and amssymb as is and renders in MathJax; long lines
+    are broken so that nothing is wider than a 6.5in text width.
+    """
     p = BraketLatex()
-    out = [r"\begin{align*}"]
-    sections = _lines(form, p, latex=True)
-    body = []
-    for title, rows in sections:
-        body.append(rf"  &\text{{{_tex_title(title)}}} \\")
+    blocks = []
+    for title, rows in _lines(form, p, latex=True):
+        body = [rf"  &\text{{{title}}}"]
         for lhs, rhs in rows:
-            body.append(f"  {lhs} &= {rhs} \\\\")
-    body[-1] = body[-1].removesuffix(" \\\\")
-    out.extend(body)
-    out.append(r"\end{align*}")
-    return "\n".join(out)
+            body.extend(f"  {line}" for line in _tex_rows(lhs, rhs))
+        blocks.append("\\begin{align*}\n" + " \\\\\n".join(body) + "\n\\end{align*}")
+    return "\n".join(blocks)

@@ -10,6 +10,10 @@ term changes the leading digits).
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -296,30 +300,107 @@ def test_text_reads_like_the_slides():
     for line in [
         "|x⟩ = (x(1), x(2), x(3))ᵀ",
         "𝕁_h = diag(W, W, W)",
+        "|h⟩ = tanh(𝕁_x |x⟩ + 𝕁_h |h(t−1)⟩ + |b⟩)",
+        "= Σ_{m=1..3n} |m⟩ tanh(⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ + ⟨m|b⟩)",
+        "𝔾 = Σ_{m=1..3n} |m⟩ tanh′(⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ + ⟨m|b⟩) ⟨m|",
+        "= diag(G(1), G(2), G(3))",
         "G(t) = diag(1 − h(t) ∘ h(t))",
-        "𝔾 = diag(G(1), G(2), G(3))",
+        "δ𝕁_x = diag(δU, δU, δU) = Σ_{m,n} |m⟩⟨n| δU^{mn}",
         "δ|h(2)⟩ = G(2) (δU |x(2)⟩ + δW |h(1)⟩ + δb + W |δh(1)⟩)",
         "⟨δ_3(1)| = ⟨d(3)| G(3) W G(2) W G(1)",
+        "δ⟨d(t)|h(t)⟩ = Σ_{τ≤t} (⟨δ_t(τ)| δU |x(τ)⟩ + ⟨δ_t(τ)| δW |h(τ−1)⟩ + ⟨δ_t(τ)| δb)",
+        "= Σ_{m,n} Σ_{τ≤t} (⟨δ_t(τ)|m⟩⟨n|x(τ)⟩ δU^{mn} + ⟨δ_t(τ)|m⟩⟨n|h(τ−1)⟩ δW^{mn}",
+        "δ⟨d(3)|h(3)⟩ = ⟨d(3)| G(3) W G(2) W G(1) δU |x(1)⟩ + ",
         "δU^{mn} = −ε Σ_t Σ_{τ≤t} ⟨δ_t(τ)|m⟩⟨n|x(τ)⟩",
         "⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾",
         "|d(t)⟩ = Vᵀ (o(t) − y(t))",
+        "⟨δ(τ)| = (⟨d(τ)| + ⟨δ(τ+1)| W) G(τ)",
+        "⟨δ(4)| = 0",
     ]:
         assert line in text, line
+    # the recurrence steps ⟨δ(τ)| = ∇_{a(τ)}L, not eq. (9)'s ∇_{h(τ)}L: no report label
+    assert "eq. (9)" not in text and "§" not in text and "(Suga 2023)" in text
     untied = rs.braket(rs.cells.elman(), 2, tied=False).pretty()
     assert "𝕁_h = diag(W(1), W(2))" in untied and "δW(1) = " in untied
+    slides = rs.braket(rs.cells.slides(), 2).pretty()
+    assert "L = Σ_{t=1..2} ⟨d(t)|h(t)⟩" in slides  # the slides' linear loss
+
+
+def test_lstm_text_has_the_stacked_state_and_block_jacobian():
+    text = rs.braket(rs.cells.lstm(), 2).pretty()
+    for line in [
+        "|s(t)⟩ = (|h(t)⟩; |c(t)⟩)",
+        "A(t) = ∂s(t)/∂s(t−1) = [∂h(t)/∂h(t−1)  ∂h(t)/∂c(t−1); ∂c(t)/∂h(t−1)  ∂c(t)/∂c(t−1)]",
+        "ū_c(t) = u_c(t) + (1 − tanh(c(t)) ∘ tanh(c(t))) ∘ u_h(t) ∘ o(t)",
+        "[A(t)ᵀ (|u_h(t)⟩; |u_c(t)⟩)]_c = ū_c(t) ∘ f(t)",
+        "|d(t)⟩ = (Vᵀ (out(t) − y(t)); 0)",
+        "⟨δ(τ)| = ⟨d(τ)| + ⟨δ(τ+1)| A(τ+1)",
+        "⟨δ(3)| = 0",
+    ]:
+        assert line in text, line
 
 
 def test_latex_uses_the_slides_notation():
     tex = rs.braket(rs.cells.elman(), 3).latex()
     assert tex.startswith(r"\begin{align*}") and tex.endswith(r"\end{align*}")
+    # one display per section, so that a page can break between them
+    assert tex.count(r"\begin{align*}") == tex.count(r"\end{align*}") == 10
     for piece in [
         r"\mathbb{J}_{h} &= \operatorname{diag}(W, W, W)",
         r"\langle \delta_{3}(1) | &= \langle d(3) | G(3) W G(2) W G(1)",
         r"\left(\mathbb{I} - \mathbb{G}\mathbb{J}_{h}\mathbb{S}\right)^{-1}",
         r"| x \rangle",
+        r"\sum_{m=1}^{3 n} | m \rangle\, \tanh\left(\langle m | \mathbb{J}_{x} | x \rangle",
+        r"\sum_{m,n} | m \rangle \langle n |\, \delta U^{mn}",
+        r"\sum_{\tau \le t}",
+        r"\langle \delta(4) | &= 0",
+        r"Error bras $\langle\delta_t(\tau)|$, $\tau \le t$",
     ]:
         assert piece in tex, piece
-    assert "τ" not in tex.replace(r"\tau", "") and "⟨" not in tex and "𝕁" not in tex
+    assert "τ" not in tex and "⟨" not in tex and "𝕁" not in tex and "ū" not in tex
+    assert r"\mathbb{1}" not in tex and r"\S" not in tex and "eq. (9)" not in tex
+    assert "align*}" in rs.braket(rs.cells.lstm(), 2).latex()
+
+
+BUILTIN_CELLS = ["slides", "elman", "elman_relu", "indrnn", "mgu", "gru", "gru_original"]
+MULTI_STATE = ["lstm", "lstm_peephole"]
+
+
+def _compile(tex_body: str, tmp_path) -> str:
+    """pdflatex on the body wrapped in a minimal article (6.5in text width, as in a paper with
+    1in margins); returns the log."""
+    doc = (
+        "\\documentclass{article}\n\\usepackage[margin=1in]{geometry}\n"
+        "\\usepackage{amsmath,amssymb}\n\\allowdisplaybreaks\n\\begin{document}\n"
+        f"{tex_body}\n\\end{{document}}\n"
+    )
+    (tmp_path / "doc.tex").write_text(doc, encoding="utf-8")
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    log = (tmp_path / "doc.log").read_text(encoding="latin-1")
+    assert run.returncode == 0, log[-3000:]
+    return log
+
+
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None,
+    reason="pdflatex is not on PATH: install texlive-latex-base to test the LaTeX output",
+)
+@pytest.mark.parametrize(
+    "name,T,tied",
+    [(c, 2, True) for c in BUILTIN_CELLS + MULTI_STATE]
+    + [("elman", 4, True), ("elman", 4, False), ("lstm", 4, False)],
+)
+def test_latex_compiles_without_overfull_boxes(name, T, tied, tmp_path):
+    log = _compile(rs.braket(rs.cells.get(name), T, tied=tied).latex(), tmp_path)
+    assert "! " not in log
+    # no line wider than the text by more than 10pt (the issue's limit for a paper)
+    too_wide = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\)", log)]
+    assert all(w <= 10 for w in too_wide), too_wide
 
 
 def test_cli_braket(capsys):
@@ -330,7 +411,11 @@ def test_cli_braket(capsys):
     assert main(["braket", "slides", "--T", "2", "--latex", "--untied"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(r"\begin{align*}")
-    assert all(line.startswith("%") for line in out.split(r"\end{align*}")[1].split("\n") if line)
+    tail = out.split(r"\end{align*}")[-1]
+    assert all(line.startswith("%") for line in tail.split("\n") if line)
+    assert main(["braket", "lstm", "--T", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "|s(t)⟩ = (|h(t)⟩; |c(t)⟩)" in out and "result: all checks passed" in out
 
 
 def test_braket_report_fails_when_a_route_is_wrong(monkeypatch):
