@@ -572,7 +572,7 @@ class ModelDerivation:
             if role == "decoder" and m.context_slot[0] == "h0":
                 _, target, state = m.context_slot
                 first, last = latex_step(target, "0", notation), latex_step(state, "T_x", notation)
-                given = rf"{first} = C = {last} \text{{ (the encoder's last state)}}"
+                given = rf"{first} = C = {last}"  # C: the encoder's last state
             steps = r"t = T, \dots, 1" if part.reverse else rf"t = 1, \dots, {length}"
             back = rf"t = 1, \dots, {length}" if part.reverse else rf"t = {length}, \dots, 1"
             edge = "0" if part.reverse else f"{length}+1"

@@ -92,7 +92,7 @@ def _definition(cell: Cell, notation: str) -> str:
     for var in cell.inputs.values():
         if var.name in cell.fed_back:
             target = cell.targets[cell.fed_back[var.name]]
-            what = rf"input: the target of step $t-1$ (teacher forcing), ${shown(target, 't-1')}$"
+            what = r"input: the target of step $t-1$ (teacher forcing)"
             rows.append((shown(target, "t-1"), _shape_tex(var.symbol, printer), what))
         elif var.name in cell.context_inputs:
             rows.append(
@@ -117,7 +117,7 @@ def _definition(cell: Cell, notation: str) -> str:
     body = " \\\\\n".join(f"  ${a}$ & ${b}$ & {c}" for a, b, c in rows)
     return (
         f"Sizes (positive integers): {sizes}.\n\n"
-        "\\begin{center}\n\\begin{tabular}{lll}\n"
+        "\\begin{center}\n\\begin{tabular}{llp{0.45\\linewidth}}\n"
         "  quantity & space & role \\\\\n  \\hline\n"
         f"{body}\n\\end{{tabular}}\n\\end{{center}}\n"
     )

@@ -44,9 +44,10 @@ __all__ = [
 
 _SUP = {"t": "ᵗ", "-": "⁻", "+": "⁺", "1": "¹", "(": "⁽", ")": "⁾"}
 
-# The width LaTeX's article class gives the text at 10pt (345pt); displayed lines are broken
-# to fit it.
-TEXT_WIDTH_PT = 345.0
+# The width LaTeX's article class gives the text at 10pt (345pt), less 10% for the error of the
+# width estimate below (measured with pdflatex on the built-in cells' lines over 150pt: real
+# width / estimate between 0.87 and 1.09): displayed lines are broken to fit it.
+TEXT_WIDTH_PT = 0.9 * 345.0
 
 
 # ----- names -----
@@ -516,6 +517,8 @@ def _width(tex: str) -> float:
                 total += 5.0 * len(re.sub(r"\\[A-Za-z]+\{?\}?", "x", tex[i + 1 : end])) * scale[-1]
                 i = end + 1
                 continue
+            if cmd in ("left", "right"):  # a delimiter grown to its contents, spaced
+                total += 3.0 * scale[-1]
             total += _CMD_WIDTH.get(cmd, 8.0) * scale[-1]
             continue
         i += 1
@@ -705,19 +708,23 @@ def latex_rows(
     breaker = _Breaker(printer)
     key = key or label_key("eq", derivation.cell.name)
     tag_width = _TAG_PT + 6.0 * len(tag_prefix)
-    out = []
-    for number, (sect, lhs, rhs, label) in enumerate(_rows(derivation), 1):
-        note = _report_note(label) if label else ""
-        note_width = _width(note) + 10.0 if note else 0.0
+    rows = _rows(derivation)
+    lefts = []
+    for sect, lhs, _, _ in rows:
         if sect == "gradient":
             symbol = derivation.cell.params[lhs].symbol
-            left = rf"\nabla_{{{DerivationLatexPrinter._print_MatrixSymbol(printer, symbol)}}} L"
-            summed = isinstance(rhs, MatAdd)
-            prefix = r"\sum_{t} "
+            name = DerivationLatexPrinter._print_MatrixSymbol(printer, symbol)
+            lefts.append(rf"\nabla_{{{name}}} L")
         else:
-            left = printer.doprint(lhs)
-            summed, prefix = False, ""
-        left_width = _width(left) + 12.2
+            lefts.append(printer.doprint(lhs))
+    # an align sets every left-hand side in one column as wide as the widest
+    left_width = max(_width(left) for left in lefts) + 13.3
+    out = []
+    for number, ((sect, _, rhs, label), left) in enumerate(zip(rows, lefts, strict=True), 1):
+        note = _report_note(label) if label else ""
+        note_width = _width(note) + 10.0 if note else 0.0
+        summed = sect == "gradient" and isinstance(rhs, MatAdd)
+        prefix = r"\sum_{t} " if sect == "gradient" else ""
         budget = width - left_width - tag_width - _width(prefix) - (8.0 if summed else 0.0)
         whole = printer.doprint(rhs)
         if _width(whole) + note_width <= budget:
