@@ -26,7 +26,7 @@ def test_tutorial_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "mycell_kernel.py").is_file()
     exec(compile(session, "tutorial-session", "exec"), {"__name__": "__tutorial__"})
     out = capsys.readouterr().out
-    assert r"\begin{align*}" in out
+    assert re.search(r"\\begin\{align\*?\}", out)  # derivation.latex(): an align environment
     assert "relative error per parameter" in out and "FAILED" not in out
 
 
