@@ -36,7 +36,7 @@ def same(a, b) -> bool:
     return monomials(a) == monomials(b)
 
 
-def _forms(names=("slides", "elman", "elman_relu", "gru", "indrnn")):
+def _forms(names=("slides", "elman", "elman_relu", "gru", "indrnn", "lstm")):
     for name in names:
         for T in (1, 2, 3, 4):
             for tied in (True, False):
@@ -147,7 +147,7 @@ def test_braket_gradient_equals_bptt_and_oracle(name, T, tied):
         assert _agree(grads, oracle) >= REQUIRED, route
 
 
-@pytest.mark.parametrize("name", ["gru", "mgu", "indrnn", "gru_original"])
+@pytest.mark.parametrize("name", ["gru", "mgu", "indrnn", "gru_original", "lstm", "lstm_peephole"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_general_form_gradient_equals_bptt_and_oracle(name, tied):
     cell = rs.cells.get(name)
@@ -430,3 +430,115 @@ def test_braket_report_fails_when_a_route_is_wrong(monkeypatch):
     monkeypatch.setattr(form, "gradients", broken)
     report = braket_report(form)
     assert not report.ok and "CHECKS FAILED" in str(report)
+
+
+# ----- the slides' component form, 𝔾 and the chain, in numbers -----
+
+
+def _point_env(form, problem, digits=60):
+    """{step symbol: value} at a random point: parameters of step 1 (tied), x(t), h(t), G(t)."""
+    from rnnsym.verify import _explicit, _run_forward
+
+    cell, dims = form.cell, problem.dims
+
+    def num(m):
+        return sp.ImmutableMatrix(m).evalf(digits)
+
+    envs = _run_forward(form.derivation.inlined(), problem, problem.values(digits), num)
+    n = envs[0][cell.states[form.state_name].symbol.xreplace(dims)].shape[0]
+    env = {form.param(p, 1): problem.values(digits)[0][p] for p in cell.params}
+    hs = [sp.zeros(n, 1)] + [e[cell.states[form.state_name].symbol.xreplace(dims)] for e in envs]
+    for t in range(form.T + 1):
+        env[form.h_steps[t]] = hs[t]
+    for t in range(1, form.T + 1):
+        env[form.x_steps[t - 1]] = problem.data[t - 1][form.slides.input]
+        env[form.step("d", t, (form.n, 1))] = problem.data[t - 1][next(iter(cell.targets))]
+    for t in range(1, form.T + 1):
+        diag = _explicit(form.G_definition(t), dims, env)
+        env[form.G_steps[t - 1]] = num(sp.diag(*list(diag)))
+    return env
+
+
+@pytest.mark.parametrize("name", ["slides", "elman", "elman_relu"])
+def test_component_form_and_G_sum_equal_the_recurrence(name):
+    """|h⟩ = Σ_m |m⟩σ(⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ + ⟨m|b⟩) is the kets of the states the
+    derivation's forward pass computes, and 𝔾 = Σ_m |m⟩σ′(…)⟨m| is diag(G(1), …, G(T)) with
+    G(t) = diag(σ′(a(t))): both at a random rational point, 60 digits, 40 needed."""
+    from rnnsym.verify import _explicit
+
+    sizes = {"n": 3, "m": 2, "k": 2}
+    cell = rs.cells.get(name)
+    sizes = {k: v for k, v in sizes.items() if k in cell.size_symbols}
+    form = rs.braket(cell, 3, sizes=sizes)
+    problem = unrolled_point(cell, 3, sizes=sizes, seed=5)
+    env = _point_env(form, problem)
+    h = sp.ImmutableMatrix(form.h.xreplace(env).as_explicit())
+    assert agreement_digits(_explicit(form.component_form(), {}, env), h) >= REQUIRED
+    G = sp.ImmutableMatrix(form.G.xreplace(env).as_explicit())
+    assert agreement_digits(_explicit(form.G_component_form(), {}, env), G) >= REQUIRED
+    # G(t) is diagonal and not the identity (the test would pass vacuously otherwise)
+    assert G != sp.eye(G.shape[0]) and G == sp.diag(*[G[i, i] for i in range(G.shape[0])])
+    with pytest.raises(rs.RnnsymError, match="concrete sizes"):
+        rs.braket(cell, 2).component_form()
+
+
+@pytest.mark.parametrize("t", [1, 2, 3])
+def test_chain_is_the_derivative_of_the_linear_loss(t):
+    """δ⟨d(t)|h(t)⟩ = Σ_{τ≤t}(⟨δ_t(τ)|δJ_x|x(τ)⟩ + ⟨δ_t(τ)|δJ_h|h(τ−1)⟩) against central finite
+    differences of ⟨d(t)|h(t)⟩ along a random direction (δJ_x, δJ_h), with the slides' cell."""
+    from rnnsym.verify import _explicit
+
+    sizes = {"n": 3, "m": 2}
+    cell = rs.cells.slides()
+    form = rs.braket(cell, 3, sizes=sizes)
+    problem = unrolled_point(cell, 3, sizes=sizes, seed=t)
+    env = _point_env(form, problem)
+    rng = np.random.default_rng(t)
+    direction = {
+        name: sp.ImmutableMatrix(rng.normal(size=tuple(int(s) for s in form.param(name, 1).shape)))
+        for name in ("J_x", "J_h")
+    }
+    for name, value in direction.items():
+        env[form._delta(name, 1)] = value
+    chain = float(_explicit(form.chain(t), {}, env)[0, 0])
+
+    J = {name: np.array(problem.values(30)[0][name], dtype=float) for name in ("J_x", "J_h")}
+    xs = [np.array(problem.data[i]["x"], dtype=float) for i in range(3)]
+    d = np.array(problem.data[t - 1]["d"], dtype=float)
+
+    def loss(eps: float) -> float:  # ⟨d(t)|h(t)⟩ with J + eps δJ, NumPy's tanh
+        Jx = J["J_x"] + eps * np.array(direction["J_x"], dtype=float)
+        Jh = J["J_h"] + eps * np.array(direction["J_h"], dtype=float)
+        h = np.zeros((3, 1))
+        for i in range(t):
+            h = np.tanh(Jx @ xs[i] + Jh @ h)
+        return (d.T @ h).item()
+
+    eps = 1e-5
+    fd = (loss(eps) - loss(-eps)) / (2 * eps)
+    # central differences: truncation O(eps²·|third derivative|) ≈ 1e-10, rounding of the
+    # float64 losses ≈ 1e-16/eps ≈ 1e-11; a missing term of the chain is O(0.1) or more
+    assert abs(chain - fd) <= 1e-8 * max(1.0, abs(fd)), (chain, fd)
+    assert abs(fd) > 1e-3  # a non-trivial direction
+
+
+def test_lstm_bra_ket_report_passes():
+    report = braket_report(rs.braket(rs.cells.lstm(), 2))
+    assert report.ok, report
+    assert set(report.columns) == {
+        "update rule vs BPTT",
+        "closed form vs BPTT",
+        "closed form vs sympy.diff",
+    }
+    assert set(next(iter(report.columns.values()))) == set(rs.cells.lstm().params)
+
+
+def test_a_wrong_lstm_transition_is_caught(monkeypatch):
+    """Mutation: dropping the forget gate from ∂c(t)/∂c(t−1) disagrees with BPTT."""
+    form = rs.braket(rs.cells.lstm(), 3)
+    problem = unrolled_point(form.cell, 3, seed=2)
+    bptt = bptt_gradients(problem, derivation=form.derivation)
+    assert _agree(form.gradients(problem, route="closed_form"), bptt) >= REQUIRED
+    c_total = form.totals["c"]
+    form.carry_exprs = dict(form.carry_exprs, c=c_total)  # ū_c instead of ū_c ∘ f
+    assert _agree(form.gradients(problem, route="closed_form"), bptt) < 5
