@@ -45,18 +45,27 @@ def derivation_repr(derivation: Any) -> str:
     )
 
 
-def derivation_latex(derivation: Any) -> str:
-    """``_repr_latex_`` of a Derivation: its ``latex()``, an ``align*`` environment.
+_LABEL = re.compile(r"\\label\{[^{}]*\}")
 
-    The environment is returned as it is, not inside ``$$``: MathJax typesets a top-level
-    ``\\begin{align*}`` directly, while MathJax 4 rejects ``align*`` nested in display math.
+
+def _for_mathjax(latex: str) -> str:
+    """``latex`` without its ``\\label``s: a notebook (or a web page) may show the same
+    derivation twice, and MathJax refuses a label defined twice on one page."""
+    return _LABEL.sub("", latex).strip()
+
+
+def derivation_latex(derivation: Any) -> str:
+    """``_repr_latex_`` of a Derivation: its ``latex()`` (amsmath environments), less labels.
+
+    The environments are returned as they are, not inside ``$$``: MathJax typesets a top-level
+    ``\\begin{align}`` directly, while MathJax 4 rejects ``align`` nested in display math.
     """
-    return derivation.latex().strip()
+    return _for_mathjax(derivation.latex())
 
 
 def sequence_form_latex(form: Any) -> str:
-    """``_repr_latex_`` of a SequenceForm (the bra-ket form): its ``latex()``."""
-    return form.latex().strip()
+    """``_repr_latex_`` of a SequenceForm (the bra-ket form): its ``latex()``, less labels."""
+    return _for_mathjax(form.latex())
 
 
 def model_derivation_repr(model_derivation: Any) -> str:
@@ -96,7 +105,7 @@ def model_derivation_markdown(model_derivation: Any) -> str:
             blocks.append("\n".join(math))
             math.clear()
 
-    for line in model_derivation.latex().splitlines():
+    for line in _for_mathjax(model_derivation.latex()).splitlines():
         if line.startswith("%"):
             flush_math()
             prose.append(line[1:].strip())
