@@ -109,7 +109,8 @@ for t in range(1, T + 1):
 #
 # (𝕀 − 𝔾𝕁_h𝕊) Σ_{k<T}(𝔾𝕁_h𝕊)ᵏ = 𝕀 exactly, because (𝔾𝕁_h𝕊)^T = 0. The adjoint bra
 # ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 has the blocks Σ_{t≥τ}⟨δ_t(τ)|, and stepping τ down is the BPTT
-# recurrence ⟨δ(τ)| = (⟨d(τ)| + ⟨δ(τ+1)|J_h)G(τ): eq. (9) with the loss of the slides.
+# recurrence ⟨δ(τ)| = (⟨d(τ)| + ⟨δ(τ+1)|J_h)G(τ), where ⟨δ(τ)| = ∇_{a(τ)}L is the adjoint of the
+# pre-activation: the report's eq. (9) (for ∇_{h(τ)}L) multiplied by G(τ), with the slides' loss.
 
 check = form.inverse_check_blocks()
 assert all(
@@ -120,7 +121,7 @@ assert all(
 for tau, bra in enumerate(form.closed_form(), start=1):
     assert monomials(bra) == monomials(form.adjoint_bra(tau))
     assert monomials(form.bptt_bra(tau)) == monomials(form.adjoint_bra(tau))
-print("closed form = Σ_t ⟨δ_t(τ)| = the backward recurrence of eq. (9), symbolically")
+print("closed form = Σ_t ⟨δ_t(τ)| = the backward recurrence (BPTT), symbolically")
 
 # ## 5. Numbers: the bra-ket gradient against BPTT and `sympy.diff`
 #
@@ -134,6 +135,7 @@ for the_cell in (cell, rs.cells.elman()):
             report = braket_report(rs.braket(the_cell, steps, tied=tied), seed=steps)
             assert report.ok, report
     print(report)
+print("bra-ket gradient = BPTT (the report's eq. (9) and eqs. (6)-(8)) = sympy.diff, T = 1..4")
 
 # ## 6. The update rule is a gradient-descent step
 #

@@ -28,16 +28,17 @@ T = 3
 form = rs.braket(cell, T)
 print(form.pretty())
 
-# A(t)ᵀ acting on a ket is eq. (9)'s carry term for this cell: what step t hands back to
-# step t − 1. Its first term is z(t) ∘ g: the direct path h(t−1) → h(t) a gated cell has and an
-# Elman cell lacks.
+# A(t)ᵀ acting on a ket is the carry term of this cell's backward recurrence: what step t hands
+# back to step t − 1. Its first term is z(t) ∘ g: the direct path h(t−1) → h(t) a gated cell
+# has and an Elman cell lacks.
 
 print("A(t)ᵀ|g⟩ =", form.text(form.transition_action(1)))
 
 # ## 2. Identities, symbolically
 #
 # (𝕀 − 𝔸𝕊)Σ_{k<T}(𝔸𝕊)ᵏ = 𝕀; ⟨d|(𝕀 − 𝔸𝕊)⁻¹ = (Σ_{t≥τ}⟨δ_t(τ)|)_τ; and stepping τ down is the
-# BPTT recurrence ⟨δ(τ)| = ⟨d(τ)| + ⟨δ(τ+1)|A(τ+1), eq. (9) for this cell.
+# BPTT recurrence ⟨δ(τ)| = ⟨d(τ)| + ⟨δ(τ+1)|A(τ+1) (the generalisation of the report's eq. (9)
+# to this cell: ⟨δ(τ)| = ∇_{h(τ)}L).
 
 check = form.inverse_check_blocks()
 assert all(
@@ -49,6 +50,7 @@ for tau, bra in enumerate(form.closed_form(), start=1):
     assert monomials(bra) == monomials(form.adjoint_bra(tau))
     assert monomials(form.bptt_bra(tau)) == monomials(form.adjoint_bra(tau))
     print(f"⟨δ({tau})| =", form.text(bra))
+print("⟨δ(τ)| = ∇_{h(τ)}L: this cell's generalisation of the report's eq. (9), symbolically")
 
 # ## 3. Numbers
 #

@@ -17,7 +17,12 @@ In both, ⟨d(t)| = ∂L(t)/∂h(t) is the loss's direct dependence on h(t): the
 linear loss Σ_t⟨d(t)|h(t)⟩ of the slides, or Vᵀ(o(t) − y(t)) for eq. (5). The whole-sequence
 adjoint is ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 (general form: ⟨d|(𝕀 − 𝔸𝕊)⁻¹), where 𝕊 is nilpotent, so the
 inverse is the finite Neumann sum Σ_{k<T}(𝔾𝕁_h𝕊)ᵏ. Its blocks are the sums Σ_{t≥τ}⟨δ_t(τ)|, and
-stepping τ down is the BPTT recurrence, eq. (9).
+stepping τ down is the BPTT recurrence (for the Elman cell, the report's eq. (9) times G(τ):
+⟨δ(τ)| = ∇_{a(τ)}L is the adjoint of the pre-activation).
+
+A cell with several states (LSTM: h and c) is written with the stacked state
+s(t) = (h(t); c(t)) and the block Jacobian A(t) = ∂s(t)/∂s(t−1); ⟨d(t)| = ∂L(t)/∂s(t) holds the
+other states of the step fixed.
 
 Weights are shared over time by default (``tied=True``: J_h(t) = W for every t, and a weight's
 gradient is the sum of the per-step terms); ``tied=False`` gives every step its own symbols.
@@ -315,21 +320,22 @@ class SequenceForm:
         pending: dict = {}
         carry: dict[str, list] = {name: [] for name in states}
         param_terms: dict[str, list] = {name: [] for name in cell.params}
-        # a state read later in the step gets a named total ū_c = u_c + (what comes back)
+        # named totals, as the derivation names its adjoints: ū_c = u_c + what the states
+        # updated later in the step send back to c(t); ū_q = what reaches an intermediate q
         self.totals: dict[str, MatrixSymbol] = {}
         self.total_defs: dict[str, MatrixExpr] = {}
         for kind, name in reversed(cell.order):
             symbol = cell._vars[name].symbol
             incoming = pending.pop(symbol, [])
-            if kind == "update" and incoming:
-                total = MatrixSymbol(f"ū_{name}", *symbol.shape)
-                self.totals[name] = total
-                self.total_defs[name] = add(self.seeds[name], *incoming)
-                incoming = [total]
-            elif kind == "update":
-                incoming = [self.seeds[name]]
+            if kind == "update":
+                incoming = [self.seeds[name], *incoming]
             if not incoming:
                 continue
+            if len(incoming) > 1 or kind == "define":
+                total = MatrixSymbol(f"ū_{name}", *symbol.shape)
+                self.totals[name] = total
+                self.total_defs[name] = add(*incoming)
+                incoming = [total]
             g = add(*incoming)
             expr = cell.step_term(kind, name).expr
             for leaf, ct in backprop(expr, symbol, g, differentiable).items():
@@ -608,7 +614,8 @@ class SequenceForm:
 
     def bptt_bra(self, tau: int) -> MatrixExpr:
         """⟨δ(τ)| by the backward recurrence: ⟨δ(T)| = ⟨d(T)|G(T); ⟨δ(τ)| = (⟨d(τ)| +
-        ⟨δ(τ+1)|J_h(τ+1)) G(τ) — eq. (9) — or ⟨d(τ)| + ⟨δ(τ+1)|A(τ+1) in the general form."""
+        ⟨δ(τ+1)|J_h(τ+1)) G(τ) — eq. (9) times G(τ) — or ⟨d(τ)| + ⟨δ(τ+1)|A(τ+1) in the general
+        form."""
         bra = None
         for s in range(self.T, tau - 1, -1):
             state_bra = self.d_bras[s - 1]
@@ -675,28 +682,26 @@ class SequenceForm:
 
     def _seed_rule(self, tau) -> dict:
         """The seeds u(τ) of the step's pass read as the adjoint ket |δ(τ)⟩ (several states:
-        its parts |δ_h(τ)⟩, …; a total ū_c(τ) is then ∇_{c(τ)}L of the derivation)."""
+        its parts |δ_h(τ)⟩, …); the totals ū(τ) keep their names."""
         if not self.multi:
             ((name, seed),) = self.seeds.items()
             return {self.step(seed.name, tau, self._shape(seed)): self.step("δ", tau, (self.n, 1))}
-        rule = {
+        return {
             self.step(seed.name, tau, self._shape(seed)): self.step(
                 f"δ_{name}", tau, self._shape(seed)
             )
             for name, seed in self.seeds.items()
         }
-        for name, total in self.totals.items():
-            rule[self.step(total.name, tau, self._shape(total))] = self.step(
-                f"g_{name}", tau, self._shape(total)
-            )
-        return rule
 
-    def total_adjoint(self, tau, state: str) -> MatrixExpr | None:
-        """∇_{c(τ)}L = |δ_c(τ)⟩ + what the states updated after c in the step send back, for a
-        state read later in the step (None for the others, where it is |δ_c(τ)⟩ itself)."""
-        name = self._state_arg(state)
+    def total(self, tau, name: str) -> MatrixExpr:
+        """ū_q(τ) for a state or intermediate q of the step's pass, with |u(τ)⟩ = |δ(τ)⟩: for a
+        state, ∇_{q(τ)}L of the derivation (|δ_q(τ)⟩ plus what states updated later in the step
+        send back); for an intermediate, what reaches it through the states."""
         if name not in self.totals:
-            return None
+            raise RnnsymError(
+                f"{name!r} has no total in the step of cell {self.cell.name!r}; the totals are "
+                f"{', '.join(self.totals) or 'none'}"
+            )
         return self.at(self.total_defs[name], tau).xreplace(self._seed_rule(tau))
 
     def step_term(self, name: str, tau) -> MatrixExpr:

@@ -1,4 +1,4 @@
-"""The whole-sequence bra-ket form of the lecture slides (seeds-en §4–§5), `rs.braket`.
+"""The whole-sequence bra-ket form of the lecture slides (Suga 2023), `rs.braket`.
 
 Symbolic checks compare fully expanded matrix polynomials (:func:`rnnsym.braket.monomials`):
 two expressions in non-commuting matrix symbols are equal exactly when their monomials are, so
@@ -61,8 +61,8 @@ def test_neumann_sum_inverts_and_closed_form_is_the_sum_of_error_bras(name, T, t
     for _ in range(T):
         power = _bmul(power, form.M_blocks)
     assert all(monomials(b) == {} for row in power for b in row)
-    # ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 has blocks Σ_{t≥τ}⟨δ_t(τ)|, and the backward recurrence (eq. (9))
-    # gives the same bras
+    # ⟨δ| = ⟨d|(𝕀 − 𝔾𝕁_h𝕊)⁻¹𝔾 has blocks Σ_{t≥τ}⟨δ_t(τ)|, and the backward recurrence (eq. (9)
+    # times G(τ)) gives the same bras
     closed = form.closed_form()
     for tau in range(1, T + 1):
         assert same(closed[tau - 1], form.adjoint_bra(tau)), tau
@@ -74,7 +74,7 @@ def test_error_bras_are_the_slides_products():
     n = form.n
     d3, G = sp.MatrixSymbol("d(3)", n, 1), [sp.MatrixSymbol(f"G({t})", n, n) for t in (1, 2, 3)]
     J = [sp.MatrixSymbol(f"J_h({t})", n, n) for t in (1, 2, 3)]
-    # ⟨δ_3(1)| = ⟨d(3)|G(3)J_h(3)G(2)J_h(2)G(1)  (seeds-en §5), per-step weights distinct
+    # ⟨δ_3(1)| = ⟨d(3)|G(3)J_h(3)G(2)J_h(2)G(1)  (the slides' error bras), per-step weights distinct
     expected = sp.MatMul(d3.T, G[2], J[2], G[1], J[1], G[0])
     assert same(form.error_bra(3, 1), expected)
     # and the recursion ⟨δ_t(τ−1)| = ⟨δ_t(τ)|J_h(τ)G(τ−1)
