@@ -283,3 +283,18 @@ def test_gate_order_matters(kernels: dict[str, Any], name: str) -> None:
         params[key] = p.params[key][swap]
     loss, _ = kernels[name].loss_and_grad(params, {"x": p.x}, {"y": p.y}, rnnsym_h0(name, p))
     assert abs(float(loss) - ref.loss) > 1e-6 * max(1.0, abs(ref.loss))
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_library_comparison_agrees_with_torch(name: str) -> None:
+    """rnnsym.torch_compare (what ``rnnsym paper`` certifies) finds the same agreement as the
+    independent references above: every parameter and the loss within its 1e-10 tolerance."""
+    from rnnsym.torch_compare import TORCH_MODULES, compare_with_torch
+
+    result = compare_with_torch(name, n=4, m=3, k=2, T=6, B=3, seed=11)
+    assert result.available and result.torch_version == str(torch.__version__)
+    assert result.module == TORCH_MODULES[name]
+    params = set(rs.cells.get(name).params)
+    assert params | {"loss"} <= set(result.errors)
+    assert result.ok, str(result)
+    assert max(result.errors.values()) <= RTOL  # the same bound as the tests above
