@@ -14,7 +14,7 @@ product in any order):
   U a matrix parameter applied to x(t), which is a per-step input of the cell or the current
   value of another state (the layer below, Fig. 9). A context input (given once per sequence)
   or a fed-back target y(t−1) is not x(t): mapping x(t) to y(t−1) shifts a sequence in time,
-  which is not a renaming (the seq2seq decoder, Fig. 6, teacher forcing).
+  which is not a renaming (Fig. 6's U y(t−1), the decoder of Fig. 8).
 * eq. (3), ``h(t) = tanh(a(t))``: the update of that state h from its eq. (2) pre-activation.
 * eqs. (2)–(3), fused: the update ``h(t) = tanh(b + W h(t−1) + U x(t))``, with the roles above.
 * eq. (4), ``o(t) = c + V h(t)``: an output (or a state updated so: Fig. 4's o) with c a vector

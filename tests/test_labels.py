@@ -32,6 +32,7 @@ from rnnsym.cell import RESERVED
 from rnnsym.codegen import generate_module
 from rnnsym.derive import Derivation, adjoint_symbol, next_symbol
 from rnnsym.forward_mode import generate_forward_module
+from rnnsym.labels import same_expression
 from rnnsym.ops import Apply, Concat, LogSumExp, Slice, Softmax, coeff_and_factors
 
 FUSED, EQ2, EQ3, EQ4, EQ5 = "eqs. (2)-(3)", "eq. (2)", "eq. (3)", "eq. (4)", "eq. (5)"
@@ -356,6 +357,23 @@ def test_the_numeric_check_is_not_vacuous():
     full = _report_formula(EQ9, eq9()["g_h"][1], v)
     assert local_only.shape == full.shape
     assert not np.allclose(local_only, full, rtol=1e-12, atol=1e-12)
+
+
+def test_same_expression_structural_and_at_random_points():
+    """Terms in any order are the same structurally; A(B + C) = AB + AC only at the random
+    points (exact rational arithmetic); a transposed or missing factor is told apart."""
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    A, B, C = (sp.MatrixSymbol(s, n, n) for s in "ABC")
+    x = sp.MatrixSymbol("x", n, 1)
+    assert same_expression(sp.MatAdd(A * x, B * x), sp.MatAdd(B * x, A * x))
+    assert same_expression(sp.MatMul(A, sp.MatAdd(B, C)), sp.MatAdd(A * B, A * C))
+    assert not same_expression(sp.MatMul(A, sp.MatAdd(B, C)), sp.MatAdd(A * B, C))
+    assert not same_expression(A * B, A * B.T)
+    assert not same_expression(A * x, sp.MatrixSymbol("y", m, 1))  # shapes differ
+    h = sp.MatrixSymbol("h", n, 1)
+    tanh_h = Apply("tanh", h)
+    assert same_expression(sp.HadamardProduct(tanh_h, x), sp.HadamardProduct(x, tanh_h))
+    assert not same_expression(Apply("tanh", h), Apply("sigmoid", h))
 
 
 # ----- renaming keeps the labels; a change to the equation removes them -----
