@@ -171,7 +171,7 @@ o_kernel = kernel.forward(params, {"x": inputs["x"], "y_prev": y_prev})["o"]
 assert np.allclose(o_kernel, o_ref, rtol=1e-12, atol=1e-14)
 assert np.isclose(loss, loss_ref, rtol=1e-12)
 assert np.allclose(grads["R"], g_R_ref, rtol=1e-12, atol=1e-14)
-print("forward, cross-entropy loss and ∇R agree with the hand-written eqs. (2)-(9)")
+print("forward, cross-entropy loss and ∇R agree with the hand-written reference")
 
 # ## 7. Test time: captioning an image
 #

@@ -228,7 +228,7 @@ for kernel, reference in (
     assert np.allclose(o_kernel, o_ref, rtol=1e-12, atol=1e-14)
     assert np.isclose(loss, loss_ref, rtol=1e-12)
     assert np.allclose(grads["W"], g_W_ref, rtol=1e-12, atol=1e-14)
-    print(f"{kernel.cell.name}: forward, loss and ∇W agree with the hand-written eqs. (2)-(9)")
+    print(f"{kernel.cell.name}: forward, loss and ∇W agree with the hand-written reference")
 
 # ## 5. Test time: the teacher-forced model generating on its own
 #
