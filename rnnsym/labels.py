@@ -23,6 +23,11 @@ product in any order):
 * eq. (5), ``L(t) = ½ (o(t) − y(t))ᵀ (o(t) − y(t))``: the whole per-step loss, o the left side of
   an eq. (4) line or any output or state, y a target given as vectors (not class indices).
 
+A symbol plays one role in a cell: the V and c of an eq. (4) line are not the W, U or b of an
+eqs. (2)-(3) update, and the o of eq. (5) is not the h of one (a renaming maps distinct symbols
+to distinct symbols). A cell may have several eqs. (2)-(3) updates (stacked layers, Fig. 9),
+each with roles of its own.
+
 Derived lines (the derivation's expression, with named intermediates and their adjoints written
 out, compared with the report's formula built from the matched symbols; structurally first,
 then, where the shapes differ only in how they are written, at random rational values with
@@ -320,17 +325,23 @@ def report_labels(derivation) -> dict[str, str]:
                 labels[name] = EQ3
                 layers[name] = Layer(*split[a.name], a=a.name)
 
+    # a symbol plays one role: the report's V, c and o are not its W, U, b or h
+    layer_params = {p for layer in layers.values() for p in (layer.W, layer.U, layer.b)}
+    layer_states = set(layers)
+
     # eq. (4)
     outputs: dict[str, OutputLine] = {}
     for eq in d.forward:
         if isinstance(eq.lhs, MatrixSymbol) and eq.key != "L":
             line = _output_line(cell, eq.lhs, eq.rhs)
-            if line is not None:
+            if line is not None and not {line.V, line.c} & layer_params:
                 labels[eq.key] = EQ4
                 outputs[line.o] = line
 
     # eq. (5)
     loss = _loss_line(cell, cell.loss_expr)
+    if loss is not None and loss[0] in layer_states:
+        loss = None  # ½ (h − y)ᵀ (h − y) on an eq. (2)-(3) state: h would also be the report's o
     if loss is not None:
         labels["L"] = EQ5
 

@@ -455,6 +455,33 @@ def test_renaming_keeps_the_labels_and_a_change_removes_them(names, order, pertu
     assert labelled == [r[p] for p in ("V", "W", "U") if p not in broken]
 
 
+def test_one_symbol_one_role():
+    """A renaming maps distinct symbols to distinct symbols: the state h cannot also be the
+    report's o, nor the update's W and b the output's V and c."""
+    cell = rs.Cell("h_is_o")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, b = cell.param("W", n, n), cell.param("U", n, m), cell.param("b", n)
+    cell.update(h, rs.tanh(b + W @ h.prev + U @ x))
+    cell.loss(rs.squared_error(h, cell.target("y", n)))
+    d = rs.derive(cell)
+    assert {eq.key: eq.label for eq in d.equations() if eq.label} == {
+        "h": FUSED,
+        "W": EQ7,
+        "U": EQ8,
+    }
+    shared = rs.Cell("shared_weights")
+    n, m = shared.dims("n m")
+    x, h = shared.input("x", m), shared.state("h", n)
+    W, U, b = shared.param("W", n, n), shared.param("U", n, m), shared.param("b", n)
+    shared.update(h, rs.tanh(b + W @ h.prev + U @ x))
+    o = shared.output("o", b + W @ h)  # W and b again: not eq. (4)'s V and c
+    shared.loss(rs.squared_error(o, shared.target("y", n)))
+    labels = {eq.key: eq.label for eq in rs.derive(shared).equations() if eq.label}
+    # ∇_W L gains the output's term, so it is not eq. (7); ∇_U L is still eq. (8) in ∇_{h(t)}L
+    assert labels == {"h": FUSED, "L": EQ5, "U": EQ8}
+
+
 # ----- kernels cite what the derivation says -----
 
 
