@@ -290,7 +290,7 @@ def _cell_certificate(cell: Cell, T: int | None, form, today: str) -> tuple[str,
     for name in cell.params:
         row = [
             f"${_latex_name(name)}$",
-            _digits(oracle.agreement[name]),
+            _digits(oracle.agreement[name]) if name in oracle.agreement else "--",
             _err(fd.get(name)),
             _err(interp.get(name)),
             _err(fwd.get(name)) if fwd else "--",
