@@ -216,7 +216,9 @@ class SequenceForm:
         self.state_name, self.state = self.states[0]
         self.multi = len(self.states) > 1
         # the ket of the whole sequence: the state itself, or the stacked s(t) = (h(t); c(t))
-        self.ket_name = "s" if self.multi else self.state_name
+        self.ket_name = self.state_name
+        if self.multi:  # a name the cell does not use
+            self.ket_name = next(n for n in ("s", "S", "s_t", "state") if n not in cell._vars)
         self.slides = None if self.multi else _slides_form(cell)
         self.dims = {}
         if sizes:
@@ -360,9 +362,10 @@ class SequenceForm:
             direct = _zeroed(self._adjoints_inlined(expr), state_adjoints)
             if not isinstance(direct, ZeroMatrix):
                 raise CellError(
-                    f"braket: the loss of a step of cell {self.cell.name!r} reads the previous "
-                    f"state {name}(t−1) other than through the states of the step "
-                    f"({sp.sstr(direct)}); the bra-ket form needs L(t) to depend on s(t) only"
+                    f"braket: the loss of step t of cell {self.cell.name!r} reads the previous "
+                    f"state {name}(t−1) directly (its part of ∇_{{{name}(t−1)}}L is "
+                    f"{sp.sstr(direct)}); the bra-ket form needs L(t) to depend on the states "
+                    f"of step t only"
                 )
 
     # ----- the SymPy objects of the slides -----
@@ -914,6 +917,10 @@ class SequenceForm:
 
     def __str__(self) -> str:
         return self.pretty()
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: the derivation as LaTeX displays (MathJax)."""
+        return self.latex()
 
     def __repr__(self) -> str:
         form = "slides form" if self.slides else "general form"

@@ -14,6 +14,7 @@ import sympy as sp
 from sympy import MatAdd, MatrixSymbol, Transpose
 
 from .braket import EPSILON as EPS
+from .braket import SequenceForm
 from .ops import coeff_and_factors, signed_terms
 from .printing import _latex_name
 
@@ -172,8 +173,9 @@ class BraketLatex(_BraKet):
             return rf"\nabla_{{{_latex_name(base[2:])}{step}}} L"
         if base.startswith("δ_θ"):
             return rf"\delta_\theta {_latex_name(base[3:])}{step}"
-        if base.startswith("δ_"):
-            return rf"\delta_{{{base[2:]}}}{step}"
+        if base.startswith("δ_"):  # error bras δ_3(1), parts of the adjoint δ_c(τ)
+            rest = base[2:] if base[2:].isdigit() else _latex_name(base[2:])
+            return rf"\delta_{{{rest}}}{step}"
         if base.startswith("δ"):
             return rf"\delta {_latex_name(base[1:])}{step}"
         return f"{_latex_name(base)}{step}"
@@ -305,7 +307,7 @@ def _signed(p: _BraKet, terms: list[tuple[bool, str]]) -> list[str]:
 Rows = list[tuple["str | None", "str | Broken"]]  # lhs None: a remark
 
 
-def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
+def _lines(form: SequenceForm, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
     """Sections (title, rows of (lhs, rhs)) printed by ``p``; a title is text with its
     mathematics in $…$ (LaTeX) or plain Unicode (text)."""
     N = _Notation(p, latex)
@@ -321,6 +323,7 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
         return name(form.step(base, at, (1, 1)))
 
     h_t, h_prev, h_tau_prev = step(k, t), step(k, t - 1), step(k, tau - 1)
+    h_tau = step(k, tau)
     tau_text = pick("τ", r"\tau")
     cite = "(Suga 2023)"
     sections: list = []
@@ -380,12 +383,14 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
         if form.multi:
             names = [s for s, _ in form.states]
             rows = [[N.partial(step(a, t), step(b, t - 1)) for b in names] for a in names]
-            ops.append(("A(t)", f"{N.partial(h_t, h_prev)} = " + N.matrix(rows)))
+            ops.append(("A(t)", N.partial(h_t, h_prev)))
+            ops.append(("", N.matrix(rows)))
             u = N.column([ket(step(form.seeds[s].name, t)) for s in names])
+            ops.append((ket("u(t)"), u))
             for q, total in form.totals.items():
                 ops.append((step(total.name, t), N.chunks(form.at(form.total_defs[q], t))))
             for s in names:
-                lhs = f"[A(t){N.top} {u}]{sub(s)}"
+                lhs = f"[A(t){N.top} {ket('u(t)')}]{sub(name(MatrixSymbol(s, 1, 1)))}"
                 ops.append((lhs, N.chunks(form.transition_action(t, s))))
         else:
             ops.append(("A(t)", N.partial(h_t, h_prev)))
@@ -396,8 +401,8 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
         ops.append((bb("A"), N.diag_of([name(A) for A in form.A_steps])))
         ops.append((bb("S"), N.shift(T)))
         title = pick(
-            f"Operators over time (general form: A(t) = ∂{k}(t)/∂{k}(t−1))",
-            rf"Operators over time (general form: $A(t) = \partial {k}(t)/\partial {k}(t-1)$)",
+            f"Operators over time (general form: A(t) = ∂{h_t}/∂{h_prev})",
+            rf"Operators over time (general form: $A(t) = \partial {h_t}/\partial {h_prev}$)",
         )
         sections.append((title, ops))
 
@@ -422,8 +427,8 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
         else:
             loss.append((ket("d(t)"), N.chunks(form.d_definition(t))))
         title = pick(
-            f"Loss, through the direct weights d(t) = ∂L(t)/∂{k}(t)",
-            rf"Loss, through the direct weights $d(t) = \partial L(t)/\partial {k}(t)$",
+            f"Loss, through the direct weights d(t) = ∂L(t)/∂{h_t}",
+            rf"Loss, through the direct weights $d(t) = \partial L(t)/\partial {h_t}$",
         )
     sections.append((title, loss))
 
@@ -439,8 +444,16 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
             )
             var.append((f"{N.delta}{pick('', ' ')}{bb('J')}{sub(which)}", f"{blocks} = {mn}"))
     for i in steps:
-        lhs = pick(f"δ|{k}({i})⟩", rf"\delta | {k}({i}) \rangle")
+        lhs = pick(f"δ|{step(k, i)}⟩", rf"\delta | {step(k, i)} \rangle")
         var.append((lhs, N.chunks(form.variation(i))))
+    if not slides:
+        remark = pick(
+            f"δ_θ{h_tau} = (∂{h_tau}/∂θ) δθ: the step's own dependence on the weights, "
+            f"{h_tau_prev} held",
+            rf"$\delta_\theta {h_tau} = (\partial {h_tau}/\partial\theta)\,\delta\theta$: "
+            rf"the step's own dependence on the weights, ${h_tau_prev}$ held",
+        )
+        var.append((None, remark))
     title = (
         f"Variation of the weights and of the state {cite}" if slides else "Variation of the state"
     )
@@ -481,7 +494,7 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
             )
         for b in s.biases:
             db = name(form._delta(b, tau))
-            terms.append(f"{bra(dt)} {db}")
+            terms.append(pick(f"⟨{dt}|{db}⟩", rf"\langle {dt} | {db} \rangle"))
             comps.append(pick(f"⟨{dt}|m⟩ {db}^{{m}}", rf"\langle {dt} | m \rangle\, {db}^{{m}}"))
         chain.append(
             (d_h, Broken(f"{sum_tau} {N.open}", _signed(p, [(False, x) for x in terms]), N.close))
@@ -500,20 +513,19 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
             b = p.term(form.error_bra(T, j))
             for J, v in ((s.J_x, form.x_steps[j - 1]), (s.J_h, form.h_steps[j - 1])):
                 explicit.append(f"{b} {name(form._delta(J, j))} {ket(name(v))}")
-            explicit.extend(f"{b} {name(form._delta(c, j))}" for c in s.biases)
+            explicit.extend(f"{b} {ket(name(form._delta(c, j)))}" for c in s.biases)
     else:
         source = step(f"δ_θ{k}", tau)
         chain.append(
             (d_h, f"{sum_tau} " + pick(f"⟨{dt}|{source}⟩", rf"\langle {dt} | {source} \rangle"))
         )
         explicit = [f"{p.term(form.error_bra(T, j))} {ket(step(f'δ_θ{k}', j))}" for j in steps]
-    lhs_T = pick(f"δ⟨d({T})|{k}({T})⟩", rf"\delta \langle d({T}) | {k}({T}) \rangle")
+    lhs_T = pick(f"δ⟨d({T})|{step(k, T)}⟩", rf"\delta \langle d({T}) | {step(k, T)} \rangle")
     chain.append((lhs_T, Broken("", _signed(p, [(False, x) for x in explicit]))))
     source = f" {cite}" if slides else ""
     title = pick(
-        f"The chain: the variation of ⟨d(t)|{k}(t)⟩ through the error bras{source}",
-        rf"The chain: the variation of $\langle d(t)|{k}(t)\rangle$ through the error bras"
-        + source,
+        f"The chain: the variation of ⟨d(t)|{h_t}⟩ through the error bras{source}",
+        rf"The chain: the variation of $\langle d(t)|{h_t}\rangle$ through the error bras" + source,
     )
     sections.append((title, chain))
 
@@ -611,16 +623,16 @@ def _lines(form, p: _BraKet, latex: bool) -> list[tuple[str, Rows]]:
     else:
         rec2.append((tau_bra, f"{d_tau} + {nxt} " + pick("A(τ+1)", r"A(\tau+1)")))
         title = pick(
-            f"Stepping τ down: the BPTT recurrence (⟨δ(τ)| = ∇_{{{k}(τ)}}L)",
+            f"Stepping τ down: the BPTT recurrence (⟨δ(τ)| = ∇_{{{h_tau}}}L)",
             rf"Stepping $\tau$ down: the BPTT recurrence ($\langle\delta(\tau)| = "
-            rf"\nabla_{{{k}(\tau)}}L$)",
+            rf"\nabla_{{{h_tau}}}L$)",
         )
     rec2.append((bra(pick(f"δ({T + 1})", rf"\delta({T + 1})")), "0"))
     sections.append((title, rec2))
     return sections
 
 
-def braket_text(form) -> str:
+def braket_text(form: SequenceForm) -> str:
     """The sequence-space derivation as aligned Unicode text."""
     p = BraketText()
     tied = "weights tied over time" if form.tied else "untied: every step has its own weights"
@@ -687,7 +699,7 @@ def _tex_rows(lhs: str, rhs) -> list[str]:
     return out
 
 
-def braket_latex(form) -> str:
+def braket_latex(form: SequenceForm) -> str:
     """The sequence-space derivation as LaTeX: one ``align*`` display per section.
 
     Pastes into a document with amsmath and amssymb as is and renders in MathJax; long lines

@@ -276,6 +276,16 @@ def test_bad_input():
         lstm.transition_action(1)
     with pytest.raises(rs.RnnsymError, match="'q' is not a state of cell 'lstm'"):
         lstm.d_definition(1, "q")
+    # a loss that reads h(t−1) directly has no ⟨d(t)| on the states of step t
+    peek = rs.Cell("peek")
+    n, m, k = peek.dims("n m k")
+    x, h = peek.input("x", m), peek.state("h", n)
+    W, U, V = peek.param("W", n, n), peek.param("U", n, m), peek.param("V", k, n)
+    peek.update(h, rs.tanh(W @ h.prev + U @ x))
+    out = peek.output("o", V @ h + V @ h.prev)
+    peek.loss(rs.squared_error(out, peek.target("y", k)))
+    with pytest.raises(rs.CellError, match="'peek' reads the previous state h\\(t−1\\) directly"):
+        rs.braket(peek, 2)
     with pytest.raises(rs.RnnsymError, match="T >= 1, got 0"):
         rs.braket(rs.cells.elman(), 0)
     with pytest.raises(rs.CellError, match="size 'q' is not a size of cell 'elman'"):
@@ -308,7 +318,7 @@ def test_text_reads_like_the_slides():
         "δ𝕁_x = diag(δU, δU, δU) = Σ_{m,n} |m⟩⟨n| δU^{mn}",
         "δ|h(2)⟩ = G(2) (δU |x(2)⟩ + δW |h(1)⟩ + δb + W |δh(1)⟩)",
         "⟨δ_3(1)| = ⟨d(3)| G(3) W G(2) W G(1)",
-        "δ⟨d(t)|h(t)⟩ = Σ_{τ≤t} (⟨δ_t(τ)| δU |x(τ)⟩ + ⟨δ_t(τ)| δW |h(τ−1)⟩ + ⟨δ_t(τ)| δb)",
+        "δ⟨d(t)|h(t)⟩ = Σ_{τ≤t} (⟨δ_t(τ)| δU |x(τ)⟩ + ⟨δ_t(τ)| δW |h(τ−1)⟩ + ⟨δ_t(τ)|δb⟩)",
         "= Σ_{m,n} Σ_{τ≤t} (⟨δ_t(τ)|m⟩⟨n|x(τ)⟩ δU^{mn} + ⟨δ_t(τ)|m⟩⟨n|h(τ−1)⟩ δW^{mn}",
         "δ⟨d(3)|h(3)⟩ = ⟨d(3)| G(3) W G(2) W G(1) δU |x(1)⟩ + ",
         "δU^{mn} = −ε Σ_t Σ_{τ≤t} ⟨δ_t(τ)|m⟩⟨n|x(τ)⟩",
@@ -330,9 +340,11 @@ def test_lstm_text_has_the_stacked_state_and_block_jacobian():
     text = rs.braket(rs.cells.lstm(), 2).pretty()
     for line in [
         "|s(t)⟩ = (|h(t)⟩; |c(t)⟩)",
-        "A(t) = ∂s(t)/∂s(t−1) = [∂h(t)/∂h(t−1)  ∂h(t)/∂c(t−1); ∂c(t)/∂h(t−1)  ∂c(t)/∂c(t−1)]",
+        "A(t) = ∂s(t)/∂s(t−1)",
+        "= [∂h(t)/∂h(t−1)  ∂h(t)/∂c(t−1); ∂c(t)/∂h(t−1)  ∂c(t)/∂c(t−1)]",
         "ū_c(t) = u_c(t) + (1 − tanh(c(t)) ∘ tanh(c(t))) ∘ u_h(t) ∘ o(t)",
-        "[A(t)ᵀ (|u_h(t)⟩; |u_c(t)⟩)]_c = ū_c(t) ∘ f(t)",
+        "|u(t)⟩ = (|u_h(t)⟩; |u_c(t)⟩)",
+        "[A(t)ᵀ |u(t)⟩]_c = ū_c(t) ∘ f(t)",
         "|d(t)⟩ = (Vᵀ (out(t) − y(t)); 0)",
         "⟨δ(τ)| = ⟨d(τ)| + ⟨δ(τ+1)| A(τ+1)",
         "⟨δ(3)| = 0",
