@@ -596,11 +596,23 @@ def _lines(form: SequenceForm, p: _BraKet, latex: bool) -> list[tuple[str, Rows]
     M = f"{bb('G')}{Jh}{bb('S')}" if slides else f"{bb('A')}{bb('S')}"
     I_minus_M = N.group(f"{bb('I')} {p.MINUS} {M}")
     closed.append((f"{I_minus_M}{N.inv}", f"{N.sum(f'k<{T}')} {N.group(M)}^k"))
-    closed.append(("", N.matrix([[p.term(b) for b in row] for row in form.neumann_blocks()])))
+    blocks = [[p.term(b) for b in row] for row in form.neumann_blocks()]
+    matrix = N.matrix(blocks)
+    if latex and _tex_width(matrix) > WIDTH:  # too wide for the page: block by block
+        closed.append((None, "its blocks above the diagonal are 0"))
+        for i, row in enumerate(blocks, start=1):
+            for j, block in enumerate(row[:i], start=1):
+                closed.append((rf"\bigl[{I_minus_M}{N.inv}\bigr]_{{{i}{j}}}", block))
+    else:
+        closed.append(("", matrix))
     tail = bb("G") if slides else ""
     closed.append((bra(N.delta), f"{bra('d')}{I_minus_M}{N.inv}{tail}"))
     for j, b in zip(steps, form.closed_form(), strict=True):
-        closed.append((bra(pick(f"δ({j})", rf"\delta({j})")), N.chunks(b)))
+        rhs = N.chunks(b)
+        if latex and _tex_width(rhs.joined()) > WIDTH:  # nested too deep: Σ_{t≥τ}⟨δ_t(τ)|
+            bras = [(False, p.term(form.error_bra(i, j))) for i in range(j, T + 1)]
+            rhs = Broken("", _signed(p, bras))
+        closed.append((bra(pick(f"δ({j})", rf"\delta({j})")), rhs))
     title = pick(
         f"Closed form: the inverse is a finite Neumann sum, 𝕊^{T} = 0",
         rf"Closed form: the inverse is a finite Neumann sum, $\mathbb{{S}}^{{{T}}} = 0$",

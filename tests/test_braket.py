@@ -405,7 +405,7 @@ def _compile(tex_body: str, tmp_path) -> str:
 @pytest.mark.parametrize(
     "name,T,tied",
     [(c, 2, True) for c in BUILTIN_CELLS + MULTI_STATE]
-    + [("elman", 4, True), ("elman", 4, False), ("lstm", 4, False)],
+    + [("elman", 4, True), ("elman", 4, False), ("lstm", 4, False), ("elman", 6, False)],
 )
 def test_latex_compiles_without_overfull_boxes(name, T, tied, tmp_path):
     log = _compile(rs.braket(rs.cells.get(name), T, tied=tied).latex(), tmp_path)
