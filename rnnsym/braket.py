@@ -195,11 +195,13 @@ def _zeroed(expr: MatrixExpr, zero: set) -> MatrixExpr:
 
 
 class SequenceForm:
-    """The bra-ket form of a one-state cell over T steps (see the module docstring).
+    """The bra-ket form of a cell over T steps (see the module docstring).
 
     SymPy objects: ``x``, ``h``, ``h_shifted`` (kets, T×1 block matrices), ``S`` (𝕊), ``I`` (𝕀)
     and, in the slides form, ``J_x``, ``J_h``, ``G`` (𝔾) — in the general form ``A`` (𝔸) — as
-    block matrices. Step symbols are named ``h(2)``, ``G(3)``, ``W(1)`` (untied) or ``W``.
+    block matrices. Step symbols are named ``h(2)``, ``G(3)``, ``W(1)`` (untied) or ``W``. A cell
+    with several states has one stacked ket per step, named ``ket_name`` (``s(t)``), of size
+    ``n`` (the sum of the states' sizes).
     """
 
     def __init__(self, cell: Cell, T: int, tied: bool = True, sizes: dict | None = None):
@@ -212,6 +214,11 @@ class SequenceForm:
         self.T = T
         self.tied = tied
         self.derivation: Derivation = derive(cell)
+        if not cell.states:
+            raise CellError(
+                f"braket: cell {cell.name!r} has no state: its steps decouple, so there is no "
+                f"recurrence over the sequence to write in bra-ket form"
+            )
         self.states = list(cell.states.items())
         self.state_name, self.state = self.states[0]
         self.multi = len(self.states) > 1
@@ -928,5 +935,11 @@ class SequenceForm:
 
 
 def braket(cell: Cell, T: int, tied: bool = True, sizes: dict | None = None) -> SequenceForm:
-    """The whole-sequence bra-ket form of ``cell`` over ``T`` steps (the slides', completed)."""
+    """The whole-sequence bra-ket form of ``cell`` over ``T`` steps (the slides', completed).
+
+    A cell of the slides' form h = σ(J_x x + J_h h(t−1) + b) gets their operators 𝕁_x, 𝕁_h, 𝔾;
+    any other cell, one state or several (stacked into s(t) = (h(t); c(t))), the transition
+    A(t) = ∂s(t)/∂s(t−1). ``tied=False`` gives every step its own weights; ``sizes`` fixes the
+    sizes (``{"n": 2, "m": 3}``), needed for the component form.
+    """
     return SequenceForm(cell, T, tied=tied, sizes=sizes)

@@ -286,6 +286,13 @@ def test_bad_input():
     peek.loss(rs.squared_error(out, peek.target("y", k)))
     with pytest.raises(rs.CellError, match="'peek' reads the previous state h\\(t−1\\) directly"):
         rs.braket(peek, 2)
+    stateless = rs.Cell("stateless")
+    n, m = stateless.dims("n m")
+    x = stateless.input("x", m)
+    out = stateless.output("o", stateless.param("V", n, m) @ x)
+    stateless.loss(rs.squared_error(out, stateless.target("y", n)))
+    with pytest.raises(rs.CellError, match="'stateless' has no state"):
+        rs.braket(stateless, 2)
     with pytest.raises(rs.RnnsymError, match="T >= 1, got 0"):
         rs.braket(rs.cells.elman(), 0)
     with pytest.raises(rs.CellError, match="size 'q' is not a size of cell 'elman'"):
