@@ -16,7 +16,7 @@ from sympy import MatAdd, MatrixSymbol, Transpose
 from .braket import EPSILON as EPS
 from .braket import SequenceForm
 from .ops import coeff_and_factors, signed_terms
-from .printing import _latex_name
+from .printing import TEXT_WIDTH_PT, _latex_name, display_width
 
 __all__ = ["braket_text", "braket_latex"]
 
@@ -598,7 +598,7 @@ def _lines(form: SequenceForm, p: _BraKet, latex: bool) -> list[tuple[str, Rows]
     closed.append((f"{I_minus_M}{N.inv}", f"{N.sum(f'k<{T}')} {N.group(M)}^k"))
     blocks = [[p.term(b) for b in row] for row in form.neumann_blocks()]
     matrix = N.matrix(blocks)
-    if latex and _tex_width(matrix) > WIDTH:  # too wide for the page: block by block
+    if latex and _too_wide(matrix, rf"{I_minus_M}{N.inv}"):  # too wide for the page: block by block
         closed.append((None, "its blocks above the diagonal are 0"))
         for i, row in enumerate(blocks, start=1):
             for j, block in enumerate(row[:i], start=1):
@@ -609,7 +609,7 @@ def _lines(form: SequenceForm, p: _BraKet, latex: bool) -> list[tuple[str, Rows]
     closed.append((bra(N.delta), f"{bra('d')}{I_minus_M}{N.inv}{tail}"))
     for j, b in zip(steps, form.closed_form(), strict=True):
         rhs = N.chunks(b)
-        if latex and _tex_width(rhs.joined()) > WIDTH:  # nested too deep: Σ_{t≥τ}⟨δ_t(τ)|
+        if latex and _too_wide(rhs.joined(), bra("d")):  # nested too deep: Σ_{t≥τ}⟨δ_t(τ)|
             bras = [(False, p.term(form.error_bra(i, j))) for i in range(j, T + 1)]
             rhs = Broken("", _signed(p, bras))
         closed.append((bra(pick(f"δ({j})", rf"\delta({j})")), rhs))
@@ -667,40 +667,35 @@ def braket_text(form: SequenceForm) -> str:
 
 # ----- LaTeX: one display per section, long right-hand sides broken -----
 
-#: widest right-hand side, in estimated characters of math, before a line is broken: a
-#: 6.5in text width holds about 80 characters of 10pt math; the estimate is rough, so 60
-WIDTH = 60
+
+#: the width left for a right-hand side once its left-hand side and "=" are set: what
+#: rnnsym.printing budgets for a display line (the article class's text width, less 10% for the
+#: error of the width estimate)
+def _too_wide(tex: str, lhs: str = "") -> bool:
+    return display_width(tex) + (display_width(lhs) + 13.3 if lhs else 0.0) > TEXT_WIDTH_PT
 
 
-def _tex_width(tex: str) -> float:
-    """A rough width of LaTeX math in characters: commands count as one, scripts as 0.7."""
-    tex = re.sub(r"\\(left|right|bigl|bigr|,|;|quad|qquad)\b", "", tex)
-    tex = re.sub(
-        r"\\begin\{pmatrix\}(.*?)\\end\{pmatrix\}", lambda m: _matrix_width(m.group(1)), tex
-    )
-    tex = re.sub(r"\\operatorname\{(\w+)\}", r"\1", tex)
-    tex = re.sub(r"\\mathrm\{(\w+)\}", r"\1", tex)
-    tex = re.sub(r"\\[A-Za-z]+", "#", tex)
-    script = sum(len(m) for m in re.findall(r"[_^]\{([^{}]*)\}", tex))
-    tex = re.sub(r"[{}_^\s]", "", tex)
-    return len(tex) - 0.3 * script
+def _title_lines(title: str, column: str) -> list[str]:
+    """A section title, in as many text rows as it takes to fit beside the first column."""
+    words = re.findall(r"(?:\$[^$]*\$|[^\s$])+", title)  # inline math stays whole
+    lines: list[str] = []
+    for word in words:
+        if lines and not _too_wide(rf"\text{{{lines[-1]} {word}}}", column):
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [title]
 
 
-def _matrix_width(body: str) -> str:
-    rows = [r.split("&") for r in body.split(r"\\")]
-    widths = [max((_tex_width(c) for c in col), default=0) for col in zip(*rows, strict=False)]
-    return "#" * int(sum(widths) + 2 * len(widths))
-
-
-def _tex_rows(lhs: str, rhs) -> list[str]:
+def _tex_rows(lhs: str, rhs, column: str = "") -> list[str]:
     """``lhs &= rhs``, broken into ``&\\quad …`` continuation lines where too wide."""
     if lhs is None:  # a remark
-        return [rf"&\text{{({rhs})}}"]
+        return [rf"&\text{{{line}}}" for line in _title_lines(f"({rhs})", column)]
     if not isinstance(rhs, Broken):
         return [f"{lhs} &= {rhs}"]
     lines, current = [], rhs.prefix
     for chunk in rhs.chunks:
-        if current.strip() and _tex_width(current + chunk) > WIDTH:
+        if current.strip() and _too_wide(current + chunk, column or lhs):
             lines.append(current)
             current = chunk.lstrip()
         else:
@@ -720,8 +715,10 @@ def braket_latex(form: SequenceForm) -> str:
     p = BraketLatex()
     blocks = []
     for title, rows in _lines(form, p, latex=True):
-        body = [rf"  &\text{{{title}}}"]
+        # the align's first column is as wide as its widest left-hand side
+        column = max((lhs for lhs, _ in rows if lhs), key=display_width, default="")
+        body = [rf"  &\text{{{line}}}" for line in _title_lines(title, column)]
         for lhs, rhs in rows:
-            body.extend(f"  {line}" for line in _tex_rows(lhs, rhs))
+            body.extend(f"  {line}" for line in _tex_rows(lhs, rhs, column))
         blocks.append("\\begin{align*}\n" + " \\\\\n".join(body) + "\n\\end{align*}")
     return "\n".join(blocks)

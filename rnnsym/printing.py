@@ -40,6 +40,7 @@ __all__ = [
     "latex_text",
     "label_key",
     "TEXT_WIDTH_PT",
+    "display_width",
 ]
 
 _SUP = {"t": "ᵗ", "-": "⁻", "+": "⁺", "1": "¹", "(": "⁽", ")": "⁾"}
@@ -471,6 +472,8 @@ _CMD_WIDTH = {
     "cdot": 7.8,
     "le": 12.2,
     "delta": 4.5,
+    "tau": 4.4,
+    "mathbb": 0.0,
     "epsilon": 4.1,
     "boldsymbol": 0.0,
     "mathbf": 0.0,
@@ -487,18 +490,92 @@ _CMD_WIDTH = {
 }
 
 
+# Math italic letters and digits at 10pt (cmmi10/cmr10 advance widths, rounded up): an "m" is
+# half as wide again as the 5.6pt average, which bra-ket lines (⟨m|, ⟨n|) are full of.
+_GLYPH_WIDTH = {
+    **dict(
+        zip(
+            "abcdefghijklmnopqrstuvwxyz",
+            [
+                5.3,
+                4.3,
+                4.3,
+                5.2,
+                4.7,
+                4.9,
+                4.8,
+                5.8,
+                3.5,
+                4.2,
+                5.3,
+                3.0,
+                8.8,
+                6.0,
+                4.9,
+                5.1,
+                4.5,
+                4.6,
+                4.7,
+                3.7,
+                5.8,
+                4.9,
+                7.3,
+                5.8,
+                4.9,
+                4.7,
+            ],
+        )
+    ),
+    **dict(
+        zip(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            [
+                7.5,
+                7.6,
+                7.2,
+                8.3,
+                7.4,
+                6.5,
+                7.9,
+                8.3,
+                4.5,
+                5.6,
+                8.5,
+                6.8,
+                9.8,
+                8.1,
+                7.6,
+                6.5,
+                7.9,
+                7.6,
+                6.2,
+                5.9,
+                6.9,
+                5.9,
+                9.5,
+                8.3,
+                5.9,
+                6.9,
+            ],
+        )
+    ),
+    **dict.fromkeys("0123456789", 5.0),
+}
+
+
 def _strip_environments(tex: str) -> str:
-    """A bmatrix is as wide as its widest row (plus its brackets)."""
+    """A bmatrix or pmatrix is as wide as its widest row (plus its brackets)."""
 
     def widest(match: re.Match) -> str:
-        rows = match.group(1).split(r"\\")
-        return "[[" + max(rows, key=lambda r: _width(r)) + "]]"
+        rows = match.group(2).split(r"\\")
+        widest_row = max(rows, key=lambda r: display_width(r))
+        return "[[" + widest_row.replace("&", r"\quad ") + "]]"  # column gap: 2 arraycolsep
 
-    return re.sub(r"\\begin\{bmatrix\}(.*?)\\end\{bmatrix\}", widest, tex)
+    return re.sub(r"\\begin\{([bp])matrix\}(.*?)\\end\{\1matrix\}", widest, tex)
 
 
-def _width(tex: str) -> float:
-    """Estimated width in pt of ``tex`` set as display math at 10pt."""
+def display_width(tex: str) -> float:
+    """Estimated width in pt of ``tex`` set as display math at 10pt (Computer Modern)."""
     tex = _strip_environments(tex)
     tex = re.sub(r"\\frac\{1\}\{2\}", "½", tex)
     tex = re.sub(r"\\(?:text|operatorname)\{((?:[^{}]|\{[^{}]*\})*)\}", r"\\txt{\1}", tex)
@@ -548,7 +625,7 @@ def _width(tex: str) -> float:
         elif ch == "½":
             total += 6.0 * scale[-1]
         else:
-            total += 5.6 * scale[-1]
+            total += _GLYPH_WIDTH.get(ch, 5.6) * scale[-1]
     return total
 
 
@@ -565,7 +642,7 @@ class _Breaker:
 
     def pieces(self, expr, budget: float) -> list[str]:
         whole = self.p.doprint(expr)
-        if _width(whole) <= budget:
+        if display_width(whole) <= budget:
             return [whole]
         if isinstance(expr, MatAdd):
             out: list[str] = []
@@ -625,7 +702,7 @@ class _Breaker:
         """Adjacent pieces joined again where they fit together on a line."""
         out: list[str] = []
         for part in parts:
-            if out and _width(out[-1] + " " + part) <= budget and not _open(out[-1]):
+            if out and display_width(out[-1] + " " + part) <= budget and not _open(out[-1]):
                 out[-1] = f"{out[-1]} {part}"
             else:
                 out.append(part)
@@ -642,7 +719,7 @@ def _pack(pieces: list[str], first: float, rest: float) -> list[str]:
     lines: list[str] = []
     for piece in pieces:
         budget = first if not lines else rest
-        if lines and _width(lines[-1] + " " + piece) <= budget:
+        if lines and display_width(lines[-1] + " " + piece) <= budget:
             lines[-1] = f"{lines[-1]} {piece}"
         else:
             lines.append(piece)
@@ -718,16 +795,16 @@ def latex_rows(
         else:
             lefts.append(printer.doprint(lhs))
     # an align sets every left-hand side in one column as wide as the widest
-    left_width = max(_width(left) for left in lefts) + 13.3
+    left_width = max(display_width(left) for left in lefts) + 13.3
     out = []
     for number, ((sect, _, rhs, label), left) in enumerate(zip(rows, lefts, strict=True), 1):
         note = _report_note(label) if label else ""
-        note_width = _width(note) + 10.0 if note else 0.0
+        note_width = display_width(note) + 10.0 if note else 0.0
         summed = sect == "gradient" and isinstance(rhs, MatAdd)
         prefix = r"\sum_{t} " if sect == "gradient" else ""
-        budget = width - left_width - tag_width - _width(prefix) - (8.0 if summed else 0.0)
+        budget = width - left_width - tag_width - display_width(prefix) - (8.0 if summed else 0.0)
         whole = printer.doprint(rhs)
-        if _width(whole) + note_width <= budget:
+        if display_width(whole) + note_width <= budget:
             lines = [rf"\left({whole}\right)" if summed else whole]
         else:
             pieces = breaker.pieces(rhs, budget - 20.0)
@@ -736,7 +813,7 @@ def latex_rows(
                 lines[0], lines[-1] = rf"\Bigl({lines[0]}", rf"{lines[-1]}\Bigr)"
             elif summed:
                 lines = [rf"\left({lines[0]}\right)"]
-            if _width(lines[-1]) + note_width > budget - 20.0 * (len(lines) > 1) and note:
+            if display_width(lines[-1]) + note_width > budget - 20.0 * (len(lines) > 1) and note:
                 lines.append("")  # the side note on a line of its own
         lines[0] = prefix + lines[0]
         if note:
