@@ -492,73 +492,17 @@ _CMD_WIDTH = {
 
 # Math italic letters and digits at 10pt (cmmi10/cmr10 advance widths, rounded up): an "m" is
 # half as wide again as the 5.6pt average, which bra-ket lines (⟨m|, ⟨n|) are full of.
+_LOWER = (
+    "5.3 4.3 4.3 5.2 4.7 4.9 4.8 5.8 3.5 4.2 5.3 3.0 8.8 6.0 4.9 5.1 4.5 4.6 4.7 3.7 5.8 4.9 7.3"
+)
+_LOWER += " 5.8 4.9 4.7"  # x y z
+_UPPER = (
+    "7.5 7.6 7.2 8.3 7.4 6.5 7.9 8.3 4.5 5.6 8.5 6.8 9.8 8.1 7.6 6.5 7.9 7.6 6.2 5.9 6.9 5.9 9.5"
+)
+_UPPER += " 8.3 5.9 6.9"  # X Y Z
 _GLYPH_WIDTH = {
-    **dict(
-        zip(
-            "abcdefghijklmnopqrstuvwxyz",
-            [
-                5.3,
-                4.3,
-                4.3,
-                5.2,
-                4.7,
-                4.9,
-                4.8,
-                5.8,
-                3.5,
-                4.2,
-                5.3,
-                3.0,
-                8.8,
-                6.0,
-                4.9,
-                5.1,
-                4.5,
-                4.6,
-                4.7,
-                3.7,
-                5.8,
-                4.9,
-                7.3,
-                5.8,
-                4.9,
-                4.7,
-            ],
-        )
-    ),
-    **dict(
-        zip(
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-            [
-                7.5,
-                7.6,
-                7.2,
-                8.3,
-                7.4,
-                6.5,
-                7.9,
-                8.3,
-                4.5,
-                5.6,
-                8.5,
-                6.8,
-                9.8,
-                8.1,
-                7.6,
-                6.5,
-                7.9,
-                7.6,
-                6.2,
-                5.9,
-                6.9,
-                5.9,
-                9.5,
-                8.3,
-                5.9,
-                6.9,
-            ],
-        )
-    ),
+    **dict(zip("abcdefghijklmnopqrstuvwxyz", map(float, _LOWER.split()), strict=True)),
+    **dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", map(float, _UPPER.split()), strict=True)),
     **dict.fromkeys("0123456789", 5.0),
 }
 
