@@ -13,14 +13,16 @@ inputs and of h(0). Every gradient comes from derived, generated kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
 
+from . import display as _display
 from .cell import Cell
-from .derive import Derivation, derive
+from .derive import Derivation, Equation, derive
 from .errors import CellError, ShapeError
 from .losses import linear_loss
 
@@ -222,7 +224,19 @@ class Model:
     wiring: dict[str, str]  # head input or decoder slot -> state it reads
 
     def derive(self) -> ModelDerivation:
-        return ModelDerivation(self, {r: derive(p.seeded or p.cell) for r, p in self.parts.items()})
+        parts = {}
+        for role, part in self.parts.items():
+            d = derive(part.seeded or part.cell)
+            if part.reverse:
+                # Shown in the model's time, the update reads g(t+1): not the report's eq. (2),
+                # which reads h(t-1); so no line of a reversed part carries a report number.
+                d = dataclasses.replace(
+                    d,
+                    forward=[Equation(eq.lhs, eq.rhs, "") for eq in d.forward],
+                    labels=dict.fromkeys(d.labels, ""),
+                )
+            parts[role] = d
+        return ModelDerivation(self, parts)
 
     def compile(self) -> ModelKernel:
         from .kernel import compile_cell
@@ -444,6 +458,9 @@ def _swap_time(text: str) -> str:
 @dataclass
 class ModelDerivation:
     """The derivations of a model's cells and how their adjoints are chained."""
+
+    __repr__ = _display.model_derivation_repr
+    _repr_markdown_ = _display.model_derivation_markdown
 
     model: Model
     parts: dict[str, Derivation]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy import Identity, MatrixExpr, MatrixSymbol
 
+from . import display as _display
 from .cell import Cell
 from .errors import DerivationError
 from .ops import add, leaves, postorder
@@ -69,6 +70,9 @@ class Derivation:
 
     ``labels`` maps every line's :attr:`Equation.key` to its report label ("" for none).
     """
+
+    __repr__ = _display.derivation_repr
+    _repr_latex_ = _display.derivation_latex
 
     cell: Cell
     forward: list[Equation]
@@ -205,11 +209,22 @@ class Derivation:
             )
         return numbers[key]
 
-    def latex(self) -> str:
-        """The derivation as a LaTeX ``align*`` block in the report's notation."""
+    def latex(self, notation: str = "plain") -> str:
+        """The derivation as one LaTeX ``align`` block, every line tagged with its number.
+
+        ``notation`` is "plain", "report" (bold vectors, as the report) or "braket" (kets, as
+        the slides); see :func:`rnnsym.printing.derivation_latex`.
+        """
         from .printing import derivation_latex
 
-        return derivation_latex(self)
+        return derivation_latex(self, notation=notation)
+
+    def paper(self, **options) -> str:
+        """This derivation as a standalone LaTeX document with its verification certificate;
+        see :func:`rnnsym.paper.paper_document` for the options."""
+        from .paper import paper_document
+
+        return paper_document(self, **options)
 
     def pretty(self) -> str:
         """The derivation as readable Unicode text for a terminal."""

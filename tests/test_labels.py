@@ -98,8 +98,9 @@ MODELS: dict[str, dict[str, dict]] = {
     "last_output": {"layer": update(), "head": output()},  # softmax cross-entropy at T
     "bidirectional": {
         "forward": update(),
-        # in its own time, the backward layer is the same Elman recurrence (Fig. 7)
-        "backward": update("g", "W_g", "U_g", "b_g"),
+        # shown in the model's time the backward layer reads g(t+1), where eq. (2) reads h(t-1):
+        # not the report's equation as printed, so no report number on any of its lines
+        "backward": {},
         "head": loss(),  # o = c + V h + V_g g: three terms, not eq. (4)
     },
     "seq2seq": {
