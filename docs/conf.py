@@ -84,6 +84,19 @@ def _unwrap_top_level_environments(app, doctree) -> None:
                 node["number"] = None
 
 
+# Docstrings write bra-kets as the slides do, |x⟩ and ⟨d(t)|h(t)⟩; reST would read a bar as the
+# start of a substitution reference. Outside ``literals`` a bar is escaped, so it prints as is.
+_LITERAL = re.compile(r"(``.*?``)")
+
+
+def _escape_bars(app, what, name, obj, options, lines: list[str]) -> None:
+    for i, line in enumerate(lines):
+        parts = _LITERAL.split(line)
+        parts[::2] = [re.sub(r"(?<!\\)\|", r"\\|", part) for part in parts[::2]]
+        lines[i] = "".join(parts)
+
+
 def setup(app) -> dict:
     app.connect("doctree-read", _unwrap_top_level_environments)
+    app.connect("autodoc-process-docstring", _escape_bars)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
