@@ -265,6 +265,11 @@ class TextPrinter(_SumsAndProducts, StrPrinter):
     def _factor(self, expr) -> str:
         return self._paren(expr)
 
+    def _factor_at(self, expr, last: bool) -> str:
+        if _is_adjoint(expr, self.names) and not last:  # (∇_{o⁽ᵗ⁾}L) h⁽ᵗ⁾ᵀ, as the report
+            return f"({self._print(expr)})"
+        return self._factor(expr)
+
     def _paren(self, expr) -> str:
         text = self._print(expr)
         simple = isinstance(expr, MatrixSymbol) or type(expr).__name__ in (
@@ -311,7 +316,7 @@ class TextPrinter(_SumsAndProducts, StrPrinter):
 def _is_adjoint(expr, names: dict[str, str]) -> bool:
     """Whether ``expr`` is the symbol of an adjoint ∇L (by how it prints: a state may itself
     be called g)."""
-    return isinstance(expr, MatrixSymbol) and names.get(expr.name, "").startswith(r"\nabla")
+    return isinstance(expr, MatrixSymbol) and names.get(expr.name, "").startswith(("\\nabla", "∇"))
 
 
 def _user_activation(name: str) -> bool:
