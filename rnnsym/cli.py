@@ -192,7 +192,10 @@ def _braket(args: argparse.Namespace) -> int:
             f"is derived for one cell with one state"
         )
     form = braket(cell, args.T, tied=not args.untied)
-    sys.stdout.write((form.latex() if args.latex else form.pretty()) + "\n")
+    if args.latex:
+        sys.stdout.write(_generated(form.cell.name, "bra-ket form") + form.latex() + "\n")
+    else:
+        sys.stdout.write(form.pretty() + "\n")
     if args.no_verify:
         return 0
     sys.stdout.flush()
