@@ -512,14 +512,14 @@ def _lines(form: SequenceForm, p: _BraKet, latex: bool) -> list[tuple[str, Rows]
         for j in range(1, T + 1):
             b = p.term(form.error_bra(T, j))
             for J, v in ((s.J_x, form.x_steps[j - 1]), (s.J_h, form.h_steps[j - 1])):
-                explicit.append(f"{b} {name(form._delta(J, j))} {ket(name(v))}")
-            explicit.extend(f"{b} {ket(name(form._delta(c, j)))}" for c in s.biases)
+                explicit.append(_join(b, name(form._delta(J, j)), ket(name(v))))
+            explicit.extend(_join(b, ket(name(form._delta(c, j)))) for c in s.biases)
     else:
         source = step(f"δ_θ{k}", tau)
         chain.append(
             (d_h, f"{sum_tau} " + pick(f"⟨{dt}|{source}⟩", rf"\langle {dt} | {source} \rangle"))
         )
-        explicit = [f"{p.term(form.error_bra(T, j))} {ket(step(f'δ_θ{k}', j))}" for j in steps]
+        explicit = [_join(p.term(form.error_bra(T, j)), ket(step(f"δ_θ{k}", j))) for j in steps]
     lhs_T = pick(f"δ⟨d({T})|{step(k, T)}⟩", rf"\delta \langle d({T}) | {step(k, T)} \rangle")
     chain.append((lhs_T, Broken("", _signed(p, [(False, x) for x in explicit]))))
     source = f" {cite}" if slides else ""
@@ -673,6 +673,11 @@ def braket_text(form: SequenceForm) -> str:
 #: error of the width estimate)
 def _too_wide(tex: str, lhs: str = "") -> bool:
     return display_width(tex) + (display_width(lhs) + 13.3 if lhs else 0.0) > TEXT_WIDTH_PT
+
+
+def _join(*parts: str) -> str:
+    """Bras, operators and kets side by side; a bra meeting a ket is one bracket: ⟨a|b⟩."""
+    return re.sub(r"\|\s+\|", "|", " ".join(parts))
 
 
 def _title_lines(title: str, column: str) -> list[str]:

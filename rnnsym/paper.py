@@ -214,7 +214,22 @@ def _digits(d: float) -> str:
 def _err(e: float | None) -> str:
     if e is None:
         return "--"
-    return f"${e:.1e}".replace("e-", r"\times 10^{-").replace("e+", r"\times 10^{") + "}$"
+    if e == 0:
+        return "$0$"
+    mantissa, exponent = f"{e:.1e}".split("e")
+    return rf"${mantissa}\times 10^{{{int(exponent)}}}$"  # 10^{-8}, not 10^{-08}
+
+
+def _note_tex(note: str) -> str:
+    """A note of the verification report as a sentence; "finite differences at k=3, T_x=5"
+    gives its sizes in math mode."""
+    note = note.strip("()")
+    prefix = "finite differences at "
+    if note.startswith(prefix):
+        pairs = [item.split("=") for item in note[len(prefix) :].split(", ")]
+        if all(len(p) == 2 and p[1].isdigit() for p in pairs):
+            return "Sizes: " + ", ".join(f"${_latex_name(a)} = {b}$" for a, b in pairs) + "."
+    return latex_text(note) + "."
 
 
 def _relative(got, want) -> float:
@@ -373,7 +388,7 @@ def _model_certificate(model: Model, T: int | None, today: str) -> tuple[str, bo
         )
     header = ["parameter", "derivation", "kernel", "finite diff."]
     sizes = ", ".join(f"${_latex_name(k)} = {v}$" for k, v in oracle.sizes.items())
-    notes = " ".join(latex_text(n.strip("()")) + "." for n in report.notes)
+    notes = " ".join(_note_tex(n) for n in report.notes)
     lines = [
         "\\subsection*{Verification certificate}",
         f"Checked on {today} with {_versions({})}.",
@@ -465,7 +480,7 @@ def make_paper(
             "\\usepackage{amsmath,amssymb}",
             "\\allowdisplaybreaks",
             f"\\title{{Back-propagation through time for \\texttt{{{title}}}}}",
-            f"\\author{{Derived and verified by rnnsym {_version()}}}",
+            f"\\author{{Derived{' and verified' if verify else ''} by rnnsym {_version()}}}",
             "\\date{}",
             "\\begin{document}",
             "\\maketitle",

@@ -563,3 +563,13 @@ def test_a_wrong_lstm_transition_is_caught(monkeypatch):
     c_total = form.totals["c"]
     form.carry_exprs = dict(form.carry_exprs, c=c_total)  # ū_c instead of ū_c ∘ f
     assert _agree(form.gradients(problem, route="closed_form"), bptt) < 5
+
+
+@pytest.mark.parametrize("name", ["elman", "gru", "lstm"])
+def test_a_bra_meeting_a_ket_is_one_bracket(name):
+    """⟨d(2)|δ_θh(2)⟩, never ⟨d(2)| |δ_θh(2)⟩, in the text and the LaTeX."""
+    form = rs.braket(rs.cells.get(name), 2)
+    text, latex = form.pretty(), form.latex()
+    assert not re.search(r"\|\s+\|", text), text
+    assert not re.search(r"(?<!\\)\|\s+\|", latex), latex
+    assert "⟨d(2)|" in text
