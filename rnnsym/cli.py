@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -31,6 +32,18 @@ def _load_module(path: Path, prefix: str, what: str):
     return module
 
 
+def _target(name: str):
+    """A built-in cell or model by name, or the cell a user's ``PATH.py:FUNC`` returns."""
+    if ":" in name:
+        return _load_user_cell(name)
+    if name.endswith(".py"):
+        raise RnnsymError(
+            f"{name!r}: name the function that returns the cell, as {name}:FUNC "
+            f"(e.g. {name}:make_cell)"
+        )
+    return cells.get(name)
+
+
 def _load_user_cell(spec: str) -> Cell:
     """``path/to/file.py:function`` -> the Cell that function returns."""
     path_text, sep, func_name = spec.rpartition(":")
@@ -41,6 +54,15 @@ def _load_user_cell(spec: str) -> Cell:
     func = getattr(module, func_name, None)
     if func is None or not callable(func):
         raise RnnsymError(f"{path} defines no function {func_name!r}")
+    try:
+        inspect.signature(func).bind()
+    except TypeError:
+        raise RnnsymError(
+            f"{spec}: {func_name}{inspect.signature(func)} needs arguments; point at a function "
+            f"that takes none and returns an rnnsym.Cell"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): calling it will tell
+        pass
     cell = func()
     if not isinstance(cell, Cell):
         raise RnnsymError(f"{spec} returned {type(cell).__name__}; it must return an rnnsym.Cell")
@@ -196,7 +218,7 @@ def _braket(args: argparse.Namespace) -> int:
     from .braket import braket
     from .verify import braket_report
 
-    cell = _load_user_cell(args.cell) if ":" in args.cell else cells.get(args.cell)
+    cell = _target(args.cell)
     if not isinstance(cell, Cell):
         raise RnnsymError(
             f"braket: {args.cell!r} is a model of several cells ({cell.kind}); the bra-ket form "
@@ -219,7 +241,7 @@ def _paper(args: argparse.Namespace) -> int:
     from .paper import make_paper
 
     target = args.cell
-    obj = _load_user_cell(target) if ":" in target else cells.get(target)
+    obj = _target(target)
     paper = make_paper(
         obj, notation=args.notation, body_only=args.body_only, verify=not args.no_verify, T=args.T
     )
@@ -396,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             from .unroll import unroll
 
             target = args.cell
-            cell = _load_user_cell(target) if ":" in target else cells.get(target)
+            cell = _target(target)
             options = {} if args.T_out is None else {"T_out": args.T_out}
             graph = unroll(cell, args.T, **options)
             if args.output:

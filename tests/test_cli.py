@@ -333,6 +333,17 @@ def test_verify_function_returning_a_non_cell(capsys, user_file):
     assert_clean_error(code, out, err, "not_a_cell", "returned int", "rnnsym.Cell")
 
 
+def test_verify_function_that_needs_arguments(capsys, user_file):
+    """_elman_variant(state_act, output_act) builds a cell but needs its arguments."""
+    code, out, err = run_main(capsys, "paper", f"{user_file}:_elman_variant")
+    assert_clean_error(code, out, err, "_elman_variant(state_act, output_act) needs arguments")
+
+
+def test_a_cell_file_without_its_function(capsys, user_file):
+    code, out, err = run_main(capsys, "paper", str(user_file))
+    assert_clean_error(code, out, err, f"{user_file}:FUNC")
+
+
 def test_verify_invalid_user_cell(capsys, user_file):
     code, out, err = run_main(capsys, "verify", f"{user_file}:without_loss")
     assert_clean_error(code, out, err, "cell 'lossless' has no loss")
