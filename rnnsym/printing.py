@@ -133,6 +133,23 @@ def _math_part(text: str) -> str:
     return "".join(out).rstrip()
 
 
+# Greek letters spelt out in a name print as the letter, as SymPy prints them: W_alpha → W_{\alpha}
+_GREEK_NAMES = set(
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau "
+    "upsilon phi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Upsilon Phi Psi Omega".split()
+)
+
+
+def _name_part(text: str) -> str:
+    """One ``_``-separated part of a name: a spelt-out Greek letter as its command, a word of
+    several letters upright (``gate`` is a word, not g·a·t·e), anything else as ``_math_part``."""
+    if text in _GREEK_NAMES:
+        return f"\\{text}"
+    if len(text) > 1 and text.isascii() and text.isalpha():
+        return rf"\mathrm{{{text}}}"
+    return _math_part(text)
+
+
 def _latex_name(name: str, bold: bool = False) -> str:
     """A user's name as LaTeX math: ``W_hh`` → ``W_{hh}``, ``out`` → ``\\mathrm{out}``.
 
@@ -142,7 +159,7 @@ def _latex_name(name: str, bold: bool = False) -> str:
     """
     name = unicodedata.normalize("NFKC", str(name))
     head, _, tail = name.partition("_")
-    head_tex = _math_part(head)
+    head_tex = f"\\{head}" if head in _GREEK_NAMES else _math_part(head)
     plain = head_tex == head
     if len(head) > 1 and plain:
         head_tex = rf"\mathrm{{{head}}}"  # a word, not a product of letters
@@ -152,7 +169,7 @@ def _latex_name(name: str, bold: bool = False) -> str:
         head_tex = rf"\mathbf{{{head}}}" if plain else rf"\boldsymbol{{{head_tex}}}"
     if not tail:
         return head_tex
-    tail_tex = ",".join(_math_part(p) or r"\_" for p in tail.split("_"))
+    tail_tex = ",".join(_name_part(p) or r"\_" for p in tail.split("_"))
     return f"{head_tex}_{{{tail_tex}}}"
 
 

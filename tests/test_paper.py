@@ -246,9 +246,9 @@ def test_paper_of_a_user_cell_file(capsys, tmp_path):
     body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
     assert "\\input{x}" not in body  # the cell's name is text, not LaTeX code
     assert "100\\% \\$weird\\$ \\& \\{braces\\} \\#1" in tex
-    assert (
-        "\\theta_{in}" in tex and "\\beta" in tex and "\\operatorname{soft\\_paper\\_test}" in tex
-    )
+    # a spelt-out Greek letter prints as the letter, a word of several letters upright
+    assert "\\theta_{\\mathrm{in}}" in tex and "\\beta" in tex
+    assert "\\operatorname{soft\\_paper\\_test}" in tex
     assert "All checks passed." in tex
     compile_latex(tmp_path, "user", tex, runs=2)
 
@@ -393,3 +393,13 @@ def test_torch_builtin_only_for_the_builtin_itself():
     changed.update(h, rs.sigmoid(W @ h.prev + x))
     changed.loss(rs.squared_error(changed.output("o", V @ h), changed.target("y", n)))
     assert torch_builtin(changed) is None
+
+
+def test_names_print_as_a_paper_would():
+    """Greek letters spelt out become the letter; words in subscripts are upright, not a product
+    of italic letters; single letters and digits stay as they are."""
+    assert _latex_name("W_alpha") == "W_{\\alpha}"
+    assert _latex_name("alpha", bold=True) == "\\boldsymbol{\\alpha}"
+    assert _latex_name("z_gate") == "z_{\\mathrm{gate}}"
+    assert _latex_name("W_ih_2") == "W_{\\mathrm{ih},2}"
+    assert _latex_name("b_V") == "b_{V}" and _latex_name("h_1") == "h_{1}"
