@@ -730,9 +730,13 @@ class ModelKernel:
     between them in the order of the chain rule.
     """
 
+    _repr_html_ = _display.model_kernel_html
+
     def __init__(self, model: Model, kernels: dict):
         self.model = model
         self.kernels = kernels
+        self.certificate = None  # the report of the last rs.verify_model run on it, if any
+        self.certificate_cell = None
 
     def __repr__(self) -> str:
         return f"<ModelKernel {self.model.name!r}: {', '.join(self.kernels)}>"

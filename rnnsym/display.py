@@ -22,6 +22,7 @@ __all__ = [
     "model_derivation_repr",
     "model_derivation_markdown",
     "kernel_html",
+    "model_kernel_html",
     "attach_certificate",
     "NOT_VERIFIED",
 ]
@@ -120,9 +121,10 @@ def model_derivation_markdown(model_derivation: Any) -> str:
 def attach_certificate(kernel: Any, cell: Any, report: Any) -> None:
     """Remember ``report`` (of ``rs.verify`` or ``check_kernel`` against ``cell``) on an rnnsym
     ``Kernel`` as its certificate; other kernel objects are left untouched."""
+    from .compose import ModelKernel
     from .kernel import Kernel
 
-    if isinstance(kernel, Kernel):
+    if isinstance(kernel, (Kernel, ModelKernel)):
         kernel.certificate = report
         kernel.certificate_cell = cell
 
@@ -132,9 +134,12 @@ def _certificate_html(kernel: Any) -> str:
     if report is None:
         return f"<p><b>Certificate:</b> {html.escape(NOT_VERIFIED)}</p>"
     cell = getattr(kernel, "certificate_cell", None)
-    against = "" if cell is None else f" against cell {html.escape(repr(cell.name))}"
-    if cell is not None and cell is not kernel.cell:
-        against += " (a different Cell object from the one this kernel was compiled from)"
+    what = "model" if hasattr(cell, "parts") else "cell"
+    against = "" if cell is None else f" against {what} {html.escape(repr(cell.name))}"
+    compiled_from = getattr(kernel, "cell", None) or getattr(kernel, "model", None)
+    if cell is not None and cell is not compiled_from:
+        kind = "Model" if what == "model" else "Cell"
+        against += f" (a different {kind} object from the one this kernel was compiled from)"
     verdict = "all checks passed" if report.ok else "CHECKS FAILED"
     kind = "rs.verify" if hasattr(report, "oracle") else "check_kernel"
     return (
@@ -153,4 +158,21 @@ def kernel_html(kernel: Any) -> str:
         f"{_certificate_html(kernel)}\n"
         f"<details><summary>generated source ({lines} lines, NumPy only)</summary>\n"
         f"<pre>{html.escape(kernel.source)}</pre>\n</details>\n</div>"
+    )
+
+
+def model_kernel_html(kernel: Any) -> str:
+    """``_repr_html_`` of a ModelKernel: its summary, its certificate (of ``rs.verify_model``)
+    and the generated source of each part's kernel (collapsed)."""
+    parts = []
+    for role, part in kernel.kernels.items():
+        lines = len(part.source.splitlines())
+        parts.append(
+            f"<details><summary>{html.escape(role)}: generated source ({lines} lines, NumPy "
+            f"only)</summary>\n<pre>{html.escape(part.source)}</pre>\n</details>"
+        )
+    return (
+        f'<div class="rnnsym-kernel">\n'
+        f"<p>{html.escape(repr(kernel))}</p>\n"
+        f"{_certificate_html(kernel)}\n" + "\n".join(parts) + "\n</div>"
     )

@@ -125,3 +125,20 @@ def test_certificate_only_on_rnnsym_kernels():
     other = SimpleNamespace(cell=cell)
     display.attach_certificate(other, cell, object())
     assert not hasattr(other, "certificate")
+
+
+def test_model_kernel_html_before_and_after_verification():
+    """A composed model's kernel shows each part's source, and its certificate once
+    ``rs.verify`` (which hands a model to ``verify_model``) has run on it."""
+    model = rs.cells.get("last_output")
+    kernel = model.compile()
+    before = kernel._repr_html_()
+    assert display.NOT_VERIFIED in before
+    assert _pre_blocks(before) == [k.source for k in kernel.kernels.values()]
+    report = rs.verify(model, kernel, T=2)
+    assert report.ok and kernel.certificate is report and kernel.certificate_cell is model
+    after = kernel._repr_html_()
+    assert (
+        "all checks passed (last run of rs.verify against model &#x27;last_output&#x27;)" in after
+    )
+    assert _pre_blocks(after) == [str(report)] + [k.source for k in kernel.kernels.values()]
