@@ -50,6 +50,14 @@ _BIBLIOGRAPHY = r"""\begin{thebibliography}{9}
 \end{thebibliography}"""
 
 
+# the same references, written out where --body-only output cites them (it has no bibliography)
+_CITED_IN_TEXT = {
+    "goodfellow2016": "\\emph{Deep Learning}, MIT Press, 2016",
+    "suga2023": "Y.~Suga, ``Deep learning and physics 4.2'', lecture slides, Ibaraki University, "
+    "2023",
+}
+
+
 @dataclass
 class Paper:
     """The document (``tex``) and whether every check of its certificate passed (``ok``;
@@ -530,9 +538,17 @@ def make_paper(
             "verification (\\texttt{--no-verify}); \\texttt{rnnsym verify} or "
             "\\texttt{rnnsym paper} without that option adds it.\n"
         )
+    if body_only:
+        # pasted into a paper: its displays may break across pages (in a group, so the paper's
+        # own setting is untouched), and the paper has its own references: cite in the text
+        comments = [line for line in out if line.startswith("%")]
+        body = out[len(comments) :]
+        tex = "\n".join([*comments, "{\\allowdisplaybreaks", *body, "}"]) + "\n"
+        for key, text in _CITED_IN_TEXT.items():
+            tex = tex.replace(f"~\\cite{{{key}}}", f" ({text})")
+        return Paper(tex, ok)
     out.append(_BIBLIOGRAPHY)
-    if not body_only:
-        out.append("\\end{document}")
+    out.append("\\end{document}")
     return Paper("\n".join(out) + "\n", ok)
 
 
