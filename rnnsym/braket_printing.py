@@ -16,7 +16,7 @@ from sympy import MatAdd, MatrixSymbol, Transpose
 from .braket import EPSILON as EPS
 from .braket import SequenceForm
 from .ops import coeff_and_factors, signed_terms
-from .printing import TEXT_WIDTH_PT, _latex_name, display_width
+from .printing import TEXT_WIDTH_PT, _latex_name, display_width, join_bra_ket
 
 __all__ = ["braket_text", "braket_latex"]
 
@@ -677,7 +677,7 @@ def _too_wide(tex: str, lhs: str = "") -> bool:
 
 def _join(*parts: str) -> str:
     """Bras, operators and kets side by side; a bra meeting a ket is one bracket: ⟨a|b⟩."""
-    return re.sub(r"\|\s+\|", "|", " ".join(parts))
+    return join_bra_ket(" ".join(parts))
 
 
 def _title_lines(title: str, column: str) -> list[str]:

@@ -41,6 +41,7 @@ __all__ = [
     "label_key",
     "TEXT_WIDTH_PT",
     "display_width",
+    "join_bra_ket",
 ]
 
 _SUP = {"t": "ᵗ", "-": "⁻", "+": "⁺", "1": "¹", "(": "⁽", ")": "⁾"}
@@ -469,7 +470,12 @@ class KetLatexPrinter(DerivationLatexPrinter):
 
     def _print_MatMul(self, expr) -> str:
         text = super()._print_MatMul(expr)
-        return text.replace(r"| | ", "| ")  # ⟨a| |b⟩ is ⟨a|b⟩
+        return join_bra_ket(text)
+
+
+def join_bra_ket(text: str) -> str:
+    """A bra meeting a ket is one bracket: ``⟨a| |b⟩`` → ``⟨a|b⟩`` (text or LaTeX)."""
+    return re.sub(r"\|\s+\|", "|", text)
 
 
 # ----- line breaking -----
