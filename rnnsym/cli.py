@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__, cells
 from .cell import Cell
 from .errors import RnnsymError
+from .printing import breakable
 
 __all__ = ["main"]
 
@@ -116,12 +117,7 @@ def _generated(name: str, what: str = "derivation") -> str:
 def _latex_output(name: str, body: str, what: str = "derivation") -> str:
     """LaTeX output that pastes as is: the version comment, then the displays in a group that
     lets them break across pages (a derivation can be taller than a page)."""
-    return (
-        _generated(name, what)
-        + "{\\allowdisplaybreaks % long displays may break across pages (amsmath)\n"
-        + body
-        + "\n}\n"
-    )
+    return _generated(name, what) + breakable(body)
 
 
 def _comment(text: str, latex: bool) -> str:

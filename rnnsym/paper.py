@@ -27,6 +27,7 @@ from .printing import (
     DerivationLatexPrinter,
     _latex_name,
     align_block,
+    breakable,
     label_key,
     latex_rows,
     latex_step,
@@ -542,8 +543,7 @@ def make_paper(
         # pasted into a paper: its displays may break across pages (in a group, so the paper's
         # own setting is untouched), and the paper has its own references: cite in the text
         comments = [line for line in out if line.startswith("%")]
-        body = out[len(comments) :]
-        tex = "\n".join([*comments, "{\\allowdisplaybreaks", *body, "}"]) + "\n"
+        tex = "\n".join([*comments, breakable("\n".join(out[len(comments) :]))])
         for key, text in _CITED_IN_TEXT.items():
             tex = tex.replace(f"~\\cite{{{key}}}", f" ({text})")
         return Paper(tex, ok)

@@ -42,6 +42,7 @@ __all__ = [
     "TEXT_WIDTH_PT",
     "display_width",
     "join_bra_ket",
+    "breakable",
 ]
 
 _SUP = {"t": "ᵗ", "-": "⁻", "+": "⁺", "1": "¹", "(": "⁽", ")": "⁾"}
@@ -471,6 +472,12 @@ class KetLatexPrinter(DerivationLatexPrinter):
     def _print_MatMul(self, expr) -> str:
         text = super()._print_MatMul(expr)
         return join_bra_ket(text)
+
+
+def breakable(body: str) -> str:
+    """``body`` in a group that lets its displays break across pages (amsmath's
+    ``\\allowdisplaybreaks``, local to the group), so that it pastes into any document as is."""
+    return "{\\allowdisplaybreaks\n" + body.rstrip("\n") + "\n}\n"
 
 
 def join_bra_ket(text: str) -> str:
