@@ -43,20 +43,25 @@ PAPER_NOTATIONS = ("report", "braket")
 # 1e-9 is verify's float64 tolerance, far below the O(1) error of any wrong term
 FORWARD_REVERSE_TOLERANCE = 1e-9
 
-_BIBLIOGRAPHY = r"""\begin{thebibliography}{9}
-\bibitem{goodfellow2016} I.~Goodfellow, Y.~Bengio and A.~Courville, \emph{Deep Learning},
-  MIT Press, 2016, chapter~10: Sequence modeling: recurrent and recursive nets.
-\bibitem{suga2023} Y.~Suga, ``Deep learning and physics 4.2: recurrent neural networks and
-  back-propagation'', lecture slides, Ibaraki University, 2023.
-\end{thebibliography}"""
-
-
-# the same references, written out where --body-only output cites them (it has no bibliography)
-_CITED_IN_TEXT = {
-    "goodfellow2016": "\\emph{Deep Learning}, MIT Press, 2016",
-    "suga2023": "Y.~Suga, ``Deep learning and physics 4.2'', lecture slides, Ibaraki University, "
-    "2023",
+# The references: key -> (bibliography entry, short form). --body-only output has no
+# bibliography (the paper it goes into has its own) and cites the short form in the text.
+_REFERENCES = {
+    "goodfellow2016": (
+        "I.~Goodfellow, Y.~Bengio and A.~Courville, \\emph{Deep Learning},\n"
+        "  MIT Press, 2016, chapter~10: Sequence modeling: recurrent and recursive nets.",
+        "\\emph{Deep Learning}, MIT Press, 2016",
+    ),
+    "suga2023": (
+        "Y.~Suga, ``Deep learning and physics 4.2: recurrent neural networks and\n"
+        "  back-propagation'', lecture slides, Ibaraki University, 2023.",
+        "Y.~Suga, ``Deep learning and physics 4.2'', lecture slides, Ibaraki University, 2023",
+    ),
 }
+_BIBLIOGRAPHY = (
+    "\\begin{thebibliography}{9}\n"
+    + "".join(f"\\bibitem{{{key}}} {entry}\n" for key, (entry, _) in _REFERENCES.items())
+    + "\\end{thebibliography}"
+)
 
 
 @dataclass
@@ -544,8 +549,8 @@ def make_paper(
         # own setting is untouched), and the paper has its own references: cite in the text
         comments = [line for line in out if line.startswith("%")]
         tex = "\n".join([*comments, breakable("\n".join(out[len(comments) :]))])
-        for key, text in _CITED_IN_TEXT.items():
-            tex = tex.replace(f"~\\cite{{{key}}}", f" ({text})")
+        for key, (_, short) in _REFERENCES.items():
+            tex = tex.replace(f"~\\cite{{{key}}}", f" ({short})")
         return Paper(tex, ok)
     out.append(_BIBLIOGRAPHY)
     out.append("\\end{document}")
