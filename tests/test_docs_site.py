@@ -108,13 +108,21 @@ def _markdown(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _without_code(markdown: str) -> str:
-    markdown = re.sub(r"^(```|~~~).*?^\1", "", markdown, flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "", markdown)
+def _prose_and_code(text: str) -> tuple[str, str]:
+    """(the text with code blocks and code spans removed, the code removed)."""
+    code: list[str] = []
+
+    def keep(match: re.Match) -> str:
+        code.append(match.group(0))
+        return ""
+
+    text = re.sub(r"^(```|~~~).*?^\1", keep, text, flags=re.S | re.M)
+    text = re.sub(r"`[^`\n]*`", keep, text)
+    return text, "\n".join(code)
 
 
 def _link_targets(markdown: str) -> list[str]:
-    text = _without_code(markdown)
+    text, _ = _prose_and_code(markdown)
     inline = re.findall(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text)
     reference = re.findall(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?\s*$", text, flags=re.M)
     return inline + reference
@@ -152,19 +160,6 @@ def test_github_slugs_follow_githubs_rule():
 # An address a shell command in a code block needs is not a link for the reader: the package
 # index that serves PyTorch's CPU wheel (the README's install command). Nothing else.
 COMMAND_ADDRESSES = {"https://download.pytorch.org/whl/cpu"}
-
-
-def _prose_and_code(text: str) -> tuple[str, str]:
-    """(the text with code blocks and code spans removed, the code removed)."""
-    code: list[str] = []
-
-    def keep(match: re.Match) -> str:
-        code.append(match.group(0))
-        return ""
-
-    text = re.sub(r"^(```|~~~).*?^\1", keep, text, flags=re.S | re.M)
-    text = re.sub(r"`[^`]*`", keep, text)
-    return text, "\n".join(code)
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
