@@ -149,30 +149,30 @@ def _certificate_html(kernel: Any) -> str:
     )
 
 
-def kernel_html(kernel: Any) -> str:
-    """``_repr_html_`` of a Kernel: its summary, its certificate and its source (collapsed)."""
-    lines = len(kernel.source.splitlines())
+def _source_html(source: str, title: str = "") -> str:
+    """A generated module, collapsed under its title and size."""
+    lines = len(source.splitlines())
+    return (
+        f"<details><summary>{html.escape(title)}generated source ({lines} lines, NumPy only)"
+        f"</summary>\n<pre>{html.escape(source)}</pre>\n</details>"
+    )
+
+
+def _kernel_div(kernel: Any, sources: list[str]) -> str:
     return (
         f'<div class="rnnsym-kernel">\n'
         f"<p>{html.escape(repr(kernel))}</p>\n"
-        f"{_certificate_html(kernel)}\n"
-        f"<details><summary>generated source ({lines} lines, NumPy only)</summary>\n"
-        f"<pre>{html.escape(kernel.source)}</pre>\n</details>\n</div>"
+        f"{_certificate_html(kernel)}\n" + "\n".join(sources) + "\n</div>"
     )
+
+
+def kernel_html(kernel: Any) -> str:
+    """``_repr_html_`` of a Kernel: its summary, its certificate and its source (collapsed)."""
+    return _kernel_div(kernel, [_source_html(kernel.source)])
 
 
 def model_kernel_html(kernel: Any) -> str:
     """``_repr_html_`` of a ModelKernel: its summary, its certificate (of ``rs.verify_model``)
     and the generated source of each part's kernel (collapsed)."""
-    parts = []
-    for role, part in kernel.kernels.items():
-        lines = len(part.source.splitlines())
-        parts.append(
-            f"<details><summary>{html.escape(role)}: generated source ({lines} lines, NumPy "
-            f"only)</summary>\n<pre>{html.escape(part.source)}</pre>\n</details>"
-        )
-    return (
-        f'<div class="rnnsym-kernel">\n'
-        f"<p>{html.escape(repr(kernel))}</p>\n"
-        f"{_certificate_html(kernel)}\n" + "\n".join(parts) + "\n</div>"
-    )
+    parts = kernel.kernels.items()
+    return _kernel_div(kernel, [_source_html(part.source, f"{role}: ") for role, part in parts])
