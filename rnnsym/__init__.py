@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from . import cells
-from .activations import elementwise
 from .braket import SequenceForm, braket
 from .cell import Cell
 from .compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
-from .expr import Term, concat, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
+from .ir.expr import Term, concat, elementwise, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
 from .paper import paper_document
 from .unroll import unroll

@@ -7,9 +7,9 @@ figure each one implements is in its docstring; ``rnnsym derive NAME`` derives a
 
 from __future__ import annotations
 
-from . import expr as rx
 from .cell import Cell
 from .compose import Model, bidirectional, last_output, seq2seq, stack
+from .ir import expr as rx
 from .losses import softmax_cross_entropy, squared_error
 
 __all__ = [

@@ -50,7 +50,7 @@ from sympy import (
 from .cell import Cell
 from .derive import Derivation, adjoint_symbol, backprop, derive
 from .errors import CellError, RnnsymError
-from .ops import Apply, Concat, Pad, Slice, add, coeff_and_factors, hadamard, mul, transpose
+from .ir.ops import Apply, Concat, Pad, Slice, add, coeff_and_factors, hadamard, mul, transpose
 
 __all__ = ["SequenceForm", "braket", "monomials"]
 

@@ -15,7 +15,7 @@ from sympy import MatAdd, MatrixSymbol, Transpose
 
 from .braket import EPSILON as EPS
 from .braket import SequenceForm
-from .ops import coeff_and_factors, signed_terms
+from .ir.ops import coeff_and_factors, signed_terms
 from .printing import TEXT_WIDTH_PT, _latex_name, display_width, join_bra_ket
 
 __all__ = ["braket_text", "braket_latex"]

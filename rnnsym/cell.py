@@ -15,8 +15,8 @@ import sympy as sp
 from sympy import MatrixSymbol
 
 from .errors import CellError, ShapeError
-from .expr import State, Target, Term, Variable, as_term
-from .ops import add, leaves, shape_str
+from .ir.expr import State, Target, Term, Variable, as_term
+from .ir.ops import add, leaves, shape_str
 
 __all__ = ["Cell", "python_name"]
 

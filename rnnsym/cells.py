@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import expr as rx
 from .cell import Cell
 from .errors import CellError
+from .ir import expr as rx
 from .losses import linear_loss, squared_error
 
 __all__ = [

@@ -34,19 +34,7 @@ from . import _runtime
 from .cell import python_name
 from .derive import Derivation, adjoint_symbol
 from .errors import DerivationError
-from .numpy_printer import (
-    Assign,
-    Comment,
-    Function,
-    Line,
-    Loop,
-    RowPrinter,
-    SumOuter,
-    SumRows,
-    TotalLoss,
-    batch_leaves,
-)
-from .ops import (
+from .ir.ops import (
     Apply,
     Concat,
     Slice,
@@ -58,6 +46,18 @@ from .ops import (
     postorder,
     signed_terms,
     transpose,
+)
+from .numpy_printer import (
+    Assign,
+    Comment,
+    Function,
+    Line,
+    Loop,
+    RowPrinter,
+    SumOuter,
+    SumRows,
+    TotalLoss,
+    batch_leaves,
 )
 
 __all__ = ["generate_module"]

@@ -2,7 +2,7 @@
 
 The step of a cell is a list of named equations, in order: the state updates (and named
 intermediates), the outputs and the per-step loss L(t). Reverse mode runs over them backwards,
-and inside each equation over its expression DAG with the rules of :mod:`rnnsym.rules`. Every
+and inside each equation over its expression DAG with the rules of :mod:`rnnsym.ir.rules`. Every
 named quantity q gets an adjoint symbol ``g_q`` standing for ∇_{q(t)} L, so the results stay
 short and read like the report:
 
@@ -29,8 +29,8 @@ from sympy import Identity, MatrixExpr, MatrixSymbol
 from . import display as _display
 from .cell import Cell
 from .errors import DerivationError
-from .ops import add, leaves, postorder
-from .rules import vjp
+from .ir.ops import add, adjoint_symbol, leaves, next_symbol, postorder
+from .ir.rules import vjp
 
 __all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
 
@@ -52,16 +52,6 @@ class Equation:
         if isinstance(lhs, str):
             return lhs[5:] if lhs.startswith("grad:") else lhs
         return lhs.name
-
-
-def adjoint_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
-    """The symbol of ∇_{q(t)} L for a named quantity q(t)."""
-    return MatrixSymbol(f"g_{symbol.name}", *symbol.shape)
-
-
-def next_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
-    """The symbol of q(t+1)."""
-    return MatrixSymbol(f"{symbol.name}_next", *symbol.shape)
 
 
 @dataclass

@@ -59,9 +59,9 @@ from .codegen import (
 )
 from .derive import Derivation, adjoint_symbol, backprop
 from .errors import DerivationError
-from .jvp import Seed, param_tangent, seed_terms, tangent
+from .ir.jvp import Seed, param_tangent, seed_terms, tangent
+from .ir.ops import Concat, add, coeff_and_factors, hadamard, is_zero, leaves, mul, postorder
 from .numpy_printer import Assign, Comment, Function, Line, Loop, RowPrinter, TotalLoss
-from .ops import Concat, add, coeff_and_factors, hadamard, is_zero, leaves, mul, postorder
 from .printing import TextPrinter, _time_tables
 
 __all__ = ["Sensitivities", "sensitivities", "TangentPrinter", "generate_forward_module"]
@@ -126,7 +126,7 @@ def _distribute(expr: MatrixExpr, params: set) -> MatrixExpr:
     """``expr`` with every matrix product over a sum that holds a parameter multiplied out:
     (P1 − P2) x = P1 x − P2 x, so each parameter is a factor of a product with a vector.
 
-    The sum is built as a plain ``MatAdd``: :func:`~rnnsym.ops.add` would factor it again.
+    The sum is built as a plain ``MatAdd``: :func:`~rnnsym.ir.ops.add` would factor it again.
     """
     if isinstance(expr, MatrixSymbol) or not (leaves(expr) & params):
         return expr

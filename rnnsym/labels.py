@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose
 
-from .ops import Apply, add, coeff_and_factors, hadamard, mul, ones, transpose
+from .ir.ops import Apply, add, coeff_and_factors, hadamard, mul, ones, transpose
 
 __all__ = ["Layer", "OutputLine", "report_labels", "same_expression"]
 

@@ -6,8 +6,8 @@ import sympy as sp
 from sympy import Transpose
 
 from .errors import ShapeError
-from .expr import Term, as_term
-from .ops import LogSumExp, add, mul, shape_str
+from .ir.expr import Term, as_term
+from .ir.ops import LogSumExp, add, mul, shape_str
 
 __all__ = ["squared_error", "linear_loss", "softmax_cross_entropy"]
 

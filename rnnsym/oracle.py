@@ -33,7 +33,7 @@ import sympy as sp
 from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
-from .ops import Apply, LogSumExp, Softmax, leaves, postorder
+from .ir.ops import Apply, LogSumExp, Softmax, leaves, postorder
 
 __all__ = ["LocalStep", "compile_cell_steps", "ScalarGraph", "GUARD_DIGITS"]
 

@@ -24,7 +24,7 @@ from sympy import HadamardProduct, MatAdd, MatMul, MatrixSymbol, Transpose
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from .ops import coeff_and_factors, signed_terms
+from .ir.ops import coeff_and_factors, signed_terms
 
 __all__ = [
     "derivation_text",
@@ -339,7 +339,7 @@ def _is_adjoint(expr, names: dict[str, str]) -> bool:
 
 
 def _user_activation(name: str) -> bool:
-    from .activations import _USER_DEFINITIONS
+    from .ir.activations import _USER_DEFINITIONS
 
     return name in _USER_DEFINITIONS
 
@@ -413,7 +413,7 @@ class DerivationLatexPrinter(_SumsAndProducts, LatexPrinter):
             base = name.rstrip("'")
             primes = "'" * (len(name) - len(base))
             return rf"\operatorname{{{latex_text(base)}}}{primes}"
-        from .activations import get_activation
+        from .ir.activations import get_activation
 
         return get_activation(name).latex
 

@@ -38,7 +38,7 @@ from sympy import HadamardProduct, MatMul, MatrixExpr, MatrixSymbol
 from .cell import Cell
 from .compose import Model
 from .errors import RnnsymError
-from .ops import leaves
+from .ir.ops import leaves
 
 __all__ = ["Node", "Edge", "UnrolledGraph", "unroll"]
 

@@ -33,7 +33,7 @@ from .cell import Cell
 from .derive import Derivation, adjoint_symbol, derive
 from .display import attach_certificate
 from .errors import RnnsymError
-from .ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors
+from .ir.ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors
 from .oracle import GUARD_DIGITS, ScalarGraph, compile_cell_steps
 
 __all__ = [
@@ -771,7 +771,7 @@ class _Reference:
     """The cell's forward equations evaluated by a small NumPy interpreter of the IR.
 
     No generated code and none of rnnsym's derivative rules are involved: each node type of
-    :mod:`rnnsym.ops` is evaluated directly, for every batch entry (and every perturbation of
+    :mod:`rnnsym.ir.ops` is evaluated directly, for every batch entry (and every perturbation of
     the complex step) at once. Values have shape (P, B, rows, cols).
     """
 

@@ -26,7 +26,7 @@ import pytest
 import sympy
 
 import rnnsym as rs
-from rnnsym.activations import ACTIVATIONS
+from rnnsym.ir.activations import ACTIVATIONS
 from rnnsym.verify import random_problem
 
 _counter = itertools.count()

@@ -15,8 +15,8 @@ import pytest
 import sympy as sp
 
 import rnnsym as rs
-from rnnsym.activations import ACTIVATIONS
-from rnnsym.ops import mul
+from rnnsym.ir.activations import ACTIVATIONS
+from rnnsym.ir.ops import mul
 from rnnsym.verify import (
     ORACLE_T,
     agreement_digits,

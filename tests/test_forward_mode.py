@@ -29,9 +29,9 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import rnnsym as rs
-from rnnsym.expr import Term
-from rnnsym.jvp import param_tangent, tangent
-from rnnsym.ops import Apply, LogSumExp, Softmax, mul
+from rnnsym.ir.expr import Term
+from rnnsym.ir.jvp import param_tangent, tangent
+from rnnsym.ir.ops import Apply, LogSumExp, Softmax, mul
 from rnnsym.verify import random_problem
 
 # ----- cells -----

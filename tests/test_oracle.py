@@ -9,7 +9,7 @@ import pytest
 import sympy as sp
 
 import rnnsym as rs
-from rnnsym.ops import mul
+from rnnsym.ir.ops import mul
 from rnnsym.verify import check_gradients, random_problem, scalar_oracle
 
 

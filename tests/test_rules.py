@@ -1,6 +1,6 @@
 """The derivative rules one by one, against references that share nothing with them.
 
-Each rule of :mod:`rnnsym.rules` (vector-Jacobian products), :mod:`rnnsym.jvp` (Jacobian-vector
+Each rule of :mod:`rnnsym.ir.rules` (vector-Jacobian products), :mod:`rnnsym.ir.jvp` (Jacobian-vector
 products, parameter seeds) and each activation's derivative is applied to small expressions at
 concrete sizes, evaluated in NumPy by an evaluator written here, and compared with central
 finite differences of the expression's value at random (Hypothesis-drawn) points, cotangents
@@ -40,10 +40,10 @@ from sympy import (
 )
 
 import rnnsym as rs
-from rnnsym.activations import get_activation
+from rnnsym.ir.activations import get_activation
 from rnnsym.derive import backprop
-from rnnsym.jvp import Direction, Seed, param_tangent, tangent
-from rnnsym.ops import (
+from rnnsym.ir.jvp import Direction, Seed, param_tangent, tangent
+from rnnsym.ir.ops import (
     Apply,
     Concat,
     LogSumExp,
@@ -353,8 +353,8 @@ def test_parameter_seeds_match_finite_differences(name, seed):
 def test_every_rule_is_exercised():
     """The expressions above reach every node type that has a rule (else a rule could be wrong
     unnoticed)."""
-    from rnnsym.jvp import primitive_jvps
-    from rnnsym.rules import primitive_vjps
+    from rnnsym.ir.jvp import primitive_jvps
+    from rnnsym.ir.rules import primitive_vjps
 
     seen = {type(node) for e, _ in EXPRESSIONS.values() for node in sp.preorder_traversal(e)}
     missing = {t for t in set(primitive_vjps) | set(primitive_jvps) if t not in seen}
@@ -667,7 +667,7 @@ def test_sensitivity_formulas_are_the_docstrings():
 
 def test_seed_terms_splits_a_tangent_into_seeds_and_the_rest():
     """seed_terms finds every c · Seed term, also inside c (a + b), and keeps the rest."""
-    from rnnsym.jvp import seed_terms
+    from rnnsym.ir.jvp import seed_terms
 
     seed_W, seed_b = Seed(W, h, OneMatrix(n, 1), 0, n), param_tangent(b)
     other = mul(U, MatrixSymbol("dx", m, 1))
@@ -687,8 +687,8 @@ def test_a_zero_tangent_gives_a_zero_of_the_node_shape():
     """jvp() with ZeroMatrix tangents (arguments that do not vary) gives zero of the node's
     shape. tangent() skips such nodes; this is jvp()'s own contract. (MatMul and Hadamard
     rules need at least one varying factor: add() of no terms refuses, so they are left out.)"""
-    from rnnsym.jvp import jvp
-    from rnnsym.ops import postorder
+    from rnnsym.ir.jvp import jvp
+    from rnnsym.ir.ops import postorder
 
     env = _point(0)
     checked = set()
@@ -720,10 +720,10 @@ def test_forward_mode_refuses_a_parameter_without_a_vector_on_its_right(expr, pa
 
 @pytest.mark.parametrize("name", sorted(k for k, (_, seedable) in EXPRESSIONS.items() if seedable))
 def test_elementwise_factors_and_slices_fold_into_the_seeds(name):
-    """The documented form of a parameter tangent (rnnsym.jvp): elementwise factors and row
+    """The documented form of a parameter tangent (rnnsym.ir.jvp): elementwise factors and row
     slices fold into each seed's z and [a:b], so a seed outside c · Seed terms only sits under
     a matrix product (c L Seed(P, r) keeps L) or inside a concatenation or padding."""
-    from rnnsym.jvp import seed_terms
+    from rnnsym.ir.jvp import seed_terms
 
     def loose_seeds(node, sheltered=False) -> list:
         if isinstance(node, Seed):

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .errors import CellError
-from .ops import Apply, add, hadamard, mul, ones
+from ..errors import CellError, DerivationError
+from .ops import ACTIVATIONS, Apply, add, get_activation, hadamard, mul, ones
+from .scalar import scalar_code
 
-__all__ = ["Activation", "get_activation", "register", "elementwise", "ACTIVATIONS"]
+__all__ = ["Activation", "get_activation", "register", "define", "ACTIVATIONS"]
 
 Derivative = Callable[[sp.MatrixExpr, sp.MatrixExpr], sp.MatrixExpr]
 
@@ -39,7 +40,6 @@ class Activation:
     numpy: str | None = None
 
 
-ACTIVATIONS: dict[str, Activation] = {}
 _USER_DEFINITIONS: dict[str, sp.Expr] = {}
 
 
@@ -50,14 +50,6 @@ def register(activation: Activation) -> Activation:
         raise CellError(f"an elementwise function named {activation.name!r} already exists")
     ACTIVATIONS[activation.name] = activation
     return activation
-
-
-def get_activation(name: str) -> Activation:
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        known = ", ".join(sorted(ACTIVATIONS))
-        raise CellError(f"unknown elementwise function {name!r}; known: {known}") from None
 
 
 def _scalar_derivative(name: str, scalar: Callable[[sp.Expr], sp.Expr]) -> Derivative:
@@ -129,9 +121,6 @@ def _check_supported(name: str, body: sp.Expr, d: sp.Dummy) -> None:
     """Refuse, when the function is defined, what a kernel could not compute or differentiate."""
     from sympy.core.function import AppliedUndef
 
-    from .errors import DerivationError
-    from .numpy_printer import scalar_code
-
     z = sp.Symbol("z")
     shown = body.xreplace({d: z})
     undefined = sorted({str(f.func) for f in body.atoms(AppliedUndef)})
@@ -158,13 +147,9 @@ def _check_supported(name: str, body: sp.Expr, d: sp.Dummy) -> None:
             ) from None
 
 
-def elementwise(name: str, function) -> Callable:
-    """Make an elementwise activation from a scalar SymPy function.
-
-    ``function`` is a one-argument callable returning a SymPy expression (``lambda z: z /
-    (1 + sympy.Abs(z))``) or a ``sympy.Lambda``. Returns a function that applies it to a cell
-    expression. Its derivative is derived by SymPy when a cell using it is derived.
-    """
+def define(name: str, function) -> sp.Lambda:
+    """Register the user's elementwise function ``name`` from a scalar SymPy function (see
+    :func:`rnnsym.elementwise`); return it as a ``sympy.Lambda``."""
     if not (isinstance(name, str) and name.isidentifier()) or keyword.iskeyword(name):
         raise CellError(f"elementwise name must be a Python identifier, got {name!r}")
     d = sp.Dummy("d", real=True)
@@ -188,15 +173,7 @@ def elementwise(name: str, function) -> Callable:
         raise CellError(f"{name!r} is a built-in elementwise function; choose another name")
     else:
         _register_scalar(name, lam, rf"\operatorname{{{name}}}")
-
-    from .expr import apply
-
-    def applied(x):
-        return apply(name, x)
-
-    applied.__name__ = name
-    applied.__doc__ = f"Elementwise {name}(z) = {body.subs(d, sp.Symbol('z'))}."
-    return applied
+    return lam
 
 
 # ----- Built-in activations; derivatives reuse the forward value ``ans`` -----

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, Transpose
 
-from .errors import DerivationError
+from ..errors import DerivationError
 from .ops import (
     Apply,
     Concat,

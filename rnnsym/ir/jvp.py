@@ -1,10 +1,10 @@
-"""Jacobian-vector products of the IR's node types: forward mode, the twin of :mod:`rnnsym.rules`.
+"""Jacobian-vector products of the IR's node types: forward mode, the twin of :mod:`rnnsym.ir.rules`.
 
 ``primitive_jvps[NodeType](node, ans, tangents)`` returns the tangent of ``node``'s value given one
 tangent per argument of ``node`` (``None`` for an argument that is not a matrix, a ``ZeroMatrix``
 for one that does not vary); ``ans`` names the node's value as in the VJP rules, so that
 tanh′ = 1 − h∘h reuses h. A tangent is an IR expression of the node's shape built with the
-canonicalising constructors of :mod:`rnnsym.ops`. Rules are registered with :func:`defjvp`; a
+canonicalising constructors of :mod:`rnnsym.ir.ops`. Rules are registered with :func:`defjvp`; a
 node type without a rule raises :class:`~rnnsym.errors.DerivationError` naming it.
 
 Tangents start at the parameters. The tangent of a parameter P is its variation δP taken along
@@ -29,7 +29,7 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose, ZeroMatrix
 from sympy.core.basic import Basic
 
-from .errors import DerivationError
+from ..errors import DerivationError
 from .ops import (
     Apply,
     Concat,

@@ -21,6 +21,7 @@ They never reorder factors, so results are deterministic.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import sympy as sp
 from sympy import (
@@ -36,6 +37,8 @@ from sympy import (
 )
 from sympy.core.basic import Basic
 from sympy.core.symbol import Str
+
+from ..errors import CellError
 
 __all__ = [
     "Apply",
@@ -63,7 +66,7 @@ __all__ = [
 class Apply(MatrixExpr):
     """A scalar function applied to every entry of a matrix expression: ``Apply('tanh', a)``.
 
-    The function is looked up by name in :mod:`rnnsym.activations`; the node stores only the
+    The function is looked up by name in :mod:`rnnsym.ir.activations`; the node stores only the
     name, so it prints, substitutes and compares like any other SymPy expression.
     """
 
@@ -86,8 +89,6 @@ class Apply(MatrixExpr):
 
     @property
     def activation(self):
-        from .activations import get_activation
-
         return get_activation(self.name)
 
     def _entry(self, i, j, **kwargs):
@@ -467,3 +468,29 @@ def postorder(roots: Iterable[Basic]) -> list[MatrixExpr]:
                     if isinstance(arg, MatrixExpr) and arg not in seen:
                         stack.append((arg, False))
     return order
+
+
+# ----- the table of elementwise functions -----
+# Filled by rnnsym.ir.activations (the built-ins, and each function a user defines with
+# rnnsym.elementwise); kept here so that an Apply node can find its function.
+
+ACTIVATIONS: dict[str, Any] = {}
+
+
+def get_activation(name: str) -> Any:
+    """The registered elementwise function ``name`` (an ``Activation``)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        known = ", ".join(sorted(ACTIVATIONS))
+        raise CellError(f"unknown elementwise function {name!r}; known: {known}") from None
+
+
+def adjoint_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
+    """The symbol of ∇_{q(t)} L for a named quantity q(t)."""
+    return MatrixSymbol(f"g_{symbol.name}", *symbol.shape)
+
+
+def next_symbol(symbol: MatrixSymbol) -> MatrixSymbol:
+    """The symbol of q(t+1)."""
+    return MatrixSymbol(f"{symbol.name}_next", *symbol.shape)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 import sympy as sp
 from sympy import MatrixExpr, MatrixSymbol
 
-from .errors import CellError, ShapeError
+from ..errors import CellError, ShapeError
+from .activations import define
 from .ops import (
     Apply,
     add,
     coeff_and_factors,
+    get_activation,
     hadamard,
     mul,
     ones,
@@ -30,7 +33,7 @@ from .ops import (
 )
 from .ops import concat as concat_exprs
 
-__all__ = ["Term", "Variable", "State", "apply", "as_term", "concat"]
+__all__ = ["Term", "Variable", "State", "apply", "as_term", "concat", "elementwise"]
 
 
 def _describe(term: Term) -> str:
@@ -359,8 +362,6 @@ def concat(*parts) -> Term:
 
 def apply(name: str, x) -> Term:
     """Apply the registered elementwise function ``name`` to a cell expression."""
-    from .activations import get_activation
-
     get_activation(name)
     term = as_term(x)
     return Term(Apply(name, term.expr), term.cell)
@@ -427,3 +428,20 @@ def _one_minus_sigmoid(expr):
 def log_sigmoid(x) -> Term:
     """Elementwise log σ(z) = −softplus(−z), stable for large |z|."""
     return apply("log_sigmoid", x)
+
+
+def elementwise(name: str, function) -> Callable[[Term], Term]:
+    """Make an elementwise activation from a scalar SymPy function.
+
+    ``function`` is a one-argument callable returning a SymPy expression (``lambda z: z /
+    (1 + sympy.Abs(z))``) or a ``sympy.Lambda``. Returns a function that applies it to a cell
+    expression. Its derivative is derived by SymPy when a cell using it is derived.
+    """
+    lam = define(name, function)
+
+    def applied(x):
+        return apply(name, x)
+
+    applied.__name__ = name
+    applied.__doc__ = f"Elementwise {name}(z) = {lam.expr.subs(lam.variables[0], sp.Symbol('z'))}."
+    return applied
