@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import cells
+from ._version import __version__  # noqa: F401 - rnnsym.__version__
 from .braket import SequenceForm, braket
 from .cell import Cell
 from .compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
@@ -15,8 +16,6 @@ from .unroll import unroll
 
 # after this import the name `verify` is the function, not the submodule rnnsym.verify
 from .verify import verify
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Cell",

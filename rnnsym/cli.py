@@ -8,7 +8,8 @@ import inspect
 import sys
 from pathlib import Path
 
-from . import __version__, cells
+from . import cells
+from ._version import __version__
 from .cell import Cell
 from .errors import RnnsymError
 from .printing import breakable
@@ -211,7 +212,7 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
 
 
 def _braket(args: argparse.Namespace) -> int:
-    from .braket import braket
+    from .braket.form import braket
     from .verify import braket_report
 
     cell = _target(args.cell)

@@ -1009,7 +1009,7 @@ def _assemble(
     with_vjp: bool = False,
 ) -> str:
     """The module text; ``about`` (default: the BPTT derivation) ends its docstring."""
-    from . import __version__
+    from ._version import __version__
     from .printing import derivation_text
 
     cell = gen.cell

@@ -33,6 +33,7 @@ import sympy as sp
 from sympy import ImmutableMatrix, MatrixSymbol
 
 from .cell import Cell
+from .ir.explicit import explicit
 from .ir.ops import Apply, LogSumExp, Softmax, leaves, postorder
 
 __all__ = ["LocalStep", "compile_cell_steps", "ScalarGraph", "GUARD_DIGITS"]
@@ -69,11 +70,10 @@ def _entry_symbols(symbol: MatrixSymbol) -> ImmutableMatrix:
 
 
 def _compile(name: str, kind: str, symbol: MatrixSymbol, expr, dims: dict) -> LocalStep:
-    from .verify import _explicit  # the scalar expansion of the IR (forward definitions only)
 
     concrete = sorted((leaf.xreplace(dims) for leaf in leaves(expr)), key=lambda s: s.name)
     env = {leaf: _entry_symbols(leaf) for leaf in concrete}
-    value = _explicit(expr, dims, env)
+    value = explicit(expr, dims, env)
     position = {}
     for number, leaf in enumerate(concrete):
         for at, s in enumerate(env[leaf]):

@@ -74,7 +74,7 @@ class Paper:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
@@ -197,7 +197,7 @@ def latex_notation(notation: str) -> str:
 
 def _braket_section(cell: Cell, T: int) -> tuple[str, object | None]:
     """The whole-sequence bra-ket form (the slides') of ``cell`` over T steps, or why not."""
-    from .braket import braket
+    from .braket.form import braket
 
     try:
         form = braket(cell, T)

@@ -33,6 +33,7 @@ from .cell import Cell
 from .derive import Derivation, adjoint_symbol, derive
 from .display import attach_certificate
 from .errors import RnnsymError
+from .ir.explicit import concrete, concrete_shape, explicit, forward_envs
 from .ir.ops import Apply, Concat, LogSumExp, Pad, Slice, Softmax, coeff_and_factors
 from .oracle import GUARD_DIGITS, ScalarGraph, compile_cell_steps
 
@@ -112,79 +113,6 @@ def _oracle_size(i: int) -> int:
 
 def _problem_size(i: int) -> int:
     return 3 + i
-
-
-def _concrete_shape(expr, dims: dict) -> tuple[int, ...]:
-    return tuple(int(s.xreplace(dims)) for s in expr.shape)
-
-
-def _concrete(symbol: MatrixSymbol, dims: dict) -> MatrixSymbol:
-    return symbol.xreplace(dims)
-
-
-def _explicit(expr, dims: dict, env: dict) -> ImmutableMatrix:
-    """Evaluate a matrix expression with concrete matrices bound to its symbols.
-
-    A direct walk over the IR's node types: SymPy's generic ``as_explicit`` goes entry by entry
-    through ``_entry`` and is two orders of magnitude slower on gated cells.
-    """
-    memo: dict = {}
-
-    def ev(node):
-        if node in memo:
-            return memo[node]
-        if isinstance(node, MatrixSymbol):
-            value = env[node.xreplace(dims)]
-        elif isinstance(node, sp.MatAdd):
-            value = ev(node.args[0])
-            for arg in node.args[1:]:
-                value = value + ev(arg)
-        elif isinstance(node, sp.MatMul):
-            coeff, factors = coeff_and_factors(node)
-            value = ev(factors[0])
-            for factor in factors[1:]:
-                value = value * ev(factor)
-            value = value * coeff if coeff != 1 else value
-        elif isinstance(node, sp.HadamardProduct):
-            value = ev(node.args[0])
-            for arg in node.args[1:]:
-                value = value.multiply_elementwise(ev(arg))
-        elif isinstance(node, sp.Transpose):
-            value = ev(node.arg).T
-        elif isinstance(node, Apply):
-            value = ev(node.arg).applyfunc(node.activation.scalar)
-        elif isinstance(node, LogSumExp):
-            entries = list(ev(node.args[0]))
-            value = ImmutableMatrix([[sp.log(sp.Add(*[sp.exp(e) for e in entries]))]])
-        elif isinstance(node, Softmax):
-            entries = ev(node.args[0])
-            total = sp.Add(*[sp.exp(e) for e in entries])
-            value = entries.applyfunc(lambda e: sp.exp(e) / total)
-        elif isinstance(node, Concat):
-            value = ImmutableMatrix.vstack(*[ev(a) for a in node.args])
-        elif isinstance(node, Slice):
-            arg, start, stop = node.args
-            value = ev(arg)[int(start.xreplace(dims)) : int(stop.xreplace(dims)), :]
-        elif isinstance(node, Pad):
-            arg, start, total = node.args
-            inner = ev(arg)
-            before = int(start.xreplace(dims))
-            after = int(total.xreplace(dims)) - before - inner.shape[0]
-            value = ImmutableMatrix.vstack(
-                ImmutableMatrix.zeros(before, 1), inner, ImmutableMatrix.zeros(after, 1)
-            )
-        elif isinstance(node, sp.OneMatrix):
-            value = ImmutableMatrix.ones(*_concrete_shape(node, dims))
-        elif isinstance(node, sp.ZeroMatrix):
-            value = ImmutableMatrix.zeros(*_concrete_shape(node, dims))
-        elif isinstance(node, sp.Identity):
-            value = ImmutableMatrix.eye(_concrete_shape(node, dims)[0])
-        else:
-            value = ImmutableMatrix(node.xreplace(dims).xreplace(env).as_explicit())
-        memo[node] = ImmutableMatrix(value)
-        return memo[node]
-
-    return ev(expr)
 
 
 def _rational(rng: random.Random) -> sp.Rational:
@@ -272,7 +200,7 @@ def unrolled_point(
     rng = random.Random(seed)
 
     def shape(var):
-        return _concrete_shape(var.symbol, dims)
+        return concrete_shape(var.symbol, dims)
 
     def matrices(suffix: str) -> dict[str, ImmutableMatrix]:
         return {
@@ -298,39 +226,7 @@ def unrolled_point(
 
 def _run_forward(d: Derivation, problem: UnrolledPoint, params: list[dict], evaluate) -> list:
     """Per-step environments {concrete symbol: matrix} of the unrolled cell (h(0) = 0)."""
-    return _forward_envs(d, problem.dims, params, problem.data, {}, evaluate)
-
-
-def _forward_envs(
-    d: Derivation, dims: dict, params: list[dict], data: list[dict], h0: dict, evaluate
-) -> list:
-    """Per-step environments {concrete symbol: matrix} of ``d.cell`` run over ``data``
-    (``data[t]``: input and target matrices of step t, ``params[t]``: parameter matrices),
-    from the initial states ``h0`` (zeros where missing), with the derivation's forward
-    equations."""
-    cell = d.cell
-    envs = []
-    prev = {
-        n: h0[n] if n in h0 else ImmutableMatrix.zeros(*_concrete_shape(s.symbol, dims))
-        for n, s in cell.states.items()
-    }
-    for t, step in enumerate(data):
-        env = {_concrete(p.symbol, dims): params[t][n] for n, p in cell.params.items()}
-        for var in [*cell.inputs.values(), *cell.targets.values()]:
-            if var.name in step:
-                env[_concrete(var.symbol, dims)] = step[var.name]
-        for n, s in cell.states.items():
-            env[_concrete(s.prev.symbol, dims)] = prev[n]
-        for n in cell.updates:
-            value = evaluate(_explicit(d.update_expr(n), dims, env))
-            env[_concrete(cell.states[n].symbol, dims)] = value
-        for n in cell.output_defs:
-            env[_concrete(cell.outputs[n].symbol, dims)] = evaluate(
-                _explicit(d.output_expr(n), dims, env)
-            )
-        prev = {n: env[_concrete(s.symbol, dims)] for n, s in cell.states.items()}
-        envs.append(env)
-    return envs
+    return forward_envs(d, problem.dims, params, problem.data, {}, evaluate)
 
 
 def oracle_gradients(
@@ -355,7 +251,7 @@ def oracle_gradients(
     cell, dims = problem.cell, problem.dims
     d = derivation or derive(cell)
     envs = _run_forward(d, problem, problem.symbols, lambda m: m)
-    total = sp.Add(*[_explicit(d.loss_expr, dims, env)[0, 0] for env in envs])
+    total = sp.Add(*[explicit(d.loss_expr, dims, env)[0, 0] for env in envs])
     if not problem.untied:
         return _evaluate_derivatives(total, problem.symbols[0], problem.point, digits)
     flat = {(n, t): step[n] for t, step in enumerate(problem.symbols) for n in step}
@@ -435,28 +331,28 @@ def _bptt(
         return m.evalf(digits)
 
     T = len(data)
-    envs = _forward_envs(d, dims, params, data, h0, num)
+    envs = forward_envs(d, dims, params, data, h0, num)
     per_step: dict[str, list] = {n: [None] * T for n in cell.params}
     inputs: dict[str, list] = {n: [None] * T for n in d.input_terms}
     carry: dict[str, ImmutableMatrix] = {}
     for t in reversed(range(T)):
         env = envs[t]
         for n, expr in d.output_adjoints.items():
-            symbol = _concrete(adjoint_symbol(cell.outputs[n].symbol), dims)
-            env[symbol] = num(_explicit(expr, dims, env))
+            symbol = concrete(adjoint_symbol(cell.outputs[n].symbol), dims)
+            env[symbol] = num(explicit(expr, dims, env))
         for n in reversed(list(cell.updates)):
             state = cell.states[n]
-            total_adjoint = ImmutableMatrix.zeros(*_concrete_shape(state.symbol, dims))
+            total_adjoint = ImmutableMatrix.zeros(*concrete_shape(state.symbol, dims))
             for term in d.state_local[n]:
-                total_adjoint += _explicit(term, dims, env)
+                total_adjoint += explicit(term, dims, env)
             if n in carry:
                 total_adjoint += carry[n]
-            env[_concrete(adjoint_symbol(state.symbol), dims)] = num(total_adjoint)
+            env[concrete(adjoint_symbol(state.symbol), dims)] = num(total_adjoint)
         for n, term in d.param_terms.items():
-            per_step[n][t] = num(_explicit(term, dims, env))
+            per_step[n][t] = num(explicit(term, dims, env))
         for n, term in d.input_terms.items():
-            inputs[n][t] = num(_explicit(term, dims, env))
-        carry = {n: num(_explicit(expr, dims, env)) for n, expr in d.carry.items()}
+            inputs[n][t] = num(explicit(term, dims, env))
+        carry = {n: num(explicit(expr, dims, env)) for n, expr in d.carry.items()}
     return _BpttRun(envs, per_step, inputs, carry)
 
 
@@ -633,7 +529,7 @@ def random_problem(
     dims = _concrete_sizes(cell, sizes, _problem_size)
 
     def shape(var):
-        return _concrete_shape(var.symbol, dims)
+        return concrete_shape(var.symbol, dims)
 
     params = {}
     for n, p in cell.params.items():
@@ -926,13 +822,13 @@ def kernel_problem(
     inputs = {n: input_scale * v for n, v in inputs.items()}
     dims = {cell.size_symbols[n]: v for n, v in sizes.items()}
     h0 = {
-        n: 0.5 * rng.normal(size=(B, _concrete_shape(s.symbol, dims)[0]))
+        n: 0.5 * rng.normal(size=(B, concrete_shape(s.symbol, dims)[0]))
         for n, s in cell.states.items()
     }
     prepared_targets = {}
     for n, v in cell.targets.items():
         if n in cell.class_targets:
-            prepared_targets[n] = np.eye(_concrete_shape(v.symbol, dims)[0])[targets[n]]
+            prepared_targets[n] = np.eye(concrete_shape(v.symbol, dims)[0])[targets[n]]
         else:
             prepared_targets[n] = targets[n]
     prepared_inputs = dict(inputs)
@@ -1495,7 +1391,7 @@ def _scalar_data(cell: Cell, dims: dict, T: int, rng: random.Random, given: dict
     for t in range(T):
         step = {}
         for var in [*cell.targets.values(), *cell.inputs.values()]:
-            rows = _concrete_shape(var.symbol, dims)[0]
+            rows = concrete_shape(var.symbol, dims)[0]
             if var.name in given:
                 step[var.name] = given[var.name][t]
             elif var.name in cell.fed_back:  # teacher forcing: y(t-1), y(0) = 0
@@ -1606,7 +1502,7 @@ def model_oracle(
     values = {}  # exact rational parameter values, drawn in declaration order
     for part in parts.values():
         for n, p in part.cell.params.items():
-            values[n] = _random_matrix(rng, *_concrete_shape(p.symbol, dims))
+            values[n] = _random_matrix(rng, *concrete_shape(p.symbol, dims))
     oracle_start = time.perf_counter()
     graph = ScalarGraph()
     keys = {n: graph.source(v, ("param", n)) for n, v in values.items()}
@@ -1727,9 +1623,9 @@ def _chained_derivation(model, dims: dict, values: dict, datasets: dict, digits:
         return [{n: point[n] for n in d.cell.params}] * T
 
     def state_values(d: Derivation, data: list[dict], h0: dict | None = None) -> dict:
-        envs = _forward_envs(d, dims, params_of(d, len(data)), data, h0 or {}, lambda m: m)
+        envs = forward_envs(d, dims, params_of(d, len(data)), data, h0 or {}, lambda m: m)
         return {
-            n: [env[_concrete(s.symbol, dims)] for env in envs] for n, s in d.cell.states.items()
+            n: [env[concrete(s.symbol, dims)] for env in envs] for n, s in d.cell.states.items()
         }
 
     def with_values(data: list[dict], given: dict) -> list[dict]:

@@ -56,7 +56,7 @@ def test_neumann_sum_inverts_and_closed_form_is_the_sum_of_error_bras(name, T, t
             assert same(check[i][j], form.identity_blocks[i][j]), (i, j, check[i][j])
     # M is nilpotent: M^T = 0
     power = form.identity_blocks
-    from rnnsym.braket import _bmul
+    from rnnsym.braket.form import _bmul
 
     for _ in range(T):
         power = _bmul(power, form.M_blocks)
@@ -458,7 +458,8 @@ def test_braket_report_fails_when_a_route_is_wrong(monkeypatch):
 
 def _point_env(form, problem, digits=60):
     """{step symbol: value} at a random point: parameters of step 1 (tied), x(t), h(t), G(t)."""
-    from rnnsym.verify import _explicit, _run_forward
+    from rnnsym.ir.explicit import explicit as _explicit
+    from rnnsym.verify import _run_forward
 
     cell, dims = form.cell, problem.dims
 
@@ -485,7 +486,7 @@ def test_component_form_and_G_sum_equal_the_recurrence(name):
     """|h⟩ = Σ_m |m⟩σ(⟨m|𝕁_x|x⟩ + ⟨m|𝕁_h|h(t−1)⟩ + ⟨m|b⟩) is the kets of the states the
     derivation's forward pass computes, and 𝔾 = Σ_m |m⟩σ′(…)⟨m| is diag(G(1), …, G(T)) with
     G(t) = diag(σ′(a(t))): both at a random rational point, 60 digits, 40 needed."""
-    from rnnsym.verify import _explicit
+    from rnnsym.ir.explicit import explicit as _explicit
 
     sizes = {"n": 3, "m": 2, "k": 2}
     cell = rs.cells.get(name)
@@ -507,7 +508,7 @@ def test_component_form_and_G_sum_equal_the_recurrence(name):
 def test_chain_is_the_derivative_of_the_linear_loss(t):
     """δ⟨d(t)|h(t)⟩ = Σ_{τ≤t}(⟨δ_t(τ)|δJ_x|x(τ)⟩ + ⟨δ_t(τ)|δJ_h|h(τ−1)⟩) against central finite
     differences of ⟨d(t)|h(t)⟩ along a random direction (δJ_x, δJ_h), with the slides' cell."""
-    from rnnsym.verify import _explicit
+    from rnnsym.ir.explicit import explicit as _explicit
 
     sizes = {"n": 3, "m": 2}
     cell = rs.cells.slides()

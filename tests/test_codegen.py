@@ -11,8 +11,8 @@ from sympy import MatrixSymbol, Transpose
 import rnnsym as rs
 from rnnsym import _runtime
 from rnnsym.codegen import _recycle_buffers
-from rnnsym.numpy_printer import Assign, Line, RowPrinter
 from rnnsym.ir.ops import Apply, add, hadamard, mul, ones
+from rnnsym.numpy_printer import Assign, Line, RowPrinter
 
 n, m = sp.symbols("n m", integer=True, positive=True)
 W = MatrixSymbol("W", n, n)

@@ -32,8 +32,8 @@ from rnnsym.cell import RESERVED
 from rnnsym.codegen import generate_module
 from rnnsym.derive import Derivation, adjoint_symbol, next_symbol
 from rnnsym.forward_mode import generate_forward_module
-from rnnsym.labels import same_expression
 from rnnsym.ir.ops import Apply, Concat, LogSumExp, Slice, Softmax, coeff_and_factors
+from rnnsym.labels import same_expression
 
 FUSED, EQ2, EQ3, EQ4, EQ5 = "eqs. (2)-(3)", "eq. (2)", "eq. (3)", "eq. (4)", "eq. (5)"
 EQ6, EQ7, EQ8, EQ9 = "eq. (6)", "eq. (7)", "eq. (8)", "eq. (9)"

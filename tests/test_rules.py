@@ -1,9 +1,9 @@
 """The derivative rules one by one, against references that share nothing with them.
 
-Each rule of :mod:`rnnsym.ir.rules` (vector-Jacobian products), :mod:`rnnsym.ir.jvp` (Jacobian-vector
-products, parameter seeds) and each activation's derivative is applied to small expressions at
-concrete sizes, evaluated in NumPy by an evaluator written here, and compared with central
-finite differences of the expression's value at random (Hypothesis-drawn) points, cotangents
+Each rule of :mod:`rnnsym.ir.rules` (vector-Jacobian products), :mod:`rnnsym.ir.jvp`
+(Jacobian-vector products, parameter seeds) and each activation's derivative is applied to
+small expressions at concrete sizes, evaluated in NumPy by an evaluator written here, and
+compared with central finite differences of the expression's value at random (Hypothesis-drawn) points, cotangents
 and directions. Then whole cells that need the rules in combination (a product of two matrix
 parameters, scalar coefficients inside slices and products, a scaled softmax cross-entropy,
 every built-in activation) are compiled in both modes and compared with finite differences of
@@ -40,8 +40,8 @@ from sympy import (
 )
 
 import rnnsym as rs
-from rnnsym.ir.activations import get_activation
 from rnnsym.derive import backprop
+from rnnsym.ir.activations import get_activation
 from rnnsym.ir.jvp import Direction, Seed, param_tangent, tangent
 from rnnsym.ir.ops import (
     Apply,

@@ -1,4 +1,4 @@
-"""Jacobian-vector products of the IR's node types: forward mode, the twin of :mod:`rnnsym.ir.rules`.
+"""Jacobian-vector products of the IR's node types: forward mode, twin of :mod:`rnnsym.ir.rules`.
 
 ``primitive_jvps[NodeType](node, ans, tangents)`` returns the tangent of ``node``'s value given one
 tangent per argument of ``node`` (``None`` for an argument that is not a matrix, a ``ZeroMatrix``

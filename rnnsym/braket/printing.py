@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sympy as sp
 from sympy import MatAdd, MatrixSymbol, Transpose
 
-from .braket import EPSILON as EPS
-from .braket import SequenceForm
-from .ir.ops import coeff_and_factors, signed_terms
-from .printing import TEXT_WIDTH_PT, _latex_name, display_width, join_bra_ket
+from ..ir.ops import coeff_and_factors, signed_terms
+from ..printing import TEXT_WIDTH_PT, _latex_name, display_width, join_bra_ket
+from .symbols import EPSILON as EPS
+
+if TYPE_CHECKING:
+    from .form import SequenceForm
 
 __all__ = ["braket_text", "braket_latex"]
 
@@ -118,7 +121,7 @@ class BraketText(_BraKet):
     MINUS, IDENTITY, ONES = "−", "I", "1"
 
     def __init__(self):
-        from .printing import TextPrinter
+        from ..printing import TextPrinter
 
         self._fallback = TextPrinter({})
 
@@ -158,7 +161,7 @@ class BraketLatex(_BraKet):
     MINUS, IDENTITY, ONES = "-", "I", r"\mathbf{1}"
 
     def __init__(self):
-        from .printing import DerivationLatexPrinter
+        from ..printing import DerivationLatexPrinter
 
         self._fallback = DerivationLatexPrinter({})
 

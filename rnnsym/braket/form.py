@@ -47,14 +47,15 @@ from sympy import (
     ZeroMatrix,
 )
 
-from .cell import Cell
-from .derive import Derivation, adjoint_symbol, backprop, derive
-from .errors import CellError, RnnsymError
-from .ir.ops import Apply, Concat, Pad, Slice, add, coeff_and_factors, hadamard, mul, transpose
+from ..cell import Cell
+from ..derive import Derivation, adjoint_symbol, backprop, derive
+from ..errors import CellError, RnnsymError
+from ..ir.explicit import concrete, explicit, forward_envs
+from ..ir.ops import Apply, Concat, Pad, Slice, add, coeff_and_factors, hadamard, mul, transpose
+from .printing import BraketText, braket_latex, braket_text
+from .symbols import EPSILON
 
 __all__ = ["SequenceForm", "braket", "monomials"]
-
-EPSILON = sp.Symbol("epsilon", positive=True)
 
 
 @dataclass(frozen=True)
@@ -756,7 +757,6 @@ class SequenceForm:
         {name: matrix} (tied) or {name: [matrix per step]} (untied). Parameters outside the
         recurrence (the output layer) get their step-local terms.
         """
-        from .verify import _concrete, _explicit, _run_forward
 
         if route not in ("update_rule", "closed_form"):
             raise ValueError(f"route must be 'update_rule' or 'closed_form', got {route!r}")
@@ -772,8 +772,8 @@ class SequenceForm:
 
         di = self.derivation.inlined()
         values = problem.values(digits)
-        envs = _run_forward(di, problem, values, num)
-        sizes = {name: _concrete(st.symbol, dims).shape[0] for name, st in self.states}
+        envs = forward_envs(di, problem.dims, values, problem.data, {}, num)
+        sizes = {name: concrete(st.symbol, dims).shape[0] for name, st in self.states}
         n = sum(sizes.values())
         offsets, start = {}, 0
         for name, size in sizes.items():
@@ -784,9 +784,9 @@ class SequenceForm:
             return {name: ket[a:b, :] for name, (a, b) in offsets.items()}
 
         state_adjoints = {
-            name: _concrete(adjoint_symbol(st.symbol), dims) for name, st in self.states
+            name: concrete(adjoint_symbol(st.symbol), dims) for name, st in self.states
         }
-        seeds = {name: _concrete(seed, dims) for name, seed in self.seeds.items()}
+        seeds = {name: concrete(seed, dims) for name, seed in self.seeds.items()}
         carry = {
             name: self.derivation.inline(self.inline_totals(e))
             for name, e in self.carry_exprs.items()
@@ -796,14 +796,14 @@ class SequenceForm:
             for name, e in self.param_exprs.items()
         }
         h = [ImmutableMatrix.zeros(n, 1)] + [
-            ImmutableMatrix.vstack(*[env[_concrete(st.symbol, dims)] for _, st in self.states])
+            ImmutableMatrix.vstack(*[env[concrete(st.symbol, dims)] for _, st in self.states])
             for env in envs
         ]
         d_vec, G_mat, A_mat = [], [], []
         for t, env in enumerate(envs):
             for o, expr in di.output_adjoints.items():
-                env[_concrete(adjoint_symbol(cell.outputs[o].symbol), dims)] = num(
-                    _explicit(expr, dims, env)
+                env[concrete(adjoint_symbol(cell.outputs[o].symbol), dims)] = num(
+                    explicit(expr, dims, env)
                 )
             # ⟨d(t)| = ∂L(t)/∂s(t): the loss's part of the step's state adjoints, every state
             # adjoint read as zero (what a state sends back within the step is not part of it)
@@ -813,11 +813,11 @@ class SequenceForm:
             for name, _ in self.states:
                 value = ImmutableMatrix.zeros(sizes[name], 1)
                 for term in di.state_local[name]:
-                    value = value + _explicit(term, dims, env)
+                    value = value + explicit(term, dims, env)
                 d.append(value)
             d_vec.append(num(ImmutableMatrix.vstack(*d)))
             if self.slides:
-                diag = _explicit(self.G_definition_one_step(), dims, env)
+                diag = explicit(self.G_definition_one_step(), dims, env)
                 G_mat.append(num(ImmutableMatrix.diag(*list(diag))))
                 A_mat.append(num(G_mat[-1] * values[t][self.slides.J_h]))
             else:  # A(t) row by row: the row i of A(t) is (A(t)ᵀ|e_i⟩)ᵀ
@@ -825,7 +825,7 @@ class SequenceForm:
                 for i in range(n):
                     for name, part in parts(ImmutableMatrix.eye(n)[:, i]).items():
                         env[seeds[name]] = part
-                    column = [_explicit(carry[name], dims, env) for name, _ in self.states]
+                    column = [explicit(carry[name], dims, env) for name, _ in self.states]
                     rows.append(list(ImmutableMatrix.vstack(*column)))
                 A_mat.append(num(ImmutableMatrix(rows)))
         # the adjoint bras ⟨δ(τ)| (slides form: at the pre-activation, with G(τ))
@@ -872,14 +872,14 @@ class SequenceForm:
                     per_step[b].append(num(bra.T))
                 for name, term in di.param_terms.items():  # the output layer: step-local
                     if name not in (s.J_x, s.J_h, *s.biases):
-                        per_step[name].append(num(_explicit(term, dims, env)))
+                        per_step[name].append(num(explicit(term, dims, env)))
             else:
                 # ∂L(τ)/∂θ (states held) + ⟨δ(τ)|∂s(τ)/∂θ, the step's pass seeded with |δ(τ)⟩
-                direct = {name: _explicit(e, dims, env) for name, e in di.param_terms.items()}
+                direct = {name: explicit(e, dims, env) for name, e in di.param_terms.items()}
                 for name, part in parts(bra.T).items():
                     env[seeds[name]] = part
                 for name, value in direct.items():
-                    per_step[name].append(num(value + _explicit(param_exprs[name], dims, env)))
+                    per_step[name].append(num(value + explicit(param_exprs[name], dims, env)))
         if problem.untied:
             return per_step
         return {name: num(sum(terms[1:], terms[0])) for name, terms in per_step.items()}
@@ -906,19 +906,16 @@ class SequenceForm:
 
     def text(self, expr: MatrixExpr) -> str:
         """One expression of this form as bra-ket text: ``⟨d(3)| G(3) W G(2)``."""
-        from .braket_printing import BraketText
 
         return BraketText().term(expr)
 
     def pretty(self) -> str:
         """The sequence-space derivation as Unicode text."""
-        from .braket_printing import braket_text
 
         return braket_text(self)
 
     def latex(self) -> str:
         """The sequence-space derivation as LaTeX in the slides' notation."""
-        from .braket_printing import braket_latex
 
         return braket_latex(self)
 
