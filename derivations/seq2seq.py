@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import rnnsym as rs
-from rnnsym.compose import random_model_problem
+from rnnsym.models import random_model_problem
 from rnnsym.verify import check_gradients, model_oracle
 
 # ## 1. The cells and the composition

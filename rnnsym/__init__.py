@@ -6,11 +6,11 @@ from . import cells
 from ._version import __version__  # noqa: F401 - rnnsym.__version__
 from .braket import SequenceForm, braket
 from .cell import Cell
-from .compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
 from .ir.expr import Term, concat, elementwise, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
+from .models.compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
 from .paper import paper_document
 from .unroll import unroll
 

@@ -191,7 +191,7 @@ BUILTIN: dict[str, Builtin] = {
 
 
 def _architectures() -> None:
-    from . import architectures as a
+    from .models import architectures as a
 
     BUILTIN.update(
         {

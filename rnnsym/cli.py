@@ -173,8 +173,8 @@ def _run_model(model, args: argparse.Namespace) -> int:
 
 
 def _run(cell: Cell, args: argparse.Namespace) -> int:
-    from .compose import Model
     from .kernel import compile_cell
+    from .models.compose import Model
     from .verify import verify
 
     if isinstance(cell, Model):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .architectures import elman_softmax
-from .compose import generate
 from .kernel import compile_cell
+from .models.architectures import elman_softmax
+from .models.compose import generate
 
 __all__ = ["SENTENCE", "ApplePlot", "DemoResult", "apple"]
 

@@ -31,6 +31,7 @@ from .cell import Cell
 from .errors import DerivationError
 from .ir.ops import add, adjoint_symbol, leaves, next_symbol, postorder
 from .ir.rules import vjp
+from .labels import report_labels
 
 __all__ = ["Derivation", "Equation", "derive", "adjoint_symbol", "next_symbol"]
 
@@ -327,7 +328,6 @@ def derive(cell: Cell) -> Derivation:
         input_terms={n: add(*terms) for n, terms in input_terms.items()},
         intermediate_adjoints=intermediate_adjoints,
     )
-    from .labels import report_labels  # labels reads Derivation: imported here
 
     derivation.labels = report_labels(derivation)
     derivation.forward = [

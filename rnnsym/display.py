@@ -121,10 +121,7 @@ def model_derivation_markdown(model_derivation: Any) -> str:
 def attach_certificate(kernel: Any, cell: Any, report: Any) -> None:
     """Remember ``report`` (of ``rs.verify`` or ``check_kernel`` against ``cell``) on an rnnsym
     ``Kernel`` as its certificate; other kernel objects are left untouched."""
-    from .compose import ModelKernel
-    from .kernel import Kernel
-
-    if isinstance(kernel, (Kernel, ModelKernel)):
+    if hasattr(kernel, "certificate_cell"):  # a Kernel or a ModelKernel
         kernel.certificate = report
         kernel.certificate_cell = cell
 

@@ -8,8 +8,8 @@ import types
 from pathlib import Path
 
 from . import display
+from .backends.numpy import generate_module
 from .cell import Cell
-from .codegen import generate_module
 from .derive import Derivation, derive
 
 __all__ = ["Kernel", "compile_cell", "MODES"]
@@ -89,7 +89,7 @@ def compile_cell(cell: Cell, mode: str = "reverse") -> Kernel:
         )
     derivation = derive(cell)  # checks the cell first
     if mode == "forward":
-        from .forward_mode import generate_forward_module
+        from .backends.numpy_forward import generate_forward_module
 
         return Kernel(derivation, generate_forward_module(derivation), mode)
     return Kernel(derivation, generate_module(derivation), mode)

@@ -63,7 +63,17 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, Transpose
 
 from .ir.explicit import explicit
-from .ir.ops import Apply, add, coeff_and_factors, hadamard, mul, ones, transpose
+from .ir.ops import (
+    Apply,
+    add,
+    adjoint_symbol,
+    coeff_and_factors,
+    hadamard,
+    mul,
+    next_symbol,
+    ones,
+    transpose,
+)
 
 __all__ = ["Layer", "OutputLine", "report_labels", "same_expression"]
 
@@ -290,7 +300,6 @@ def report_labels(derivation) -> dict[str, str]:
     """The report label of every line of ``derivation``, keyed as
     :attr:`~rnnsym.derive.Equation.key` (a quantity's name, ``"L"``, ``"g_<name>"`` for an
     adjoint, a parameter's name for its gradient): ``"eq. (N)"``, ``"eqs. (2)-(3)"`` or ""."""
-    from .derive import adjoint_symbol
 
     d = derivation
     cell = d.cell
@@ -381,7 +390,6 @@ def report_labels(derivation) -> dict[str, str]:
 
 def _eq9(d, layer: Layer, line: OutputLine) -> dict[str, str]:
     """{"g_h": "eq. (9)"} when ∇_{h(t)}L derives as Vᵀ ∇_{o(t)}L + Wᵀ(...) and nothing else."""
-    from .derive import adjoint_symbol, next_symbol
 
     cell = d.cell
     h = cell.states[layer.h].symbol

@@ -20,9 +20,9 @@ import numpy as np
 import sympy as sp
 
 from .cell import Cell
-from .compose import Model, ModelDerivation
 from .derive import Derivation, derive
 from .errors import RnnsymError
+from .models.compose import Model, ModelDerivation
 from .printing import (
     DerivationLatexPrinter,
     _latex_name,
@@ -255,7 +255,7 @@ def _relative(got, want) -> float:
 def _forward_vs_reverse(cell: Cell) -> tuple[dict[str, float] | None, str]:
     """Relative gradient errors of the forward-mode kernel against the reverse-mode one."""
     from .kernel import compile_cell
-    from .verify import random_problem
+    from .problems import random_problem
 
     try:
         forward = compile_cell(cell, mode="forward")
@@ -299,8 +299,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _cell_certificate(cell: Cell, T: int | None, form, today: str) -> tuple[str, bool]:
-    from .torch_compare import TORCH_MODULES, compare_with_torch, torch_builtin
     from .verify import braket_report, verify
+    from .verify.torch_compare import TORCH_MODULES, compare_with_torch, torch_builtin
 
     report = verify(cell, T=T)
     oracle, kernel = report.oracle, report.kernel

@@ -14,7 +14,7 @@ step t (y(0), the zero start value, is an initial node); a context input given o
 sequence (Fig. 6's fixed x) is one node with an edge to every step; a cell without state has no
 initial-state node, and its steps are not linked.
 
-A composed model (:class:`~rnnsym.compose.Model`) is drawn part by part, each part a cluster:
+A composed model (:class:`~rnnsym.models.compose.Model`) is drawn part by part, each part a cluster:
 a bidirectional RNN (Fig. 7) has the forward chain h(1) → … → h(T), the backward chain
 g(T+1) → g(T) → … → g(1) (its edges point backwards in time) and the head reading h(t), g(t);
 a sequence-to-sequence model (Fig. 8) has the encoder's steps 1..T_x, the context node C fed by
@@ -36,9 +36,9 @@ import sympy as sp
 from sympy import HadamardProduct, MatMul, MatrixExpr, MatrixSymbol
 
 from .cell import Cell
-from .compose import Model
 from .errors import RnnsymError
 from .ir.ops import leaves
+from .models.compose import Model
 
 __all__ = ["Node", "Edge", "UnrolledGraph", "unroll"]
 
@@ -78,7 +78,7 @@ class Edge:
 class UnrolledGraph:
     """Nodes in time order and the edges between them.
 
-    ``cell`` is the unrolled :class:`~rnnsym.Cell` or :class:`~rnnsym.compose.Model`;
+    ``cell`` is the unrolled :class:`~rnnsym.Cell` or :class:`~rnnsym.models.compose.Model`;
     ``T_out`` is a seq2seq model's decoder length T_y (None otherwise).
     """
 

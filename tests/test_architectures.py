@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnsym as rs
-from rnnsym.compose import random_model_problem
+from rnnsym.models.compose import random_model_problem
 from rnnsym.verify import check_gradients, random_problem
 
 # Tolerance of kernel vs reference. Both compute the same float64 arithmetic, only in a

@@ -459,7 +459,7 @@ def test_braket_report_fails_when_a_route_is_wrong(monkeypatch):
 def _point_env(form, problem, digits=60):
     """{step symbol: value} at a random point: parameters of step 1 (tied), x(t), h(t), G(t)."""
     from rnnsym.ir.explicit import explicit as _explicit
-    from rnnsym.verify import _run_forward
+    from rnnsym.verify.symbolic import _run_forward
 
     cell, dims = form.cell, problem.dims
 

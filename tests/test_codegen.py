@@ -9,10 +9,10 @@ import sympy as sp
 from sympy import MatrixSymbol, Transpose
 
 import rnnsym as rs
-from rnnsym import _runtime
-from rnnsym.codegen import _recycle_buffers
+from rnnsym.backends import numpy_runtime as _runtime
+from rnnsym.backends.numpy import _recycle_buffers
+from rnnsym.backends.numpy_printer import Assign, Line, RowPrinter
 from rnnsym.ir.ops import Apply, add, hadamard, mul, ones
-from rnnsym.numpy_printer import Assign, Line, RowPrinter
 
 n, m = sp.symbols("n m", integer=True, positive=True)
 W = MatrixSymbol("W", n, n)
@@ -165,7 +165,7 @@ def test_a_cell_name_cannot_end_the_docstring(tmp_path):
 
 
 def test_control_characters_in_comments_stay_on_one_line():
-    from rnnsym.numpy_printer import Comment
+    from rnnsym.backends.numpy_printer import Comment
 
     printer = RowPrinter({}, set())
     text = printer.doprint(Assign("a", "b", comment="first\nimport os\rsecond"))
@@ -191,7 +191,7 @@ def test_generated_names_step_aside_for_the_cells_names():
 def test_namespace_check_refuses_a_clash():
     import pytest
 
-    from rnnsym.codegen import check_namespace
+    from rnnsym.backends.numpy import check_namespace
     from rnnsym.errors import DerivationError
 
     cell = _tiny_cell()

@@ -196,7 +196,7 @@ def test_demo_rejects_bad_options():
 
 
 def test_nan_padding_after_a_sequence_end_reaches_nothing():
-    from rnnsym.compose import random_model_problem
+    from rnnsym.models.compose import random_model_problem
 
     model = rs.cells.get("last_output")
     kernel = model.compile()

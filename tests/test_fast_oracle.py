@@ -1,4 +1,4 @@
-"""The node-by-node scalar oracle (rnnsym/oracle.py): exact, independent and fast.
+"""The node-by-node scalar oracle (rnnsym/verify/scalar_graph.py): exact, independent and fast.
 
 The oracle differentiates each named equation of the unrolled graph with ``sympy.diff`` and
 chains the local Jacobians in mpmath. Here it is checked against the old oracle (``sympy.diff``
@@ -17,6 +17,7 @@ import sympy as sp
 import rnnsym as rs
 from rnnsym.ir.activations import ACTIVATIONS
 from rnnsym.ir.ops import mul
+from rnnsym.models import architectures
 from rnnsym.verify import (
     ORACLE_T,
     agreement_digits,
@@ -27,7 +28,8 @@ from rnnsym.verify import (
     unrolled_point,
 )
 
-VERIFY = importlib.import_module("rnnsym.verify")
+# the modules of rnnsym.verify that call derive() (the package's name `verify` is a function)
+VERIFY_MODULES = [importlib.import_module(f"rnnsym.verify.{n}") for n in ("symbolic", "models")]
 
 # Both oracles are exact up to mpmath's rounding at 60 + guard digits, so 50 agreeing digits
 # (of 60 compared) leaves room only for rounding, not for a wrong term.
@@ -87,11 +89,15 @@ def test_node_oracle_uses_none_of_rnnsyms_derivative_rules(monkeypatch):
         raise AssertionError("the oracle used rnnsym's derivation")
 
     # (``rnnsym.derive`` is also the name of a function: reach the modules themselves)
-    modules = {n: importlib.import_module(f"rnnsym.{n}") for n in ("rules", "derive", "jvp")}
+    modules = {
+        n: importlib.import_module(f"rnnsym.{path}")
+        for n, path in (("rules", "ir.rules"), ("derive", "derive"), ("jvp", "ir.jvp"))
+    }
     monkeypatch.setattr(modules["rules"], "vjp", broken)
     monkeypatch.setattr(modules["derive"], "vjp", broken)
     monkeypatch.setattr(modules["derive"], "derive", broken)
-    monkeypatch.setattr(VERIFY, "derive", broken)
+    for module in VERIFY_MODULES:
+        monkeypatch.setattr(module, "derive", broken)
     monkeypatch.setattr(modules["jvp"], "jvp", broken)
     monkeypatch.setattr(modules["jvp"], "tangent", broken)
     for name, activation in list(ACTIVATIONS.items()):
@@ -188,7 +194,7 @@ def test_model_oracle_at_40_digits(name):
 
 def test_model_oracle_with_a_context_input_decoder():
     """seq2seq whose decoder reads C at every step (a context input), not as h(0)."""
-    encoder = rs.architectures.elman_layer("enc", "h", "_e")
+    encoder = architectures.elman_layer("enc", "h", "_e")
     decoder = rs.Cell("ctx_decoder")
     n, k = decoder.dims("n k")
     C = decoder.context("C", n)
@@ -206,7 +212,8 @@ def test_model_oracle_with_a_context_input_decoder():
 
 def test_model_oracle_catches_a_wrong_chained_derivation(monkeypatch):
     """The head's ∇V scaled by 1 + 1e-30: invisible in float64, caught by the 40-digit check."""
-    real = VERIFY.derive
+    models = importlib.import_module("rnnsym.verify.models")  # where model_oracle derives
+    real = models.derive
 
     def wrong(cell):
         d = real(cell)
@@ -216,7 +223,7 @@ def test_model_oracle_catches_a_wrong_chained_derivation(monkeypatch):
         terms["V"] = mul(1 + sp.Rational(1, 10**30), terms["V"])
         return dataclasses.replace(d, param_terms=terms)
 
-    monkeypatch.setattr(VERIFY, "derive", wrong)
+    monkeypatch.setattr(models, "derive", wrong)
     report = model_oracle(rs.cells.get("last_output"), T=3)
     assert report.derivation_agreement["V"] < 35
     assert report.derivation_agreement["W"] >= 40

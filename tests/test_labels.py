@@ -28,10 +28,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnsym as rs
+from rnnsym.backends.numpy import generate_module
+from rnnsym.backends.numpy_forward import generate_forward_module
 from rnnsym.cell import RESERVED
-from rnnsym.codegen import generate_module
 from rnnsym.derive import Derivation, adjoint_symbol, next_symbol
-from rnnsym.forward_mode import generate_forward_module
 from rnnsym.ir.ops import Apply, Concat, LogSumExp, Slice, Softmax, coeff_and_factors
 from rnnsym.labels import same_expression
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import rnnsym as rs
-from rnnsym import expr as rx
+from rnnsym.ir import expr as rx
 from rnnsym.losses import squared_error
 from rnnsym.verify import kernel_problem
 

@@ -367,7 +367,7 @@ def test_latex_printing_details():
 
 
 def test_torch_compare_reports_a_missing_torch(monkeypatch):
-    from rnnsym import torch_compare
+    from rnnsym.verify import torch_compare
 
     real = importlib.import_module
 
@@ -385,7 +385,7 @@ def test_torch_compare_reports_a_missing_torch(monkeypatch):
 
 
 def test_torch_builtin_only_for_the_builtin_itself():
-    from rnnsym.torch_compare import torch_builtin
+    from rnnsym.verify.torch_compare import torch_builtin
 
     assert torch_builtin(rs.cells.lstm()) == "lstm"
     assert torch_builtin(rs.cells.mgu()) is None

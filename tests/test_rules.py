@@ -1,14 +1,15 @@
 """The derivative rules one by one, against references that share nothing with them.
 
-Each rule of :mod:`rnnsym.ir.rules` (vector-Jacobian products), :mod:`rnnsym.ir.jvp`
-(Jacobian-vector products, parameter seeds) and each activation's derivative is applied to
-small expressions at concrete sizes, evaluated in NumPy by an evaluator written here, and
-compared with central finite differences of the expression's value at random (Hypothesis-drawn) points, cotangents
-and directions. Then whole cells that need the rules in combination (a product of two matrix
-parameters, scalar coefficients inside slices and products, a scaled softmax cross-entropy,
-every built-in activation) are compiled in both modes and compared with finite differences of
-a NumPy reference written here, and with the scalar oracle at T = 2; and the ∂q/∂θ formulas
-printed in forward kernels' docstrings are evaluated and compared with finite differences.
+Each rule of :mod:`rnnsym.ir.rules` (vector-Jacobian products), :mod:`rnnsym.ir.jvp` (Jacobian-
+vector products, parameter seeds) and each activation's derivative is applied to small
+expressions at concrete sizes, evaluated in NumPy by an evaluator written here, and compared
+with central finite differences of the expression's value at random (Hypothesis-drawn) points,
+cotangents and directions. Then whole cells that need the rules in combination (a product of two
+matrix parameters, scalar coefficients inside slices and products, a scaled softmax cross-
+entropy, every built-in activation) are compiled in both modes and compared with finite
+differences of a NumPy reference written here, and with the scalar oracle at T = 2; and the
+∂q/∂θ formulas printed in forward kernels' docstrings are evaluated and compared with finite
+differences.
 
 This file is the default test selection of the mutation run, ``tools/mutate_rules.py``: it is
 meant to kill every non-equivalent mutant of the rule tables, fast.
@@ -641,14 +642,14 @@ def test_sensitivity_formulas_match_finite_differences(name, seed):
 
 @functools.cache
 def _sensitivity_rows(name: str):
-    from rnnsym.forward_mode import sensitivities
+    from rnnsym.backends.numpy_forward import sensitivities
 
     return sensitivities(rs.derive(CELL_CASES[name].build())).display
 
 
 def test_sensitivity_formulas_are_the_docstrings():
     """The formulas evaluated above are the ones a forward kernel's docstring prints."""
-    from rnnsym.forward_mode import sensitivities, sensitivity_text
+    from rnnsym.backends.numpy_forward import sensitivities, sensitivity_text
 
     for name in CELL_CASES:
         kernel = _kernel(name, "forward")

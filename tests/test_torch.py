@@ -287,9 +287,9 @@ def test_gate_order_matters(kernels: dict[str, Any], name: str) -> None:
 
 @pytest.mark.parametrize("name", CELLS)
 def test_library_comparison_agrees_with_torch(name: str) -> None:
-    """rnnsym.torch_compare (what ``rnnsym paper`` certifies) finds the same agreement as the
+    """rnnsym.verify.torch_compare (what ``rnnsym paper`` certifies) finds the same agreement as the
     independent references above: every parameter and the loss within its 1e-10 tolerance."""
-    from rnnsym.torch_compare import TORCH_MODULES, compare_with_torch
+    from rnnsym.verify.torch_compare import TORCH_MODULES, compare_with_torch
 
     result = compare_with_torch(name, n=4, m=3, k=2, T=6, B=3, seed=11)
     assert result.available and result.torch_version == str(torch.__version__)

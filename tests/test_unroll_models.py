@@ -18,7 +18,7 @@ import pytest
 import sympy as sp
 
 import rnnsym as rs
-from rnnsym.architectures import elman_layer
+from rnnsym.models.architectures import elman_layer
 from rnnsym.unroll import UnrolledGraph
 
 # ----- helpers -----

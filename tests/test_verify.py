@@ -182,7 +182,7 @@ def test_abs_in_a_user_function_is_taken_branch_wise_by_the_complex_step():
 
 def test_the_central_difference_fallback_agrees_with_the_complex_step():
     # the reference for cells with functions the complex step cannot take
-    from rnnsym.verify import _complex_gradients, _Reference
+    from rnnsym.verify.kernel_check import _complex_gradients, _Reference
 
     cell = rs.cells.gru()
     problem = kernel_problem(cell, 3)

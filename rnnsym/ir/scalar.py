@@ -19,8 +19,8 @@ __all__ = ["scalar_code"]
 class _ScalarPrinter(NumPyPrinter):
     """Prints the scalar body of a user activation with its argument already printed.
 
-    Only NumPy (and the vectorised helpers of :mod:`rnnsym._runtime`) may appear in the
-    result: anything that would need another module raises :class:`DerivationError`.
+    Only NumPy (and the vectorised helpers of :mod:`rnnsym.backends.numpy_runtime`) may
+    appear in the result: anything that would need another module raises :class:`DerivationError`.
     """
 
     def __init__(self, argument: sp.Dummy, text: str):

@@ -45,7 +45,12 @@ from sympy import (
     ZeroMatrix,
 )
 
-from .codegen import (
+from ..derive import Derivation, adjoint_symbol, backprop
+from ..errors import DerivationError
+from ..ir.jvp import Seed, param_tangent, seed_terms, tangent
+from ..ir.ops import Concat, add, coeff_and_factors, hadamard, is_zero, leaves, mul, postorder
+from ..printing import TextPrinter, _time_tables
+from .numpy import (
     KernelGenerator,
     Namer,
     Phase,
@@ -57,12 +62,7 @@ from .codegen import (
     batch_sum,
     cite_lines,
 )
-from .derive import Derivation, adjoint_symbol, backprop
-from .errors import DerivationError
-from .ir.jvp import Seed, param_tangent, seed_terms, tangent
-from .ir.ops import Concat, add, coeff_and_factors, hadamard, is_zero, leaves, mul, postorder
 from .numpy_printer import Assign, Comment, Function, Line, Loop, RowPrinter, TotalLoss
-from .printing import TextPrinter, _time_tables
 
 __all__ = ["Sensitivities", "sensitivities", "TangentPrinter", "generate_forward_module"]
 
@@ -705,7 +705,7 @@ def sensitivity_rows(sens: Sensitivities) -> list[tuple[str, str, str, str, str]
     ``"g_o"`` for ∇_{o(t)}L; ``"∂L/∂q"`` and ``"∂L/∂q_prev"`` for the adjoints of step t;
     ``"∇θ"`` for the sum over the sensitivities; a parameter's name for its output terms.
     """
-    from .labels import same_expression
+    from ..labels import same_expression
 
     derivation = sens.derivation
     cell = derivation.cell

@@ -1,16 +1,16 @@
 """The architectures of the report (§3, Figures 4–8; §4, Figures 9–10) as built-in models.
 
 Each is written with the public API only: cells (``rs.Cell``) and, where the architecture runs
-cells over different time axes, the composition functions of :mod:`rnnsym.compose`. The
+cells over different time axes, the composition functions of :mod:`rnnsym.models.compose`. The
 figure each one implements is in its docstring; ``rnnsym derive NAME`` derives and verifies it.
 """
 
 from __future__ import annotations
 
-from .cell import Cell
+from ..cell import Cell
+from ..ir import expr as rx
+from ..losses import softmax_cross_entropy, squared_error
 from .compose import Model, bidirectional, last_output, seq2seq, stack
-from .ir import expr as rx
-from .losses import softmax_cross_entropy, squared_error
 
 __all__ = [
     "teacher_forcing",

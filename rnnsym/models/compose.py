@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from . import display as _display
-from .cell import Cell
-from .derive import Derivation, Equation, derive
-from .errors import CellError, ShapeError
-from .losses import linear_loss
+from .. import display as _display
+from ..cell import Cell
+from ..derive import Derivation, Equation, derive
+from ..errors import CellError, ShapeError
+from ..losses import linear_loss
+from ..problems import random_problem
 
 __all__ = [
     "stack",
@@ -239,7 +240,7 @@ class Model:
         return ModelDerivation(self, parts)
 
     def compile(self) -> ModelKernel:
-        from .kernel import compile_cell
+        from ..kernel import compile_cell
 
         return ModelKernel(
             self, {r: compile_cell(p.seeded or p.cell) for r, p in self.parts.items()}
@@ -470,7 +471,7 @@ class ModelDerivation:
         lines = []
         if m.kind in ("bidirectional", "last_output"):
             head = self.parts["head"]
-            from .printing import TextPrinter, _time_tables
+            from ..printing import TextPrinter, _time_tables
 
             names, _ = _time_tables(head.cell)
             printer = TextPrinter(names)
@@ -538,7 +539,7 @@ class ModelDerivation:
         return text
 
     def pretty(self) -> str:
-        from .printing import derivation_text
+        from ..printing import derivation_text
 
         m = self.model
         out = [f"Model {m.name!r} ({m.kind.replace('_', ' ')})", ""]
@@ -563,7 +564,7 @@ class ModelDerivation:
 
     def _part_titles(self, role: str, notation: str = "plain") -> tuple[str, dict[str, str]]:
         """The part's heading and its section titles, LaTeX math with text in ``\\text``."""
-        from .printing import latex_step, latex_titles
+        from ..printing import latex_step, latex_titles
 
         m = self.model
         part = m.parts[role]
@@ -608,7 +609,7 @@ class ModelDerivation:
         Equation N of a part is tagged with the part's letter (F, B, H, E, D, L) before N,
         and labelled ``<key>:<role>:N`` (key default ``eq:<model name>``).
         """
-        from .printing import align_block, label_key, latex_rows
+        from ..printing import align_block, label_key, latex_rows
 
         key = key or label_key("eq", self.model.name)
         out = []
@@ -629,7 +630,7 @@ class ModelDerivation:
 
     def _coupling_latex(self, notation: str, key: str, labels: bool) -> str:
         """How the adjoints are chained, as an ``align`` (equations tagged C1, C2, ...)."""
-        from .printing import LatexRow, _latex_name, align_block, latex_printer, latex_step
+        from ..printing import LatexRow, _latex_name, align_block, latex_printer, latex_step
 
         m = self.model
         rows: list[LatexRow] = []
@@ -694,7 +695,7 @@ class ModelDerivation:
     def paper(self, **options) -> str:
         """This derivation as a standalone LaTeX document with its verification certificate;
         see :func:`rnnsym.paper.paper_document` for the options."""
-        from .paper import paper_document
+        from ..paper import paper_document
 
         return paper_document(self, **options)
 
@@ -1056,7 +1057,6 @@ def random_model_problem(
 ):
     """Random float64 (params, inputs, targets) for a model; ``T_out`` is the decoder's length
     (default T + 1, so the encoder and decoder lengths differ)."""
-    from .verify import random_problem
 
     sizes = {**model_sizes(model), **(sizes or {})}
     rng = np.random.default_rng(seed)

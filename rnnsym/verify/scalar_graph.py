@@ -32,9 +32,9 @@ import mpmath
 import sympy as sp
 from sympy import ImmutableMatrix, MatrixSymbol
 
-from .cell import Cell
-from .ir.explicit import explicit
-from .ir.ops import Apply, LogSumExp, Softmax, leaves, postorder
+from ..cell import Cell
+from ..ir.explicit import explicit
+from ..ir.ops import Apply, LogSumExp, Softmax, leaves, postorder
 
 __all__ = ["LocalStep", "compile_cell_steps", "ScalarGraph", "GUARD_DIGITS"]
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from .cell import Cell
+from .. import cells
+from ..cell import Cell
+from ..kernel import compile_cell
 
 __all__ = ["TORCH_MODULES", "TorchComparison", "torch_builtin", "compare_with_torch"]
 
@@ -88,7 +90,6 @@ def _signature(cell: Cell) -> tuple:
 
 def torch_builtin(cell: Cell) -> str | None:
     """The name of the built-in cell that ``cell`` is, if a torch module matches it."""
-    from . import cells
 
     if not isinstance(cell, Cell) or cell.name not in TORCH_MODULES:
         return None
@@ -116,8 +117,6 @@ def compare_with_torch(
         torch = importlib.import_module("torch")
     except ImportError:
         return TorchComparison(name, module_name, False, note="torch not installed")
-    from . import cells
-    from .kernel import compile_cell
 
     rng = np.random.default_rng(seed)
     gates = {"lstm": 4, "gru": 3}.get(name, 1)

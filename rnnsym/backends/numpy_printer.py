@@ -26,8 +26,8 @@ from sympy import (
 from sympy.core.basic import Basic
 from sympy.printing.printer import Printer
 
-from .errors import DerivationError
-from .ir.ops import (
+from ..errors import DerivationError
+from ..ir.ops import (
     Apply,
     Concat,
     LogSumExp,
@@ -38,7 +38,7 @@ from .ir.ops import (
     signed_terms,
     transpose,
 )
-from .ir.scalar import scalar_code
+from ..ir.scalar import scalar_code
 
 __all__ = [
     "SumOuter",

@@ -1,7 +1,7 @@
 """Generate the NumPy kernel module of a derived cell.
 
 The kernel is laid out in five phases, each a list of statements printed by
-:class:`~rnnsym.numpy_printer.RowPrinter`:
+:class:`~rnnsym.backends.numpy_printer.RowPrinter`:
 
 1. forward recurrence: a loop over t for the states; everything in the update that does not
    depend on the previous states (``b + U x(t)``) is computed for all t at once first;
@@ -30,11 +30,10 @@ import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
 from sympy.core.basic import Basic
 
-from . import _runtime
-from .cell import python_name
-from .derive import Derivation, adjoint_symbol
-from .errors import DerivationError
-from .ir.ops import (
+from ..cell import python_name
+from ..derive import Derivation, adjoint_symbol
+from ..errors import DerivationError
+from ..ir.ops import (
     Apply,
     Concat,
     Slice,
@@ -47,6 +46,7 @@ from .ir.ops import (
     signed_terms,
     transpose,
 )
+from . import numpy_runtime as _runtime
 from .numpy_printer import (
     Assign,
     Comment,
@@ -990,7 +990,7 @@ def _helper_source(name: str) -> str:
 
 
 def _runtime_source(used: set[str]) -> str:
-    """The runtime helpers the module needs, copied from rnnsym/_runtime.py."""
+    """The runtime helpers the module needs, copied from rnnsym/backends/numpy_runtime.py."""
     pieces = []
     for name in _HELPER_ORDER:
         if name in used:
@@ -1009,8 +1009,8 @@ def _assemble(
     with_vjp: bool = False,
 ) -> str:
     """The module text; ``about`` (default: the BPTT derivation) ends its docstring."""
-    from ._version import __version__
-    from .printing import derivation_text
+    from .._version import __version__
+    from ..printing import derivation_text
 
     cell = gen.cell
     spec = _spec(cell)
