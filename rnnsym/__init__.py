@@ -56,22 +56,27 @@ __all__ = [
 ]
 
 
-def compile(cell: Cell | Model, mode: str = "reverse"):  # noqa: A001 - the public name
-    """Derive ``cell`` (or a composed model) and generate, import and return its NumPy kernel.
+def compile(  # noqa: A001 - the public name
+    cell: Cell | Model, mode: str = "reverse", backend: str = "numpy"
+):
+    """Derive ``cell`` (or a composed model) and generate, import and return its kernel.
 
     ``mode="reverse"`` (the default) computes gradients by back-propagation through time;
     ``mode="forward"`` by forward sensitivity propagation (real-time recurrent learning), whose
-    memory does not grow with the sequence length.
+    memory does not grow with the sequence length. ``backend`` is ``"numpy"`` (the default),
+    ``"torch"``, ``"jax"`` or ``"numba"``: the same kernel printed for that framework, with
+    the same functions and the same (T, B, size) layout.
     """
     from .kernel import compile_cell
 
     if isinstance(cell, Model):
-        if mode != "reverse":
+        if mode != "reverse" or backend != "numpy":
             raise ValueError(
-                f"mode={mode!r}: a composed model ({cell.kind}) is compiled in reverse mode only"
+                f"mode={mode!r}, backend={backend!r}: a composed model ({cell.kind}) is "
+                f"compiled in reverse mode for NumPy only"
             )
         return cell.compile()
-    return compile_cell(cell, mode=mode)
+    return compile_cell(cell, mode=mode, backend=backend)
 
 
 def check_gradients(kernel, params, inputs, targets, h0=None, **options):

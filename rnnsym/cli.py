@@ -149,6 +149,10 @@ def _check_T(args: argparse.Namespace) -> None:
 def _run_model(model, args: argparse.Namespace) -> int:
     from .verify import verify_model
 
+    if args.backend != "numpy":
+        raise RnnsymError(
+            f"--backend {args.backend}: a composed model ({model.kind}) is compiled for NumPy only"
+        )
     kernel = model.compile()
     derivation = model.derive()
     out = sys.stdout
@@ -190,11 +194,13 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
     else:
         out.write(kernel.derivation.pretty() + "\n")
     if args.emit:
-        path = kernel.write(args.emit)
+        emitted = kernel if args.backend == "numpy" else compile_cell(cell, backend=args.backend)
+        path = emitted.write(args.emit)
+        framework = {"numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "numba": "NumPy and Numba"}
         out.write(
             _comment(
-                f"\nKernel written to {path} ({len(kernel.source.splitlines())} lines, "
-                f"needs only NumPy)",
+                f"\nKernel written to {path} ({len(emitted.source.splitlines())} lines, "
+                f"needs only {framework[args.backend]})",
                 args.latex,
             )
             + "\n"
@@ -295,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--latex", action="store_true", help="print the derivation as LaTeX")
         p.add_argument("--emit", metavar="PATH", help="write the generated kernel module here")
+        p.add_argument(
+            "--backend",
+            default="numpy",
+            choices=["numpy", "torch", "jax", "numba"],
+            help="the framework of the kernel --emit writes (default numpy; the report "
+            "verifies the NumPy kernel and compares this one with it)",
+        )
         p.add_argument("--no-verify", action="store_true", help="skip the verification report")
         p.add_argument(
             "--T",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import linecache
 import types
 from pathlib import Path
@@ -12,9 +14,35 @@ from .backends.numpy import generate_module
 from .cell import Cell
 from .derive import Derivation, derive
 
-__all__ = ["Kernel", "compile_cell", "MODES"]
+__all__ = ["Kernel", "compile_cell", "MODES", "BACKENDS"]
 
 MODES = ("reverse", "forward")
+
+# backend -> (module that prints and loads its kernels, the framework it needs, the extra)
+BACKENDS = {
+    "numpy": ("rnnsym.backends.numpy", "numpy", None),
+    "torch": ("rnnsym.backends.torch", "torch", "torch"),
+    "jax": ("rnnsym.backends.jax", "jax", "jax"),
+    "numba": ("rnnsym.backends.numba", "numba", "numba"),
+}
+
+
+def backend_module(backend: str):
+    """The module of ``backend`` (one of :data:`BACKENDS`), its framework imported; a clear
+    error when the name is unknown or the framework is not installed."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} is not a backend; use one of "
+            f"{', '.join(repr(b) for b in BACKENDS)}"
+        )
+    module, framework, extra = BACKENDS[backend]
+    if importlib.util.find_spec(framework) is None:
+        raise ModuleNotFoundError(
+            f"backend={backend!r} needs {framework}, which is not installed: "
+            f"pip install 'rnnsym[{extra}]'",
+            name=framework,
+        )
+    return importlib.import_module(module)
 
 
 class Kernel:
@@ -80,14 +108,23 @@ class Kernel:
     _repr_html_ = display.kernel_html
 
 
-def compile_cell(cell: Cell, mode: str = "reverse") -> Kernel:
-    """Derive ``cell`` and build its kernel; ``mode`` is ``"reverse"`` or ``"forward"``."""
+def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy"):
+    """Derive ``cell`` and build its kernel; ``mode`` is ``"reverse"`` or ``"forward"``,
+    ``backend`` one of :data:`BACKENDS` (``"numpy"``, ``"torch"``, ``"jax"``, ``"numba"``)."""
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(
             f"mode={mode!r} is not a differentiation mode; use one of "
             f"{', '.join(repr(m) for m in MODES)}"
         )
+    module = backend_module(backend)
+    if backend != "numpy" and mode != "reverse":
+        raise ValueError(
+            f"mode={mode!r}: the {backend} backend generates reverse mode (BPTT) only; "
+            f"forward mode is NumPy's"
+        )
     derivation = derive(cell)  # checks the cell first
+    if backend != "numpy":
+        return module.compile_derivation(derivation)
     if mode == "forward":
         from .backends.numpy_forward import generate_forward_module
 

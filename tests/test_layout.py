@@ -22,7 +22,7 @@ PACKAGE = Path(rnnsym.__file__).parent
 LAYERS = [
     ("base", ["rnnsym._version", "rnnsym.errors"]),
     ("ir", ["rnnsym.ir"]),
-    ("cell", ["rnnsym.cell", "rnnsym.losses", "rnnsym.problems"]),
+    ("cell", ["rnnsym.cell", "rnnsym.losses", "rnnsym.problems", "rnnsym.transform"]),
     ("derive", ["rnnsym.derive", "rnnsym.labels", "rnnsym.printing", "rnnsym.display"]),
     ("lower and print", ["rnnsym.backends", "rnnsym.kernel", "rnnsym.braket"]),
     ("models", ["rnnsym.models", "rnnsym.cells"]),

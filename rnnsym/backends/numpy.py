@@ -25,6 +25,7 @@ import functools
 import inspect
 import pprint
 import re
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy import HadamardProduct, MatAdd, MatMul, MatrixExpr, MatrixSymbol, OneMatrix, Transpose
@@ -54,13 +55,47 @@ from .numpy_printer import (
     Line,
     Loop,
     RowPrinter,
+    Store,
     SumOuter,
     SumRows,
     TotalLoss,
     batch_leaves,
 )
 
-__all__ = ["generate_module"]
+__all__ = ["generate_module", "KernelGenerator", "Backend", "NUMPY"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the lowering asks of a backend: its expression printer and the few statements it
+    writes as code (allocation, copies). A backend that cannot write into arrays in place
+    (``inplace=False``, JAX) gets no ``out=`` arguments and no recycled buffers."""
+
+    name: str = "numpy"
+    printer: type = RowPrinter
+    inplace: bool = True
+
+    @property
+    def module(self) -> str:
+        return self.printer.module
+
+    def empty(self, shape: str) -> str:
+        return f"{self.module}.empty({shape}, dtype=dtype)"
+
+    def zeros(self, shape: str) -> str:
+        return f"{self.module}.zeros({shape}, dtype=dtype)"
+
+    def empty_like(self, array: str) -> str:
+        return f"{self.module}.empty_like({array})"
+
+    def zeros_like(self, array: str) -> str:
+        return f"{self.module}.zeros_like({array})"
+
+    def copy(self, array: str) -> str:
+        return f"{array}.copy()"
+
+
+NUMPY = Backend()
 
 
 class Namer:
@@ -246,7 +281,7 @@ class Phase:
         self.values: dict = {}  # name -> the expression assigned to it
 
     def print(self, expr: MatrixExpr) -> str:
-        printer = RowPrinter(self.names, self.gen.batch, self.sequence)
+        printer = self.gen.backend.printer(self.names, self.gen.batch, self.sequence)
         text = printer.doprint(expr)
         self.gen.helpers |= printer.used_helpers
         return text
@@ -259,20 +294,24 @@ class Phase:
 
     def print_into(self, expr: MatrixExpr, dest: str, substitute: bool = True) -> str | None:
         """``expr`` computed straight into the array ``dest`` (NumPy's ``out=``), if possible."""
+        if not self.gen.backend.inplace:
+            return None
         if substitute:
             expr = expr.xreplace(self.bound)
+        module = self.gen.backend.module
         if isinstance(expr, Apply) and expr.activation.numpy in _UFUNCS:
-            return f"{expr.activation.numpy}({self.print(expr.arg)}, out={dest})"
+            name = self.gen.backend.printer.function(expr.activation.numpy)
+            return f"{name}({self.print(expr.arg)}, out={dest})"
         if isinstance(expr, Concat):
             return f"{self.print(expr)[:-1]}, out={dest})"  # np.concatenate(..., out=dest)
         if isinstance(expr, HadamardProduct) and len(expr.args) == 2:
             a, b = (self.print(x) for x in expr.args)
-            return f"np.multiply({a}, {b}, out={dest})"
+            return f"{module}.multiply({a}, {b}, out={dest})"
         if isinstance(expr, MatAdd) and len(expr.args) == 2:
             (a_negative, a), (b_negative, b) = signed_terms(expr)
             if not a_negative:
-                ufunc = "np.subtract" if b_negative else "np.add"
-                return f"{ufunc}({self.print(a)}, {self.print(b)}, out={dest})"
+                ufunc = "subtract" if b_negative else "add"
+                return f"{module}.{ufunc}({self.print(a)}, {self.print(b)}, out={dest})"
         return None
 
     def assign_into(self, name: str, expr: MatrixExpr, dest: str, comment: str = "") -> None:
@@ -280,7 +319,8 @@ class Phase:
         text = self.print_into(expr, dest)
         if text is None:
             self.assign(name, expr, comment)
-            self.stmts.append(Line(f"{dest} = {name}"))
+            array, index = dest[:-1].split("[", 1)
+            self.stmts.append(Store(array, index, name))
         else:
             self.stmts.append(Line(f"{text}" + (f"  # {comment}" if comment else "")))
             self.stmts.append(Line(f"{name} = {dest}", defines=name))
@@ -423,7 +463,8 @@ def _report_numbers(labels) -> list[int]:
 class KernelGenerator:
     """Builds the kernel module of one derivation."""
 
-    def __init__(self, derivation: Derivation):
+    def __init__(self, derivation: Derivation, backend: Backend = NUMPY):
+        self.backend = backend
         self.display = derivation  # named intermediates kept, for the module docstring
         self.cite = functools.partial(cite, derivation)  # its line numbers, for the comments
         derivation = derivation.inlined()
@@ -557,8 +598,9 @@ class KernelGenerator:
         stmts: list = [Comment(f"forward recurrence, {steps}: the states for t = 1..T")]
         for n in self.state_order:
             size = self.size_text(cell.states[n].shape[0])
-            stmts.append(Line(f"{self.all_name[n]} = np.empty((T + 1, B, {size}), dtype=dtype)"))
-            stmts.append(Line(f"{self.all_name[n]}[0] = states[{n!r}]"))
+            empty = self.backend.empty(f"(T + 1, B, {size})")
+            stmts.append(Line(f"{self.all_name[n]} = {empty}"))
+            stmts.append(Store(self.all_name[n], "0", f"states[{n!r}]"))
         variant = {s.prev.symbol for s in cell.states.values()}
         variant |= {s.symbol for s in cell.states.values()}
         pre = Phase(self, seq, "v")
@@ -590,7 +632,8 @@ class KernelGenerator:
             if self.is_batch(root):
                 loop.assign_into(step, root, dest, self.cite([n]))
             else:  # free of the data and of the past: one value, stored in every row
-                loop.stmts.append(Line(f"{dest} = {loop.print(root)}  # {self.cite([n])}"))
+                all_name = self.all_name[n]
+                loop.stmts.append(Store(all_name, "t + 1", loop.print(root), self.cite([n])))
                 loop.stmts.append(Line(f"{step} = {dest}", defines=step))
             loop.names[cell.states[n].symbol] = step
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
@@ -662,9 +705,10 @@ class KernelGenerator:
         recurrence = self.cite([f"g_{name}" for _, name in cell.order])
         stmts.append(Comment(f"adjoint recurrence, {recurrence}: the only sequential part"))
         for n in self.state_order:
-            stmts.append(Line(f"g_{n} = np.empty_like({n})"))
+            stmts.append(Line(f"g_{n} = {self.backend.empty_like(n)}"))
         for n in d.carry:
-            stmts.append(Line(f"{carry_names[n]} = np.zeros_like({self.all_name[n]}[0])"))
+            zeros = self.backend.zeros_like(f"{self.all_name[n]}[0]")
+            stmts.append(Line(f"{carry_names[n]} = {zeros}"))
         pre = Phase(self, phase.names, "v")
         pre.bound = dict(phase.bound)
         loop_names = {p.symbol: n for n, p in cell.params.items()}
@@ -715,7 +759,7 @@ class KernelGenerator:
             g_t = self.adjoint_step_name[n]
             loop.emit([(g_t, value, self.cite([f"g_{n}"]))])
             loop.name(adjoint_symbol(states[n].symbol), g_t, True)
-            loop.stmts.append(Line(f"g_{n}[t] = {g_t}"))
+            loop.stmts.append(Store(f"g_{n}", "t", g_t))
         # products the parameter gradients need are kept for all t
         force = set()
         for expr in carry_exprs.values():
@@ -729,13 +773,13 @@ class KernelGenerator:
         for node, temp in forced.items():
             seq_name = self.namer.fresh(f"{temp}_seq")
             size = self.size_text(node.shape[0])
-            stmts.append(Line(f"{seq_name} = np.empty((T, B, {size}), dtype=dtype)"))
+            stmts.append(Line(f"{seq_name} = {self.backend.empty(f'(T, B, {size})')}"))
             stored[self.original(node, loop.bound)] = seq_name
-            store_after[temp] = Line(f"{seq_name}[t] = {temp}")
+            store_after[temp] = Store(seq_name, "t", temp)
         body = loop.stmts[:first]
         for stmt in loop.stmts[first:]:
             if isinstance(stmt, Assign) and stmt.target in store_after:
-                dest = store_after[stmt.target].code.split(" = ")[0]
+                dest = f"{store_after[stmt.target].array}[t]"
                 into = loop.print_into(loop.values[stmt.target], dest, substitute=False)
                 if into is not None:  # computed in place in its sequence: no copy
                     body.extend([Line(into), Line(f"{stmt.target} = {dest}")])
@@ -758,6 +802,16 @@ class KernelGenerator:
     # ----- the whole module -----
 
     def generate(self) -> str:
+        """The NumPy module's source."""
+        fwd, grad = self.functions()
+        printer = self.backend.printer({}, self.batch)
+        return _assemble(
+            self, printer.doprint(fwd), printer.doprint(grad), self.helpers, with_vjp=True
+        )
+
+    def functions(self) -> tuple[Function, Function]:
+        """The lowered program: the statements of ``_forward`` and ``_loss_and_grad``, with
+        every expression already printed by the backend's printer."""
         cell, d = self.cell, self.d
         base_names = set(self.namer.taken)
         fwd_stmts, seq = self.forward_phase()
@@ -798,13 +852,15 @@ class KernelGenerator:
         # parameters with equal gradients (b_ih and b_hh of an LSTM) get arrays of their own
         grad_names = {f"g_{n}" for n in cell.params}
         grads.stmts[:] = [
-            Assign(s.target, f"{s.value}.copy()", s.comment, s.size)
+            Assign(s.target, self.backend.copy(s.value), s.comment, s.size)
             if isinstance(s, Assign) and s.target in grad_names and s.value in grad_names
             else s
             for s in grads.stmts
         ]
-        grad_body = _recycle_buffers([*fwd_stmts, *phase.stmts, *grads.stmts, *tail])
-        return self.module(forward_body, grad_body)
+        grad_body = [*fwd_stmts, *phase.stmts, *grads.stmts, *tail]
+        if self.backend.name == "numpy":  # the recycling rewrites NumPy's own calls
+            grad_body = _recycle_buffers(grad_body)
+        return self.function_statements(forward_body, grad_body)
 
     def composition_tail(self, grads: Phase, grad_dict: str) -> list:
         """Return the gradients; with ``full``, also ∇ of the inputs and of h(0).
@@ -824,7 +880,7 @@ class KernelGenerator:
             if term is None:
                 size = self.size_text(var.shape[0])
                 shape = f"(B, {size})" if name in context else f"(T, B, {size})"
-                tail.stmts.append(Line(f"{names[name]} = np.zeros({shape}, dtype=dtype)"))
+                tail.stmts.append(Line(f"{names[name]} = {self.backend.zeros(shape)}"))
             elif name in context:
                 temp = self.namer.fresh(f"g_in_{name}_t")
                 tail.emit([(temp, term, "")])
@@ -841,7 +897,7 @@ class KernelGenerator:
             if name in carry:
                 initial.append(f"{name!r}: {carry[name]}")
             else:  # h(0) reaches nothing
-                initial.append(f"{name!r}: np.zeros_like({self.all_name[name]}[0])")
+                initial.append(f"{name!r}: {self.backend.zeros_like(f'{self.all_name[name]}[0]')}")
         input_dict = ", ".join(f"{n!r}: {names[n]}" for n in cell.inputs)
         stmts.append(Comment("and of the initial states: what step 1 hands back to h(0)"))
         stmts.append(
@@ -857,15 +913,22 @@ class KernelGenerator:
             if isinstance(s, (Assign, Line))
         )
         unused = {n for n in self.state_order if not re.search(rf"\bg_{n}\b", used)}
-        drop = {f"g_{n} = np.empty_like({n})" for n in unused}
-        drop |= {f"g_{n}[t] = {self.adjoint_step_name[n]}" for n in unused}
+        drop = {f"g_{n} = {self.backend.empty_like(n)}" for n in unused}
+        drop_stores = {(f"g_{n}", "t", self.adjoint_step_name[n]) for n in unused}
         kept = []
         for stmt in phase.stmts:
             if isinstance(stmt, Loop):
                 stmt = Loop(
                     stmt.index,
                     stmt.iterable,
-                    tuple(s for s in stmt.body if not (isinstance(s, Line) and s.code in drop)),
+                    tuple(
+                        s
+                        for s in stmt.body
+                        if not (isinstance(s, Line) and s.code in drop)
+                        and not (
+                            isinstance(s, Store) and (s.array, s.index, s.value) in drop_stores
+                        )
+                    ),
                 )
             if not (isinstance(stmt, Line) and stmt.code in drop):
                 kept.append(stmt)
@@ -874,7 +937,7 @@ class KernelGenerator:
     def unpack(self, groups) -> list:
         return [Line(f"{n} = {group}[{n!r}]") for group, names in groups for n in names]
 
-    def module(self, forward_body: list, grad_body: list) -> str:
+    def function_statements(self, forward_body: list, grad_body: list) -> tuple[Function, Function]:
         cell = self.cell
         first_input = next(iter(cell.inputs))
         header = [
@@ -906,10 +969,7 @@ class KernelGenerator:
                 + grad_body
             ),
         )
-        printer = RowPrinter({}, self.batch)
-        return _assemble(
-            self, printer.doprint(fwd), printer.doprint(grad), self.helpers, with_vjp=True
-        )
+        return fwd, grad
 
 
 def batch_sum(term: MatrixExpr, is_batch) -> MatrixExpr:

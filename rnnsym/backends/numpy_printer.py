@@ -160,6 +160,16 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Store:
+    """``array[index] = value``: a value written into one step of a sequence (or its h(0))."""
+
+    array: str
+    index: str
+    value: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class Loop:
     index: str
     iterable: str
@@ -197,6 +207,9 @@ class RowPrinter(Printer):
     """
 
     printmethod = "_rnnsym_numpy"
+    # the name the generated module imports its array library under; a backend's printer
+    # (torch, jax) sets its own and maps NumPy's function names in ``function``
+    module = "np"
 
     def __init__(
         self, names: dict[MatrixSymbol, str], batch: set[MatrixSymbol], sequence: bool = False
@@ -208,6 +221,14 @@ class RowPrinter(Printer):
         self.used_helpers: set[str] = set()
 
     # ----- helpers -----
+
+    @classmethod
+    def function(cls, name: str) -> str:
+        """The name of the array function NumPy calls ``name`` (``np.tanh``) in this backend;
+        runtime helpers (``_sigmoid``) keep their names."""
+        if name.startswith("np.") and cls.module != "np":
+            return f"{cls.module}.{name[3:]}"
+        return name
 
     def is_batch(self, expr) -> bool:
         return bool(batch_leaves(expr) & self.batch)
@@ -287,10 +308,12 @@ class RowPrinter(Printer):
         if act.numpy is not None:
             if act.numpy.startswith("_"):
                 self.used_helpers.add(act.numpy)
-            return f"{act.numpy}({argument})"
+            return f"{self.function(act.numpy)}({argument})"
         d = sp.Dummy("d", real=True)
         code, helpers = scalar_code(act.scalar(d), d, f"({argument})")
         self.used_helpers |= helpers
+        if self.module != "np":  # the scalar code is written with NumPy's names
+            code = re.sub(r"\bnp\.(\w+)", lambda m: self.function(m.group(0)), code)
         # parenthesised: the inlined body may be a sum, and the caller treats Apply as atomic
         return f"({code})"
 
@@ -317,7 +340,7 @@ class RowPrinter(Printer):
                     # a column times a row: vectors are 1-D arrays, so this is np.outer
                     u = self._literal(left[0] if j == 1 else MatMul(*left))
                     v = self._literal(right[0] if len(right) == 1 else MatMul(*right))
-                    return self._scaled(coeff, f"np.outer({u}, {v})")
+                    return self._scaled(coeff, f"{self.module}.outer({u}, {v})")
             text = " @ ".join(self._literal_factor(f) for f in factors)
             return self._scaled(coeff, text)
         return self._print(expr)
@@ -368,7 +391,8 @@ class RowPrinter(Printer):
         ):
             u, v = factors[0].arg, factors[1]
             return self._scaled(
-                coeff, f"np.sum({self.paren(u)} * {self.paren(v)}, axis=-1, keepdims=True)"
+                coeff,
+                f"{self.module}.sum({self.paren(u)} * {self.paren(v)}, axis=-1, keepdims=True)",
             )
         # v s with s a 1×1 per-row quantity
         if len(factors) == 2 and factors[1].shape == (1, 1):
@@ -408,7 +432,7 @@ class RowPrinter(Printer):
                 texts.append(f"_rows({self._print(like)}, {self._print(part)})")
             else:
                 texts.append(self._print(part))
-        return "np.concatenate([" + ", ".join(texts) + "], axis=-1)"
+        return f"{self.module}.concatenate([" + ", ".join(texts) + "], axis=-1)"
 
     def _print_Slice(self, expr) -> str:
         arg, start, stop = expr.args
@@ -445,9 +469,11 @@ class RowPrinter(Printer):
                 and self.is_batch(factors[1])
             ):
                 # the sum over t and batch of uᵀv is one dot product of the flattened sequences
-                text = f"np.vdot({self._print(factors[0].arg)}, {self._print(factors[1])})"
+                text = (
+                    f"{self.module}.vdot({self._print(factors[0].arg)}, {self._print(factors[1])})"
+                )
             else:
-                text, coeff = f"np.sum({self._print(term)})", sp.S.One
+                text, coeff = f"{self.module}.sum({self._print(term)})", sp.S.One
             parts.append(self._scaled(coeff, text))
         out = parts[0]
         for part in parts[1:]:
@@ -462,6 +488,10 @@ class RowPrinter(Printer):
 
     def _print_Line(self, stmt: Line) -> str:
         return stmt.code
+
+    def _print_Store(self, stmt: Store) -> str:
+        tail = f"  # {comment_text(stmt.comment)}" if stmt.comment else ""
+        return f"{stmt.array}[{stmt.index}] = {stmt.value}{tail}"
 
     def _print_Assign(self, stmt: Assign) -> str:
         value = stmt.value if isinstance(stmt.value, str) else self._print(stmt.value)

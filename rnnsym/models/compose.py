@@ -26,6 +26,7 @@ from ..derive import Derivation, Equation, derive
 from ..errors import CellError, ShapeError
 from ..losses import linear_loss
 from ..problems import random_problem
+from ..transform import fresh_name, replay
 
 __all__ = [
     "stack",
@@ -36,82 +37,6 @@ __all__ = [
     "ModelKernel",
     "generate",
 ]
-
-
-# ----- copying a cell's declarations and equations into another cell -----
-
-
-def _replay(
-    src: Cell,
-    dst: Cell,
-    rename=lambda name: name,
-    dim_map: dict | None = None,
-    bound: dict | None = None,
-    loss: bool = True,
-) -> dict:
-    """Declare everything of ``src`` in ``dst`` under new names and re-state its equations.
-
-    ``dim_map`` maps some of src's size symbols to sizes of dst (the others are declared
-    anew, renamed); ``bound`` maps some of src's inputs to expressions of dst (a stacked layer
-    reads the state of the layer below). Returns src's symbols mapped to dst's expressions.
-    """
-    dim_map = dict(dim_map or {})
-    bound = dict(bound or {})
-    for dim_name, symbol in src.size_symbols.items():
-        if symbol not in dim_map:
-            dim_map[symbol] = dst.dims(rename(dim_name))
-    mapping: dict = {}
-
-    def size(value):
-        return value.xreplace(dim_map)
-
-    def sub(expr):
-        return expr.xreplace({**mapping, **dim_map})
-
-    for name, var in src._vars.items():
-        symbol = var.symbol
-        if var.kind == "input":
-            if symbol in bound:
-                mapping[symbol] = bound[symbol]
-                continue
-            if name in src.fed_back:
-                target = dst._vars[rename(src.fed_back[name])]
-                mapping[symbol] = target.prev.symbol
-            elif name in src.context_inputs:
-                mapping[symbol] = dst.context(rename(name), size(symbol.shape[0])).symbol
-            else:
-                mapping[symbol] = dst.input(rename(name), size(symbol.shape[0])).symbol
-        elif var.kind == "state":
-            state = dst.state(rename(name), size(symbol.shape[0]))
-            mapping[symbol] = state.symbol
-            mapping[var.prev.symbol] = state.prev.symbol
-        elif var.kind == "param":
-            rows, cols = symbol.shape
-            new = dst.param(rename(name), size(rows), None if cols == 1 else size(cols))
-            mapping[symbol] = new.symbol
-        elif var.kind == "target":
-            classes = name in src.class_targets
-            mapping[symbol] = dst.target(rename(name), size(symbol.shape[0]), classes).symbol
-    for kind, name in src.order:
-        if kind == "define":
-            mapping[src._vars[name].symbol] = dst.define(
-                rename(name), sub(src.definitions[name].expr)
-            ).symbol
-        else:
-            dst.update(dst._vars[rename(name)], sub(src.updates[name].expr))
-    if loss:
-        for name, term in src.output_defs.items():
-            mapping[src._vars[name].symbol] = dst.output(rename(name), sub(term.expr)).symbol
-        for term in src._loss_terms:
-            dst.loss(sub(term.expr))
-    return mapping
-
-
-def _fresh(cell: Cell, base: str) -> str:
-    name = base
-    while name in cell._vars or name in cell.size_symbols:
-        name += "_"
-    return name
 
 
 def _require_cell(value, what: str) -> Cell:
@@ -192,7 +117,7 @@ def stack(*cells: Cell, name: str | None = None) -> Cell:
             return f"{old}_{i}"
 
         last = i == len(cells)
-        mapping = _replay(cell, merged, rename, dim_map, bound, loss=last)
+        mapping = replay(cell, merged, rename, dim_map, bound, loss=last)
         if not last:
             state = cell.states[_feeding_state(cell, f"stack(): layer {i}")]
             below = mapping[state.symbol]
@@ -271,10 +196,10 @@ class Model:
 def _seed(layer: Cell, states: list[str]) -> tuple[Cell, dict[str, str]]:
     """The layer with the loss Σ_t ⟨d_h(t)|h(t)⟩ for each state h passed on (the slides' loss)."""
     seeded = Cell(f"{layer.name}_seeded")
-    mapping = _replay(layer, seeded)
+    mapping = replay(layer, seeded)
     names = {}
     for state in states:
-        names[state] = _fresh(seeded, f"d_{state}")
+        names[state] = fresh_name(seeded, f"d_{state}")
         d = seeded.target(names[state], mapping[layer.states[state].symbol].shape[0])
         seeded.loss(linear_loss(d, seeded.states[state]))
     seeded.check()
@@ -326,7 +251,7 @@ def _check_head(head: Cell, readable: dict[str, Cell], what: str) -> dict[str, s
 
 def _renamed(cell: Cell, suffix: str) -> Cell:
     copy = Cell(f"{cell.name}{suffix}")
-    _replay(cell, copy, lambda n: n if n in cell.inputs or n in cell.size_symbols else n + suffix)
+    replay(cell, copy, lambda n: n if n in cell.inputs or n in cell.size_symbols else n + suffix)
     return copy
 
 
