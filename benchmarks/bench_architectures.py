@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 15
     rs = import_rnnsym()
-    from rnnsym.compose import random_model_problem
+    from rnnsym.models import random_model_problem
     from rnnsym.verify import random_problem
 
     print(f"threads: {thread_report()}")
