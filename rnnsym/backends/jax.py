@@ -1,0 +1,694 @@
+"""Generate the JAX kernel module of a derived cell.
+
+The lowering is NumPy's (:class:`~rnnsym.backends.numpy.KernelGenerator` with
+``inplace=False``: no ``out=`` arguments, no recycled buffers); this module prints it for JAX:
+
+* expressions as ``jnp`` code (:class:`JaxPrinter`);
+* a write into one step of a sequence, ``Store(a, i, v)``, as ``a = a.at[i].set(v)``;
+* each loop over t as a ``jax.lax.scan`` over ``jnp.arange(T)`` (the adjoint loop with
+  ``reverse=True``), its body a local function of ``(carry, t)`` (:class:`JaxStatementPrinter`).
+
+The module also holds the adjoint recurrence of :func:`rnnsym.transform.vjp_cell` (the cell
+whose gradient is the vector-Jacobian product of the forward pass), and its ``forward`` is a
+``jax.custom_vjp`` function whose backward pass is that generated recurrence, so ``jax.grad`` of
+any loss of ``forward``'s outputs runs the derived adjoints rather than JAX's own.
+
+The module imports JAX only (``jax``, ``jax.numpy``) and is jittable: its argument checks read
+shapes and dtypes, which are static under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import linecache
+import pprint
+import re
+import types
+from pathlib import Path
+
+from ..derive import Derivation, derive
+from ..errors import DerivationError
+from ..transform import vjp_cell
+from .numpy import (
+    _HELPER_ORDER,
+    Backend,
+    KernelGenerator,
+    _helper_source,
+    _indent_doc,
+    _spec,
+    check_namespace,
+    docstring_text,
+)
+from .numpy_printer import Assign, Comment, Function, Line, Loop, RowPrinter, Store, comment_text
+
+__all__ = [
+    "JaxPrinter",
+    "JaxStatementPrinter",
+    "JAX",
+    "loop_carry",
+    "generate_module",
+    "compile_derivation",
+    "load",
+    "JaxKernel",
+]
+
+
+class JaxPrinter(RowPrinter):
+    """Print IR expressions as ``jax.numpy`` code (NumPy's names under ``jnp``: every array
+    function the lowering uses, ``tanh``, ``exp``, ``log``, ``vdot``, ``concatenate``, ``sum``,
+    ``outer``, ``zeros_like``, ``empty``, is spelled the same in ``jax.numpy``)."""
+
+    module = "jnp"
+
+
+_ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:[-+*/@]|//|\*\*)?=(?!=)")
+_RANGE = re.compile(r"^range\((?P<stop>[^,()]+)\)$")
+_REVERSED_RANGE = re.compile(r"^range\((?P<stop>[^,()]+?) - 1, -1, -1\)$")
+
+
+def _line_targets(code: str) -> list[str]:
+    """The names a code line binds (``x = ...``, ``x += ...``, ``a, b = ...``); an error for a
+    write into an array in place (``x[i] = ...``), which JAX arrays do not support."""
+    try:
+        tree = ast.parse(code.strip())
+    except SyntaxError:  # a fragment such as "if not full:" or its indented return
+        match = _ASSIGNED.match(code)
+        return [match.group(1)] if match else []
+    names = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            for leaf in ast.walk(target):
+                if isinstance(leaf, ast.Subscript) and isinstance(leaf.ctx, ast.Store):
+                    raise DerivationError(
+                        f"internal error: the JAX kernel cannot write into an array in place: "
+                        f"{code.strip()!r}"
+                    )
+                if isinstance(leaf, ast.Name) and isinstance(leaf.ctx, ast.Store):
+                    names.append(leaf.id)
+    return names
+
+
+def assigned_names(statements) -> list[str]:
+    """The names ``statements`` bind, in the order of their first binding: assignment targets,
+    arrays stored into, names defined or updated (``x += y``) by code lines; loops included."""
+    names: list[str] = []
+    for stmt in statements:
+        if isinstance(stmt, Assign):
+            found = [stmt.target]
+        elif isinstance(stmt, Store):
+            found = [stmt.array]
+        elif isinstance(stmt, Line):
+            found = ([stmt.defines] if stmt.defines else []) + _line_targets(stmt.code)
+        elif isinstance(stmt, Loop):
+            found = assigned_names(stmt.body)
+        else:
+            found = []
+        names.extend(n for n in found if n not in names)
+    return names
+
+
+def loop_carry(loop: Loop, bound: set[str]) -> list[str]:
+    """The carry of ``loop`` as a ``lax.scan``: every name its body binds that was bound before
+    the loop (``bound``), in the order the body first binds them.
+
+    Those are the values one step hands to the next and the loop hands to the code after it:
+    the sequences written step by step (``h_all``, ``d0_seq``, ``g_h``: a ``Store`` rebinds the
+    array) and the running adjoints (``carry_h``). Every other name the body binds is local to
+    one step (``h_t``, ``g_h_t``, ``d0``) and must not be read after the loop; in a scan it no
+    longer exists there (:class:`JaxStatementPrinter` checks this).
+    """
+    return [n for n in assigned_names(loop.body) if n in bound]
+
+
+def _names_in(text: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_]\w*", re.sub(r"#.*$", "", text, flags=re.MULTILINE)))
+
+
+class JaxStatementPrinter(JaxPrinter):
+    """Print the lowered statements as JAX code: ``Store`` as a functional update, each
+    ``Loop`` as a ``jax.lax.scan`` whose carry is :func:`loop_carry`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bound: set[str] = set()  # the names bound so far in the function being printed
+        self._after = ""  # the code after the statement being printed, for the checks
+        self._loops = 0  # the loops printed so far in this function: names their bodies
+
+    def _print_Store(self, stmt: Store) -> str:
+        tail = f"  # {comment_text(stmt.comment)}" if stmt.comment else ""
+        return f"{stmt.array} = {stmt.array}.at[{stmt.index}].set({stmt.value}){tail}"
+
+    def _print_Loop(self, stmt: Loop) -> str:
+        if match := _REVERSED_RANGE.match(stmt.iterable):
+            reverse = True
+        elif match := _RANGE.match(stmt.iterable):
+            reverse = False
+        else:
+            raise DerivationError(
+                f"internal error: the JAX kernel prints loops over range(T) and "
+                f"range(T - 1, -1, -1), not over {stmt.iterable}"
+            )
+        carry = loop_carry(stmt, self._bound)
+        local = [n for n in assigned_names(stmt.body) if n not in carry]
+        leaked = sorted(set(local) & _names_in(self._after))
+        if leaked:
+            raise DerivationError(
+                f"internal error: the JAX kernel's loop over {stmt.index} binds {leaked[0]!r} "
+                f"for one step only, but the code after the loop reads it"
+            )
+        name = f"_step{self._loops}"
+        self._loops += 1
+        outer = set(self._bound)
+        self._bound = outer | {stmt.index, *carry}
+        try:
+            body = self._block(stmt.body)
+        finally:
+            self._bound = outer
+        if not carry:  # the loop changes nothing that outlives it
+            return f"# the loop over {stmt.index} has no effect and is left out"
+        packed = f"({carry[0]},)" if len(carry) == 1 else f"({', '.join(carry)})"
+        lines = [f"def {name}(carry, {stmt.index}):", f"    {packed} = carry"]
+        lines += [("    " + line) if line else line for line in body.splitlines()]
+        lines.append(f"    return {packed}, None")
+        order = ", reverse=True" if reverse else ""
+        direction = "backwards in time" if reverse else "forwards in time"
+        lines.append(
+            f"{packed} = jax.lax.scan({name}, {packed}, jnp.arange({match.group('stop')})"
+            f"{order})[0]  # {direction}"
+        )
+        return "\n".join(lines)
+
+    def _block(self, statements) -> str:
+        """Print a sequence of statements, tracking the names bound before each loop."""
+        kept = self._kept_statements(statements)
+        plain = [self._plain(s) for s in kept]
+        texts = []
+        for i, stmt in enumerate(kept):
+            outer_after = self._after
+            self._after = "\n".join(plain[i + 1 :]) + "\n" + outer_after
+            try:
+                texts.append(self._print(stmt))
+            finally:
+                self._after = outer_after
+            self._bound |= set(assigned_names([stmt]))
+        return "\n".join(texts)
+
+    def _plain(self, stmt) -> str:
+        """Code-like text of a statement, only for finding which names it reads."""
+        if isinstance(stmt, Loop):
+            return "\n".join(self._plain(s) for s in stmt.body)
+        if isinstance(stmt, Store):
+            return f"{stmt.array}[{stmt.index}] = {stmt.value}"
+        return RowPrinter._print(self, stmt)
+
+    def _kept_statements(self, statements) -> list:
+        """The statements, without the optional lines whose name nothing later reads (as
+        :meth:`RowPrinter._kept` does for the printed text)."""
+        plain = [self._plain(s) for s in statements]
+        kept = []
+        for i, stmt in enumerate(statements):
+            if isinstance(stmt, Line) and stmt.defines:
+                if stmt.defines not in _names_in("\n".join(plain[i + 1 :])):
+                    continue
+            kept.append(stmt)
+        return kept
+
+    def _print_Function(self, stmt: Function) -> str:
+        self._bound = {a.split("=")[0] for a in stmt.args}
+        self._after = ""
+        self._loops = 0
+        body = self._block(stmt.body)
+        doc = f'"""{stmt.doc}"""'
+        lines = [doc] + body.splitlines()
+        indented = "\n".join(("    " + line) if line else line for line in lines)
+        return f"def {stmt.name}({', '.join(stmt.args)}):\n{indented}"
+
+
+JAX = Backend(name="jax", printer=JaxPrinter, inplace=False)
+
+
+# ----- the runtime: jnp versions of the NumPy kernel's helpers -----
+
+_JAX_HELPERS = {
+    "_sigmoid": """
+def _sigmoid(a):
+    # 1 / (1 + exp(-a)) without overflow for large |a|
+    return jnp.exp(-jnp.logaddexp(0.0, -a))""",
+    "_softplus": """
+def _softplus(a):
+    # log(1 + exp(a)) without overflow for large a
+    return jnp.logaddexp(0.0, a)""",
+    "_log_sigmoid": """
+def _log_sigmoid(a):
+    # log(1 / (1 + exp(-a))) = -softplus(-a), finite for large |a|
+    return -jnp.logaddexp(0.0, -a)""",
+    "_logsumexp": """
+def _logsumexp(a):
+    # log(sum(exp(a))) over the last axis, the maximum subtracted first (no overflow)
+    top = jax.lax.stop_gradient(jnp.max(a, axis=-1, keepdims=True))
+    return top + jnp.log(jnp.sum(jnp.exp(a - top), axis=-1, keepdims=True))""",
+    "_softmax": """
+def _softmax(a):
+    # exp(a) / sum(exp(a)) over the last axis, the maximum subtracted first (no overflow)
+    e = jnp.exp(a - jax.lax.stop_gradient(jnp.max(a, axis=-1, keepdims=True)))
+    return e / jnp.sum(e, axis=-1, keepdims=True)""",
+    "_relu": """
+def _relu(a):
+    return jnp.maximum(a, 0.0)""",
+    "_step": """
+def _step(a):
+    # Heaviside step, the derivative of relu (0 at a = 0)
+    return (a > 0).astype(a.dtype)""",
+    "_mm": """
+def _mm(v, a):
+    # rows of v (any leading axes) times the matrix a, as one 2-D matrix product
+    return (v.reshape(-1, v.shape[-1]) @ a).reshape(v.shape[:-1] + (a.shape[-1],))""",
+    "_zeros": """
+def _zeros(like, size):
+    # zeros with the leading (time, batch) axes of like and size columns
+    return jnp.zeros(like.shape[:-1] + (size,), dtype=like.dtype)""",
+    "_rows": """
+def _rows(like, p):
+    # the vector p repeated in every row of like's leading (time, batch) axes, to be stacked
+    # with per-step data
+    return jnp.broadcast_to(p, like.shape[:-1] + p.shape[-1:])""",
+    "_pad": """
+def _pad(g, start, total):
+    # g placed at rows start.. of a zero vector of total rows (the adjoint of a slice)
+    widths = [(0, 0)] * (g.ndim - 1) + [(start, total - start - g.shape[-1])]
+    return jnp.pad(g, widths)""",
+    "_sum_outer": """
+def _sum_outer(u, v):
+    # sum over time and batch of the outer products u(t, b) v(t, b)^T: one matrix product
+    return u.reshape(-1, u.shape[-1]).T @ v.reshape(-1, v.shape[-1])""",
+    "_sum_rows": """
+def _sum_rows(u):
+    # sum over time and batch of the vectors u(t, b)
+    return u.reshape(-1, u.shape[-1]).sum(axis=0)""",
+    "_erf": """
+def _erf(a):
+    # the error function entry by entry
+    return jax.scipy.special.erf(a)""",
+    "_erfc": """
+def _erfc(a):
+    # the complementary error function 1 - erf(a), entry by entry, accurate for large a
+    return jax.scipy.special.erfc(a)""",
+}
+
+# the argument check: names, shapes and dtypes only, all static under jax.jit; class indices
+# are range-checked where their values are known (outside jit)
+_CHECK = '''
+def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
+    """Validate the arrays against SPEC; return (sizes, states, inputs, targets), the arrays
+    as jax arrays, h0 as (B, size) per state, context inputs (B, size), class indices 1-of-K.
+    Every failure raises ValueError naming the array, its shape or dtype and what was
+    expected."""
+    context = spec.get("context", ())
+    classes = spec.get("classes", ())
+    fed_back = spec.get("fed_back", {})
+    groups = [("params", params, spec["params"], False), ("inputs", inputs, spec["inputs"], True)]
+    if with_targets:
+        groups.append(("targets", targets, spec["targets"], True))
+    for group, given, expected, _ in groups:
+        if not isinstance(given, dict):
+            raise ValueError(
+                f"{group} must be a dict mapping names to arrays, got {type(given).__name__}"
+            )
+        missing = [
+            name
+            for name in expected
+            if name not in given and not (group == "inputs" and with_targets and name in fed_back)
+        ]
+        extra = [name for name in given if name not in expected]
+        if missing:
+            raise ValueError(
+                f"{group}[{missing[0]!r}] is missing; expected an array of shape "
+                f"{_expected_text(expected[missing[0]], group != 'params')}"
+            )
+        if extra:
+            raise ValueError(
+                f"{group}[{extra[0]!r}] is not a name of this kernel; expected "
+                f"{group} {sorted(expected)}"
+            )
+    dtype = dtype_source = steps = None
+    votes, bodies, arrays, batches = {}, {}, {}, []
+    for group, given, expected, is_sequence in groups:
+        out = arrays.setdefault(group, {})
+        for name, dims in expected.items():
+            if name not in given:
+                continue  # a fed-back input, filled below
+            label = f"{group}[{name!r}]"
+            array = given[name]
+            if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+                raise ValueError(f"{label} must be an array, got {type(array).__name__}")
+            array = out[name] = jnp.asarray(array)
+            if group == "targets" and name in classes:
+                if not jnp.issubdtype(array.dtype, jnp.integer) or array.ndim != 2:
+                    raise ValueError(
+                        f"{label} holds class indices: expected an integer array (T, B), got "
+                        f"shape {_shape_text(array.shape)}, dtype {array.dtype}"
+                    )
+                steps = _same_steps(steps, array, label)
+                continue
+            if array.dtype not in (jnp.float32, jnp.float64):
+                raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")
+            if dtype is None:
+                dtype, dtype_source = array.dtype, label
+            elif array.dtype != dtype:
+                raise ValueError(
+                    f"{label} has dtype {array.dtype}, but {dtype_source} has dtype {dtype}; "
+                    f"all arrays must share one dtype"
+                )
+            if is_sequence and group == "inputs" and name in context:
+                if array.ndim not in (1, 2):
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(array.shape)}; expected "
+                        f"{_expected_text(dims, False)} or (B, {', '.join(map(str, dims))}): "
+                        f"a context input is given once per sequence"
+                    )
+                if array.ndim == 2:
+                    batches.append((array.shape[0], label))
+                body, as_sequence = array.shape[-1:], False
+            elif is_sequence:
+                if array.ndim != 3:
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(array.shape)}; expected "
+                        f"{_expected_text(dims, True)} (time, batch, size)"
+                    )
+                steps = _same_steps(steps, array, label)
+                body, as_sequence = array.shape[2:], True
+            else:
+                body, as_sequence = array.shape, False
+            _match(label, body, dims, None, votes, array.shape, as_sequence)
+            bodies[label] = (dims, body, array.shape, as_sequence)
+    sizes, size_source = {}, {}
+    for dim, seen in votes.items():  # the value most arrays agree on (the data's on a tie)
+        counts = {}
+        for got, label in seen:
+            count, has_data, labels = counts.get(got, (0, False, []))
+            counts[got] = (count + 1, has_data or not label.startswith("params"), labels + [label])
+        value = max(counts, key=lambda v: counts[v][:2])
+        sizes[dim], size_source[dim] = value, counts[value][2]
+    for label, (dims, body, shape, is_sequence) in bodies.items():
+        _match(label, body, dims, sizes, size_source, shape, is_sequence)
+    for label, (dims, body, shape, is_sequence) in bodies.items():
+        for axis, (dim, got) in enumerate(zip(dims, body)):
+            if not isinstance(dim, int) and not dim.isidentifier():
+                want = _resolve(dim, sizes)
+                if got != want:
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(shape)}; expected "
+                        f"{_expected_text(dims, is_sequence)}: axis {axis} must be {dim} "
+                        f"= {want}"
+                    )
+    if steps is None:
+        raise ValueError(
+            "no sequence to take T and B from: give at least one input as a (T, B, size) array"
+        )
+    T, B = steps[0], steps[1]
+    if T < 1 or B < 1:
+        raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
+    for batch, label in batches:
+        if batch != B:
+            raise ValueError(
+                f"{label} has batch {batch}, but {steps[2]} has batch {B}; a context input is "
+                f"(B, size) or (size,)"
+            )
+    inputs = arrays["inputs"]
+    for name in context:
+        if name in inputs:
+            inputs[name] = jnp.broadcast_to(inputs[name], (B, inputs[name].shape[-1]))
+    targets = arrays.get("targets")
+    if with_targets:
+        for name in classes:
+            size = _resolve(spec["targets"][name][0], sizes)
+            index = targets[name]
+            try:
+                bad = bool(jnp.any((index < 0) | (index >= size)))
+            except jax.errors.ConcretizationTypeError:
+                bad = False  # traced (under jit): the values are not known here
+            if bad:
+                raise ValueError(
+                    f"targets[{name!r}] holds {int(jnp.min(index))}..{int(jnp.max(index))}, "
+                    f"not class indices; expected 0..{size - 1}"
+                )
+            targets[name] = jnp.eye(size, dtype=dtype)[index]
+        for name, target in fed_back.items():
+            if name not in inputs:  # y(t-1), with y(0) = 0
+                y = targets[target]
+                inputs[name] = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
+    if initial is None:
+        initial = {}
+    elif not isinstance(initial, dict):
+        if len(spec["states"]) != 1:
+            raise ValueError(
+                f"h0 must be a dict with keys {sorted(spec['states'])} for a cell with "
+                f"{'no' if not spec['states'] else 'several'} states, got "
+                f"{type(initial).__name__}"
+            )
+        initial = {next(iter(spec["states"])): initial}
+    extra = [name for name in initial if name not in spec["states"]]
+    if extra:
+        raise ValueError(
+            f"h0[{extra[0]!r}] is not a state of this kernel; states: {sorted(spec['states'])}"
+        )
+    states = {}
+    for name, dims in spec["states"].items():
+        size = _resolve(dims[0], sizes)
+        value = initial.get(name)
+        if value is None:
+            states[name] = jnp.zeros((B, size), dtype=dtype)
+            continue
+        label = f"h0[{name!r}]"
+        if not hasattr(value, "dtype") or value.dtype != dtype:
+            got = getattr(value, "dtype", type(value).__name__)
+            raise ValueError(f"{label} must be a {dtype} array like the others, got {got}")
+        if value.shape not in ((B, size), (size,)):
+            raise ValueError(
+                f"{label} has shape {_shape_text(value.shape)}; expected ({B}, {size}) "
+                f"(batch, size) or ({size},)"
+            )
+        states[name] = jnp.broadcast_to(jnp.asarray(value), (B, size))
+    return sizes, states, inputs, targets'''
+
+_CHECK_HELPERS = ["_shape_text", "_same_steps", "_resolve", "_expected_text", "_match"]
+
+
+def _runtime_source(used: set[str]) -> str:
+    """The jnp helpers the module needs and the argument check."""
+    missing = sorted(used - set(_JAX_HELPERS))
+    if missing:
+        raise DerivationError(
+            f"internal error: the JAX kernel has no jnp version of the helper {missing[0]}"
+        )
+    pieces = [_JAX_HELPERS[n].strip() for n in _HELPER_ORDER if n in used]
+    pieces.append(_CHECK.strip())
+    pieces.extend(_helper_source(n) for n in _CHECK_HELPERS)  # no NumPy in these
+    return "\n\n\n".join(pieces)
+
+
+def _api(cell, seeded: bool) -> str:
+    """The public functions: the argument check, then the generated ones."""
+    context = list(cell.context_inputs)
+    if context:
+        full_inputs = (
+            "def _full_inputs(inputs):\n"
+            '    """The inputs with each context input (B, size) repeated over time."""\n'
+            f"    T = inputs[{next(n for n in cell.inputs if n not in context)!r}].shape[0]\n"
+            "    inputs = dict(inputs)\n"
+            f"    for name in {context!r}:\n"
+            "        inputs[name] = jnp.broadcast_to(inputs[name], (T,) + inputs[name].shape)\n"
+            "    return inputs\n\n\n"
+        )
+        full = "_full_inputs(inputs)"
+    else:
+        full_inputs, full = "", "inputs"
+    if seeded:
+        differentiable = (
+            "def _forward_impl(sizes, params, inputs, states):\n"
+            f"    return _forward(params, {full}, states, dict(sizes))\n\n\n"
+            "def _forward_fwd(sizes, params, inputs, states):\n"
+            "    # residuals: the arguments; the backward pass recomputes the states\n"
+            f"    return _forward(params, {full}, states, dict(sizes)), (params, inputs, states)\n"
+            "\n\n"
+            "def _forward_bwd(sizes, residuals, cotangents):\n"
+            '    """The generated adjoint recurrence, seeded with the cotangents of the states\n'
+            '    and outputs (the loss sum_t <d_q(t)|q(t)> over every state and output q)."""\n'
+            "    params, inputs, states = residuals\n"
+            "    seeds = {_SEEDS[name]: cotangents[name] for name in _SEEDS}\n"
+            "    _, grads, input_grads, state_grads = _seeded_loss_and_grad(\n"
+            f"        params, {full}, seeds, states, dict(sizes), True\n"
+            "    )\n"
+            "    return grads, input_grads, state_grads\n\n\n"
+            "# forward as a jax.custom_vjp function: jax.grad runs the generated backward pass\n"
+            "_differentiable_forward = jax.custom_vjp(_forward_impl, nondiff_argnums=(0,))\n"
+            "_differentiable_forward.defvjp(_forward_fwd, _forward_bwd)\n\n\n"
+        )
+        call = "_differentiable_forward(tuple(sorted(sizes.items())), params, inputs, states)"
+        note = "differentiable by jax.grad through the generated adjoints"
+    else:
+        differentiable = ""
+        call = f"_forward(params, {full}, states, sizes)"
+        note = "differentiated by JAX's own autodiff through the scan"
+    return (
+        full_inputs + differentiable + "def forward(params, inputs, h0=None):\n"
+        f'    """States and outputs for all t: dict of (T, B, size) arrays; {note}."""\n'
+        "    sizes, states, inputs, _ = _check_arrays(SPEC, params, inputs, None, h0, False)\n"
+        f"    return {call}\n\n\n"
+        "def loss_and_grad(params, inputs, targets, h0=None):\n"
+        '    """(loss, grads): the total loss and its gradient for every parameter."""\n'
+        "    sizes, states, inputs, targets = _check_arrays(SPEC, params, inputs, targets, h0)\n"
+        f"    return _loss_and_grad(params, {full}, targets, states, sizes)\n\n\n"
+        "def vjp(params, inputs, targets, h0=None):\n"
+        '    """(loss, grads, input_grads, h0_grads): also the gradient of every input\n'
+        "    sequence, (T, B, size), and of every initial state, (B, size), for composing cells.\n"
+        '    """\n'
+        "    sizes, states, inputs, targets = _check_arrays(SPEC, params, inputs, targets, h0)\n"
+        f"    return _loss_and_grad(params, {full}, targets, states, sizes, True)"
+    )
+
+
+def _seeded(cell) -> tuple[Function, dict, KernelGenerator] | None:
+    """The lowered loss-and-gradient function of vjp_cell(cell), or None where its gradients
+    are not the VJP ``forward`` needs (an input fed back from a target is a target there)."""
+    if cell.fed_back or not cell.states and not cell.outputs:
+        return None
+    cell2, seeds = vjp_cell(cell)
+    gen2 = KernelGenerator(derive(cell2), JAX)
+    _, grad2 = gen2.functions()
+    return grad2, seeds, gen2
+
+
+def generate_module(derivation: Derivation) -> str:
+    """The source of the JAX kernel module of a derived cell (deterministic text)."""
+    from .._version import __version__
+    from ..printing import derivation_text
+
+    gen = KernelGenerator(derivation, JAX)
+    fwd, grad = gen.functions()
+    cell = gen.cell
+    printer = JaxStatementPrinter({}, gen.batch)
+    fwd_text, grad_text = printer.doprint(fwd), printer.doprint(grad)
+    helpers = set(gen.helpers)
+    module_level = {"jax", "jnp", "SPEC", "forward", "loss_and_grad", "vjp", *_HELPER_ORDER}
+    check_namespace(f"{fwd_text}\n\n\n{grad_text}\n", cell, module_level)
+    seeded = _seeded(cell)
+    seeded_parts = []
+    if seeded is not None:
+        grad2, seeds, gen2 = seeded
+        text = JaxStatementPrinter({}, gen2.batch).doprint(grad2)
+        check_namespace(text + "\n", gen2.cell, module_level)
+        renamed = dataclasses.replace(
+            grad2,
+            name="_seeded_loss_and_grad",
+            doc=f"The vector-Jacobian product of _forward: the gradient of the cell "
+            f"{gen2.cell.name!r},\n    whose loss is sum_t <d_q(t)|q(t)> over every state and "
+            f"output q.",
+        )
+        seeded_parts = [
+            "# the adjoint recurrence of forward's backward pass: targets[_SEEDS[q]] is the\n"
+            "# cotangent of the state or output q\n"
+            "_SEEDS = " + pprint.pformat(seeds, width=96, sort_dicts=False),
+            JaxStatementPrinter({}, gen2.batch).doprint(renamed),
+        ]
+        helpers |= gen2.helpers
+    equations = derivation_text(gen.display)
+    doc = (
+        f"JAX kernel for the recurrent cell {cell.name!r}, generated by rnnsym "
+        f"{__version__}.\n\nDo not edit: regenerate with rnnsym. Needs only JAX.\n\n"
+        f"Arrays: params[name] has the parameter's shape (vectors 1-D); inputs and targets "
+        f"are\n(T, B, size) arrays (time, batch, size); h0 is None (zeros), an array (B, size) "
+        f"or (size,),\nor a dict of them by state name. float32 and float64 are supported "
+        f"(float64 needs\njax.config.update('jax_enable_x64', True)). Every function is "
+        f"jittable; loops over t are\njax.lax.scan. "
+        + (
+            "forward is a jax.custom_vjp function: jax.grad of any loss of its\noutputs runs "
+            "the generated adjoint recurrence (_seeded_loss_and_grad).\n\n"
+            if seeded is not None
+            else "jax.grad of forward's outputs goes through JAX's own autodiff.\n\n"
+        )
+        + "The derivation this kernel implements. The comments below cite its lines by\n"
+        "number; a line that is one of the equations (2)-(9) of the report (after\n"
+        "Goodfellow, Bengio & Courville, Deep Learning, MIT Press 2016, ch. 10) says\n"
+        f"which in brackets.\n\n{_indent_doc(equations)}\n"
+    )
+    parts = [
+        '"""' + docstring_text(doc) + '"""',
+        "import jax\nimport jax.numpy as jnp"
+        + ("\nimport jax.scipy.special" if helpers & {"_erf", "_erfc"} else ""),
+        "SPEC = " + pprint.pformat(_spec(cell), width=96, sort_dicts=False),
+        _runtime_source(helpers),
+        _api(cell, seeded is not None),
+        fwd_text,
+        grad_text,
+        *seeded_parts,
+    ]
+    text = "\n\n\n".join(parts) + "\n"
+    return re.sub(r"[ \t]+\n", "\n", text)
+
+
+class JaxKernel:
+    """A generated JAX kernel, with the contract of :class:`rnnsym.kernel.Kernel`.
+
+    ``forward(params, inputs, h0=None)`` returns a dict of state and output sequences
+    (T, B, size) and is differentiable by ``jax.grad`` through the generated adjoint recurrence;
+    ``loss_and_grad`` returns ``(loss, grads)`` and ``vjp`` also the gradients of the inputs and
+    of h(0); all take and return jax arrays and are jittable. ``source`` is the module text,
+    runnable with JAX alone.
+    """
+
+    backend = "jax"
+    mode = "reverse"
+
+    def __init__(self, derivation: Derivation, source: str):
+        self.derivation = derivation
+        self.cell = derivation.cell
+        self.source = source
+        self.certificate = None
+        self.certificate_cell = None
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        filename = f"<rnnsym jax kernel {ascii(self.cell.name)} {digest}>"
+        module = types.ModuleType(f"rnnsym_jax_kernel_{digest}")
+        module.__file__ = filename
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
+        self.module = module
+        self.spec = module.SPEC
+
+    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
+        """States and outputs for all t, each an array (T, B, size)."""
+        return self.module.forward(params, inputs, h0)
+
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """The total loss and the gradient of every parameter."""
+        return self.module.loss_and_grad(params, inputs, targets, h0)
+
+    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """``(loss, grads, input_grads, h0_grads)``."""
+        return self.module.vjp(params, inputs, targets, h0)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the module source to ``path`` (importable with JAX alone)."""
+        path = Path(path)
+        path.write_text(self.source, encoding="utf-8")
+        return path
+
+    def __repr__(self) -> str:
+        return f"<JaxKernel {self.cell.name!r}: {len(self.source.splitlines())} lines of JAX>"
+
+
+def load(source: str, cell) -> JaxKernel:
+    """The kernel of ``source`` (a module from :func:`generate_module` for ``cell``)."""
+    return JaxKernel(derive(cell), source)
+
+
+def compile_derivation(derivation: Derivation) -> JaxKernel:
+    """Generate and load the JAX kernel of a derived cell."""
+    return JaxKernel(derivation, generate_module(derivation))
