@@ -533,7 +533,7 @@ def machine() -> list[str]:
             lines.append("BLAS: unknown (no threadpoolctl, old numpy)")
     env = {
         k: os.environ[k]
-        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
         if k in os.environ
     }
     lines.append(f"thread env: {env or 'none set (BLAS default threads)'}")
@@ -660,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         print("jax not installed: JAX scan and the jax backend are skipped", file=sys.stderr)
 
     description = machine()
+    if "torch" in sys.modules and sys.modules["torch"] is not None:
+        description.append(f"torch threads: {sys.modules['torch'].get_num_threads()}")
     print("\n".join(description), file=sys.stderr)
     gemm_n = 1024 if args.quick else 2048
     peak = gemm_peak_gflops(gemm_n, 3 if args.quick else 5)
