@@ -1,0 +1,800 @@
+"""Generate the PyTorch kernel module of a derived cell.
+
+The lowering is NumPy's (:class:`~rnnsym.backends.numpy.KernelGenerator`) with a
+:class:`TorchPrinter` and the :data:`TORCH` backend; this file adds what the module around the
+two generated functions needs in torch: the runtime helpers, the argument check, and the autograd
+wrappers. ``forward`` is differentiable by ``torch.autograd`` through a
+``torch.autograd.Function`` whose ``backward`` is the generated adjoint recurrence of the cell
+:func:`~rnnsym.transform.vjp_cell` builds (the VJP of the forward pass), never autograd through
+the forward loop. The module imports only torch and runs on any device and in float32 or float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import linecache
+import pprint
+import re
+import types
+from pathlib import Path
+
+from sympy import MatrixSymbol, Transpose
+
+from ..derive import Derivation, derive
+from ..errors import DerivationError
+from ..printing import derivation_text
+from ..transform import vjp_cell
+from .numpy import (
+    _HELPER_ORDER,
+    Backend,
+    KernelGenerator,
+    _indent_doc,
+    _spec,
+    check_namespace,
+    docstring_text,
+)
+from .numpy_printer import Line, RowPrinter
+
+__all__ = ["TorchPrinter", "TORCH", "TorchKernel", "generate_module", "compile_derivation", "load"]
+
+
+# NumPy's names (as the printers and rnnsym.ir.scalar write them) -> torch's, where they differ
+_RENAMED = {
+    "np.concatenate": "torch.cat",
+    "np.maximum": "_maximum",
+    "np.minimum": "_minimum",
+    "np.arctan2": "torch.atan2",
+    "np.power": "torch.pow",
+}
+
+
+class TorchPrinter(RowPrinter):
+    """Print IR expressions as torch code in the row layout of
+    :class:`~rnnsym.backends.numpy_printer.RowPrinter`: tensors (..., B, size)."""
+
+    printmethod = "_rnnsym_torch"
+    module = "torch"
+
+    @classmethod
+    def function(cls, name: str) -> str:
+        """torch's name of the NumPy function ``name``; a :class:`DerivationError` where torch
+        has none that rnnsym knows to be the same function."""
+        import torch
+
+        if name in _RENAMED:
+            return _RENAMED[name]
+        if not name.startswith("np."):
+            return name
+        short = name[3:]
+        if not callable(getattr(torch, short, None)):
+            raise DerivationError(f"{name} has no torch equivalent that rnnsym can print")
+        return f"torch.{short}"
+
+    def _print_Apply(self, expr) -> str:
+        text = super()._print_Apply(expr)
+        if "torch.select(" in text:  # np.select of a piecewise function: not torch.select
+            raise DerivationError(
+                f"cannot print the piecewise function {expr.activation.name} as torch code"
+            )
+        self.used_helpers |= {h for h in ("_maximum", "_minimum") if f"{h}(" in text}
+        return text
+
+    def _print_MatMul(self, expr) -> str:
+        # uᵀ v per row: NumPy's keyword names spelled as torch's
+        return (
+            super()
+            ._print_MatMul(expr)
+            .replace(", axis=-1, keepdims=True)", ", dim=-1, keepdim=True)")
+        )
+
+    def _print_Concat(self, expr) -> str:
+        text = super()._print_Concat(expr)
+        return text.replace("torch.concatenate([", "torch.cat([").replace(
+            "], axis=-1)", "], dim=-1)"
+        )
+
+    def _literal(self, expr) -> str:
+        # a vector parameter is a 1-D tensor: its transpose is itself (torch warns on .T)
+        if (
+            isinstance(expr, Transpose)
+            and isinstance(expr.arg, MatrixSymbol)
+            and 1 in expr.arg.shape
+        ):
+            return self._print(expr.arg)
+        return super()._literal(expr)
+
+    def _print_TotalLoss(self, expr) -> str:
+        text = super()._print_TotalLoss(expr)
+        # Σ over t and batch of uᵀ v: NumPy's vdot of the flattened sequences
+        return _replace_calls(text, "torch.vdot", lambda a, b: f"torch.sum({a} * {b})")
+
+
+def _replace_calls(text: str, name: str, rewrite) -> str:
+    """Every ``name(a, b)`` in ``text`` replaced by ``rewrite(a, b)`` (brackets matched)."""
+    out, i = [], 0
+    while (j := text.find(f"{name}(", i)) >= 0:
+        out.append(text[i:j])
+        k, depth, args, start = j + len(name) + 1, 1, [], j + len(name) + 1
+        while depth:
+            c = text[k]
+            if c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth -= 1
+            elif c == "," and depth == 1:
+                args.append(text[start:k].strip())
+                start = k + 1
+            k += 1
+        args.append(text[start : k - 1].strip())
+        out.append(rewrite(*args))
+        i = k
+    out.append(text[i:])
+    return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchBackend(Backend):
+    """torch's allocation text: on the inputs' device (the name ``device`` in the function,
+    ``_device`` where the cell has a quantity called device)."""
+
+    device: str = "device"
+
+    def empty(self, shape: str) -> str:
+        return f"torch.empty({shape}, dtype=dtype, device={self.device})"
+
+    def zeros(self, shape: str) -> str:
+        return f"torch.zeros({shape}, dtype=dtype, device={self.device})"
+
+    def copy(self, array: str) -> str:
+        return f"{array}.clone()"
+
+
+TORCH = TorchBackend(name="torch", printer=TorchPrinter, inplace=True)
+
+
+# ----- the runtime: helpers copied into every generated module, as torch source -----
+
+_HELPERS = {
+    "_sigmoid": """
+def _sigmoid(a):
+    return torch.sigmoid(a)""",
+    "_softplus": """
+def _softplus(a):
+    # log(1 + exp(a)) without overflow for large a (exact, unlike F.softplus's threshold)
+    return torch.logaddexp(a, torch.zeros((), dtype=a.dtype, device=a.device))""",
+    "_log_sigmoid": """
+def _log_sigmoid(a):
+    # log(1 / (1 + exp(-a))) = -softplus(-a), finite for large |a|
+    return -torch.logaddexp(-a, torch.zeros((), dtype=a.dtype, device=a.device))""",
+    "_logsumexp": """
+def _logsumexp(a):
+    return torch.logsumexp(a, dim=-1, keepdim=True)""",
+    "_softmax": """
+def _softmax(a):
+    return torch.softmax(a, dim=-1)""",
+    "_relu": """
+def _relu(a):
+    return torch.relu(a)""",
+    "_step": """
+def _step(a):
+    # Heaviside step, the derivative of relu (0 at a = 0)
+    return (a > 0).to(a.dtype)""",
+    "_mm": """
+def _mm(v, a, out=None):
+    # rows of v (any leading axes) times the matrix a, as one 2-D matrix product
+    rows = v.reshape(-1, v.shape[-1])
+    if out is None:
+        return (rows @ a).reshape(v.shape[:-1] + (a.shape[-1],))
+    torch.matmul(rows, a, out=out.view(-1, a.shape[-1]))
+    return out""",
+    "_zeros": """
+def _zeros(like, size):
+    # zeros with the leading (time, batch) axes of like and size columns
+    return torch.zeros(like.shape[:-1] + (size,), dtype=like.dtype, device=like.device)""",
+    "_rows": """
+def _rows(like, p):
+    # the vector p repeated in every row of like's leading (time, batch) axes
+    return p.expand(like.shape[:-1] + p.shape[-1:])""",
+    "_pad": """
+def _pad(g, start, total):
+    # g placed at rows start.. of a zero vector of total rows (the adjoint of a slice)
+    out = torch.zeros(g.shape[:-1] + (total,), dtype=g.dtype, device=g.device)
+    out[..., start : start + g.shape[-1]] = g
+    return out""",
+    "_sum_outer": """
+def _sum_outer(u, v):
+    # sum over time and batch of the outer products u(t, b) v(t, b)^T: one matrix product
+    return u.reshape(-1, u.shape[-1]).T @ v.reshape(-1, v.shape[-1])""",
+    "_sum_rows": """
+def _sum_rows(u):
+    # sum over time and batch of the vectors u(t, b)
+    return u.reshape(-1, u.shape[-1]).sum(dim=0)""",
+    "_erf": """
+def _erf(a):
+    return torch.erf(a)""",
+    "_erfc": """
+def _erfc(a):
+    return torch.erfc(a)""",
+    "_maximum": """
+def _maximum(a, b):
+    # NumPy's maximum: either argument may be a number
+    return torch.where(a >= b, a, b)""",
+    "_minimum": """
+def _minimum(a, b):
+    return torch.where(a <= b, a, b)""",
+}
+_TORCH_HELPER_ORDER = [*_HELPER_ORDER, "_maximum", "_minimum"]
+
+_CHECK = '''
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _shape_text(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _expected_text(dims, is_sequence):
+    inner = ", ".join(str(d) for d in dims)
+    if is_sequence:
+        return f"(T, B, {inner})"
+    return f"({inner},)" if len(dims) == 1 else f"({inner})"
+
+
+def _resolve(dim, sizes):
+    # a size of SPEC: a number, a size name, or an expression of them such as 4*n
+    if isinstance(dim, int):
+        return dim
+    if dim.isidentifier():
+        return sizes[dim]
+    return eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - a size from SPEC
+
+
+def _check(params, inputs, targets, h0, with_targets=True):
+    """Validate the tensors against SPEC; return (sizes, T, params, inputs, targets, states),
+    each dict in SPEC's order. A context input comes back (B, size); class indices (T, B)
+    become 1-of-K rows; a fed-back input missing from inputs is the target one step late, with
+    y(0) = 0. Every failure raises ValueError naming the tensor, its shape or dtype and what was
+    expected."""
+    context = SPEC.get("context", ())
+    classes = SPEC.get("classes", ())
+    fed_back = SPEC.get("fed_back", {})
+    groups = [("params", params, SPEC["params"]), ("inputs", inputs, SPEC["inputs"])]
+    if with_targets:
+        groups.append(("targets", targets, SPEC["targets"]))
+    dtype = device = first = steps = None
+    found = []  # (label, dims, shape of one step or of the parameter, whole shape, sequence)
+    for group, given, expected in groups:
+        if not isinstance(given, dict):
+            raise ValueError(f"{group} must be a dict of tensors, got {type(given).__name__}")
+        for name in given:
+            if name not in expected:
+                raise ValueError(
+                    f"{group}[{name!r}] is not a name of this kernel; expected {group} "
+                    f"{sorted(expected)}"
+                )
+        sequence = group != "params"
+        for name, dims in expected.items():
+            label = f"{group}[{name!r}]"
+            if name not in given:
+                if group == "inputs" and with_targets and name in fed_back:
+                    continue  # filled from the target below
+                raise ValueError(
+                    f"{label} is missing; expected a tensor of shape "
+                    f"{_expected_text(dims, sequence)}"
+                )
+            a = given[name]
+            if not isinstance(a, torch.Tensor):
+                raise ValueError(f"{label} must be a torch.Tensor, got {type(a).__name__}")
+            shape = tuple(a.shape)
+            if group == "targets" and name in classes:
+                if a.is_floating_point() or a.is_complex() or a.dtype == torch.bool:
+                    raise ValueError(
+                        f"{label} holds class indices: expected an integer tensor (T, B), got "
+                        f"dtype {a.dtype}"
+                    )
+                if a.dim() != 2:
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(shape)}; expected (T, B) class indices"
+                    )
+                steps = steps or (shape[0], shape[1], label)
+                if shape[:2] != steps[:2]:
+                    raise ValueError(
+                        f"{label} has {shape[0]} steps and batch {shape[1]}, but {steps[2]} has "
+                        f"{steps[0]} steps and batch {steps[1]}; sequences must not be ragged"
+                    )
+                continue
+            if a.dtype not in _FLOATS:
+                raise ValueError(f"{label} has dtype {a.dtype}; expected float32 or float64")
+            if dtype is None:
+                dtype, device, first = a.dtype, a.device, label
+            elif a.dtype != dtype:
+                raise ValueError(
+                    f"{label} has dtype {a.dtype}, but {first} has dtype {dtype}; all tensors "
+                    f"must share one dtype"
+                )
+            elif a.device != device:
+                raise ValueError(
+                    f"{label} is on device {a.device}, but {first} is on {device}; all tensors "
+                    f"must be on one device"
+                )
+            if group == "inputs" and name in context:
+                if a.dim() not in (1, 2):
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(shape)}; expected "
+                        f"{_expected_text(dims, False)} or (B, {', '.join(map(str, dims))}): "
+                        f"a context input is given once per sequence"
+                    )
+                found.append((label, dims, shape[-1:], shape, False))
+                continue
+            if sequence:
+                if a.dim() != 3:
+                    raise ValueError(
+                        f"{label} has shape {_shape_text(shape)}; expected "
+                        f"{_expected_text(dims, True)} (time, batch, size)"
+                    )
+                steps = steps or (shape[0], shape[1], label)
+                if shape[:2] != steps[:2]:
+                    raise ValueError(
+                        f"{label} has {shape[0]} steps and batch {shape[1]}, but {steps[2]} has "
+                        f"{steps[0]} steps and batch {steps[1]}; sequences must not be ragged"
+                    )
+            found.append((label, dims, shape[2:] if sequence else shape, shape, sequence))
+    if steps is None:
+        raise ValueError(
+            "no sequence to take T and B from: give at least one input as a (T, B, size) tensor"
+        )
+    T, B = steps[0], steps[1]
+    if T < 1 or B < 1:
+        raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
+    # the plain sizes, read from the data before the parameters: an error then names the
+    # parameter that disagrees with the data
+    sizes, source = {}, {}
+    for label, dims, body, shape, sequence in sorted(found, key=lambda f: f[0][0] == "p"):
+        if len(body) != len(dims):
+            raise ValueError(
+                f"{label} has shape {_shape_text(shape)}; expected {_expected_text(dims, sequence)}"
+            )
+        for dim, got in zip(dims, body):
+            if isinstance(dim, str) and dim.isidentifier() and dim not in sizes:
+                if got < 1:
+                    raise ValueError(f"{label} has shape {_shape_text(shape)}; {dim} must be >= 1")
+                sizes[dim], source[dim] = got, label
+    for label, dims, body, shape, sequence in found:
+        for axis, (dim, got) in enumerate(zip(dims, body)):
+            try:
+                want = _resolve(dim, sizes)
+            except (KeyError, NameError):
+                raise ValueError(
+                    f"{label}: the size {dim} cannot be told from the shapes given"
+                ) from None
+            if got != want:
+                concrete = tuple(_resolve(d, sizes) for d in dims)
+                since = f" ({dim} = {want} from {source[dim]})" if dim in source else ""
+                raise ValueError(
+                    f"{label} has shape {_shape_text(shape)}; expected "
+                    f"{_expected_text(dims, sequence)} = {_expected_text(concrete, sequence)}: "
+                    f"axis {axis + 2 * sequence} must be {dim} = {want}{since}"
+                )
+    for label, dims, body, shape, sequence in found:
+        if label.startswith("inputs") and len(shape) == 2 and shape[0] != B:
+            raise ValueError(
+                f"{label} has batch {shape[0]}, but {steps[2]} has batch {B}; a context input "
+                f"is (B, size) or (size,)"
+            )
+    params = {name: params[name] for name in SPEC["params"]}
+    given_inputs = inputs
+    inputs = {}
+    for name, dims in SPEC["inputs"].items():
+        if name in context:
+            inputs[name] = given_inputs[name].expand(B, _resolve(dims[0], sizes))
+        elif name in given_inputs:
+            inputs[name] = given_inputs[name]
+    if with_targets:
+        given_targets, targets = targets, {}
+        for name, dims in SPEC["targets"].items():
+            target = given_targets[name]
+            if name in classes:
+                size = _resolve(dims[0], sizes)
+                bad = ((target < 0) | (target >= size)).nonzero()
+                if len(bad):
+                    t, b = (int(i) for i in bad[0])
+                    raise ValueError(
+                        f"targets[{name!r}][{t}, {b}] = {int(target[t, b])} is not a class "
+                        f"index; expected 0..{size - 1} ({dims[0]} = {size} classes)"
+                    )
+                target = torch.nn.functional.one_hot(target.long(), size).to(dtype)
+            targets[name] = target
+        for name, target in fed_back.items():
+            if name not in inputs:  # y(t-1), with y(0) = 0
+                y = targets[target]
+                inputs[name] = torch.cat([torch.zeros_like(y[:1]), y[:-1]])
+        inputs = {name: inputs[name] for name in SPEC["inputs"]}
+    if h0 is None:
+        h0 = {}
+    elif not isinstance(h0, dict):
+        if len(SPEC["states"]) != 1:
+            raise ValueError(
+                f"h0 must be a dict with keys {sorted(SPEC['states'])} for a cell with "
+                f"{'no' if not SPEC['states'] else 'several'} states, got {type(h0).__name__}"
+            )
+        h0 = {next(iter(SPEC["states"])): h0}
+    for name in h0:
+        if name not in SPEC["states"]:
+            raise ValueError(
+                f"h0[{name!r}] is not a state of this kernel; states: {sorted(SPEC['states'])}"
+            )
+    states = {}
+    for name, dims in SPEC["states"].items():
+        size = _resolve(dims[0], sizes)
+        value = h0.get(name)
+        label = f"h0[{name!r}]"
+        if value is None:
+            states[name] = torch.zeros((B, size), dtype=dtype, device=device)
+        elif not isinstance(value, torch.Tensor) or value.dtype != dtype:
+            got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{label} must be a {dtype} tensor like the others, got {got}")
+        elif value.device != device:
+            raise ValueError(f"{label} is on device {value.device}; expected {device}")
+        elif tuple(value.shape) not in ((B, size), (size,)):
+            raise ValueError(
+                f"{label} has shape {_shape_text(tuple(value.shape))}; expected ({B}, {size}) "
+                f"(batch, size) or ({size},)"
+            )
+        else:
+            states[name] = value.expand(B, size)
+    return sizes, T, params, inputs, (targets if with_targets else None), states
+
+
+def _sequences(inputs, T):
+    # the inputs as the kernel reads them: a context input (B, size) repeated over time
+    context = SPEC.get("context", ())
+    return {n: a.expand(T, *a.shape) if n in context else a for n, a in inputs.items()}
+
+
+def _split(tensors):
+    # the flat tuple of an autograd Function back into params, inputs and initial states
+    names = [SPEC["params"], SPEC["inputs"], SPEC["states"]]
+    out, i = [], 0
+    for group in names:
+        out.append(dict(zip(group, tensors[i : i + len(group)])))
+        i += len(group)
+    return out'''
+
+_API = '''
+def forward(params, inputs, h0=None):
+    """States and outputs for all t: dict of (T, B, size) tensors. Differentiable by
+    torch.autograd (through the generated adjoint recurrence) when any tensor requires grad."""
+    sizes, T, params, inputs, _, states = _check(params, inputs, None, h0, False)
+    tensors = (*params.values(), *inputs.values(), *states.values())
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        {differentiable}
+    with torch.no_grad():
+        return _forward(params, _sequences(inputs, T), states, sizes)
+
+
+def loss_and_grad(params, inputs, targets, h0=None):
+    """(loss, grads): the total loss and its gradient for every parameter, as tensors."""
+    sizes, T, params, inputs, targets, states = _check(params, inputs, targets, h0)
+    with torch.no_grad():
+        return _loss_and_grad(params, _sequences(inputs, T), targets, states, sizes)
+
+
+def vjp(params, inputs, targets, h0=None):
+    """(loss, grads, input_grads, h0_grads): also the gradient of every input sequence,
+    (T, B, size), and of every initial state, (B, size), for composing cells."""
+    sizes, T, params, inputs, targets, states = _check(params, inputs, targets, h0)
+    with torch.no_grad():
+        return _loss_and_grad(params, _sequences(inputs, T), targets, states, sizes, True)
+
+
+def loss(params, inputs, targets, h0=None):
+    """The total loss as a tensor that torch.autograd differentiates with the generated
+    gradients (of the parameters, the inputs and h0; targets are constants)."""
+    sizes, T, params, inputs, targets, states = _check(params, inputs, targets, h0)
+    return _Loss.apply(sizes, T, targets, *params.values(), *inputs.values(), *states.values())
+
+
+class _Loss(torch.autograd.Function):
+    """The cell's own loss; backward scales the gradients the forward pass computed."""
+
+    @staticmethod
+    def forward(ctx, sizes, T, targets, *tensors):
+        params, inputs, states = _split(tensors)
+        full = any(ctx.needs_input_grad[3 + len(params) :])
+        result = _loss_and_grad(params, _sequences(inputs, T), targets, states, sizes, full)
+        grads = [*result[1].values()]
+        if full:
+            grads += [result[2][n] for n in inputs] + [result[3][n] for n in states]
+        ctx.save_for_backward(*grads)
+        return result[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        grads = [g * x for x in ctx.saved_tensors]
+        return (None, None, None, *grads, *[None] * (len(ctx.needs_input_grad) - 3 - len(grads)))'''
+
+_DIFFERENTIABLE = '''
+class _Forward(torch.autograd.Function):
+    """forward() for torch.autograd: backward is the generated adjoint recurrence of the cell
+    whose loss is the sum over t of <d_q(t)|q(t)> for every state and output q (SEEDS names
+    the cotangent d_q of each), so its gradients are the vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, sizes, T, *tensors):
+        params, inputs, states = _split(tensors)
+        ctx.sizes, ctx.T = sizes, T
+        ctx.save_for_backward(*tensors)
+        result = _forward(params, _sequences(inputs, T), states, sizes)
+        return tuple(result[name] for name in SEEDS)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *cotangents):
+        params, inputs, states = _split(ctx.saved_tensors)
+        targets = {SEEDS[name]: d for name, d in zip(SEEDS, cotangents)}
+        _, g_params, g_inputs, g_states = _seeded_loss_and_grad(
+            params, _sequences(inputs, ctx.T), targets, states, ctx.sizes, True
+        )
+        return (
+            None,
+            None,
+            *g_params.values(),
+            *[g_inputs[n] for n in inputs],
+            *[g_states[n] for n in states],
+        )'''
+
+_MODULE = '''
+def _size_names():
+    # the size names in the parameters' shapes (n of 4*n too)
+    names = set()
+    for dims in SPEC["params"].values():
+        for dim in dims:
+            text = "".join(c if c.isalnum() or c == "_" else " " for c in str(dim))
+            names |= {word for word in text.split() if word.isidentifier()}
+    return sorted(names)
+
+
+class Module(torch.nn.Module):
+    """The cell's parameters (params, a torch.nn.ParameterDict) with forward(inputs, h0) and
+    loss(inputs, targets, h0), both differentiated through the generated backward pass.
+
+    Give either params (a dict of tensors or arrays, copied) or sizes (a dict of the size
+    names of SPEC; each parameter then drawn uniformly from +-1/sqrt(its last axis)).
+    """
+
+    def __init__(self, params=None, sizes=None, dtype=None, device=None):
+        super().__init__()
+        if (params is None) == (sizes is None):
+            raise ValueError("give params (a dict of tensors) or sizes (a dict of ints), one")
+        self.params = torch.nn.ParameterDict()
+        given = params if params is not None else sizes
+        if not isinstance(given, dict):
+            what = "params" if params is not None else "sizes"
+            raise ValueError(f"{what} must be a dict, got {type(given).__name__}")
+        for name, dims in SPEC["params"].items():
+            if params is not None:
+                if name not in params:
+                    raise ValueError(f"params[{name!r}] is missing; expected {dims}")
+                value = torch.as_tensor(params[name], dtype=dtype, device=device).clone()
+            else:
+                try:
+                    shape = tuple(_resolve(d, sizes) for d in dims)
+                except (KeyError, NameError):
+                    raise ValueError(
+                        f"sizes has no value for a size of params[{name!r}] {dims}; sizes "
+                        f"needed: {_size_names()}"
+                    ) from None
+                bound = shape[-1] ** -0.5
+                value = torch.empty(shape, dtype=dtype or torch.float32, device=device)
+                value.uniform_(-bound, bound)
+            if hasattr(self.params, name):
+                raise ValueError(
+                    f"the parameter name {name!r} is taken by torch.nn.ParameterDict; rename it"
+                )
+            self.params[name] = torch.nn.Parameter(value)
+        extra = [n for n in given if params is not None and n not in SPEC["params"]]
+        if extra:
+            raise ValueError(f"params[{extra[0]!r}] is not a parameter of this kernel")
+
+    def forward(self, inputs, h0=None):
+        """States and outputs for all t, differentiable with respect to the parameters."""
+        return forward(dict(self.params), inputs, h0)
+
+    def loss(self, inputs, targets, h0=None):
+        """The cell's total loss, differentiable with respect to the parameters."""
+        return loss(dict(self.params), inputs, targets, h0)'''
+
+_MODULE_NAMES = {
+    "torch",
+    "SPEC",
+    "SEEDS",
+    "forward",
+    "loss_and_grad",
+    "vjp",
+    "loss",
+    "Module",
+    "_Forward",
+    "_Loss",
+    "_check",
+    "_sequences",
+    "_split",
+    "_FLOATS",
+    "_shape_text",
+    "_expected_text",
+    "_resolve",
+    "_seeded_loss_and_grad",
+    "_size_names",
+    *_TORCH_HELPER_ORDER,
+}
+
+
+def _torch_functions(derivation: Derivation, rename: str = "") -> tuple[list[str], set[str]]:
+    """The printed ``_forward`` and ``_loss_and_grad`` of ``derivation`` (with ``rename``,
+    only ``_loss_and_grad``, renamed ``_{rename}_loss_and_grad``) and the helpers they call."""
+    cell = derivation.cell
+    from .numpy import user_names
+
+    device = "_device" if "device" in user_names(cell) else "device"
+    gen = KernelGenerator(derivation, dataclasses.replace(TORCH, device=device))
+    functions = []
+    for function in gen.functions():
+        first = next(iter(cell.inputs))
+        body = []
+        for stmt in function.body:
+            body.append(stmt)
+            if isinstance(stmt, Line) and stmt.code == f"dtype = inputs[{first!r}].dtype":
+                body.append(Line(f"{device} = inputs[{first!r}].device"))
+        functions.append(dataclasses.replace(function, body=tuple(body)))
+    printer = TorchPrinter({}, gen.batch)
+    fwd, grad = (printer.doprint(f) for f in functions)
+    check_namespace(f"{fwd}\n\n\n{grad}\n", cell, _MODULE_NAMES)
+    if rename:
+        renamed = dataclasses.replace(functions[1], name=f"_{rename}_loss_and_grad")
+        return [_prefix_citations(printer.doprint(renamed), "S")], gen.helpers
+    return [fwd, grad], gen.helpers
+
+
+_CITED = re.compile(r"((?:\(\d+\)(?:-\(\d+\))?, )*\(\d+\)(?:-\(\d+\))?) above")
+
+
+def _prefix_citations(text: str, prefix: str) -> str:
+    """``text`` with the line numbers it cites ("(8)-(21) above") written "(S8)-(S21) above":
+    the seeded derivation's lines, numbered with ``prefix`` in the module docstring."""
+    return _CITED.sub(lambda m: re.sub(r"\((\d+)\)", rf"({prefix}\1)", m.group(1)) + " above", text)
+
+
+def _helpers_text(used: set[str]) -> str:
+    return "\n\n\n".join(_HELPERS[n].strip() for n in _TORCH_HELPER_ORDER if n in used)
+
+
+def generate_module(derivation: Derivation) -> str:
+    """The source of the PyTorch kernel module of a derived cell; it imports only torch."""
+    from .._version import __version__
+
+    cell = derivation.cell
+    functions, helpers = _torch_functions(derivation)
+    spec = _spec(cell)
+    if cell.fed_back:  # the seeded cell would read the target in the input's place
+        fed = ", ".join(f"{i!r} (from {t!r})" for i, t in cell.fed_back.items())
+        differentiable = (
+            "raise ValueError(\n"
+            f'            "forward() is not differentiable for this cell: its inputs {fed} "\n'
+            '            "are fed back from targets; differentiate loss() instead"\n'
+            "        )"
+        )
+        seeds: dict = {}
+        seeded: list[str] = []
+        seeded_doc = ""
+    else:
+        seeded_cell, seeds = vjp_cell(cell)
+        seeded_derivation = derive(seeded_cell)
+        seeded, more = _torch_functions(seeded_derivation, rename="seeded")
+        helpers |= more
+        seeded_doc = (
+            f"\nThe backward pass of forward() is the gradient of this derivation, its lines "
+            f"numbered (S1),\n(S2), ...: the cell with the loss replaced by sum_t <d_q(t)|q(t)>, "
+            f"whose gradients are\nthe vector-Jacobian product of the forward pass.\n\n"
+            f"{_indent_doc(derivation_text(seeded_derivation, tag_prefix='S'))}\n"
+        )
+        differentiable = "return dict(zip(SEEDS, _Forward.apply(sizes, T, *tensors)))"
+    equations = derivation_text(derivation)
+    doc = (
+        f"PyTorch kernel for the recurrent cell {cell.name!r}, generated by rnnsym "
+        f"{__version__}.\n\nDo not edit: regenerate with rnnsym. Needs only PyTorch.\n\n"
+        f"Tensors: params[name] has the parameter's shape (vectors 1-D); inputs and targets "
+        f"are\n(T, B, size) tensors (time, batch, size); h0 is None (zeros), a tensor (B, size) "
+        f"or (size,),\nor a dict of them by state name. float32 and float64, any one device.\n\n"
+        f"forward() is differentiable by torch.autograd: its backward pass is the generated\n"
+        f"adjoint recurrence of the loss sum_t <d_q(t)|q(t)> over the states and outputs q "
+        f"(SEEDS\nnames each cotangent d_q), not autograd through the forward loop. loss() is "
+        f"the cell's\nown loss, differentiated by loss_and_grad's gradients; Module holds the "
+        f"parameters.\n\n"
+        f"The derivation this kernel implements. The comments below cite its lines by\n"
+        f"number; a line that is one of the equations (2)-(9) of the report (after\n"
+        f"Goodfellow, Bengio & Courville, Deep Learning, MIT Press 2016, ch. 10) says\n"
+        f"which in brackets.\n\n{_indent_doc(equations)}\n{seeded_doc}"
+    )
+    parts = [
+        '"""' + docstring_text(doc) + '"""',
+        "import torch",
+        "SPEC = " + pprint.pformat(spec, width=96, sort_dicts=False),
+        "# each state and output -> the target of _seeded_loss_and_grad holding its cotangent\n"
+        "SEEDS = " + pprint.pformat(seeds, width=96, sort_dicts=False),
+        _helpers_text(helpers),
+        _CHECK.strip(),
+        _API.strip().replace("{differentiable}", differentiable),
+        *([_DIFFERENTIABLE.strip()] if seeds else []),
+        _MODULE.strip(),
+        *functions,
+        *seeded,
+    ]
+    text = "\n\n\n".join(p for p in parts if p) + "\n"
+    return re.sub(r"[ \t]+\n", "\n", text)
+
+
+class TorchKernel:
+    """A generated PyTorch kernel: the contract of :class:`rnnsym.kernel.Kernel` with tensors.
+
+    ``forward(params, inputs, h0=None)`` returns a dict of state and output sequences (T, B,
+    size), differentiable by ``torch.autograd``; ``loss_and_grad`` returns ``(loss, grads)``,
+    ``vjp`` also the input and h(0) gradients, ``loss`` the differentiable loss; ``Module`` is
+    the ``torch.nn.Module`` holding the parameters. ``source`` is the module text, runnable
+    with torch alone.
+    """
+
+    backend = "torch"
+    mode = "reverse"
+
+    def __init__(self, derivation: Derivation, source: str):
+        self.derivation = derivation
+        self.cell = derivation.cell
+        self.source = source
+        self.certificate = None
+        self.certificate_cell = None
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        filename = f"<rnnsym torch kernel {ascii(self.cell.name)} {digest}>"
+        module = types.ModuleType(f"rnnsym_torch_kernel_{digest}")
+        module.__file__ = filename
+        # registered with linecache so tracebacks and inspect show the generated lines
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
+        self.module = module
+        self.spec = module.SPEC
+        self.Module = module.Module
+
+    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
+        """States and outputs for all t, each a tensor (T, B, size)."""
+        return self.module.forward(params, inputs, h0)
+
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """The total loss and the gradient of every parameter."""
+        return self.module.loss_and_grad(params, inputs, targets, h0)
+
+    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """``(loss, grads, input_grads, h0_grads)``."""
+        return self.module.vjp(params, inputs, targets, h0)
+
+    def loss(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """The total loss, a tensor differentiable by ``torch.autograd``."""
+        return self.module.loss(params, inputs, targets, h0)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the module source to ``path`` (importable with torch alone)."""
+        path = Path(path)
+        path.write_text(self.source, encoding="utf-8")
+        return path
+
+    def __repr__(self) -> str:
+        return f"<TorchKernel {self.cell.name!r}: {len(self.source.splitlines())} lines of PyTorch>"
+
+
+def load(source: str, derivation: Derivation) -> TorchKernel:
+    """The kernel object of a module ``source`` generated for ``derivation``."""
+    return TorchKernel(derivation, source)
+
+
+def compile_derivation(derivation: Derivation) -> TorchKernel:
+    """Generate and load the PyTorch kernel of a derived cell."""
+    return TorchKernel(derivation, generate_module(derivation))
