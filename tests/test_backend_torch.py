@@ -405,3 +405,60 @@ def test_written_module_runs_without_numpy_or_rnnsym(tmp_path):
     for line in lines[1:]:
         name, values = line.split(" ", 1)
         assert relative(np.array(ast.literal_eval(values)), want[name].ravel()) <= RTOL, name
+
+
+# ----- agreement with torch.nn -----
+
+
+def _torch_nn_params(name: str, module, V, bias) -> dict:
+    """rnnsym's parameters as the torch.nn module's own tensors, in the layout of
+    rnnsym/verify/torch_compare.py (an Elman cell's one bias is torch's two added)."""
+    if name in ("lstm", "gru"):
+        return {
+            "W_ih": module.weight_ih_l0,
+            "W_hh": module.weight_hh_l0,
+            "b_ih": module.bias_ih_l0,
+            "b_hh": module.bias_hh_l0,
+            "V": V,
+            "b_V": bias,
+        }
+    return {
+        "W": module.weight_hh_l0,
+        "U": module.weight_ih_l0,
+        "b": module.bias_ih_l0 + module.bias_hh_l0,
+        "V": V,
+        "c": bias,
+    }
+
+
+@pytest.mark.parametrize("name", ["elman", "elman_relu", "lstm", "gru"])
+def test_forward_and_its_gradients_equal_torch_nn(name):
+    """forward() on torch.nn's own parameter tensors: the same state sequence, and autograd
+    through the generated backward gives torch's gradients of the weights, inputs and h(0)."""
+    torch.manual_seed(0)
+    n, m, k, T, B = 4, 3, 2, 5, 2
+    if name == "lstm":
+        module = torch.nn.LSTM(m, n).double()
+    elif name == "gru":
+        module = torch.nn.GRU(m, n).double()
+    else:
+        nonlinearity = "relu" if name == "elman_relu" else "tanh"
+        module = torch.nn.RNN(m, n, nonlinearity=nonlinearity).double()
+    kernel = rs.compile(rs.cells.get(name), backend="torch")
+    V = torch.randn(k, n, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(k, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(T, B, m, dtype=torch.float64, requires_grad=True)
+    h0 = {"h": torch.randn(B, n, dtype=torch.float64, requires_grad=True)}
+    if name == "lstm":
+        h0["c"] = torch.randn(B, n, dtype=torch.float64, requires_grad=True)
+        want, _ = module(x, (h0["h"][None], h0["c"][None]))
+    else:
+        want, _ = module(x, h0["h"][None])
+    got = kernel.forward(_torch_nn_params(name, module, V, bias), {"x": x}, h0)["h"]
+    assert relative(got, want) <= RTOL  # float64, see the module docstring
+    weights = torch.randn(T, B, n, dtype=torch.float64)
+    leaves = [*module.parameters(), x, *h0.values()]
+    want_grads = torch.autograd.grad((want * weights).sum(), leaves)
+    got_grads = torch.autograd.grad((got * weights).sum(), leaves)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        assert relative(got_grad, want_grad) <= RTOL

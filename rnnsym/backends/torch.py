@@ -790,9 +790,9 @@ class TorchKernel:
         return f"<TorchKernel {self.cell.name!r}: {len(self.source.splitlines())} lines of PyTorch>"
 
 
-def load(source: str, derivation: Derivation) -> TorchKernel:
-    """The kernel object of a module ``source`` generated for ``derivation``."""
-    return TorchKernel(derivation, source)
+def load(source: str, cell) -> TorchKernel:
+    """The kernel of ``source`` (a module from :func:`generate_module` for ``cell``)."""
+    return TorchKernel(derive(cell), source)
 
 
 def compile_derivation(derivation: Derivation) -> TorchKernel:
