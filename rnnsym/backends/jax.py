@@ -41,7 +41,7 @@ from .numpy import (
     check_namespace,
     docstring_text,
 )
-from .numpy_printer import Assign, Comment, Function, Line, Loop, RowPrinter, Store, comment_text
+from .numpy_printer import Assign, Function, Line, Loop, RowPrinter, Store, comment_text
 
 __all__ = [
     "JaxPrinter",
@@ -306,8 +306,8 @@ def _erfc(a):
 # are range-checked where their values are known (outside jit)
 _CHECK = '''
 def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
-    """Validate the arrays against SPEC; return (sizes, states, inputs, targets), the arrays
-    as jax arrays, h0 as (B, size) per state, context inputs (B, size), class indices 1-of-K.
+    """Validate the arrays against SPEC; return (sizes, params, states, inputs, targets), the
+    arrays as jax arrays, h0 as (B, size) per state, context inputs (B, size), class indices 1-of-K.
     Every failure raises ValueError naming the array, its shape or dtype and what was
     expected."""
     context = spec.get("context", ())
@@ -476,7 +476,7 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                 f"(batch, size) or ({size},)"
             )
         states[name] = jnp.broadcast_to(jnp.asarray(value), (B, size))
-    return sizes, states, inputs, targets'''
+    return sizes, arrays["params"], states, inputs, targets'''
 
 _CHECK_HELPERS = ["_shape_text", "_same_steps", "_resolve", "_expected_text", "_match"]
 
@@ -522,7 +522,7 @@ def _api(cell, seeded: bool) -> str:
             '    """The generated adjoint recurrence, seeded with the cotangents of the states\n'
             '    and outputs (the loss sum_t <d_q(t)|q(t)> over every state and output q)."""\n'
             "    params, inputs, states = residuals\n"
-            "    seeds = {_SEEDS[name]: cotangents[name] for name in _SEEDS}\n"
+            "    seeds = {_SEEDS[name]: jnp.asarray(cotangents[name]) for name in _SEEDS}\n"
             "    _, grads, input_grads, state_grads = _seeded_loss_and_grad(\n"
             f"        params, {full}, seeds, states, dict(sizes), True\n"
             "    )\n"
@@ -531,26 +531,36 @@ def _api(cell, seeded: bool) -> str:
             "_differentiable_forward = jax.custom_vjp(_forward_impl, nondiff_argnums=(0,))\n"
             "_differentiable_forward.defvjp(_forward_fwd, _forward_bwd)\n\n\n"
         )
-        call = "_differentiable_forward(tuple(sorted(sizes.items())), params, inputs, states)"
+        call = (
+            "_differentiable_forward(tuple(sorted(sizes.items())), params, inputs, states)\n"
+            "    # in the NumPy kernel's order (a custom_vjp function returns its dict sorted)\n"
+            "    return {name: out[name] for name in [*SPEC['states'], *SPEC['outputs']]}"
+        )
         note = "differentiable by jax.grad through the generated adjoints"
     else:
         differentiable = ""
-        call = f"_forward(params, {full}, states, sizes)"
+        call = f"_forward(params, {full}, states, sizes)\n    return out"
         note = "differentiated by JAX's own autodiff through the scan"
     return (
         full_inputs + differentiable + "def forward(params, inputs, h0=None):\n"
         f'    """States and outputs for all t: dict of (T, B, size) arrays; {note}."""\n'
-        "    sizes, states, inputs, _ = _check_arrays(SPEC, params, inputs, None, h0, False)\n"
-        f"    return {call}\n\n\n"
+        "    sizes, params, states, inputs, _ = _check_arrays(\n"
+        "        SPEC, params, inputs, None, h0, False\n"
+        "    )\n"
+        f"    out = {call}\n\n\n"
         "def loss_and_grad(params, inputs, targets, h0=None):\n"
         '    """(loss, grads): the total loss and its gradient for every parameter."""\n'
-        "    sizes, states, inputs, targets = _check_arrays(SPEC, params, inputs, targets, h0)\n"
+        "    sizes, params, states, inputs, targets = _check_arrays(\n"
+        "        SPEC, params, inputs, targets, h0\n"
+        "    )\n"
         f"    return _loss_and_grad(params, {full}, targets, states, sizes)\n\n\n"
         "def vjp(params, inputs, targets, h0=None):\n"
         '    """(loss, grads, input_grads, h0_grads): also the gradient of every input\n'
         "    sequence, (T, B, size), and of every initial state, (B, size), for composing cells.\n"
         '    """\n'
-        "    sizes, states, inputs, targets = _check_arrays(SPEC, params, inputs, targets, h0)\n"
+        "    sizes, params, states, inputs, targets = _check_arrays(\n"
+        "        SPEC, params, inputs, targets, h0\n"
+        "    )\n"
         f"    return _loss_and_grad(params, {full}, targets, states, sizes, True)"
     )
 
