@@ -462,3 +462,63 @@ def test_forward_and_its_gradients_equal_torch_nn(name):
     got_grads = torch.autograd.grad((got * weights).sum(), leaves)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         assert relative(got_grad, want_grad) <= RTOL
+
+
+# ----- torch.distributed -----
+
+_WORKER = '''
+import torch
+import torch.distributed as dist
+
+import held_out_kernel as kernel
+
+
+def run(rank, world, folder):
+    """One of ``world`` processes: its shard of the batch through DistributedDataParallel."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                            world_size=world)
+    data = torch.load(f"{folder}/data.pt")
+    model = torch.nn.parallel.DistributedDataParallel(kernel.Module(data["params"]))
+    shard = slice(rank * data["B"] // world, (rank + 1) * data["B"] // world)
+    inputs = {n: a[:, shard] if a.dim() == 3 else a[shard] for n, a in data["inputs"].items()}
+    out = model(inputs)["out"]
+    loss = 0.5 * ((out - data["y"][:, shard]) ** 2).sum()
+    loss.backward()  # DDP all-reduces the gradients: their mean over the processes
+    loss = loss.detach()
+    dist.all_reduce(loss)
+    if rank == 0:
+        grads = {n: p.grad for n, p in model.module.params.items()}
+        torch.save({"loss": loss, "grads": grads}, f"{folder}/result.pt")
+    dist.destroy_process_group()
+'''
+
+
+def test_distributed_data_parallel_gives_the_single_process_gradients(tmp_path):
+    """Two processes on localhost (gloo), each with half the batch: the all-reduced gradients
+    of DistributedDataParallel over the torch Module are the single-process gradients / 2."""
+    import torch.multiprocessing as mp
+
+    cell, _, torch_kernel = kernels("held_out")
+    torch_kernel.write(tmp_path / "held_out_kernel.py")
+    (tmp_path / "held_out_worker.py").write_text(_WORKER)
+    params, inputs, targets, _ = problem(cell, seed=8, B=4)
+    P, X, Y = tensors(params), tensors(inputs), tensors(targets)
+    torch.save({"params": P, "inputs": X, "y": Y["y"], "B": 4}, tmp_path / "data.pt")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import held_out_worker
+
+        # forked, not spawned: the children start with torch imported (seconds less)
+        mp.start_processes(
+            held_out_worker.run, args=(2, str(tmp_path)), nprocs=2, start_method="fork"
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("held_out_worker", None)
+        sys.modules.pop("held_out_kernel", None)
+    result = torch.load(tmp_path / "result.pt")
+    want_loss, want = torch_kernel.loss_and_grad(P, X, Y)
+    assert relative(result["loss"], want_loss) <= RTOL  # float64, see the module docstring
+    for key, value in want.items():
+        assert relative(2 * result["grads"][key], value) <= RTOL, key
