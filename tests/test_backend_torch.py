@@ -571,3 +571,33 @@ def test_apple_demo_trains_with_the_torch_module():
         words.append(SENTENCE[token])
         x, h = eye[token], out["h"][0]
     assert tuple(words) == SENTENCE
+
+
+# ----- the cell's names -----
+
+
+def _named_cell(param: str, input_name: str = "x") -> rs.Cell:
+    cell = rs.Cell("named")
+    n, m = cell.dims("n m")
+    x, h = cell.input(input_name, m), cell.state("h", n)
+    W, U = cell.param(param, n, n), cell.param("U", n, m)
+    cell.update(h, rs.tanh(W @ h.prev + U @ x))
+    cell.loss(rs.squared_error(cell.output("o", h), cell.target("y", n)))
+    return cell
+
+
+@pytest.mark.parametrize(("param", "input_name"), [("device", "x"), ("Module", "SEEDS")])
+def test_names_of_the_torch_module_are_free_for_the_cell(param, input_name):
+    cell = _named_cell(param, input_name)
+    numpy_kernel, torch_kernel = rs.compile(cell), rs.compile(cell, backend="torch")
+    params, inputs, targets = random_problem(cell, seed=9)
+    want_loss, want = numpy_kernel.loss_and_grad(params, inputs, targets)
+    loss, grads = torch_kernel.loss_and_grad(tensors(params), tensors(inputs), tensors(targets))
+    assert relative(loss, want_loss) <= RTOL  # float64, see the module docstring
+    for key in want:
+        assert relative(grads[key], want[key]) <= RTOL, key
+
+
+def test_a_quantity_named_torch_is_refused_clearly():
+    with pytest.raises(rs.DerivationError, match=r"names a quantity 'torch'.*rename"):
+        rs.compile(_named_cell("torch"), backend="torch")

@@ -33,6 +33,7 @@ from .numpy import (
     _spec,
     check_namespace,
     docstring_text,
+    user_names,
 )
 from .numpy_printer import Line, RowPrinter
 
@@ -606,36 +607,15 @@ class Module(torch.nn.Module):
         """The cell's total loss, differentiable with respect to the parameters."""
         return loss(dict(self.params), inputs, targets, h0)'''
 
-_MODULE_NAMES = {
-    "torch",
-    "SPEC",
-    "SEEDS",
-    "forward",
-    "loss_and_grad",
-    "vjp",
-    "loss",
-    "Module",
-    "_Forward",
-    "_Loss",
-    "_check",
-    "_sequences",
-    "_split",
-    "_FLOATS",
-    "_shape_text",
-    "_expected_text",
-    "_resolve",
-    "_seeded_loss_and_grad",
-    "_size_names",
-    *_TORCH_HELPER_ORDER,
-}
+# what the generated functions may read from the module around them: torch and the helpers
+# (the module's other names, Module, SEEDS, loss, ..., they never read, so a cell may use them)
+_READ_NAMES = {"torch", *_TORCH_HELPER_ORDER}
 
 
 def _torch_functions(derivation: Derivation, rename: str = "") -> tuple[list[str], set[str]]:
     """The printed ``_forward`` and ``_loss_and_grad`` of ``derivation`` (with ``rename``,
     only ``_loss_and_grad``, renamed ``_{rename}_loss_and_grad``) and the helpers they call."""
     cell = derivation.cell
-    from .numpy import user_names
-
     device = "_device" if "device" in user_names(cell) else "device"
     gen = KernelGenerator(derivation, dataclasses.replace(TORCH, device=device))
     functions = []
@@ -649,7 +629,7 @@ def _torch_functions(derivation: Derivation, rename: str = "") -> tuple[list[str
         functions.append(dataclasses.replace(function, body=tuple(body)))
     printer = TorchPrinter({}, gen.batch)
     fwd, grad = (printer.doprint(f) for f in functions)
-    check_namespace(f"{fwd}\n\n\n{grad}\n", cell, _MODULE_NAMES)
+    check_namespace(f"{fwd}\n\n\n{grad}\n", cell, _READ_NAMES)
     if rename:
         renamed = dataclasses.replace(functions[1], name=f"_{rename}_loss_and_grad")
         return [_prefix_citations(printer.doprint(renamed), "S")], gen.helpers
@@ -674,6 +654,11 @@ def generate_module(derivation: Derivation) -> str:
     from .._version import __version__
 
     cell = derivation.cell
+    if "torch" in user_names(cell):
+        raise DerivationError(
+            f"cell {cell.name!r} names a quantity 'torch', the name under which its PyTorch "
+            f"kernel module imports torch; rename that quantity for the torch backend"
+        )
     functions, helpers = _torch_functions(derivation)
     spec = _spec(cell)
     if cell.fed_back:  # the seeded cell would read the target in the input's place
