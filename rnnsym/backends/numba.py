@@ -33,6 +33,7 @@ import sympy as sp
 
 from .. import display
 from ..derive import Derivation
+from ..ir.ops import coeff_and_factors
 from .numpy import (
     Backend,
     KernelGenerator,
@@ -41,7 +42,6 @@ from .numpy import (
     check_namespace,
     docstring_text,
 )
-from ..ir.ops import coeff_and_factors
 from .numpy_printer import Function, Line, Loop, RowPrinter, Store
 
 __all__ = ["NumbaPrinter", "NUMBA", "generate_module", "compile_derivation", "NumbaKernel"]
@@ -300,7 +300,8 @@ class _Rewriter:
             f"T, B = inputs[{first!r}].shape[:2]": f"T, B = {first}.shape[:2]",
             f"dtype = inputs[{first!r}].dtype": f"dtype = {first}.dtype",
         }
-        self.state_store = {f"states[{n!r}]": a for n, a in zip(self.states, self.state_args)}
+        pairs = zip(self.states, self.state_args, strict=True)
+        self.state_store = {f"states[{n!r}]": a for n, a in pairs}
         self.size_lines = {f"{n} = sizes[{n!r}]": n for n in self.sizes}
 
     def _groups(self):
@@ -349,7 +350,8 @@ class _Rewriter:
         if at is None:
             raise AssertionError("unexpected _loss_and_grad: no early return")
         del body[at : at + 2]
-        body[-1] = Line(_tuple_return(body[-1]))
+        code, self.returned = _tuple_return(body[-1])
+        body[-1] = Line(code)
         sizes = self.used_sizes(grad)
         args = (*self.params, *self.inputs, *self.targets, *self.state_args, *sizes)
         doc = grad.doc.rstrip(".") + "; also the gradients of the inputs and of h(0)."
@@ -361,30 +363,31 @@ def _tuple(items) -> str:
     return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
 
 
-def _tuple_return(stmt) -> str:
+def _tuple_return(stmt) -> tuple[str, list[list[str]]]:
     """``return loss, {'W': g_W}, {'x': g_in_x}, {'h': carry_h}`` as
-    ``return loss, (g_W,), (g_in_x,), (carry_h,)``: the values of each dict, in its order."""
+    ``return loss, (g_W,), (g_in_x,), (carry_h,)``, the values of each dict in its order; and
+    the keys of each dict, in that order."""
     if not isinstance(stmt, Line):
         raise AssertionError(f"unexpected end of _loss_and_grad: {stmt!r}")
     tree = ast.parse(stmt.code)
     ret = tree.body[0]
     if not (isinstance(ret, ast.Return) and isinstance(ret.value, ast.Tuple)):
         raise AssertionError(f"unexpected end of _loss_and_grad: {stmt.code!r}")
-    parts = []
+    parts, keys = [], []
     for element in ret.value.elts:
-        segment = ast.get_source_segment(stmt.code, element)
         if isinstance(element, ast.Dict):
             values = [ast.get_source_segment(stmt.code, v) for v in element.values]
             parts.append(_tuple(values) if values else "()")
+            keys.append([ast.literal_eval(k) for k in element.keys])
         else:
-            parts.append(segment)
-    return "return " + ", ".join(parts)
+            parts.append(ast.get_source_segment(stmt.code, element))
+    return "return " + ", ".join(parts), keys
 
 
 # ----- the module -----
 
 
-def _api_source(cell, fwd_sizes: list[str], grad_sizes: list[str]) -> str:
+def _api_source(cell, fwd_sizes: list[str], grad_sizes: list[str], returned) -> str:
     """The plain-Python functions with the NumPy kernel's contract around the compiled ones."""
     params = [f"_c(params[{n!r}])" for n in cell.params]
     inputs = [f"_c(inputs[{n!r}])" for n in cell.inputs]
@@ -399,9 +402,10 @@ def _api_source(cell, fwd_sizes: list[str], grad_sizes: list[str]) -> str:
     def as_dict(names, index):
         return "{" + ", ".join(f"{n!r}: {index}[{i}]" for i, n in enumerate(names)) + "}"
 
-    grads = as_dict(cell.params, "grads")
-    input_grads = as_dict(cell.inputs, "input_grads")
-    h0_grads = as_dict(cell.states, "h0_grads")
+    # the keys in the order the compiled function returns the values
+    grads = as_dict(returned[0], "grads")
+    input_grads = as_dict(returned[1], "input_grads")
+    h0_grads = as_dict(returned[2], "h0_grads")
     return (
         "def forward(params, inputs, h0=None):\n"
         '    """States and outputs for all t: dict of (T, B, size) arrays."""\n'
@@ -433,7 +437,7 @@ def _api_source(cell, fwd_sizes: list[str], grad_sizes: list[str]) -> str:
     )
 
 
-_PREPARE = '''_c = np.ascontiguousarray
+_PREPARE = """_c = np.ascontiguousarray
 
 _KNOWN_CALLS = {}  # signature of a call whose arrays passed _check_arrays -> (sizes, B, dtype)
 
@@ -488,7 +492,7 @@ def _prepare(params, inputs, targets, h0, with_targets):
             states.append(np.zeros((B, size), dtype=dtype))
         else:
             states.append(np.array(np.broadcast_to(value, (B, size)), dtype=dtype))
-    return sizes, dtype, states, inputs, targets'''
+    return sizes, dtype, states, inputs, targets"""
 
 
 def _defined(source: str) -> set[str]:
@@ -553,7 +557,7 @@ def generate_module(derivation: Derivation) -> str:
         checks,
         _PREPARE,
         _helpers_source(gen.helpers),
-        _api_source(cell, fwd_sizes, grad_sizes),
+        _api_source(cell, fwd_sizes, grad_sizes, rewriter.returned),
         decorator + fwd_text,
         decorator + grad_text,
     ]
@@ -654,4 +658,3 @@ def load(source: str, cell) -> NumbaKernel:
 def compile_derivation(derivation: Derivation) -> NumbaKernel:
     """The Numba kernel of a derived cell."""
     return NumbaKernel(derivation, generate_module(derivation))
-
