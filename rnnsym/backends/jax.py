@@ -510,10 +510,12 @@ def _api(cell, seeded: bool) -> str:
         full = "_full_inputs(inputs)"
     else:
         full_inputs, full = "", "inputs"
+    impl = (
+        "def _forward_impl(sizes, params, inputs, states):\n"
+        f"    return _forward(params, {full}, states, dict(sizes))\n\n\n"
+    )
     if seeded:
-        differentiable = (
-            "def _forward_impl(sizes, params, inputs, states):\n"
-            f"    return _forward(params, {full}, states, dict(sizes))\n\n\n"
+        impl += (
             "def _forward_fwd(sizes, params, inputs, states):\n"
             "    # residuals: the arguments; the backward pass recomputes the states\n"
             f"    return _forward(params, {full}, states, dict(sizes)), (params, inputs, states)\n"
@@ -529,31 +531,37 @@ def _api(cell, seeded: bool) -> str:
             "    return grads, input_grads, state_grads\n\n\n"
             "# forward as a jax.custom_vjp function: jax.grad runs the generated backward pass\n"
             "_differentiable_forward = jax.custom_vjp(_forward_impl, nondiff_argnums=(0,))\n"
-            "_differentiable_forward.defvjp(_forward_fwd, _forward_bwd)\n\n\n"
+            "_differentiable_forward.defvjp(_forward_fwd, _forward_bwd)\n"
         )
-        call = (
-            "_differentiable_forward(tuple(sorted(sizes.items())), params, inputs, states)\n"
-            "    # in the NumPy kernel's order (a custom_vjp function returns its dict sorted)\n"
-            "    return {name: out[name] for name in [*SPEC['states'], *SPEC['outputs']]}"
-        )
-        note = "differentiable by jax.grad through the generated adjoints"
+        compiled_forward = "_differentiable_forward"
+        note = "differentiable by jax.grad\n    through the generated adjoint recurrence"
     else:
-        differentiable = ""
-        call = f"_forward(params, {full}, states, sizes)\n    return out"
-        note = "differentiated by JAX's own autodiff through the scan"
+        compiled_forward = "_forward_impl"
+        note = "differentiated by JAX's own\n    autodiff through the scans"
     return (
-        full_inputs + differentiable + "def forward(params, inputs, h0=None):\n"
+        full_inputs
+        + impl
+        + "\n\ndef _loss_and_grad_impl(params, inputs, targets, states, sizes, full):\n"
+        f"    return _loss_and_grad(params, {full}, targets, states, dict(sizes), full)\n\n\n"
+        "# each compiled once per shape signature (the sizes are static); the arguments are\n"
+        "# checked before, in Python\n"
+        f"_forward_compiled = jax.jit({compiled_forward}, static_argnums=(0,))\n"
+        "_loss_and_grad_compiled = jax.jit(_loss_and_grad_impl, static_argnums=(4, 5))\n\n\n"
+        "def forward(params, inputs, h0=None):\n"
         f'    """States and outputs for all t: dict of (T, B, size) arrays; {note}."""\n'
         "    sizes, params, states, inputs, _ = _check_arrays(\n"
         "        SPEC, params, inputs, None, h0, False\n"
         "    )\n"
-        f"    out = {call}\n\n\n"
+        "    out = _forward_compiled(tuple(sorted(sizes.items())), params, inputs, states)\n"
+        "    # in the NumPy kernel's order (a compiled function returns its dict sorted)\n"
+        "    return {name: out[name] for name in [*SPEC['states'], *SPEC['outputs']]}\n\n\n"
         "def loss_and_grad(params, inputs, targets, h0=None):\n"
         '    """(loss, grads): the total loss and its gradient for every parameter."""\n'
         "    sizes, params, states, inputs, targets = _check_arrays(\n"
         "        SPEC, params, inputs, targets, h0\n"
         "    )\n"
-        f"    return _loss_and_grad(params, {full}, targets, states, sizes)\n\n\n"
+        "    sizes = tuple(sorted(sizes.items()))\n"
+        "    return _loss_and_grad_compiled(params, inputs, targets, states, sizes, False)\n\n\n"
         "def vjp(params, inputs, targets, h0=None):\n"
         '    """(loss, grads, input_grads, h0_grads): also the gradient of every input\n'
         "    sequence, (T, B, size), and of every initial state, (B, size), for composing cells.\n"
@@ -561,7 +569,8 @@ def _api(cell, seeded: bool) -> str:
         "    sizes, params, states, inputs, targets = _check_arrays(\n"
         "        SPEC, params, inputs, targets, h0\n"
         "    )\n"
-        f"    return _loss_and_grad(params, {full}, targets, states, sizes, True)"
+        "    sizes = tuple(sorted(sizes.items()))\n"
+        "    return _loss_and_grad_compiled(params, inputs, targets, states, sizes, True)"
     )
 
 
@@ -616,8 +625,10 @@ def generate_module(derivation: Derivation) -> str:
         f"Arrays: params[name] has the parameter's shape (vectors 1-D); inputs and targets "
         f"are\n(T, B, size) arrays (time, batch, size); h0 is None (zeros), an array (B, size) "
         f"or (size,),\nor a dict of them by state name. float32 and float64 are supported "
-        f"(float64 needs\njax.config.update('jax_enable_x64', True)). Every function is "
-        f"jittable; loops over t are\njax.lax.scan. "
+        f"(float64 needs\njax.config.update('jax_enable_x64', True)). Loops over t are "
+        f"jax.lax.scan; each public\nfunction checks its arguments in Python, then runs a "
+        f"program compiled by jax.jit once\nper shape signature, and is itself jittable and "
+        f"vmappable.\n"
         + (
             "forward is a jax.custom_vjp function: jax.grad of any loss of its\noutputs runs "
             "the generated adjoint recurrence (_seeded_loss_and_grad).\n\n"
