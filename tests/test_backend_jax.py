@@ -328,3 +328,49 @@ def test_compile_dispatch_and_forward_mode_refused() -> None:
     assert kernel.backend == "jax" and "jax.lax.scan" in kernel.source
     with pytest.raises(ValueError, match=r"mode='forward'.*jax backend"):
         compile_cell(cells.elman(), mode="forward", backend="jax")
+
+
+def test_fed_back_cell_forward_uses_jax_autodiff() -> None:
+    """An input fed back from a target (teacher forcing) is a target in vjp_cell, so forward is
+    not a custom_vjp there: it is the generated scan, differentiated by JAX itself. loss_and_grad
+    (which fills y(t-1) from the targets) still equals the NumPy kernel's."""
+    cell = cells.get("teacher_forcing")
+    numpy_kernel, kernel = compile_cell(cell), compile_cell(cell, backend="jax")
+    assert not hasattr(kernel.module, "_seeded_loss_and_grad")
+    params, inputs, targets = random_problem(cell, T=4, B=2)
+    loss, grads = numpy_kernel.loss_and_grad(params, inputs, targets)
+    jloss, jgrads = kernel.loss_and_grad(params, inputs, targets)
+    assert relative_error(jloss, loss) < TOL64  # float64, a few ulps apart: 1e-10 as above
+    for key in grads:
+        assert relative_error(jgrads[key], grads[key]) < TOL64, key
+    fed = dict(inputs)
+    for name, target in cell.fed_back.items():
+        y = targets[target]
+        fed[name] = np.concatenate([np.zeros_like(y[:1]), y[:-1]])
+    # the fed-back input given: forward's gradient by JAX, against finite differences
+    check_grads(lambda p: kernel.forward(p, fed), (params,), order=1, modes=["rev"])
+
+
+def test_user_names_never_become_code() -> None:
+    """A cell name with quotes, a backslash, '#' and a line break stays inside the docstring;
+    a quantity named like the module's jnp is refused with the clash named."""
+    cell = rs.Cell('odd"""\\ #(1) above\nimport os')
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U = cell.param("W", n, n), cell.param("U", n, m)
+    cell.update(h, rs.tanh(W @ h.prev + U @ x))
+    cell.loss(rs.squared_error(h, cell.target("y", n)))
+    tree = ast.parse(generate_module(derive(cell)))
+    assert repr(cell.name) in ast.get_docstring(tree)  # the name as written, quoted
+    assert not any(
+        isinstance(node, ast.Import) and any(a.name == "os" for a in node.names)
+        for node in ast.walk(tree)
+    )
+    clash = rs.Cell("clash")
+    n, m = clash.dims("n m")
+    x, h = clash.input("x", m), clash.state("h", n)
+    W, U = clash.param("jnp", n, n), clash.param("U", n, m)
+    clash.update(h, rs.tanh(W @ h.prev + U @ x))
+    clash.loss(rs.squared_error(h, clash.target("y", n)))
+    with pytest.raises(rs.DerivationError, match=r"reads the module's 'jnp'"):
+        generate_module(derive(clash))

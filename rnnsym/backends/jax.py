@@ -574,6 +574,33 @@ def _api(cell, seeded: bool) -> str:
     )
 
 
+_NUMBERS = r"\(\d+\)(?:-\(\d+\))?(?:, \(\d+\)(?:-\(\d+\))?)*"
+_CITATION = re.compile(rf"(?:, )?{_NUMBERS} above(?:, report eqs?\. {_NUMBERS})?(?:, )?")
+
+
+def _without_citations(code: str) -> str:
+    """``code`` with the comments' citations of derivation lines removed: the seeded function's
+    comments would cite the lines of the vjp cell's derivation, which the module does not hold.
+    Generated statements hold no '#' in strings, so a line's comment starts at its first '#'."""
+
+    def clean(match: re.Match) -> str:
+        # "x, (5) above, y" -> "x, y"; "x, (5) above: y" -> "x: y"; "(5) above" -> ""
+        text = match.group(0)
+        return ", " if text.startswith(", ") and text.endswith(", ") else ""
+
+    lines = []
+    for line in code.split("\n"):
+        code_part, hash_, comment = line.partition("#")
+        if hash_:
+            comment = _CITATION.sub(clean, comment).rstrip()
+            if not comment.strip():
+                line = code_part.rstrip()
+            else:
+                line = f"{code_part}#{comment}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _seeded(cell) -> tuple[Function, dict, KernelGenerator] | None:
     """The lowered loss-and-gradient function of vjp_cell(cell), or None where its gradients
     are not the VJP ``forward`` needs (an input fed back from a target is a target there)."""
@@ -607,15 +634,14 @@ def generate_module(derivation: Derivation) -> str:
         renamed = dataclasses.replace(
             grad2,
             name="_seeded_loss_and_grad",
-            doc=f"The vector-Jacobian product of _forward: the gradient of the cell "
-            f"{gen2.cell.name!r},\n    whose loss is sum_t <d_q(t)|q(t)> over every state and "
-            f"output q.",
+            doc="The vector-Jacobian product of _forward: the loss and gradients of the\n    "
+            "cell whose loss is sum_t <d_q(t)|q(t)> over every state and output q.",
         )
         seeded_parts = [
             "# the adjoint recurrence of forward's backward pass: targets[_SEEDS[q]] is the\n"
             "# cotangent of the state or output q\n"
             "_SEEDS = " + pprint.pformat(seeds, width=96, sort_dicts=False),
-            JaxStatementPrinter({}, gen2.batch).doprint(renamed),
+            _without_citations(JaxStatementPrinter({}, gen2.batch).doprint(renamed)),
         ]
         helpers |= gen2.helpers
     equations = derivation_text(gen.display)
