@@ -601,3 +601,38 @@ def test_names_of_the_torch_module_are_free_for_the_cell(param, input_name):
 def test_a_quantity_named_torch_is_refused_clearly():
     with pytest.raises(rs.DerivationError, match=r"names a quantity 'torch'.*rename"):
         rs.compile(_named_cell("torch"), backend="torch")
+
+
+def _user_function_cell() -> rs.Cell:
+    """A user activation with irrational constants and a maximum, and a parameter d that
+    enters only the loss (forward() does not depend on it)."""
+    import sympy as sp
+
+    bent = rs.elementwise(
+        "bent_torch_test", lambda z: sp.Max(z, z / 10) + sp.sqrt(2) * sp.pi * z / (4 + z**2)
+    )
+    cell = rs.Cell("user_function")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U = cell.param("W", n, n), cell.param("U", n, m)
+    cell.update(h, 0.5 * rs.tanh(bent(W @ h.prev + U @ x)))
+    cell.loss(rs.squared_error(h, cell.target("y", n)))
+    cell.loss(rs.linear_loss(cell.param("d", n), h))
+    return cell
+
+
+def test_user_function_and_a_parameter_only_in_the_loss():
+    cell = _user_function_cell()
+    numpy_kernel, torch_kernel = rs.compile(cell), rs.compile(cell, backend="torch")
+    params, inputs, targets = random_problem(cell, seed=10)
+    want = numpy_kernel.vjp(params, inputs, targets)
+    got = torch_kernel.vjp(tensors(params), tensors(inputs), tensors(targets))
+    assert relative(got[0], want[0]) <= RTOL  # float64, see the module docstring
+    for key in want[1]:
+        assert relative(got[1][key], want[1][key]) <= RTOL, key
+    P = tensors(params, grad=True)
+    torch_kernel.loss(P, tensors(inputs), tensors(targets)).backward()
+    for key, value in P.items():
+        assert relative(value.grad, want[1][key]) <= RTOL, key
+    with pytest.raises(ValueError, match=r"not differentiable .*\['d'\] enter only the loss"):
+        torch_kernel.forward(P, tensors(inputs))

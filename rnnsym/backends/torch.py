@@ -19,10 +19,12 @@ import re
 import types
 from pathlib import Path
 
+import sympy as sp
 from sympy import MatrixSymbol, Transpose
 
 from ..derive import Derivation, derive
 from ..errors import DerivationError
+from ..ir.scalar import scalar_code
 from ..printing import derivation_text
 from ..transform import vjp_cell
 from .numpy import (
@@ -47,7 +49,12 @@ _RENAMED = {
     "np.minimum": "_minimum",
     "np.arctan2": "torch.atan2",
     "np.power": "torch.pow",
+    "np.heaviside": "_heaviside",
+    "np.equal": "torch.eq",  # torch.equal compares whole tensors
+    "np.not_equal": "torch.ne",
 }
+# helpers of the torch module for NumPy functions of a user's scalar function
+_SCALAR_HELPERS = ("_maximum", "_minimum", "_select", "_heaviside")
 
 
 class TorchPrinter(RowPrinter):
@@ -68,17 +75,34 @@ class TorchPrinter(RowPrinter):
         if not name.startswith("np."):
             return name
         short = name[3:]
-        if not callable(getattr(torch, short, None)):
+        value = getattr(torch, short, None)
+        if not (callable(value) or isinstance(value, float)):  # a function, or torch.pi
             raise DerivationError(f"{name} has no torch equivalent that rnnsym can print")
         return f"torch.{short}"
 
     def _print_Apply(self, expr) -> str:
-        text = super()._print_Apply(expr)
-        if "torch.select(" in text:  # np.select of a piecewise function: not torch.select
-            raise DerivationError(
-                f"cannot print the piecewise function {expr.activation.name} as torch code"
+        act = expr.activation
+        if act.numpy is not None:
+            text = super()._print_Apply(expr)
+        else:  # a user's function: its scalar body printed entry by entry, as NumPy's printer
+            d = sp.Dummy("d", real=True)
+            body = act.scalar(d)
+            # numbers such as sqrt(2) or pi as float literals: torch.sqrt takes tensors only
+            body = body.xreplace(
+                {
+                    e: sp.Float(e.evalf(20), 20)
+                    for e in sp.preorder_traversal(body)
+                    if isinstance(e, sp.Expr) and e.is_number and not e.is_Rational
+                }
             )
-        self.used_helpers |= {h for h in ("_maximum", "_minimum") if f"{h}(" in text}
+            argument = f"({self._print(expr.arg)})"
+            code, helpers = scalar_code(body, d, argument)
+            self.used_helpers |= helpers
+            if "np.select(" in code:  # a piecewise function: in the argument's dtype and device
+                code = code.replace("np.select(", f"_select({argument}, ")
+            code = re.sub(r"\bnp\.(\w+)", lambda m: self.function(m.group(0)), code)
+            text = f"({code})"
+        self.used_helpers |= {h for h in _SCALAR_HELPERS if f"{h}(" in text}
         return text
 
     def _print_MatMul(self, expr) -> str:
@@ -224,8 +248,20 @@ def _maximum(a, b):
     "_minimum": """
 def _minimum(a, b):
     return torch.where(a <= b, a, b)""",
+    "_select": """
+def _select(like, conditions, choices, default):
+    # NumPy's select: entry by entry the choice of the first true condition, in like's dtype
+    out = torch.full_like(like, default)
+    for condition, choice in reversed(list(zip(conditions, choices))):
+        condition = torch.as_tensor(condition, device=like.device)
+        choice = torch.as_tensor(choice, dtype=like.dtype, device=like.device)
+        out = torch.where(condition, choice, out)
+    return out""",
+    "_heaviside": """
+def _heaviside(a, at_zero):
+    return torch.heaviside(a, torch.as_tensor(at_zero, dtype=a.dtype, device=a.device))""",
 }
-_TORCH_HELPER_ORDER = [*_HELPER_ORDER, "_maximum", "_minimum"]
+_TORCH_HELPER_ORDER = [*_HELPER_ORDER, *_SCALAR_HELPERS]
 
 _CHECK = '''
 _FLOATS = (torch.float32, torch.float64)
@@ -541,7 +577,7 @@ class _Forward(torch.autograd.Function):
         return (
             None,
             None,
-            *g_params.values(),
+            *[g_params.get(n) for n in params],
             *[g_inputs[n] for n in inputs],
             *[g_states[n] for n in states],
         )'''
@@ -649,6 +685,27 @@ def _helpers_text(used: set[str]) -> str:
     return "\n\n\n".join(_HELPERS[n].strip() for n in _TORCH_HELPER_ORDER if n in used)
 
 
+def _not_differentiable(cell) -> str:
+    """Why forward() of ``cell`` gets no autograd backward pass, or "" when it does."""
+    if cell.fed_back:  # the seeded cell would read the target in the input's place
+        fed = ", ".join(f"{i!r} (from targets[{t!r}])" for i, t in cell.fed_back.items())
+        return (
+            f"forward() is not differentiable for this cell: its inputs {fed} are fed back "
+            f"from targets (teacher forcing); differentiate loss() instead"
+        )
+    used = set()
+    for term in [*cell.updates.values(), *cell.definitions.values(), *cell.output_defs.values()]:
+        used |= term.expr.atoms(MatrixSymbol)
+    loss_only = [n for n, p in cell.params.items() if p.symbol not in used]
+    if loss_only:  # vjp_cell declares them but nothing it computes reads them
+        return (
+            f"forward() is not differentiable for this cell: its parameters {loss_only} enter "
+            f"only the loss, not an update or output, which the backward pass of forward() "
+            f"cannot take yet; differentiate loss() instead"
+        )
+    return ""
+
+
 def generate_module(derivation: Derivation) -> str:
     """The source of the PyTorch kernel module of a derived cell; it imports only torch."""
     from .._version import __version__
@@ -661,17 +718,13 @@ def generate_module(derivation: Derivation) -> str:
         )
     functions, helpers = _torch_functions(derivation)
     spec = _spec(cell)
-    if cell.fed_back:  # the seeded cell would read the target in the input's place
-        fed = ", ".join(f"{i!r} (from {t!r})" for i, t in cell.fed_back.items())
-        differentiable = (
-            "raise ValueError(\n"
-            f'            "forward() is not differentiable for this cell: its inputs {fed} "\n'
-            '            "are fed back from targets; differentiate loss() instead"\n'
-            "        )"
-        )
-        seeds: dict = {}
-        seeded: list[str] = []
-        seeded_doc = ""
+    why_not = _not_differentiable(cell)
+    seeds: dict = {}
+    seeded: list[str] = []
+    seeded_doc = ""
+    why = pprint.pformat(why_not, width=96)  # a string literal, split over lines
+    if why_not:
+        differentiable = "raise ValueError(NOT_DIFFERENTIABLE)"
     else:
         seeded_cell, seeds = vjp_cell(cell)
         seeded_derivation = derive(seeded_cell)
@@ -707,6 +760,11 @@ def generate_module(derivation: Derivation) -> str:
         "SPEC = " + pprint.pformat(spec, width=96, sort_dicts=False),
         "# each state and output -> the target of _seeded_loss_and_grad holding its cotangent\n"
         "SEEDS = " + pprint.pformat(seeds, width=96, sort_dicts=False),
+        *(
+            [f"# why forward() has no autograd backward\nNOT_DIFFERENTIABLE = {why}"]
+            if why_not
+            else []
+        ),
         _helpers_text(helpers),
         _CHECK.strip(),
         _API.strip().replace("{differentiable}", differentiable),
