@@ -130,12 +130,11 @@ def test_jax_grad_through_generated_backward(name: str) -> None:
         return _plain_loss(kernel.forward(params, inputs, h0))
 
     def through_autodiff(params, inputs, h0):
-        sizes, params, states, full, _ = module._check_arrays(
-            module.SPEC, params, inputs, None, h0, False
-        )
+        dims = module._check_arrays(module.SPEC, params, inputs, None, h0, False)
+        params, states, full, _ = module._prepare(dims, params, inputs, None, h0, False)
         if hasattr(module, "_full_inputs"):
             full = module._full_inputs(full)
-        return _plain_loss(module._forward(params, full, states, sizes))
+        return _plain_loss(module._forward(params, full, states, dict(dims[2])))
 
     got = jax.grad(through_kernel, argnums=(0, 1, 2))(params, inputs, h0)
     want = jax.jit(jax.grad(through_autodiff, argnums=(0, 1, 2)))(params, inputs, h0)

@@ -306,10 +306,9 @@ def _erfc(a):
 # are range-checked where their values are known (outside jit)
 _CHECK = '''
 def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
-    """Validate the arrays against SPEC; return (sizes, params, states, inputs, targets), the
-    arrays as jax arrays, h0 as (B, size) per state, context inputs (B, size), class indices 1-of-K.
-    Every failure raises ValueError naming the array, its shape or dtype and what was
-    expected."""
+    """Validate the arrays' names, shapes and dtypes against SPEC (no array is read or made);
+    return (T, B, sizes), sizes a sorted tuple of (name, value). Every failure raises
+    ValueError naming the array, its shape or dtype and what was expected."""
     context = spec.get("context", ())
     classes = spec.get("classes", ())
     fed_back = spec.get("fed_back", {})
@@ -338,9 +337,8 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                 f"{group} {sorted(expected)}"
             )
     dtype = dtype_source = steps = None
-    votes, bodies, arrays, batches = {}, {}, {}, []
+    votes, bodies, batches = {}, {}, []
     for group, given, expected, is_sequence in groups:
-        out = arrays.setdefault(group, {})
         for name, dims in expected.items():
             if name not in given:
                 continue  # a fed-back input, filled below
@@ -348,7 +346,6 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
             array = given[name]
             if not hasattr(array, "shape") or not hasattr(array, "dtype"):
                 raise ValueError(f"{label} must be an array, got {type(array).__name__}")
-            array = out[name] = jnp.asarray(array)
             if group == "targets" and name in classes:
                 if not jnp.issubdtype(array.dtype, jnp.integer) or array.ndim != 2:
                     raise ValueError(
@@ -421,29 +418,6 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                 f"{label} has batch {batch}, but {steps[2]} has batch {B}; a context input is "
                 f"(B, size) or (size,)"
             )
-    inputs = arrays["inputs"]
-    for name in context:
-        if name in inputs:
-            inputs[name] = jnp.broadcast_to(inputs[name], (B, inputs[name].shape[-1]))
-    targets = arrays.get("targets")
-    if with_targets:
-        for name in classes:
-            size = _resolve(spec["targets"][name][0], sizes)
-            index = targets[name]
-            try:
-                bad = bool(jnp.any((index < 0) | (index >= size)))
-            except jax.errors.ConcretizationTypeError:
-                bad = False  # traced (under jit): the values are not known here
-            if bad:
-                raise ValueError(
-                    f"targets[{name!r}] holds {int(jnp.min(index))}..{int(jnp.max(index))}, "
-                    f"not class indices; expected 0..{size - 1}"
-                )
-            targets[name] = jnp.eye(size, dtype=dtype)[index]
-        for name, target in fed_back.items():
-            if name not in inputs:  # y(t-1), with y(0) = 0
-                y = targets[target]
-                inputs[name] = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
     if initial is None:
         initial = {}
     elif not isinstance(initial, dict):
@@ -459,12 +433,10 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
         raise ValueError(
             f"h0[{extra[0]!r}] is not a state of this kernel; states: {sorted(spec['states'])}"
         )
-    states = {}
     for name, dims in spec["states"].items():
         size = _resolve(dims[0], sizes)
         value = initial.get(name)
         if value is None:
-            states[name] = jnp.zeros((B, size), dtype=dtype)
             continue
         label = f"h0[{name!r}]"
         if not hasattr(value, "dtype") or value.dtype != dtype:
@@ -475,8 +447,82 @@ def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
                 f"{label} has shape {_shape_text(value.shape)}; expected ({B}, {size}) "
                 f"(batch, size) or ({size},)"
             )
-        states[name] = jnp.broadcast_to(jnp.asarray(value), (B, size))
-    return sizes, arrays["params"], states, inputs, targets'''
+    return T, B, tuple(sorted(sizes.items()))
+
+
+def _signature(group):
+    # what the checks read of a dict of arrays (or of h0): names, types, shapes, dtypes
+    if not isinstance(group, dict):
+        group = {None: group}
+    return tuple(
+        (name, type(a).__name__, getattr(a, "shape", None), str(getattr(a, "dtype", None)))
+        for name, a in group.items()
+    )
+
+
+_CHECKED = {}  # shape signature -> (T, B, sizes): each signature is checked once
+
+
+def _checked(params, inputs, targets, initial, with_targets=True):
+    """_check_arrays, once per shape signature; the class indices' values on every call."""
+    groups = (params, inputs, targets if with_targets else None, initial)
+    if not all(isinstance(g, dict) or g is None for g in groups[:3]):
+        return _check_arrays(SPEC, params, inputs, targets, initial, with_targets)
+    key = (with_targets, *(_signature(g) for g in groups))
+    dims = _CHECKED.get(key)
+    if dims is None:
+        dims = _check_arrays(SPEC, params, inputs, targets, initial, with_targets)
+        if len(_CHECKED) > 256:
+            _CHECKED.clear()
+        _CHECKED[key] = dims
+    if with_targets:
+        sizes = dict(dims[2])
+        for name in SPEC.get("classes", ()):
+            size = _resolve(SPEC["targets"][name][0], sizes)
+            index = targets[name]
+            try:
+                bad = bool(jnp.any((index < 0) | (index >= size)))
+            except jax.errors.ConcretizationTypeError:
+                bad = False  # traced (under jit): the values are not known here
+            if bad:
+                raise ValueError(
+                    f"targets[{name!r}] holds {int(jnp.min(index))}..{int(jnp.max(index))}, "
+                    f"not class indices; expected 0..{size - 1}"
+                )
+    return dims
+
+
+def _prepare(dims, params, inputs, targets, initial, with_targets=True):
+    """The checked arrays ready for the kernel, as jax arrays: h0 (B, size) per state (zeros
+    where not given), context inputs (B, size), class indices 1-of-K rows, an input fed back
+    from a target filled with y(t-1), y(0) = 0."""
+    T, B, sizes = dims[0], dims[1], dict(dims[2])
+    params = {name: jnp.asarray(a) for name, a in params.items()}
+    inputs = {name: jnp.asarray(a) for name, a in inputs.items()}
+    dtype = next(iter(params.values()), next(iter(inputs.values()))).dtype
+    for name in SPEC.get("context", ()):
+        if name in inputs:
+            inputs[name] = jnp.broadcast_to(inputs[name], (B, inputs[name].shape[-1]))
+    if with_targets:
+        targets = {name: jnp.asarray(a) for name, a in targets.items()}
+        for name in SPEC.get("classes", ()):
+            size = _resolve(SPEC["targets"][name][0], sizes)
+            targets[name] = jnp.eye(size, dtype=dtype)[targets[name]]
+        for name, target in SPEC.get("fed_back", {}).items():
+            if name not in inputs:
+                y = targets[target]
+                inputs[name] = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
+    if not isinstance(initial, dict):
+        initial = {} if initial is None else {next(iter(SPEC["states"])): initial}
+    states = {}
+    for name, dims_ in SPEC["states"].items():
+        size = _resolve(dims_[0], sizes)
+        value = initial.get(name)
+        if value is None:
+            states[name] = jnp.zeros((B, size), dtype=dtype)
+        else:
+            states[name] = jnp.broadcast_to(jnp.asarray(value), (B, size))
+    return params, states, inputs, targets'''
 
 _CHECK_HELPERS = ["_shape_text", "_same_steps", "_resolve", "_expected_text", "_match"]
 
@@ -539,38 +585,32 @@ def _api(cell, seeded: bool) -> str:
         compiled_forward = "_forward_impl"
         note = "differentiated by JAX's own\n    autodiff through the scans"
     return (
-        full_inputs
-        + impl
-        + "\n\ndef _loss_and_grad_impl(params, inputs, targets, states, sizes, full):\n"
-        f"    return _loss_and_grad(params, {full}, targets, states, dict(sizes), full)\n\n\n"
-        "# each compiled once per shape signature (the sizes are static); the arguments are\n"
+        full_inputs + impl + "\n\ndef _forward_entry(dims, params, inputs, h0):\n"
+        "    params, states, inputs, _ = _prepare(dims, params, inputs, None, h0, False)\n"
+        f"    return {compiled_forward}(dims[2], params, inputs, states)\n\n\n"
+        "def _loss_and_grad_entry(dims, full, params, inputs, targets, h0):\n"
+        "    params, states, inputs, targets = _prepare(dims, params, inputs, targets, h0)\n"
+        f"    return _loss_and_grad(params, {full}, targets, states, dict(dims[2]), full)\n\n\n"
+        "# compiled once per shape signature (dims = (T, B, sizes) is static); the arguments are\n"
         "# checked before, in Python\n"
-        f"_forward_compiled = jax.jit({compiled_forward}, static_argnums=(0,))\n"
-        "_loss_and_grad_compiled = jax.jit(_loss_and_grad_impl, static_argnums=(4, 5))\n\n\n"
+        "_forward_compiled = jax.jit(_forward_entry, static_argnums=(0,))\n"
+        "_loss_and_grad_compiled = jax.jit(_loss_and_grad_entry, static_argnums=(0, 1))\n\n\n"
         "def forward(params, inputs, h0=None):\n"
         f'    """States and outputs for all t: dict of (T, B, size) arrays; {note}."""\n'
-        "    sizes, params, states, inputs, _ = _check_arrays(\n"
-        "        SPEC, params, inputs, None, h0, False\n"
-        "    )\n"
-        "    out = _forward_compiled(tuple(sorted(sizes.items())), params, inputs, states)\n"
+        "    dims = _checked(params, inputs, None, h0, False)\n"
+        "    out = _forward_compiled(dims, params, inputs, h0)\n"
         "    # in the NumPy kernel's order (a compiled function returns its dict sorted)\n"
         "    return {name: out[name] for name in [*SPEC['states'], *SPEC['outputs']]}\n\n\n"
         "def loss_and_grad(params, inputs, targets, h0=None):\n"
         '    """(loss, grads): the total loss and its gradient for every parameter."""\n'
-        "    sizes, params, states, inputs, targets = _check_arrays(\n"
-        "        SPEC, params, inputs, targets, h0\n"
-        "    )\n"
-        "    sizes = tuple(sorted(sizes.items()))\n"
-        "    return _loss_and_grad_compiled(params, inputs, targets, states, sizes, False)\n\n\n"
+        "    dims = _checked(params, inputs, targets, h0)\n"
+        "    return _loss_and_grad_compiled(dims, False, params, inputs, targets, h0)\n\n\n"
         "def vjp(params, inputs, targets, h0=None):\n"
         '    """(loss, grads, input_grads, h0_grads): also the gradient of every input\n'
         "    sequence, (T, B, size), and of every initial state, (B, size), for composing cells.\n"
         '    """\n'
-        "    sizes, params, states, inputs, targets = _check_arrays(\n"
-        "        SPEC, params, inputs, targets, h0\n"
-        "    )\n"
-        "    sizes = tuple(sorted(sizes.items()))\n"
-        "    return _loss_and_grad_compiled(params, inputs, targets, states, sizes, True)"
+        "    dims = _checked(params, inputs, targets, h0)\n"
+        "    return _loss_and_grad_compiled(dims, True, params, inputs, targets, h0)"
     )
 
 
