@@ -73,7 +73,7 @@ def compile(  # noqa: A001 - the public name
         if mode != "reverse" or backend != "numpy":
             raise ValueError(
                 f"mode={mode!r}, backend={backend!r}: a composed model ({cell.kind}) is "
-                f"compiled in reverse mode for NumPy only"
+                f"compiled for NumPy in reverse mode only"
             )
         return cell.compile()
     return compile_cell(cell, mode=mode, backend=backend)

@@ -256,6 +256,53 @@ def _structure(expr) -> tuple | str:
     return (type(expr).__name__, *(_structure(a) for a in expr.args))
 
 
+def _backward_values(d: Derivation, is_batch) -> set:
+    """Keys (:func:`_key`) of the forward values the adjoint recurrence of ``d`` evaluates:
+    its activations and its matrix products of the data (a GRU's W_hh h(t−1) + b_hh), each
+    the largest such value at its place (the parts of a kept value are not kept again)."""
+    adjoints = {adjoint_symbol(v.symbol) for v in d.cell._vars.values()}
+    exprs = [*d.carry.values(), *[e for terms in d.state_local.values() for e in terms]]
+
+    def kept(node) -> bool:
+        if isinstance(node, MatrixSymbol) or leaves(node) & adjoints or not is_batch(node):
+            return False
+        if isinstance(node, Apply):
+            return True
+        return isinstance(node, (MatAdd, MatMul)) and _gemm_rooted(node, is_batch)
+
+    needed: set = set()
+    seen: set = set()
+
+    def visit(node) -> None:
+        if node in seen:
+            return
+        seen.add(node)
+        if kept(node):
+            needed.add(_key(node))
+            return
+        for arg in node.args:
+            if isinstance(arg, MatrixExpr):
+                visit(arg)
+
+    for expr in exprs:
+        visit(expr)
+    return needed
+
+
+def _key(expr):
+    """``expr`` as a hashable key that does not depend on the order of the terms of a sum or
+    the factors of a Hadamard product."""
+    if isinstance(expr, (MatAdd, HadamardProduct)):
+        return (type(expr).__name__, tuple(sorted((_key(a) for a in expr.args), key=str)))
+    if isinstance(expr, Basic) and expr.args and not isinstance(expr, MatrixSymbol):
+        return (type(expr).__name__, tuple(_key(a) for a in expr.args))
+    return expr
+
+
+def _contains(expr, node) -> bool:
+    return any(n == node for n in postorder([expr]))
+
+
 def _parent_counts(roots) -> dict:
     counts: dict = {}
     for node in postorder(roots):
@@ -465,6 +512,8 @@ class KernelGenerator:
 
     def __init__(self, derivation: Derivation, backend: Backend = NUMPY):
         self.backend = backend
+        self.stored: dict = {}  # key of a value the forward loop keeps -> its placeholder
+        self.needed: set = set()
         self.display = derivation  # named intermediates kept, for the module docstring
         self.cite = functools.partial(cite, derivation)  # its line numbers, for the comments
         derivation = derivation.inlined()
@@ -548,6 +597,10 @@ class KernelGenerator:
 
     def hoist(self, expr, variant: set, loop_names: dict, hoisted: dict):
         """Replace the parts of ``expr`` free of ``variant`` by arrays computed for all t."""
+        if self.stored and isinstance(expr, (Apply, MatAdd, MatMul)):
+            kept = self.stored.get(_key(expr))  # computed by the forward loop for all t
+            if kept is not None:
+                return kept
         if not (leaves(expr) & variant) and not _gemm_rooted(expr, self.is_batch):
             # elementwise work stays in the loop, on arrays that fit in cache;
             # only the matrix products inside it are worth doing for all t at once
@@ -587,11 +640,72 @@ class KernelGenerator:
         ]
         return expr.func(*args)
 
+    def accumulations(self, body: list, hoisted: dict) -> dict:
+        """{placeholder v[t]: (the sum v[t] + rest it occurs in, rest)} for each all-t array
+        that the loop reads inside one sum only: the loop adds the rest into v[t] in place
+        (before the first update that needs the sum), so v holds the whole sum for all t when
+        the loop ends."""
+        found = {}
+        for placeholder in hoisted.values():
+            parents = set()
+            for node in postorder(body):
+                if isinstance(node, MatrixExpr) and placeholder in node.args:
+                    parents.add(node)
+            if len(parents) != 1:
+                continue
+            (node,) = parents
+            if not isinstance(node, MatAdd) or node.shape != placeholder.shape:
+                continue
+            rest = add(*[a for a in node.args if a != placeholder])
+            found[placeholder] = (node, rest)
+        return found
+
+    def store_activations(self, expr, loop: Phase, allocations: list):
+        """``expr`` with each value the backward pass needs (a gate, a matrix product of the
+        state) computed into an array for all t (``i_all[t]``, ``act0[t]``), allocated by
+        ``allocations`` and recorded in ``forward_hoisted``, so the backward pass reads it."""
+        while self.needed:
+            # innermost first: a kept value is read by the values around it; the expression
+            # changes with each one kept, so its nodes are walked again
+            for node in postorder([expr]):
+                if isinstance(node, MatrixSymbol) or not self.is_batch(node):
+                    continue
+                original = self.original(node, loop.bound)
+                key = _key(original)
+                if key in self.needed and key not in self.stored:
+                    expr = self.keep(node, original, key, expr, loop, allocations)
+                    break
+            else:
+                break
+        return expr
+
+    def keep(self, node, original, key, expr, loop: Phase, allocations: list):
+        """Compute ``node`` into an array for all t and read it from there in ``expr``."""
+        define = self.define_names.get(_structure(original))
+        name = self.namer.fresh(f"{define}_all") if define else self.namer.numbered("act")
+        size = self.size_text(node.shape[0])
+        allocations.append(Line(f"{name} = {self.backend.empty(f'(T, B, {size})')}"))
+        dest = f"{name}[t]"
+        into = loop.print_into(node, dest)
+        if into is None:
+            loop.stmts.append(Store(name, "t", loop.print(node.xreplace(loop.bound))))
+        else:
+            loop.stmts.append(Line(into))
+        symbol = loop.name(MatrixSymbol(dest, *node.shape), dest, True)
+        self.stored[key] = symbol
+        self.forward_hoisted[original] = symbol
+        self.hoisted_seq[original] = name
+        self.unhoist[symbol] = original
+        return expr.xreplace({node: symbol})
+
     # ----- phase 1: forward recurrence -----
 
-    def forward_phase(self) -> tuple[list, dict]:
+    def forward_phase(self, store: bool = False) -> tuple[list, dict]:
+        """The forward recurrence; with ``store``, the activations the backward pass needs
+        (gate values) are kept for all t instead of being computed again there."""
         cell = self.cell
         seq = self.sequence_names()
+        self.stored = {}
         if not cell.states:  # no recurrence: every step is computed at once, all t
             return [], seq
         steps = self.cite([name for _, name in cell.order])
@@ -612,7 +726,24 @@ class KernelGenerator:
             for n in self.state_order
         ]
         pre.emit(self.pending)
+        accumulated = self.accumulations(body, hoisted) if self.backend.inplace else {}
         self.forward_hoisted = dict(hoisted)  # arrays for all t that the backward pass reuses
+        for placeholder, (node, _) in accumulated.items():
+            # after the loop the array holds the whole sum (the pre-activation), not its part
+            part = self.unhoist[placeholder]
+            del self.forward_hoisted[part]
+            full = add(part, *[self.original(a) for a in node.args if a != placeholder])
+            # the same sum as the derivation writes it (its terms in the derivation's order),
+            # which is how the backward pass meets it
+            written = [
+                e
+                for e in postorder([self.d.update_expr(m) for m in self.state_order])
+                if isinstance(e, MatAdd) and set(e.args) == set(full.args)
+            ]
+            full = written[0] if written else full
+            self.forward_hoisted[full] = placeholder
+            self.hoisted_seq[full] = self.hoisted_seq.pop(part)
+            self.unhoist[placeholder] = full
         if pre.stmts:
             stmts.append(Comment("the part of each update that does not depend on t - 1, all t"))
             stmts.extend(pre.stmts)
@@ -626,7 +757,22 @@ class KernelGenerator:
                 loop.stmts.append(Line(f"{prev_t} = {self.all_name[n]}[t]"))
                 loop.names[state.prev.symbol] = prev_t
         # a later update may use a state updated earlier in the same step: emit in order
+        added: set = set()
+        allocations: list = []
+        self.needed = _backward_values(self.d, self.is_batch) if store else set()
         for n, expr in zip(self.state_order, body, strict=True):
+            for placeholder, (node, rest) in accumulated.items():
+                if not _contains(expr, node):
+                    continue
+                if placeholder not in added:
+                    # the rest of the sum added into the all-t array in place: the backward
+                    # pass reads the whole pre-activation back instead of recomputing it
+                    rest = rest.xreplace(loop.bound)
+                    loop.stmts.append(Line(f"{loop.print(placeholder)} += {loop.print(rest)}"))
+                    added.add(placeholder)
+                expr = expr.xreplace({node: placeholder})
+            if store and self.backend.inplace:
+                expr = self.store_activations(expr, loop, allocations)
             root = loop.emit_shared([expr])[0]
             step, dest = self.step_name[n], f"{self.all_name[n]}[t + 1]"
             if self.is_batch(root):
@@ -636,6 +782,11 @@ class KernelGenerator:
                 loop.stmts.append(Store(all_name, "t + 1", loop.print(root), self.cite([n])))
                 loop.stmts.append(Line(f"{step} = {dest}", defines=step))
             loop.names[cell.states[n].symbol] = step
+        if allocations:
+            stmts.append(
+                Comment("values of each step that the backward pass reads, kept for all t")
+            )
+            stmts.extend(allocations)
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
         for n, state in cell.states.items():
             stmts.append(Line(f"{n} = {self.all_name[n]}[1:]", defines=n))
@@ -822,7 +973,7 @@ class KernelGenerator:
         self.namer = Namer(base_names)  # each function is its own namespace
         self.unnamed_defines = set(self.define_names.values())
         self.hoisted_seq = {}
-        fwd_stmts, seq = self.forward_phase()
+        fwd_stmts, seq = self.forward_phase(store=True)
         phase = self.output_phase(seq)
         local_names = self.loss_phase(phase)
         sums = {n: batch_sum(t, self.is_batch) for n, t in d.param_terms.items()}
@@ -1049,14 +1200,21 @@ def _helper_source(name: str) -> str:
     return inspect.getsource(getattr(_runtime, name)).rstrip()
 
 
+_CHECKED_COMMENT = "shape signature of a call whose arrays passed -> (sizes, T, B, dtype)"
+
+
 def _runtime_source(used: set[str]) -> str:
     """The runtime helpers the module needs, copied from rnnsym/backends/numpy_runtime.py."""
     pieces = []
     for name in _HELPER_ORDER:
         if name in used:
             pieces.append(_helper_source(name))
-    checks = ["_shape_text", "_check_arrays", "_same_steps", "_resolve", "_expected_text", "_match"]
+    checks = ["_shape_text", "_check_arrays", "_signature", "_check_all", "_initial_states"]
     pieces.extend(_helper_source(n) for n in checks)
+    pieces.append(f"_CHECKED = {{}}  # {_CHECKED_COMMENT}")
+    pieces.extend(
+        _helper_source(n) for n in ["_same_steps", "_resolve", "_expected_text", "_match"]
+    )
     return "\n\n\n".join(pieces)
 
 
