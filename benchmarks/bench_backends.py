@@ -214,14 +214,8 @@ def generated(rs: ModuleType, backend: str | None) -> Callable[[Problem], Prepar
         params = {key: to(value) for key, value in problem.params.items()}
         inputs, targets = {"x": to(problem.x)}, {"y": to(problem.y)}
 
-        # the JAX kernel is jittable but runs eagerly (re-tracing its scans on every call) unless
-        # jitted; a JAX user jits it, so it is timed under jax.jit (harmless if already jitted)
-        loss_and_grad = (
-            _jax().jit(kernel.loss_and_grad) if backend == "jax" else kernel.loss_and_grad
-        )
-
         def run() -> object:
-            return wait(loss_and_grad(params, inputs, targets))
+            return wait(kernel.loss_and_grad(params, inputs, targets))
 
         def result() -> tuple[float, dict[str, np.ndarray]]:
             loss, grads = run()
@@ -329,10 +323,7 @@ def implementations(rs: ModuleType) -> list[Implementation]:
     """Baseline first, then every generated backend, then the frameworks' own RNNs."""
     impls = [Implementation(BASELINE, baseline)]
     impls.append(Implementation("generated rs.compile", generated(rs, None)))
-    impls += [
-        Implementation(f"generated {b}" + (" (jax.jit)" if b == "jax" else ""), generated(rs, b))
-        for b in BACKENDS
-    ]
+    impls += [Implementation(f"generated {b}", generated(rs, b)) for b in BACKENDS]
     impls.append(Implementation("torch.nn + autograd", torch_nn))
     impls.append(Implementation("JAX jit(value_and_grad(scan))", jax_scan))
     return impls
