@@ -215,3 +215,44 @@ def test_source_is_deterministic(kernels):
 
     for name, make in CELLS.items():
         assert generate_module(rs.derive(make())) == kernels[name][0].source, name
+
+
+def test_kernel_object(kernels, tmp_path):
+    nb, _ = kernels["elman"]
+    assert nb.cell.name == "elman" and nb.mode == "reverse"
+    assert nb.spec == kernels["elman"][1].spec
+    assert repr(nb).endswith("lines of Numba>")
+    assert "Numba kernel for the recurrent cell" in nb._repr_html_()
+    assert nb.write(tmp_path / "k.py").read_text(encoding="utf-8") == nb.source
+    # the same source compiled again reuses the loaded module (and its compiled functions)
+    again = rs.compile(rs.cells.elman(), backend="numba")
+    assert again.module is nb.module
+
+
+def test_unwritable_cache_folder(tmp_path, monkeypatch):
+    from rnnsym.backends.numba import load_source
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("", encoding="utf-8")
+    monkeypatch.setenv("RNNSYM_NUMBA_CACHE", str(blocker / "kernels"))
+    with pytest.raises(OSError, match="set RNNSYM_NUMBA_CACHE to a writable folder"):
+        load_source("VALUE = 'test_unwritable_cache_folder'\n")
+
+
+def test_source_file_named_by_content(tmp_path, monkeypatch):
+    import sys
+
+    from rnnsym.backends.numba import load_source
+
+    monkeypatch.setenv("RNNSYM_NUMBA_CACHE", str(tmp_path))
+    source = "VALUE = 'test_source_file_named_by_content'\n"
+    module = load_source(source)
+    try:
+        assert module.VALUE == "test_source_file_named_by_content"
+        assert sys.modules[module.__name__] is module  # Numba's cache finds it by name
+        (path,) = tmp_path.glob("rnnsym_numba_*.py")
+        assert path.stem == module.__name__
+        assert path.read_text(encoding="utf-8") == source
+        assert load_source(source) is module
+    finally:
+        del sys.modules[module.__name__]

@@ -354,7 +354,7 @@ class _Rewriter:
         body[-1] = Line(code)
         sizes = self.used_sizes(grad)
         args = (*self.params, *self.inputs, *self.targets, *self.state_args, *sizes)
-        doc = grad.doc.rstrip(".") + "; also the gradients of the inputs and of h(0)."
+        doc = f"{grad.doc}\n    Also the gradients of the inputs and of h(0), for vjp()."
         return Function(grad.name, args, doc, tuple(body)), sizes
 
 
@@ -578,6 +578,17 @@ def cache_dir() -> Path:
     return Path(base) / "rnnsym" / "numba"
 
 
+def _write_once(folder: Path, name: str, source: str) -> Path:
+    """``folder/name.py`` holding ``source``, written unless it already does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
+        partial = folder / f"{name}.{os.getpid()}.tmp"
+        partial.write_text(source, encoding="utf-8")
+        os.replace(partial, path)  # atomic: a concurrent reader sees all of it or nothing
+    return path
+
+
 def load_source(source: str):
     """Import ``source`` from a file named by its hash in :func:`cache_dir` (Numba's on-disk
     cache needs a real file); the module is registered in ``sys.modules`` first, as Numba's
@@ -587,12 +598,13 @@ def load_source(source: str):
     if name in sys.modules:
         return sys.modules[name]
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.py"
-    if not path.exists() or path.read_text(encoding="utf-8") != source:
-        partial = folder / f"{name}.{os.getpid()}.tmp"
-        partial.write_text(source, encoding="utf-8")
-        os.replace(partial, path)  # atomic: a concurrent reader sees all of it or nothing
+    try:
+        path = _write_once(folder, name, source)
+    except OSError as error:
+        raise OSError(
+            f"cannot write the Numba kernel's source to {str(folder)!r} ({error}); set "
+            f"RNNSYM_NUMBA_CACHE to a writable folder"
+        ) from error
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
