@@ -373,3 +373,20 @@ def test_user_names_never_become_code() -> None:
     clash.loss(rs.squared_error(h, clash.target("y", n)))
     with pytest.raises(rs.DerivationError, match=r"reads the module's 'jnp'"):
         generate_module(derive(clash))
+
+
+def test_a_step_local_name_read_after_the_loop_is_refused() -> None:
+    """In a scan a name bound in the body exists for one step only: code after the loop that
+    reads it is an error of the lowering, reported; binding it anew first is fine."""
+    from rnnsym.backends.numpy_printer import Function
+
+    body = (Assign("h_t", "h_all[t] * 2.0"), Store("h_all", "t + 1", "h_t"))
+    head = (Line("h_all = jnp.zeros((T + 1, B, n), dtype=dtype)"), Loop("t", "range(T)", body))
+    printer = JaxStatementPrinter({}, set())
+    rebound = Function("f", ("T", "B", "n", "dtype"), "", (*head, Assign("h_t", "h_all[0]")))
+    text = printer.doprint(rebound)  # no error: h_t is bound anew before it is read
+    assert "(h_all,) = jax.lax.scan(_step0, (h_all,), jnp.arange(T))[0]" in text
+    assert text.rstrip().endswith("h_t = h_all[0]")
+    leaky = Function("f", ("T", "B", "n", "dtype"), "", (*head, Line("return h_t")))
+    with pytest.raises(rs.DerivationError, match=r"binds 'h_t' for one step only"):
+        JaxStatementPrinter({}, set()).doprint(leaky)

@@ -138,7 +138,7 @@ class JaxStatementPrinter(JaxPrinter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._bound: set[str] = set()  # the names bound so far in the function being printed
-        self._after = ""  # the code after the statement being printed, for the checks
+        self._after: list = []  # the statements after the one being printed, for the checks
         self._loops = 0  # the loops printed so far in this function: names their bodies
 
     def _print_Store(self, stmt: Store) -> str:
@@ -157,10 +157,10 @@ class JaxStatementPrinter(JaxPrinter):
             )
         carry = loop_carry(stmt, self._bound)
         local = [n for n in assigned_names(stmt.body) if n not in carry]
-        leaked = sorted(set(local) & _names_in(self._after))
+        leaked = self._read_before_bound(local, self._after)
         if leaked:
             raise DerivationError(
-                f"internal error: the JAX kernel's loop over {stmt.index} binds {leaked[0]!r} "
+                f"internal error: the JAX kernel's loop over {stmt.index} binds {leaked!r} "
                 f"for one step only, but the code after the loop reads it"
             )
         name = f"_step{self._loops}"
@@ -188,17 +188,32 @@ class JaxStatementPrinter(JaxPrinter):
     def _block(self, statements) -> str:
         """Print a sequence of statements, tracking the names bound before each loop."""
         kept = self._kept_statements(statements)
-        plain = [self._plain(s) for s in kept]
         texts = []
         for i, stmt in enumerate(kept):
             outer_after = self._after
-            self._after = "\n".join(plain[i + 1 :]) + "\n" + outer_after
+            self._after = [*kept[i + 1 :], *outer_after]
             try:
                 texts.append(self._print(stmt))
             finally:
                 self._after = outer_after
             self._bound |= set(assigned_names([stmt]))
         return "\n".join(texts)
+
+    def _read_before_bound(self, names, statements) -> str | None:
+        """The first of ``names`` that ``statements`` read before binding it anew, if any."""
+        pending = set(names)
+        for stmt in statements:
+            if isinstance(stmt, Assign):
+                value = stmt.value if isinstance(stmt.value, str) else self._print(stmt.value)
+                reads, binds = _names_in(value), {stmt.target}
+            elif isinstance(stmt, Line) and (m := re.match(r"^(\w+) = (.*)$", stmt.code)):
+                reads, binds = _names_in(m.group(2)), {m.group(1)}
+            else:  # a store, an update in place, a loop, a return: everything it names
+                reads, binds = _names_in(self._plain(stmt)), set()
+            if pending & reads:
+                return sorted(pending & reads)[0]
+            pending -= binds
+        return None
 
     def _plain(self, stmt) -> str:
         """Code-like text of a statement, only for finding which names it reads."""
@@ -222,7 +237,7 @@ class JaxStatementPrinter(JaxPrinter):
 
     def _print_Function(self, stmt: Function) -> str:
         self._bound = {a.split("=")[0] for a in stmt.args}
-        self._after = ""
+        self._after = []
         self._loops = 0
         body = self._block(stmt.body)
         doc = f'"""{stmt.doc}"""'
