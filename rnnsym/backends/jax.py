@@ -13,8 +13,9 @@ whose gradient is the vector-Jacobian product of the forward pass), and its ``fo
 ``jax.custom_vjp`` function whose backward pass is that generated recurrence, so ``jax.grad`` of
 any loss of ``forward``'s outputs runs the derived adjoints rather than JAX's own.
 
-The module imports JAX only (``jax``, ``jax.numpy``) and is jittable: its argument checks read
-shapes and dtypes, which are static under ``jax.jit``.
+The module imports JAX only (``jax``, ``jax.numpy``). Its public functions check names, shapes
+and dtypes in Python (static under ``jax.jit``, so the same errors are raised while tracing),
+once per shape signature, and run the rest as a ``jax.jit`` program.
 """
 
 from __future__ import annotations
@@ -707,9 +708,9 @@ def generate_module(derivation: Derivation) -> str:
         f"are\n(T, B, size) arrays (time, batch, size); h0 is None (zeros), an array (B, size) "
         f"or (size,),\nor a dict of them by state name. float32 and float64 are supported "
         f"(float64 needs\njax.config.update('jax_enable_x64', True)). Loops over t are "
-        f"jax.lax.scan; each public\nfunction checks its arguments in Python, then runs a "
-        f"program compiled by jax.jit once\nper shape signature, and is itself jittable and "
-        f"vmappable.\n"
+        f"jax.lax.scan. Each public\nfunction checks the names, shapes and dtypes of its "
+        f"arguments in Python (once per shape\nsignature), then runs a program compiled by "
+        f"jax.jit (once per shape signature);\nit is itself jittable and vmappable.\n"
         + (
             "forward is a jax.custom_vjp function: jax.grad of any loss of its\noutputs runs "
             "the generated adjoint recurrence (_seeded_loss_and_grad).\n\n"
