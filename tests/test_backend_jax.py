@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -309,6 +311,35 @@ def test_module_imports_only_jax(name: str, tmp_path) -> None:
     path = kernel.write(tmp_path / f"{name}.py")
     assert path.read_text(encoding="utf-8") == kernel.source
     assert kernel.backend == "jax" and kernel.spec == kernel.module.SPEC
+
+
+def test_written_module_runs_without_rnnsym(tmp_path) -> None:
+    """The written module, imported in a fresh interpreter where rnnsym cannot be imported,
+    gives the loss of the kernel loaded here."""
+    _, kernel = kernels("elman")
+    path = kernel.write(tmp_path / "elman_jax.py")
+    params, inputs, targets = problem("elman")
+    np.savez(tmp_path / "data.npz", *[params[k] for k in params], inputs["x"], targets["y"])
+    script = f"""
+import sys
+sys.modules["rnnsym"] = None  # any import of rnnsym fails
+import importlib.util, jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+spec = importlib.util.spec_from_file_location("k", {str(path)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+data = np.load({str(tmp_path / "data.npz")!r})
+arrays = [data[f"arr_{{i}}"] for i in range(len(data.files))]
+params = dict(zip({list(params)!r}, arrays))
+loss, _ = module.loss_and_grad(params, {{"x": arrays[-2]}}, {{"y": arrays[-1]}})
+print(repr(float(loss)))
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    want = float(kernel.loss_and_grad(params, inputs, targets)[0])
+    assert float(run.stdout.strip()) == want  # the same program on the same data: bit for bit
 
 
 def test_carry_is_what_the_body_rebinds_of_the_names_bound_before() -> None:

@@ -710,9 +710,9 @@ def generate_module(derivation: Derivation) -> str:
         f"(float64 needs\njax.config.update('jax_enable_x64', True)). Loops over t are "
         f"jax.lax.scan. Each public\nfunction checks the names, shapes and dtypes of its "
         f"arguments in Python (once per shape\nsignature), then runs a program compiled by "
-        f"jax.jit (once per shape signature);\nit is itself jittable and vmappable.\n"
+        f"jax.jit (once per shape signature);\nit is itself jittable and vmappable.\n\n"
         + (
-            "forward is a jax.custom_vjp function: jax.grad of any loss of its\noutputs runs "
+            "forward is a jax.custom_vjp function: jax.grad of any loss of its outputs runs\n"
             "the generated adjoint recurrence (_seeded_loss_and_grad).\n\n"
             if seeded is not None
             else "jax.grad of forward's outputs goes through JAX's own autodiff.\n\n"
