@@ -361,6 +361,11 @@ def test_carry_is_what_the_body_rebinds_of_the_names_bound_before() -> None:
         text
     )
     assert "unused" not in text  # an optional line nothing reads is left out
+    # a write into an array in place would fail on a jax array: refused with the line named
+    with pytest.raises(
+        rs.DerivationError, match=r"cannot write into an array in place: 'g\[t\] = d'"
+    ):
+        loop_carry(Loop("t", "range(T)", (Line("g[t] = d"),)), {"g"})
 
 
 def test_compile_dispatch_and_forward_mode_refused() -> None:
