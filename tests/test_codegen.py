@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 
 import numpy as np
+import pytest
 import sympy as sp
 from sympy import MatrixSymbol, Transpose
 
@@ -13,6 +14,7 @@ from rnnsym.backends import numpy_runtime as _runtime
 from rnnsym.backends.numpy import _recycle_buffers
 from rnnsym.backends.numpy_printer import Assign, Line, RowPrinter
 from rnnsym.ir.ops import Apply, add, hadamard, mul, ones
+from rnnsym.problems import random_problem
 
 n, m = sp.symbols("n m", integer=True, positive=True)
 W = MatrixSymbol("W", n, n)
@@ -269,3 +271,41 @@ def test_minimal_rnn_kernel_is_correct():
     cell = _minimal_rnn()
     # rs.verify's kernel checks: float64 within 1e-9, float32 within 1e-4 of the interpreter
     assert check_kernel(cell, rs.compile(cell)).ok
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "lstm_peephole", "mgu"])
+def test_the_backward_pass_recomputes_no_product_and_no_gate(name):
+    # the forward loop keeps the pre-activations and gate values the adjoint loop reads
+    source = _function_source(rs.compile(rs.cells.get(name)).source, "_loss_and_grad")
+    tree = ast.parse(source)
+    loops = [n for n in ast.walk(tree) if isinstance(n, ast.For)]
+    forward = next(n for n in loops if ast.unparse(n.iter) == "range(T)")
+    backward = next(n for n in loops if "T - 1" in ast.unparse(n.iter))
+    after = source[source.index("for t in range(T - 1, -1, -1):") :]  # and the gradients
+    assert "_sigmoid(" not in after and "np.tanh(" not in after, after
+    assert "_mm(h_prev" not in source, source
+    # each product with a recurrent weight once per step in each direction
+    assert ast.unparse(backward).count("@") == ast.unparse(forward).count("@"), source
+
+
+def test_a_call_that_passed_the_checks_does_not_hide_a_later_error():
+    cell = rs.cells.elman()
+    kernel = rs.compile(cell)
+    params, inputs, targets = random_problem(cell, T=4, B=2)
+    first = kernel.loss_and_grad(params, inputs, targets)
+    again = kernel.loss_and_grad(params, inputs, targets)  # the checks are skipped now
+    assert first[0] == again[0]
+    bad = [
+        ({**params, "W": params["W"][:, :2]}, inputs, targets),
+        ({**params, "W": params["W"].astype(np.float32)}, inputs, targets),
+        ({k: v for k, v in params.items() if k != "b"}, inputs, targets),
+        ({**params, "W": params["W"].tolist()}, inputs, targets),
+        (params, {"x": inputs["x"][:, :1]}, targets),
+    ]
+    for case in bad:
+        fresh = rs.compile(cell)  # nothing cached: its message is the reference
+        with pytest.raises(ValueError) as want:
+            fresh.loss_and_grad(*case)
+        with pytest.raises(ValueError) as got:
+            kernel.loss_and_grad(*case)
+        assert str(got.value) == str(want.value)

@@ -679,6 +679,31 @@ class KernelGenerator:
                 break
         return expr
 
+    def read_stored(self, expr, phase: Phase):
+        """``expr`` (for all t) with what ``phase`` has bound substituted and the values the
+        forward loop kept read from their arrays instead of computed again."""
+        expr = expr.xreplace(phase.bound)
+        if not self.stored:
+            return expr
+        whole = {
+            key: MatrixSymbol(self.hoisted_seq[self.unhoist[symbol]], *symbol.shape)
+            for key, symbol in self.stored.items()
+        }
+
+        unbound = {symbol: e for e, symbol in phase.bound.items()}
+
+        def walk(node):
+            if isinstance(node, (Apply, MatAdd, MatMul)):
+                kept = whole.get(_key(node.xreplace(unbound)))
+                if kept is not None:
+                    return kept
+            if isinstance(node, MatrixSymbol) or not node.args:
+                return node
+            args = [walk(a) if isinstance(a, MatrixExpr) else a for a in node.args]
+            return node.func(*args)
+
+        return walk(expr)
+
     def keep(self, node, original, key, expr, loop: Phase, allocations: list):
         """Compute ``node`` into an array for all t and read it from there in ``expr``."""
         define = self.define_names.get(_structure(original))
@@ -996,7 +1021,9 @@ class KernelGenerator:
             grads.name(adjoint_symbol(cell.states[n].symbol), f"g_{n}", True)
         gradients = self.cite(list(cell.params))
         grads.stmts.append(Comment(f"parameter gradients, {gradients}: one contraction each"))
-        grads.emit([(f"g_{n}", s, self.cite([n])) for n, s in sums.items()])
+        grads.emit(
+            [(f"g_{n}", self.read_stored(s, grads), self.cite([n])) for n, s in sums.items()]
+        )
         grad_dict = ", ".join(f"{n!r}: g_{n}" for n in cell.params)
         tail = self.composition_tail(grads, grad_dict)
         self._drop_unused_adjoint_sequences(phase, grads, tail)
@@ -1034,10 +1061,10 @@ class KernelGenerator:
                 tail.stmts.append(Line(f"{names[name]} = {self.backend.zeros(shape)}"))
             elif name in context:
                 temp = self.namer.fresh(f"g_in_{name}_t")
-                tail.emit([(temp, term, "")])
+                tail.emit([(temp, self.read_stored(term, tail), "")])
                 tail.stmts.append(Line(f"{names[name]} = {temp}.sum(axis=0)  # summed over t"))
             else:
-                tail.emit([(names[name], term, "")])
+                tail.emit([(names[name], self.read_stored(term, tail), "")])
         tail.stmts[:] = _drop_unused_aliases(tail.stmts, keep=set(names.values()))
         if tail.stmts:
             stmts.append(Comment("for composing cells: the adjoints of the inputs, all t"))
