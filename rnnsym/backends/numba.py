@@ -124,7 +124,9 @@ class NumbaPrinter(RowPrinter):
         return out
 
 
-NUMBA = Backend(name="numba", printer=NumbaPrinter, inplace=False)
+# in place: the lowering writes results into kept arrays with ``out=``, which
+# :func:`_positional_out` rewrites into the forms Numba compiles
+NUMBA = Backend(name="numba", printer=NumbaPrinter, inplace=True)
 
 
 # ----- runtime helpers, compiled with the kernel (their source is copied into the module) -----
@@ -320,6 +322,8 @@ class _Rewriter:
                     continue
                 if s.code in self.replace:
                     s = Line(self.replace[s.code], s.defines)
+                else:
+                    s = Line(_positional_out(s.code), s.defines)
             elif isinstance(s, Store) and s.value in self.state_store:
                 s = Store(s.array, s.index, self.state_store[s.value], s.comment)
             elif isinstance(s, Loop):
@@ -356,6 +360,45 @@ class _Rewriter:
         args = (*self.params, *self.inputs, *self.targets, *self.state_args, *sizes)
         doc = f"{grad.doc}\n    Also the gradients of the inputs and of h(0), for vjp()."
         return Function(grad.name, args, doc, tuple(body)), sizes
+
+
+def _positional_out(code: str) -> str:
+    """A call written with ``out=`` (Numba has no such keyword) as Numba compiles it: a ufunc
+    takes its output as the last positional argument (``np.tanh(a, out=d)`` becomes
+    ``np.tanh(a, d)``), a concatenation is assigned (``d = np.concatenate(...)``, ``d`` an
+    element or slice of an array). Any other code is returned unchanged."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code  # a fragment such as "if not full:"
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
+        return code
+    call = tree.body[0].value
+    if not isinstance(call, ast.Call):
+        return code
+    outs = [k for k in call.keywords if k.arg == "out"]
+    if not outs:
+        return code
+    text = code.encode()
+
+    def segment(node) -> str:
+        return ast.get_source_segment(code, node)
+
+    rest = text[call.end_col_offset :].decode()  # a trailing comment
+    dest = segment(outs[0].value)
+    func = segment(call.func)
+    args = [segment(a) for a in call.args]
+    others = [f"{k.arg}={segment(k.value)}" for k in call.keywords if k.arg != "out"]
+    if func == "np.concatenate":
+        return f"{dest} = {func}({', '.join(args + others)}){rest}"
+    numpy_function = (
+        isinstance(call.func, ast.Attribute)
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "np"
+    )
+    if others or not numpy_function:
+        raise AssertionError(f"cannot write {code!r} without out= for Numba")
+    return f"{func}({', '.join([*args, dest])}){rest}"
 
 
 def _tuple(items) -> str:
