@@ -2,12 +2,12 @@
 
 Compile cost: Numba compiles each generated function on its first call per dtype, about
 12-20 s on an idle core. This module compiles six (``_loss_and_grad`` of four cells in
-float64, Elman's in float32, Elman's ``_forward``): measured cold, 4 min wall / 2.1 min CPU on
-the 2-core development machine at load average 6-7. The kernels are compiled once per test
-module (module-scoped fixtures) and Numba's on-disk cache lives in pytest's cache folder, so
-a second run loads them instead: 11 s. Cells: Elman, LSTM and GRU (built in) and a held-out
-cell written here (a context input, a concatenation, a user activation with a rational
-coefficient, relu and softplus, two states).
+float64, Elman's in float32, Elman's ``_forward``): measured cold on the 2-core development
+machine, 1 min 43 s at load average 0.2 and 4 min at load average 6-7. The kernels are
+compiled once per test module (module-scoped fixtures) and Numba's on-disk cache lives in
+pytest's cache folder, so a second run loads them instead: 5-11 s. Cells: Elman, LSTM and
+GRU (built in) and a held-out cell written here (a context input, a concatenation, a user
+activation with a rational coefficient, relu and softplus, two states).
 """
 
 from __future__ import annotations

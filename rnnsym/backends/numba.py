@@ -7,8 +7,9 @@ dominates. The printed code keeps NumPy's row layout and statements, with these 
 
 * the compiled functions take positional arrays and sizes (Numba passes no dicts); plain-Python
   wrappers ``forward``, ``loss_and_grad`` and ``vjp`` keep the NumPy kernel's dict contract;
-* no ``out=`` arguments (the backend is not in place), sums over the last axis without
-  ``keepdims``, ``np.sum(a * b)`` for a dot product of sequences, tuples for ``np.concatenate``;
+* ufunc outputs positional (``np.tanh(a, d)``), a concatenation assigned into its array, sums
+  over the last axis without ``keepdims``, ``np.sum(a * b)`` for a dot product of sequences,
+  tuples for ``np.concatenate``;
 * matrix products of sequences go through helpers that reshape C-contiguous arrays to 2-D;
 * float literals are cast to the arrays' dtype (``dtype.type(0.5)``), so float32 stays float32;
 * ``_loss_and_grad`` always returns the gradients of the inputs and of h(0) too (one compiled
