@@ -436,3 +436,28 @@ def test_a_step_local_name_read_after_the_loop_is_refused() -> None:
     leaky = Function("f", ("T", "B", "n", "dtype"), "", (*head, Line("return h_t")))
     with pytest.raises(rs.DerivationError, match=r"binds 'h_t' for one step only"):
         JaxStatementPrinter({}, set()).doprint(leaky)
+
+
+def test_a_parameter_only_the_loss_reads():
+    # d enters only the loss ⟨d|h⟩: forward has no custom_vjp then (vjp_cell has no use for d)
+    # and is differentiated by JAX itself; loss_and_grad is the generated one. 1e-10 relative:
+    # float64 round-off of two evaluation orders of the same sums.
+    cell = rs.Cell("loss_only_param")
+    n, m = cell.dims("n"), cell.dims("m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, d = cell.param("W", n, n), cell.param("U", n, m), cell.param("d", n)
+    cell.update(h, rs.tanh(W @ h.prev + U @ x))
+    cell.loss(rs.linear_loss(d, h))
+    params, inputs, targets = random_problem(cell, T=3, B=2)
+    want_loss, want = rs.compile(cell).loss_and_grad(params, inputs, targets)
+    kernel = rs.compile(cell, backend="jax")
+    loss, grads = kernel.loss_and_grad(params, inputs, targets)
+    assert abs(float(loss) - want_loss) <= 1e-10 * abs(want_loss)
+    for name, g in want.items():
+        np.testing.assert_allclose(np.asarray(grads[name]), g, rtol=1e-10, atol=1e-12)
+    by_jax = jax.grad(
+        lambda W_: jnp.vdot(
+            params["d"], kernel.forward({**params, "W": W_}, inputs)["h"].sum(axis=(0, 1))
+        )
+    )
+    np.testing.assert_allclose(np.asarray(by_jax(params["W"])), want["W"], rtol=1e-10, atol=1e-12)

@@ -29,6 +29,8 @@ import re
 import types
 from pathlib import Path
 
+from sympy import MatrixSymbol
+
 from ..derive import Derivation, derive
 from ..errors import DerivationError
 from ..transform import vjp_cell
@@ -659,9 +661,15 @@ def _without_citations(code: str) -> str:
 
 def _seeded(cell) -> tuple[Function, dict, KernelGenerator] | None:
     """The lowered loss-and-gradient function of vjp_cell(cell), or None where its gradients
-    are not the VJP ``forward`` needs (an input fed back from a target is a target there)."""
+    are not the VJP ``forward`` needs (an input fed back from a target is a target there) or it
+    has none (a parameter read only by the loss); ``forward`` is then differentiated by JAX."""
     if cell.fed_back or not cell.states and not cell.outputs:
         return None
+    read = set()
+    for term in [*cell.updates.values(), *cell.definitions.values(), *cell.output_defs.values()]:
+        read |= term.expr.atoms(MatrixSymbol)
+    if any(p.symbol not in read for p in cell.params.values()):
+        return None  # a parameter only the loss reads: vjp_cell has no use for it
     cell2, seeds = vjp_cell(cell)
     gen2 = KernelGenerator(derive(cell2), JAX)
     _, grad2 = gen2.functions()
