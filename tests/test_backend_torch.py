@@ -509,9 +509,10 @@ def test_distributed_data_parallel_gives_the_single_process_gradients(tmp_path):
     try:
         import held_out_worker
 
-        # forked, not spawned: the children start with torch imported (seconds less)
+        # spawned, not forked: forking a process that has started JAX's or torch's threads
+        # (other test files run first in the same session) can deadlock the children
         mp.start_processes(
-            held_out_worker.run, args=(2, str(tmp_path)), nprocs=2, start_method="fork"
+            held_out_worker.run, args=(2, str(tmp_path)), nprocs=2, start_method="spawn"
         )
     finally:
         sys.path.remove(str(tmp_path))
