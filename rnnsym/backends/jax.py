@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import hashlib
-import linecache
 import pprint
 import re
-import types
-from pathlib import Path
 
 from sympy import MatrixSymbol
 
 from ..derive import Derivation, derive
 from ..errors import DerivationError
 from ..transform import vjp_cell
+from .base import Kernel
 from .numpy import (
     _HELPER_ORDER,
+    SHAPE_CHECK,
     Backend,
     KernelGenerator,
     _helper_source,
@@ -323,149 +321,18 @@ def _erfc(a):
 # the argument check: names, shapes and dtypes only, all static under jax.jit; class indices
 # are range-checked where their values are known (outside jit)
 _CHECK = '''
-def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
-    """Validate the arrays' names, shapes and dtypes against SPEC (no array is read or made);
-    return (T, B, sizes), sizes a sorted tuple of (name, value). Every failure raises
-    ValueError naming the array, its shape or dtype and what was expected."""
-    context = spec.get("context", ())
-    classes = spec.get("classes", ())
-    fed_back = spec.get("fed_back", {})
-    groups = [("params", params, spec["params"], False), ("inputs", inputs, spec["inputs"], True)]
-    if with_targets:
-        groups.append(("targets", targets, spec["targets"], True))
-    for group, given, expected, _ in groups:
-        if not isinstance(given, dict):
-            raise ValueError(
-                f"{group} must be a dict mapping names to arrays, got {type(given).__name__}"
-            )
-        missing = [
-            name
-            for name in expected
-            if name not in given and not (group == "inputs" and with_targets and name in fed_back)
-        ]
-        extra = [name for name in given if name not in expected]
-        if missing:
-            raise ValueError(
-                f"{group}[{missing[0]!r}] is missing; expected an array of shape "
-                f"{_expected_text(expected[missing[0]], group != 'params')}"
-            )
-        if extra:
-            raise ValueError(
-                f"{group}[{extra[0]!r}] is not a name of this kernel; expected "
-                f"{group} {sorted(expected)}"
-            )
-    dtype = dtype_source = steps = None
-    votes, bodies, batches = {}, {}, []
-    for group, given, expected, is_sequence in groups:
-        for name, dims in expected.items():
-            if name not in given:
-                continue  # a fed-back input, filled below
-            label = f"{group}[{name!r}]"
-            array = given[name]
-            if not hasattr(array, "shape") or not hasattr(array, "dtype"):
-                raise ValueError(f"{label} must be an array, got {type(array).__name__}")
-            if group == "targets" and name in classes:
-                if not jnp.issubdtype(array.dtype, jnp.integer) or array.ndim != 2:
-                    raise ValueError(
-                        f"{label} holds class indices: expected an integer array (T, B), got "
-                        f"shape {_shape_text(array.shape)}, dtype {array.dtype}"
-                    )
-                steps = _same_steps(steps, array, label)
-                continue
-            if array.dtype not in (jnp.float32, jnp.float64):
-                raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")
-            if dtype is None:
-                dtype, dtype_source = array.dtype, label
-            elif array.dtype != dtype:
-                raise ValueError(
-                    f"{label} has dtype {array.dtype}, but {dtype_source} has dtype {dtype}; "
-                    f"all arrays must share one dtype"
-                )
-            if is_sequence and group == "inputs" and name in context:
-                if array.ndim not in (1, 2):
-                    raise ValueError(
-                        f"{label} has shape {_shape_text(array.shape)}; expected "
-                        f"{_expected_text(dims, False)} or (B, {', '.join(map(str, dims))}): "
-                        f"a context input is given once per sequence"
-                    )
-                if array.ndim == 2:
-                    batches.append((array.shape[0], label))
-                body, as_sequence = array.shape[-1:], False
-            elif is_sequence:
-                if array.ndim != 3:
-                    raise ValueError(
-                        f"{label} has shape {_shape_text(array.shape)}; expected "
-                        f"{_expected_text(dims, True)} (time, batch, size)"
-                    )
-                steps = _same_steps(steps, array, label)
-                body, as_sequence = array.shape[2:], True
-            else:
-                body, as_sequence = array.shape, False
-            _match(label, body, dims, None, votes, array.shape, as_sequence)
-            bodies[label] = (dims, body, array.shape, as_sequence)
-    sizes, size_source = {}, {}
-    for dim, seen in votes.items():  # the value most arrays agree on (the data's on a tie)
-        counts = {}
-        for got, label in seen:
-            count, has_data, labels = counts.get(got, (0, False, []))
-            counts[got] = (count + 1, has_data or not label.startswith("params"), labels + [label])
-        value = max(counts, key=lambda v: counts[v][:2])
-        sizes[dim], size_source[dim] = value, counts[value][2]
-    for label, (dims, body, shape, is_sequence) in bodies.items():
-        _match(label, body, dims, sizes, size_source, shape, is_sequence)
-    for label, (dims, body, shape, is_sequence) in bodies.items():
-        for axis, (dim, got) in enumerate(zip(dims, body)):
-            if not isinstance(dim, int) and not dim.isidentifier():
-                want = _resolve(dim, sizes)
-                if got != want:
-                    raise ValueError(
-                        f"{label} has shape {_shape_text(shape)}; expected "
-                        f"{_expected_text(dims, is_sequence)}: axis {axis} must be {dim} "
-                        f"= {want}"
-                    )
-    if steps is None:
-        raise ValueError(
-            "no sequence to take T and B from: give at least one input as a (T, B, size) array"
-        )
-    T, B = steps[0], steps[1]
-    if T < 1 or B < 1:
-        raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
-    for batch, label in batches:
-        if batch != B:
-            raise ValueError(
-                f"{label} has batch {batch}, but {steps[2]} has batch {B}; a context input is "
-                f"(B, size) or (size,)"
-            )
-    if initial is None:
-        initial = {}
-    elif not isinstance(initial, dict):
-        if len(spec["states"]) != 1:
-            raise ValueError(
-                f"h0 must be a dict with keys {sorted(spec['states'])} for a cell with "
-                f"{'no' if not spec['states'] else 'several'} states, got "
-                f"{type(initial).__name__}"
-            )
-        initial = {next(iter(spec["states"])): initial}
-    extra = [name for name in initial if name not in spec["states"]]
-    if extra:
-        raise ValueError(
-            f"h0[{extra[0]!r}] is not a state of this kernel; states: {sorted(spec['states'])}"
-        )
-    for name, dims in spec["states"].items():
-        size = _resolve(dims[0], sizes)
-        value = initial.get(name)
-        if value is None:
-            continue
-        label = f"h0[{name!r}]"
-        if not hasattr(value, "dtype") or value.dtype != dtype:
-            got = getattr(value, "dtype", type(value).__name__)
-            raise ValueError(f"{label} must be a {dtype} array like the others, got {got}")
-        if value.shape not in ((B, size), (size,)):
-            raise ValueError(
-                f"{label} has shape {_shape_text(value.shape)}; expected ({B}, {size}) "
-                f"(batch, size) or ({size},)"
-            )
-    return T, B, tuple(sorted(sizes.items()))
+def _require_array(label, array):
+    # a jax or NumPy array, or anything with a shape and a dtype (as jit's tracers have)
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        raise ValueError(f"{label} must be a jax or NumPy array, got {type(array).__name__}")
+
+
+def _is_integer(array):
+    return jnp.issubdtype(array.dtype, jnp.integer)
+
+
+def _is_float(array):
+    return array.dtype in (jnp.float32, jnp.float64)
 
 
 def _signature(group):
@@ -479,6 +346,13 @@ def _signature(group):
 
 
 _CHECKED = {}  # shape signature -> (T, B, sizes): each signature is checked once
+
+
+def _check_arrays(spec, params, inputs, targets, initial, with_targets=True):
+    """(T, B, sizes), sizes a sorted tuple of (name, value): the names, shapes and dtypes of
+    the arrays checked against spec (static under jax.jit: no value is read)."""
+    sizes, T, B, _ = _check_shapes(spec, params, inputs, targets, initial, with_targets)
+    return T, B, tuple(sorted(sizes.items()))
 
 
 def _checked(params, inputs, targets, initial, with_targets=True):
@@ -542,8 +416,6 @@ def _prepare(dims, params, inputs, targets, initial, with_targets=True):
             states[name] = jnp.broadcast_to(jnp.asarray(value), (B, size))
     return params, states, inputs, targets'''
 
-_CHECK_HELPERS = ["_shape_text", "_same_steps", "_resolve", "_expected_text", "_match"]
-
 
 def _runtime_source(used: set[str]) -> str:
     """The jnp helpers the module needs and the argument check."""
@@ -554,7 +426,7 @@ def _runtime_source(used: set[str]) -> str:
         )
     pieces = [_JAX_HELPERS[n].strip() for n in _HELPER_ORDER if n in used]
     pieces.append(_CHECK.strip())
-    pieces.extend(_helper_source(n) for n in _CHECK_HELPERS)  # no NumPy in these
+    pieces.extend(_helper_source(n) for n in SHAPE_CHECK)  # the NumPy kernel's, no NumPy in them
     return "\n\n\n".join(pieces)
 
 
@@ -745,8 +617,8 @@ def generate_module(derivation: Derivation) -> str:
     return re.sub(r"[ \t]+\n", "\n", text)
 
 
-class JaxKernel:
-    """A generated JAX kernel, with the contract of :class:`rnnsym.kernel.Kernel`.
+class JaxKernel(Kernel):
+    """A generated JAX kernel, with the contract of :class:`~rnnsym.backends.base.Kernel`.
 
     ``forward(params, inputs, h0=None)`` returns a dict of state and output sequences
     (T, B, size) and is differentiable by ``jax.grad`` through the generated adjoint recurrence;
@@ -756,43 +628,7 @@ class JaxKernel:
     """
 
     backend = "jax"
-    mode = "reverse"
-
-    def __init__(self, derivation: Derivation, source: str):
-        self.derivation = derivation
-        self.cell = derivation.cell
-        self.source = source
-        self.certificate = None
-        self.certificate_cell = None
-        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-        filename = f"<rnnsym jax kernel {ascii(self.cell.name)} {digest}>"
-        module = types.ModuleType(f"rnnsym_jax_kernel_{digest}")
-        module.__file__ = filename
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
-        self.module = module
-        self.spec = module.SPEC
-
-    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
-        """States and outputs for all t, each an array (T, B, size)."""
-        return self.module.forward(params, inputs, h0)
-
-    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """The total loss and the gradient of every parameter."""
-        return self.module.loss_and_grad(params, inputs, targets, h0)
-
-    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """``(loss, grads, input_grads, h0_grads)``."""
-        return self.module.vjp(params, inputs, targets, h0)
-
-    def write(self, path: str | Path) -> Path:
-        """Write the module source to ``path`` (importable with JAX alone)."""
-        path = Path(path)
-        path.write_text(self.source, encoding="utf-8")
-        return path
-
-    def __repr__(self) -> str:
-        return f"<JaxKernel {self.cell.name!r}: {len(self.source.splitlines())} lines of JAX>"
+    language = "JAX"
 
 
 def load(source: str, cell) -> JaxKernel:

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
-from .. import display
 from ..derive import Derivation
 from ..ir.ops import coeff_and_factors
+from .base import Kernel
 from .numpy import (
     Backend,
     KernelGenerator,
@@ -483,60 +483,14 @@ def _api_source(cell, fwd_sizes: list[str], grad_sizes: list[str], returned) -> 
 
 _PREPARE = """_c = np.ascontiguousarray
 
-_KNOWN_CALLS = {}  # signature of a call whose arrays passed _check_arrays -> (sizes, B, dtype)
-
-
-def _call_key(params, inputs, targets, h0, with_targets):
-    # names, shapes and dtypes of plain NumPy arrays in plain dicts, for a cell whose inputs
-    # need no preparation (no context input, class indices or fed-back target); else None
-    if SPEC.get("context") or SPEC.get("classes") or SPEC.get("fed_back"):
-        return None
-    key = [with_targets]
-    for group in (params, inputs, targets) if with_targets else (params, inputs):
-        if type(group) is not dict:
-            return None
-        for name, array in group.items():
-            if type(array) is not np.ndarray:
-                return None
-            key.append((name, array.shape, array.dtype.char))
-        key.append(None)
-    initial = h0 if isinstance(h0, dict) else {None: h0}
-    for name, value in initial.items():
-        if value is None:
-            key.append((name, None))
-        elif type(value) is np.ndarray:
-            key.append((name, value.shape, value.dtype.char))
-        else:
-            return None
-    return tuple(key)
-
 
 def _prepare(params, inputs, targets, h0, with_targets):
-    # (sizes, dtype, initial states, inputs, targets), the arrays C-contiguous; the full
-    # _check_arrays runs once per signature, so every error message is the NumPy kernel's
-    key = _call_key(params, inputs, targets, h0, with_targets)
-    known = _KNOWN_CALLS.get(key) if key is not None else None
-    if known is None:
-        sizes, T, B, dtype, states, inputs, targets = _check_arrays(
-            SPEC, params, inputs, targets, h0, with_targets
-        )
-        if key is not None:
-            if len(_KNOWN_CALLS) >= 64:
-                _KNOWN_CALLS.clear()
-            _KNOWN_CALLS[key] = (sizes, B, dtype)
-        return sizes, dtype, [_c(states[n]) for n in SPEC["states"]], inputs, targets
-    sizes, B, dtype = known
-    if not isinstance(h0, dict):
-        h0 = {} if h0 is None else {next(iter(SPEC["states"])): h0}
-    states = []
-    for name, dims in SPEC["states"].items():
-        size = _resolve(dims[0], sizes)
-        value = h0.get(name)
-        if value is None:
-            states.append(np.zeros((B, size), dtype=dtype))
-        else:
-            states.append(np.array(np.broadcast_to(value, (B, size)), dtype=dtype))
-    return sizes, dtype, states, inputs, targets"""
+    # (sizes, dtype, initial states, inputs, targets), the arrays C-contiguous; the checks are
+    # the NumPy kernel's (in full once per shape signature), so is every error message
+    sizes, T, B, dtype, states, inputs, targets = _check_arrays(
+        SPEC, params, inputs, targets, h0, with_targets
+    )
+    return sizes, dtype, [_c(states[n]) for n in SPEC["states"]], inputs, targets"""
 
 
 def _defined(source: str) -> set[str]:
@@ -660,48 +614,16 @@ def load_source(source: str):
     return module
 
 
-class NumbaKernel:
-    """A generated Numba kernel, with the contract of :class:`rnnsym.kernel.Kernel`:
-    ``forward``, ``loss_and_grad``, ``vjp``, ``source`` (the module text, needing NumPy and
-    Numba only), ``spec``, ``write``. The first call per dtype compiles (seconds; cached on
-    disk, see :func:`cache_dir`)."""
+class NumbaKernel(Kernel):
+    """A generated Numba kernel, with the contract of :class:`~rnnsym.backends.base.Kernel`;
+    ``source`` needs NumPy and Numba only. The first call per dtype compiles (seconds; cached
+    on disk, see :func:`cache_dir`)."""
 
     backend = "numba"
-    mode = "reverse"
+    language = "Numba"
 
-    def __init__(self, derivation: Derivation, source: str):
-        self.derivation = derivation
-        self.cell = derivation.cell
-        self.source = source
-        self.certificate = None  # set by rs.verify / check_kernel
-        self.certificate_cell = None
-        self.module = load_source(source)
-        self.spec = self.module.SPEC
-
-    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
-        """States and outputs for all t, each an array (T, B, size)."""
-        return self.module.forward(params, inputs, h0)
-
-    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """The total loss and the gradient of every parameter."""
-        return self.module.loss_and_grad(params, inputs, targets, h0)
-
-    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """``(loss, grads, input_grads, h0_grads)``: also ∇ of every input sequence and of
-        every initial state."""
-        return self.module.vjp(params, inputs, targets, h0)
-
-    def write(self, path: str | Path) -> Path:
-        """Write the module source to ``path`` (importable with NumPy and Numba only)."""
-        path = Path(path)
-        path.write_text(self.source, encoding="utf-8")
-        return path
-
-    def __repr__(self) -> str:
-        lines = len(self.source.splitlines())
-        return f"<Kernel {self.cell.name!r}: {lines} lines of Numba>"
-
-    _repr_html_ = display.kernel_html
+    def _load(self, source: str):
+        return load_source(source)
 
 
 def load(source: str, cell) -> NumbaKernel:

@@ -1222,6 +1222,20 @@ _HELPER_ORDER = [
 ]
 
 
+# the argument check every backend's module carries: SHAPE_CHECK reads only names, shapes and
+# dtypes (no values), through the three ARRAY_HOOKS each backend writes for its array type
+SHAPE_CHECK = [
+    "_given_states",
+    "_check_shapes",
+    "_same_steps",
+    "_resolve",
+    "_expected_text",
+    "_match",
+    "_shape_text",
+]
+ARRAY_HOOKS = ["_require_array", "_is_integer", "_is_float"]
+
+
 @functools.cache
 def _helper_source(name: str) -> str:
     return inspect.getsource(getattr(_runtime, name)).rstrip()
@@ -1236,12 +1250,10 @@ def _runtime_source(used: set[str]) -> str:
     for name in _HELPER_ORDER:
         if name in used:
             pieces.append(_helper_source(name))
-    checks = ["_shape_text", "_check_arrays", "_signature", "_check_all", "_initial_states"]
+    checks = ["_check_arrays", "_signature", "_check_all", "_initial_states", *ARRAY_HOOKS]
     pieces.extend(_helper_source(n) for n in checks)
     pieces.append(f"_CHECKED = {{}}  # {_CHECKED_COMMENT}")
-    pieces.extend(
-        _helper_source(n) for n in ["_same_steps", "_resolve", "_expected_text", "_match"]
-    )
+    pieces.extend(_helper_source(n) for n in SHAPE_CHECK)
     return "\n\n\n".join(pieces)
 
 

@@ -154,9 +154,38 @@ def _signature(spec, params, inputs, targets, initial, with_targets):
     return tuple(key)
 
 
-def _check_all(spec, params, inputs, targets, initial, with_targets=True):
-    # every check of _check_arrays, each failure a ValueError naming the array
+def _require_array(label, array):
+    # the array type this module takes (every backend's runtime has its own version)
+    if not isinstance(array, np.ndarray) or isinstance(array, np.matrix):
+        raise ValueError(f"{label} must be a NumPy array, got {type(array).__name__}")
 
+
+def _is_integer(array):
+    return array.dtype.kind in "iu"
+
+
+def _is_float(array):
+    return array.dtype in (np.float32, np.float64)
+
+
+def _given_states(spec, initial):
+    # h0 as a dict {state: array or None}: None, one array (a cell with one state) or a dict
+    if initial is None:
+        return {}
+    if not isinstance(initial, dict):
+        if len(spec["states"]) != 1:
+            raise ValueError(
+                f"h0 must be a dict with keys {sorted(spec['states'])} for a cell with "
+                f"{'no' if not spec['states'] else 'several'} states, got "
+                f"{type(initial).__name__}"
+            )
+        return {next(iter(spec["states"])): initial}
+    return initial
+
+
+def _check_shapes(spec, params, inputs, targets, initial, with_targets=True):
+    # the names, shapes and dtypes of every array and of h0 against SPEC, no value read;
+    # (sizes, T, B, dtype), each failure a ValueError naming the array
     context = spec.get("context", ())
     classes = spec.get("classes", ())
     fed_back = spec.get("fed_back", {})
@@ -205,13 +234,12 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
     for group, given, expected, is_sequence in groups:
         for name, dims in expected.items():
             if name not in given:
-                continue  # a fed-back input, filled below
+                continue  # a fed-back input, filled by the caller
             label = f"{group}[{name!r}]"
             array = given[name]
-            if not isinstance(array, np.ndarray) or isinstance(array, np.matrix):
-                raise ValueError(f"{label} must be a NumPy array, got {type(array).__name__}")
+            _require_array(label, array)
             if group == "targets" and name in classes:
-                if array.dtype.kind not in "iu":
+                if not _is_integer(array):
                     raise ValueError(
                         f"{label} holds class indices: expected an integer array (T, B), got "
                         f"dtype {array.dtype}"
@@ -223,7 +251,7 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
                     )
                 steps = _same_steps(steps, array, label)
                 continue
-            if array.dtype not in (np.float32, np.float64):
+            if not _is_float(array):
                 raise ValueError(f"{label} has dtype {array.dtype}; expected float32 or float64")
             if dtype is None:
                 dtype, dtype_source = array.dtype, label
@@ -241,7 +269,7 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
                     )
                 if array.ndim == 2:
                     batches.append((array.shape[0], label))
-                body, as_sequence = array.shape[-1:], False
+                body, as_sequence = tuple(array.shape[-1:]), False
             elif is_sequence:
                 if array.ndim != 3:
                     raise ValueError(
@@ -249,11 +277,11 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
                         f"{_expected_text(dims, True)} (time, batch, size)"
                     )
                 steps = _same_steps(steps, array, label)
-                body, as_sequence = array.shape[2:], True
+                body, as_sequence = tuple(array.shape[2:]), True
             else:
-                body, as_sequence = array.shape, False
-            _match(label, body, dims, None, votes, array.shape, as_sequence)
-            bodies[label] = (dims, body, array.shape, as_sequence)
+                body, as_sequence = tuple(array.shape), False
+            _match(label, body, dims, None, votes, tuple(array.shape), as_sequence)
+            bodies[label] = (dims, body, tuple(array.shape), as_sequence)
     # each plain size takes the value most arrays agree on (the data's value on a tie), so an
     # error names the array that is inconsistent with the others, not the first one read
     for dim, seen in votes.items():
@@ -270,7 +298,7 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
         for axis, (dim, got) in enumerate(zip(dims, body, strict=True)):
             if isinstance(dim, int) or dim.isidentifier():
                 continue
-            want = eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - from SPEC
+            want = _resolve(dim, sizes)
             if got != want:
                 concrete = tuple(_resolve(d, sizes) for d in dims)
                 raise ValueError(
@@ -292,14 +320,41 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
                 f"{label} has batch {batch}, but {steps[2]} has batch {B}; a context input is "
                 f"(B, size) or (size,)"
             )
+    given = _given_states(spec, initial)
+    extra = [name for name in given if name not in spec["states"]]
+    if extra:
+        raise ValueError(
+            f"h0[{extra[0]!r}] is not a state of this kernel; states: {sorted(spec['states'])}"
+        )
+    for name, dims in spec["states"].items():
+        value = given.get(name)
+        if value is None:
+            continue
+        label = f"h0[{name!r}]"
+        size = _resolve(dims[0], sizes)
+        if not hasattr(value, "dtype") or value.dtype != dtype:
+            got = getattr(value, "dtype", type(value).__name__)
+            raise ValueError(f"{label} must be a {dtype} array like the others, got {got}")
+        _require_array(label, value)
+        if tuple(value.shape) not in ((B, size), (size,)):
+            raise ValueError(
+                f"{label} has shape {_shape_text(tuple(value.shape))}; expected ({B}, {size}) "
+                f"(batch, size) or ({size},)"
+            )
+    return sizes, T, B, dtype
+
+
+def _check_all(spec, params, inputs, targets, initial, with_targets=True):
+    # every check of _check_arrays, then the inputs and targets made ready for the kernel
+    sizes, T, B, dtype = _check_shapes(spec, params, inputs, targets, initial, with_targets)
     inputs = dict(inputs)
-    for name in context:
+    for name in spec.get("context", ()):
         if name in inputs:
             array = inputs[name]
             inputs[name] = np.broadcast_to(array, (T, B, array.shape[-1]))
     if with_targets:
         targets = dict(targets)
-        for name in classes:
+        for name in spec.get("classes", ()):
             try:
                 size = _resolve(spec["targets"][name][0], sizes)
             except KeyError:
@@ -316,7 +371,7 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
                     f"expected 0..{size - 1} ({spec['targets'][name][0]} = {size} classes)"
                 )
             targets[name] = np.eye(size, dtype=dtype)[index]
-        for name, target in fed_back.items():
+        for name, target in spec.get("fed_back", {}).items():
             if name not in inputs:
                 shifted = np.zeros_like(targets[target])
                 shifted[1:] = targets[target][:-1]  # y(t-1), with y(0) = 0
@@ -326,39 +381,16 @@ def _check_all(spec, params, inputs, targets, initial, with_targets=True):
 
 
 def _initial_states(spec, sizes, B, dtype, initial):
-    # h(0) of every state, (B, size): zeros where not given
+    # h(0) of every state, (B, size), from h0 as _check_shapes passed it: zeros where not given
+    given = _given_states(spec, initial)
     states = {}
-    if initial is None:
-        initial = {}
-    elif not isinstance(initial, dict):
-        if len(spec["states"]) != 1:
-            raise ValueError(
-                f"h0 must be a dict with keys {sorted(spec['states'])} for a cell with "
-                f"{'no' if not spec['states'] else 'several'} states, got "
-                f"{type(initial).__name__}"
-            )
-        initial = {next(iter(spec["states"])): initial}
-    extra = [name for name in initial if name not in spec["states"]]
-    if extra:
-        raise ValueError(
-            f"h0[{extra[0]!r}] is not a state of this kernel; states: {sorted(spec['states'])}"
-        )
     for name, dims in spec["states"].items():
         size = _resolve(dims[0], sizes)
-        value = initial.get(name)
+        value = given.get(name)
         if value is None:
             states[name] = np.zeros((B, size), dtype=dtype)
-            continue
-        label = f"h0[{name!r}]"
-        if not isinstance(value, np.ndarray) or value.dtype != dtype:
-            got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-            raise ValueError(f"{label} must be a {dtype} array like the others, got {got}")
-        if value.shape not in ((B, size), (size,)):
-            raise ValueError(
-                f"{label} has shape {_shape_text(value.shape)}; expected ({B}, {size}) "
-                f"(batch, size) or ({size},)"
-            )
-        states[name] = np.array(np.broadcast_to(value, (B, size)), dtype=dtype)
+        else:
+            states[name] = np.array(np.broadcast_to(value, (B, size)), dtype=dtype)
     return states
 
 

@@ -12,12 +12,8 @@ the forward loop. The module imports only torch and runs on any device and in fl
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import linecache
 import pprint
 import re
-import types
-from pathlib import Path
 
 import sympy as sp
 from sympy import MatrixSymbol, Transpose
@@ -27,10 +23,13 @@ from ..errors import DerivationError
 from ..ir.scalar import scalar_code
 from ..printing import derivation_text
 from ..transform import vjp_cell
+from .base import Kernel
 from .numpy import (
     _HELPER_ORDER,
+    SHAPE_CHECK,
     Backend,
     KernelGenerator,
+    _helper_source,
     _indent_doc,
     _spec,
     check_namespace,
@@ -264,27 +263,17 @@ def _heaviside(a, at_zero):
 _TORCH_HELPER_ORDER = [*_HELPER_ORDER, *_SCALAR_HELPERS]
 
 _CHECK = '''
-_FLOATS = (torch.float32, torch.float64)
+def _require_array(label, array):
+    if not isinstance(array, torch.Tensor):
+        raise ValueError(f"{label} must be a torch.Tensor, got {type(array).__name__}")
 
 
-def _shape_text(shape):
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+def _is_integer(array):
+    return not (array.is_floating_point() or array.is_complex() or array.dtype == torch.bool)
 
 
-def _expected_text(dims, is_sequence):
-    inner = ", ".join(str(d) for d in dims)
-    if is_sequence:
-        return f"(T, B, {inner})"
-    return f"({inner},)" if len(dims) == 1 else f"({inner})"
-
-
-def _resolve(dim, sizes):
-    # a size of SPEC: a number, a size name, or an expression of them such as 4*n
-    if isinstance(dim, int):
-        return dim
-    if dim.isidentifier():
-        return sizes[dim]
-    return eval(dim, {"__builtins__": {}}, dict(sizes))  # noqa: S307 - a size from SPEC
+def _is_float(array):
+    return array.dtype in (torch.float32, torch.float64)
 
 
 def _check(params, inputs, targets, h0, with_targets=True):
@@ -293,135 +282,23 @@ def _check(params, inputs, targets, h0, with_targets=True):
     become 1-of-K rows; a fed-back input missing from inputs is the target one step late, with
     y(0) = 0. Every failure raises ValueError naming the tensor, its shape or dtype and what was
     expected."""
-    context = SPEC.get("context", ())
+    sizes, T, B, dtype = _check_shapes(SPEC, params, inputs, targets, h0, with_targets)
     classes = SPEC.get("classes", ())
-    fed_back = SPEC.get("fed_back", {})
-    groups = [("params", params, SPEC["params"]), ("inputs", inputs, SPEC["inputs"])]
+    given = [(f"params[{n!r}]", a) for n, a in params.items()]
+    given += [(f"inputs[{n!r}]", a) for n, a in inputs.items()]
     if with_targets:
-        groups.append(("targets", targets, SPEC["targets"]))
-    dtype = device = first = steps = None
-    found = []  # (label, dims, shape of one step or of the parameter, whole shape, sequence)
-    for group, given, expected in groups:
-        if not isinstance(given, dict):
-            raise ValueError(f"{group} must be a dict of tensors, got {type(given).__name__}")
-        for name in given:
-            if name not in expected:
-                raise ValueError(
-                    f"{group}[{name!r}] is not a name of this kernel; expected {group} "
-                    f"{sorted(expected)}"
-                )
-        sequence = group != "params"
-        for name, dims in expected.items():
-            label = f"{group}[{name!r}]"
-            if name not in given:
-                if group == "inputs" and with_targets and name in fed_back:
-                    continue  # filled from the target below
-                raise ValueError(
-                    f"{label} is missing; expected a tensor of shape "
-                    f"{_expected_text(dims, sequence)}"
-                )
-            a = given[name]
-            if not isinstance(a, torch.Tensor):
-                raise ValueError(f"{label} must be a torch.Tensor, got {type(a).__name__}")
-            shape = tuple(a.shape)
-            if group == "targets" and name in classes:
-                if a.is_floating_point() or a.is_complex() or a.dtype == torch.bool:
-                    raise ValueError(
-                        f"{label} holds class indices: expected an integer tensor (T, B), got "
-                        f"dtype {a.dtype}"
-                    )
-                if a.dim() != 2:
-                    raise ValueError(
-                        f"{label} has shape {_shape_text(shape)}; expected (T, B) class indices"
-                    )
-                steps = steps or (shape[0], shape[1], label)
-                if shape[:2] != steps[:2]:
-                    raise ValueError(
-                        f"{label} has {shape[0]} steps and batch {shape[1]}, but {steps[2]} has "
-                        f"{steps[0]} steps and batch {steps[1]}; sequences must not be ragged"
-                    )
-                continue
-            if a.dtype not in _FLOATS:
-                raise ValueError(f"{label} has dtype {a.dtype}; expected float32 or float64")
-            if dtype is None:
-                dtype, device, first = a.dtype, a.device, label
-            elif a.dtype != dtype:
-                raise ValueError(
-                    f"{label} has dtype {a.dtype}, but {first} has dtype {dtype}; all tensors "
-                    f"must share one dtype"
-                )
-            elif a.device != device:
-                raise ValueError(
-                    f"{label} is on device {a.device}, but {first} is on {device}; all tensors "
-                    f"must be on one device"
-                )
-            if group == "inputs" and name in context:
-                if a.dim() not in (1, 2):
-                    raise ValueError(
-                        f"{label} has shape {_shape_text(shape)}; expected "
-                        f"{_expected_text(dims, False)} or (B, {', '.join(map(str, dims))}): "
-                        f"a context input is given once per sequence"
-                    )
-                found.append((label, dims, shape[-1:], shape, False))
-                continue
-            if sequence:
-                if a.dim() != 3:
-                    raise ValueError(
-                        f"{label} has shape {_shape_text(shape)}; expected "
-                        f"{_expected_text(dims, True)} (time, batch, size)"
-                    )
-                steps = steps or (shape[0], shape[1], label)
-                if shape[:2] != steps[:2]:
-                    raise ValueError(
-                        f"{label} has {shape[0]} steps and batch {shape[1]}, but {steps[2]} has "
-                        f"{steps[0]} steps and batch {steps[1]}; sequences must not be ragged"
-                    )
-            found.append((label, dims, shape[2:] if sequence else shape, shape, sequence))
-    if steps is None:
-        raise ValueError(
-            "no sequence to take T and B from: give at least one input as a (T, B, size) tensor"
-        )
-    T, B = steps[0], steps[1]
-    if T < 1 or B < 1:
-        raise ValueError(f"{steps[2]} has {T} steps and batch {B}; both must be at least 1")
-    # the plain sizes, read from the data before the parameters: an error then names the
-    # parameter that disagrees with the data
-    sizes, source = {}, {}
-    for label, dims, body, shape, sequence in sorted(found, key=lambda f: f[0][0] == "p"):
-        if len(body) != len(dims):
+        given += [(f"targets[{n!r}]", a) for n, a in targets.items() if n not in classes]
+    given += [(f"h0[{n!r}]", a) for n, a in _given_states(SPEC, h0).items() if a is not None]
+    first, device = given[0][0], given[0][1].device
+    for label, a in given:
+        if a.device != device:
             raise ValueError(
-                f"{label} has shape {_shape_text(shape)}; expected {_expected_text(dims, sequence)}"
-            )
-        for dim, got in zip(dims, body):
-            if isinstance(dim, str) and dim.isidentifier() and dim not in sizes:
-                if got < 1:
-                    raise ValueError(f"{label} has shape {_shape_text(shape)}; {dim} must be >= 1")
-                sizes[dim], source[dim] = got, label
-    for label, dims, body, shape, sequence in found:
-        for axis, (dim, got) in enumerate(zip(dims, body)):
-            try:
-                want = _resolve(dim, sizes)
-            except (KeyError, NameError):
-                raise ValueError(
-                    f"{label}: the size {dim} cannot be told from the shapes given"
-                ) from None
-            if got != want:
-                concrete = tuple(_resolve(d, sizes) for d in dims)
-                since = f" ({dim} = {want} from {source[dim]})" if dim in source else ""
-                raise ValueError(
-                    f"{label} has shape {_shape_text(shape)}; expected "
-                    f"{_expected_text(dims, sequence)} = {_expected_text(concrete, sequence)}: "
-                    f"axis {axis + 2 * sequence} must be {dim} = {want}{since}"
-                )
-    for label, dims, body, shape, sequence in found:
-        if label.startswith("inputs") and len(shape) == 2 and shape[0] != B:
-            raise ValueError(
-                f"{label} has batch {shape[0]}, but {steps[2]} has batch {B}; a context input "
-                f"is (B, size) or (size,)"
+                f"{label} is on device {a.device}, but {first} is on {device}; all tensors "
+                f"must be on one device"
             )
     params = {name: params[name] for name in SPEC["params"]}
-    given_inputs = inputs
-    inputs = {}
+    context = SPEC.get("context", ())
+    given_inputs, inputs = inputs, {}
     for name, dims in SPEC["inputs"].items():
         if name in context:
             inputs[name] = given_inputs[name].expand(B, _resolve(dims[0], sizes))
@@ -442,42 +319,18 @@ def _check(params, inputs, targets, h0, with_targets=True):
                     )
                 target = torch.nn.functional.one_hot(target.long(), size).to(dtype)
             targets[name] = target
-        for name, target in fed_back.items():
+        for name, target in SPEC.get("fed_back", {}).items():
             if name not in inputs:  # y(t-1), with y(0) = 0
                 y = targets[target]
                 inputs[name] = torch.cat([torch.zeros_like(y[:1]), y[:-1]])
         inputs = {name: inputs[name] for name in SPEC["inputs"]}
-    if h0 is None:
-        h0 = {}
-    elif not isinstance(h0, dict):
-        if len(SPEC["states"]) != 1:
-            raise ValueError(
-                f"h0 must be a dict with keys {sorted(SPEC['states'])} for a cell with "
-                f"{'no' if not SPEC['states'] else 'several'} states, got {type(h0).__name__}"
-            )
-        h0 = {next(iter(SPEC["states"])): h0}
-    for name in h0:
-        if name not in SPEC["states"]:
-            raise ValueError(
-                f"h0[{name!r}] is not a state of this kernel; states: {sorted(SPEC['states'])}"
-            )
+    given_states = _given_states(SPEC, h0)
     states = {}
     for name, dims in SPEC["states"].items():
         size = _resolve(dims[0], sizes)
-        value = h0.get(name)
-        label = f"h0[{name!r}]"
+        value = given_states.get(name)
         if value is None:
             states[name] = torch.zeros((B, size), dtype=dtype, device=device)
-        elif not isinstance(value, torch.Tensor) or value.dtype != dtype:
-            got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"{label} must be a {dtype} tensor like the others, got {got}")
-        elif value.device != device:
-            raise ValueError(f"{label} is on device {value.device}; expected {device}")
-        elif tuple(value.shape) not in ((B, size), (size,)):
-            raise ValueError(
-                f"{label} has shape {_shape_text(tuple(value.shape))}; expected ({B}, {size}) "
-                f"(batch, size) or ({size},)"
-            )
         else:
             states[name] = value.expand(B, size)
     return sizes, T, params, inputs, (targets if with_targets else None), states
@@ -767,6 +620,7 @@ def generate_module(derivation: Derivation) -> str:
         ),
         _helpers_text(helpers),
         _CHECK.strip(),
+        *(_helper_source(n) for n in SHAPE_CHECK),  # the NumPy kernel's, no NumPy in them
         _API.strip().replace("{differentiable}", differentiable),
         *([_DIFFERENTIABLE.strip()] if seeds else []),
         _MODULE.strip(),
@@ -777,8 +631,9 @@ def generate_module(derivation: Derivation) -> str:
     return re.sub(r"[ \t]+\n", "\n", text)
 
 
-class TorchKernel:
-    """A generated PyTorch kernel: the contract of :class:`rnnsym.kernel.Kernel` with tensors.
+class TorchKernel(Kernel):
+    """A generated PyTorch kernel: the contract of :class:`~rnnsym.backends.base.Kernel` with
+    tensors.
 
     ``forward(params, inputs, h0=None)`` returns a dict of state and output sequences (T, B,
     size), differentiable by ``torch.autograd``; ``loss_and_grad`` returns ``(loss, grads)``,
@@ -788,49 +643,15 @@ class TorchKernel:
     """
 
     backend = "torch"
-    mode = "reverse"
+    language = "PyTorch"
 
     def __init__(self, derivation: Derivation, source: str):
-        self.derivation = derivation
-        self.cell = derivation.cell
-        self.source = source
-        self.certificate = None
-        self.certificate_cell = None
-        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-        filename = f"<rnnsym torch kernel {ascii(self.cell.name)} {digest}>"
-        module = types.ModuleType(f"rnnsym_torch_kernel_{digest}")
-        module.__file__ = filename
-        # registered with linecache so tracebacks and inspect show the generated lines
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
-        self.module = module
-        self.spec = module.SPEC
-        self.Module = module.Module
-
-    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
-        """States and outputs for all t, each a tensor (T, B, size)."""
-        return self.module.forward(params, inputs, h0)
-
-    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """The total loss and the gradient of every parameter."""
-        return self.module.loss_and_grad(params, inputs, targets, h0)
-
-    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """``(loss, grads, input_grads, h0_grads)``."""
-        return self.module.vjp(params, inputs, targets, h0)
+        super().__init__(derivation, source)
+        self.Module = self.module.Module
 
     def loss(self, params: dict, inputs: dict, targets: dict, h0=None):
         """The total loss, a tensor differentiable by ``torch.autograd``."""
         return self.module.loss(params, inputs, targets, h0)
-
-    def write(self, path: str | Path) -> Path:
-        """Write the module source to ``path`` (importable with torch alone)."""
-        path = Path(path)
-        path.write_text(self.source, encoding="utf-8")
-        return path
-
-    def __repr__(self) -> str:
-        return f"<TorchKernel {self.cell.name!r}: {len(self.source.splitlines())} lines of PyTorch>"
 
 
 def load(source: str, cell) -> TorchKernel:

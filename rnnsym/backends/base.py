@@ -1,0 +1,90 @@
+"""The kernel object every backend returns: a generated module, loaded, behind one contract."""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import types
+from pathlib import Path
+
+from .. import display
+from ..derive import Derivation
+
+__all__ = ["Kernel", "exec_source"]
+
+
+def exec_source(source: str, label: str, cell_name: str) -> types.ModuleType:
+    """Execute generated ``source`` as a new module; its file name (one line, naming the
+    ``label`` and the cell) is registered with ``linecache`` so that tracebacks and ``inspect``
+    show the generated lines."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    filename = f"<rnnsym {label} {ascii(cell_name)} {digest}>"
+    module = types.ModuleType(f"rnnsym_{label.replace(' ', '_')}_{digest}")
+    module.__file__ = filename
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
+    return module
+
+
+class Kernel:
+    """A generated kernel.
+
+    ``forward(params, inputs, h0=None)`` returns a dict of state and output sequences;
+    ``loss_and_grad(params, inputs, targets, h0=None)`` returns ``(loss, grads)``;
+    ``vjp(...)`` also the gradients of the inputs and of h(0). Sequences are ``(T, B, size)``
+    arrays; ``grads`` has the keys and shapes of ``params``, summed over time and batch, in the
+    input dtype. ``source`` is the module text, runnable with its framework alone (``backend``
+    names it). ``mode`` says how ``loss_and_grad`` gets the gradient: ``"reverse"`` (BPTT) or
+    ``"forward"`` (forward sensitivity propagation, memory independent of T; NumPy only).
+    ``certificate`` is the report of the last ``rs.verify`` or ``check_kernel`` run on this
+    kernel (``None`` until one has run) and ``certificate_cell`` the cell it was checked
+    against; in Jupyter the kernel shows both, and its source.
+    """
+
+    backend = "numpy"
+    language = "NumPy"  # in repr
+
+    def __init__(self, derivation: Derivation, source: str, mode: str = "reverse"):
+        self.derivation = derivation
+        self.cell = derivation.cell
+        self.source = source
+        self.mode = mode
+        self.certificate = None  # set by rs.verify / check_kernel (display.attach_certificate)
+        self.certificate_cell = None
+        self.module = self._load(source)
+        self.spec = self.module.SPEC
+
+    def _load(self, source: str) -> types.ModuleType:
+        label = "kernel" if self.backend == "numpy" else f"{self.backend} kernel"
+        return exec_source(source, label, self.cell.name)
+
+    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
+        """States and outputs for all t, each an array (T, B, size)."""
+        return self.module.forward(params, inputs, h0)
+
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """The total loss and the gradient of every parameter."""
+        return self.module.loss_and_grad(params, inputs, targets, h0)
+
+    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
+        """``(loss, grads, input_grads, h0_grads)``: also ∇ of every input sequence (T, B, size)
+        and of every initial state (B, size), what a cell hands to the cells it is composed with.
+        """
+        if not hasattr(self.module, "vjp"):
+            raise ValueError(
+                f"vjp() is generated for reverse mode; this kernel is in {self.mode} mode"
+            )
+        return self.module.vjp(params, inputs, targets, h0)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the module source to ``path`` (importable without rnnsym, with its framework)."""
+        path = Path(path)
+        path.write_text(self.source, encoding="utf-8")
+        return path
+
+    def __repr__(self) -> str:
+        lines = len(self.source.splitlines())
+        mode = "" if self.mode == "reverse" else f" ({self.mode} mode)"
+        return f"<Kernel {self.cell.name!r}{mode}: {lines} lines of {self.language}>"
+
+    _repr_html_ = display.kernel_html
