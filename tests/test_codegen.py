@@ -309,3 +309,60 @@ def test_a_call_that_passed_the_checks_does_not_hide_a_later_error():
         with pytest.raises(ValueError) as got:
             kernel.loss_and_grad(*case)
         assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+def test_the_adjoint_loop_reads_forward_only_factors_computed_for_all_t(name):
+    # 1 - h∘h (tanh'), σ(1 - σ) of a gate: one array operation each before the adjoint loop,
+    # written in place (no temporary as large as the sequence); the loop multiplies by them
+    source = _function_source(rs.compile(rs.cells.get(name)).source, "_loss_and_grad")
+    after = source[source.index("for t in range(T - 1, -1, -1):") :]
+    loop = after[: after.index("\n    g_")]  # up to the first gradient after the loop
+    assert "1.0 -" not in loop, loop
+    before = source[: source.index("for t in range(T - 1, -1, -1):")]
+    assert "np.subtract(1.0, " in before, before
+
+
+def test_sequence_arrays_of_the_gradient_come_from_the_workspace_and_are_never_returned():
+    kernel = rs.compile(rs.cells.lstm())
+    gradient = _function_source(kernel.source, "_loss_and_grad")
+    forward = _function_source(kernel.source, "_forward")
+    # the gradient's (T, B, size) arrays are reused across calls; forward's are returned
+    assert "np.empty((T" not in gradient, gradient
+    assert gradient.count("_workspace(") >= 5, gradient
+    assert "_workspace(" not in forward, forward
+    # vjp's input adjoint is a fresh array: a later call does not overwrite it
+    cell = rs.cells.lstm()
+    params, inputs, targets = random_problem(cell, T=5, B=2, seed=1)
+    loss, grads, input_grads, h0_grads = kernel.vjp(params, inputs, targets)
+    kept = {n: a.copy() for n, a in {**grads, **input_grads, **h0_grads}.items()}
+    other = random_problem(cell, T=5, B=2, seed=2)
+    kernel.vjp(*other)
+    for n, a in {**grads, **input_grads, **h0_grads}.items():
+        np.testing.assert_array_equal(a, kept[n], err_msg=n)
+    # the module frees its workspaces on request; the next call makes them again
+    kernel.clear_workspaces()
+    assert not kernel.module._WORKSPACE
+    again = kernel.vjp(params, inputs, targets)
+    assert again[0] == loss
+
+
+def test_sigmoid_is_accurate_and_finite_on_both_sides_of_its_size_switch():
+    import mpmath
+
+    from rnnsym.backends.numpy_runtime import _sigmoid
+
+    eps = np.finfo(np.float64).eps
+    mpmath.mp.dps = 30  # the exact values, rounded once to float64
+    # above 512 entries: 1 / (1 + e) or e / (1 + e), e = exp(-|a|), each step to an ulp: 2 ulp
+    # allowed. Below: exp(-softplus(-a)), whose exponential amplifies the rounding of the
+    # softplus by its magnitude, up to ~|a| ulp: 64 ulp allowed on [-40, 40]
+    for grid, ulps in ((np.linspace(-700.0, 700.0, 4001), 2), (np.linspace(-40.0, 40.0, 256), 64)):
+        exact = np.array([float(1 / (1 + mpmath.exp(-mpmath.mpf(a)))) for a in grid])
+        got = _sigmoid(grid)
+        assert got.dtype == np.float64 and np.all(np.isfinite(got))
+        normal = exact > 1e-300  # below, the float64 value is subnormal or 0, as it should be
+        rel = np.abs(got[normal] - exact[normal]) / exact[normal]
+        assert rel.max() <= ulps * eps, (len(grid), rel.max() / eps)
+    for size in (10, 600):
+        assert _sigmoid(np.zeros(size, np.float32)).dtype == np.float32

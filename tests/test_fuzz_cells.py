@@ -348,6 +348,16 @@ def _check_kernels(recipe, T: int = 3, B: int = 2, seed: int = 0, notes: bool = 
         np.testing.assert_allclose(
             grads_f[name], g, rtol=0, atol=1e-9 * scale, err_msg=f"{name}\n{text}"
         )
+    # what a call returns is its own: the next calls (same shapes, other data), which reuse
+    # the kernel's workspaces, leave every returned array as it was
+    returned = reverse.vjp(params, inputs, targets)
+    arrays = [a for group in returned[1:] for a in group.values()]
+    before = [a.copy() for a in arrays]
+    other = random_problem(cell, sizes=SIZES, T=T, B=B, seed=seed + 1)
+    reverse.vjp(*other)
+    reverse.loss_and_grad(*other)
+    for got, want in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=text)
 
 
 # regressions: the cells of issue 10 §1, as recipes

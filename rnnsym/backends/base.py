@@ -76,6 +76,14 @@ class Kernel:
             )
         return self.module.vjp(params, inputs, targets, h0)
 
+    def clear_workspaces(self) -> None:
+        """Free the sequence arrays the NumPy kernel keeps between calls of ``loss_and_grad``
+        and ``vjp`` (reused by the next call of the same shapes, to spare their page faults);
+        the next call allocates them again. Other backends keep none."""
+        clear = getattr(self.module, "clear_workspaces", None)
+        if clear is not None:
+            clear()
+
     def write(self, path: str | Path) -> Path:
         """Write the module source to ``path`` (importable without rnnsym, with its framework)."""
         path = Path(path)

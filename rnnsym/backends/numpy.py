@@ -204,6 +204,72 @@ def _recycle_buffers(statements: list) -> list:
     return out
 
 
+_ANY_ALLOC = re.compile(r"^np\.empty\((\(T(?: \+ 1)?, B, .+\)), dtype=dtype\)$")
+_NAME_OR_VIEW = re.compile(r"^(\w+)(?:\[.*\])?$")
+_RETURNED = re.compile(r"\breturn\b(.*)$")
+
+
+def _use_workspaces(statements: list) -> list:
+    """Take the whole-sequence arrays of ``_loss_and_grad`` (``np.empty`` of (T, B, size) or
+    (T + 1, B, size), and sized ``_mm`` results) from the module's workspace, reused across
+    calls of the same shapes: a fresh array of a few MB is page-faulted in on every call, which
+    costs more than the arithmetic on it. An array the function returns, or that a returned
+    name aliases or views, is left a fresh allocation."""
+    alias: dict[str, str] = {}  # name -> the name it aliases or views
+
+    def walk(stmts):
+        for stmt in stmts:
+            if isinstance(stmt, Loop):
+                walk(stmt.body)
+                continue
+            if isinstance(stmt, Line) and " = " in stmt.code:
+                target, value = stmt.code.split(" = ", 1)
+            elif isinstance(stmt, Assign) and isinstance(stmt.value, str):
+                target, value = stmt.target, stmt.value
+            else:
+                continue
+            value = value.split("  #")[0].strip()
+            match = _NAME_OR_VIEW.match(value)
+            if target.isidentifier() and match:
+                alias[target] = match.group(1)
+
+    walk(statements)
+    returned: set[str] = set()
+    for stmt in statements:
+        text = stmt.code if isinstance(stmt, Line) else ""
+        found = _RETURNED.search(text)
+        if found:
+            names = re.sub(r"'[^']*'", "", found.group(1))  # the keys are not names
+            returned |= set(re.findall(r"\b[A-Za-z_]\w*\b", names))
+    kept = set()
+    for name in returned:
+        seen = set()
+        while name not in seen:  # the chain of aliases down to the allocated array
+            seen.add(name)
+            kept.add(name)
+            name = alias.get(name, name)
+    out = []
+    for stmt in statements:
+        if isinstance(stmt, Line) and " = " in stmt.code:
+            target, value = stmt.code.split(" = ", 1)
+            match = _ANY_ALLOC.match(value)
+            if match and target.isidentifier() and target not in kept:
+                stmt = Line(f"{target} = _workspace({target!r}, {match.group(1)}, dtype)")
+        elif (
+            isinstance(stmt, Assign)
+            and isinstance(stmt.value, str)
+            and stmt.size
+            and _SEQUENCE_MM.match(stmt.value)
+            and "out=" not in stmt.value
+            and stmt.target not in kept
+        ):
+            shape = f"(T, B, {stmt.size})"
+            value = f"{stmt.value[:-1]}, out=_workspace({stmt.target!r}, {shape}, dtype))"
+            stmt = Assign(stmt.target, value, stmt.comment, stmt.size)
+        out.append(stmt)
+    return out
+
+
 def _drop_unused_aliases(statements: list, keep: set) -> list:
     """Leave out ``a = b`` (a name bound to an existing array) where nothing later reads a,
     unless a is in ``keep`` (returned)."""
@@ -290,10 +356,13 @@ def _backward_values(d: Derivation, is_batch) -> set:
 
 
 def _key(expr):
-    """``expr`` as a hashable key that does not depend on the order of the terms of a sum or
-    the factors of a Hadamard product."""
+    """``expr`` as a hashable key that does not depend on the order or the grouping of the
+    terms of a sum or the factors of a Hadamard product."""
     if isinstance(expr, (MatAdd, HadamardProduct)):
-        return (type(expr).__name__, tuple(sorted((_key(a) for a in expr.args), key=str)))
+        args = list(expr.args)
+        while any(type(a) is type(expr) for a in args):
+            args = [b for a in args for b in (a.args if type(a) is type(expr) else (a,))]
+        return (type(expr).__name__, tuple(sorted((_key(a) for a in args), key=str)))
     if isinstance(expr, Basic) and expr.args and not isinstance(expr, MatrixSymbol):
         return (type(expr).__name__, tuple(_key(a) for a in expr.args))
     return expr
@@ -326,6 +395,8 @@ class Phase:
         self.stmts: list = []
         self.bound: dict = {}  # subexpression -> placeholder symbol
         self.values: dict = {}  # name -> the expression assigned to it
+        # elementwise values for all t computed by ufuncs in their own array, no temporaries
+        self.in_place = False
 
     def print(self, expr: MatrixExpr) -> str:
         printer = self.gen.backend.printer(self.names, self.gen.batch, self.sequence)
@@ -361,6 +432,82 @@ class Phase:
                 return f"{module}.{ufunc}({self.print(a)}, {self.print(b)}, out={dest})"
         return None
 
+    def lines_into(self, expr: MatrixExpr, dest: str) -> list[str] | None:
+        """Statements that compute the elementwise ``expr`` in the array ``dest`` with ufuncs
+        writing ``out=dest``, so no temporary as large as ``dest`` is made; ``None`` where the
+        expression has more than one compound operand at some node, or is not elementwise."""
+        np_ = self.gen.backend.module
+
+        def atomic(e) -> bool:
+            return not _allocates(e)
+
+        def number(c) -> str:
+            return repr(float(c))
+
+        def go(e) -> list[str] | None:
+            if isinstance(e, Apply) and e.activation.numpy in _UFUNCS:
+                ufunc = self.gen.backend.printer.function(e.activation.numpy)
+                if atomic(e.arg):
+                    return [f"{ufunc}({self.print(e.arg)}, out={dest})"]
+                inner = go(e.arg)
+                return None if inner is None else [*inner, f"{ufunc}({dest}, out={dest})"]
+            if isinstance(e, MatMul):
+                coeff, factors = coeff_and_factors(e)
+                if len(factors) != 1 or not coeff.is_number:
+                    return None
+                (factor,) = factors
+                if atomic(factor):
+                    return [f"{np_}.multiply({self.print(factor)}, {number(coeff)}, out={dest})"]
+                inner = go(factor)
+                if inner is None:
+                    return None
+                return [*inner, f"{np_}.multiply({dest}, {number(coeff)}, out={dest})"]
+            if isinstance(e, HadamardProduct):
+                compound = [a for a in e.args if not atomic(a)]
+                atoms = [self.print(a) for a in e.args if atomic(a)]
+                if len(compound) > 1:
+                    return None
+                if compound:
+                    lines = go(compound[0])
+                    if lines is None:
+                        return None
+                else:
+                    lines = [f"{np_}.multiply({atoms[0]}, {atoms[1]}, out={dest})"]
+                    atoms = atoms[2:]
+                return lines + [f"{np_}.multiply({dest}, {a}, out={dest})" for a in atoms]
+            if isinstance(e, MatAdd):
+                terms = signed_terms(e)
+                compound = [(neg, m) for neg, m in terms if not atomic(m)]
+                atoms = [(neg, self.print(m)) for neg, m in terms if atomic(m)]
+                if len(compound) > 1:
+                    return None
+                if compound:
+                    negative, magnitude = compound[0]
+                    lines = go(magnitude)
+                    if lines is None:
+                        return None
+                    if negative:
+                        plus = next((a for a in atoms if not a[0]), None)
+                        if plus is None:
+                            lines.append(f"{np_}.negative({dest}, out={dest})")
+                        else:
+                            atoms.remove(plus)
+                            lines.append(f"{np_}.subtract({plus[1]}, {dest}, out={dest})")
+                else:
+                    (first_negative, first), (negative, second) = atoms[:2]
+                    if first_negative:
+                        return None
+                    ufunc = "subtract" if negative else "add"
+                    lines = [f"{np_}.{ufunc}({first}, {second}, out={dest})"]
+                    atoms = atoms[2:]
+                for negative, atom in atoms:
+                    ufunc = "subtract" if negative else "add"
+                    lines.append(f"{np_}.{ufunc}({dest}, {atom}, out={dest})")
+                return lines
+            return None
+
+        return None if atomic(expr) else go(expr)
+
     def assign_into(self, name: str, expr: MatrixExpr, dest: str, comment: str = "") -> None:
         """``name = expr`` kept in ``dest`` too, written there directly where NumPy allows."""
         text = self.print_into(expr, dest)
@@ -375,6 +522,13 @@ class Phase:
     def assign(self, name: str, expr: MatrixExpr, comment: str = "") -> None:
         expr = expr.xreplace(self.bound)
         self.values[name] = expr
+        if self.in_place and self.sequence and self.gen.is_batch(expr):
+            lines = self.lines_into(expr, name) if expr.shape[1] == 1 else None
+            if lines:
+                size = self.gen.size_text(expr.shape[0])
+                self.stmts.append(Line(f"{name} = {self.gen.backend.empty(f'(T, B, {size})')}"))
+                self.stmts.extend(Line(line) for line in lines)
+                return
         if self.sequence and isinstance(expr, MatAdd) and self.gen.is_batch(expr):
             # a sum over whole sequences: one new array, the other terms added in place
             # (a fresh large temporary per term costs more than the arithmetic)
@@ -595,13 +749,17 @@ class KernelGenerator:
 
     # ----- hoisting loop-invariant work out of a loop -----
 
-    def hoist(self, expr, variant: set, loop_names: dict, hoisted: dict):
-        """Replace the parts of ``expr`` free of ``variant`` by arrays computed for all t."""
+    def hoist(self, expr, variant: set, loop_names: dict, hoisted: dict, elementwise: bool = False):
+        """Replace the parts of ``expr`` free of ``variant`` by arrays computed for all t: the
+        matrix products only, or with ``elementwise`` every part that computes something."""
         if self.stored and isinstance(expr, (Apply, MatAdd, MatMul)):
             kept = self.stored.get(_key(expr))  # computed by the forward loop for all t
             if kept is not None:
                 return kept
-        if not (leaves(expr) & variant) and not _gemm_rooted(expr, self.is_batch):
+        if elementwise and not (leaves(expr) & variant):
+            if isinstance(expr, MatrixSymbol) or not self.is_batch(expr):
+                return expr
+        elif not (leaves(expr) & variant) and not _gemm_rooted(expr, self.is_batch):
             # elementwise work stays in the loop, on arrays that fit in cache;
             # only the matrix products inside it are worth doing for all t at once
             if isinstance(expr, MatrixSymbol) or not self.is_batch(expr):
@@ -627,15 +785,35 @@ class KernelGenerator:
         if isinstance(expr, MatAdd):
             invariant = [a for a in expr.args if not (leaves(a) & variant)]
             rest = [
-                self.hoist(a, variant, loop_names, hoisted)
+                self.hoist(a, variant, loop_names, hoisted, elementwise)
                 for a in expr.args
                 if leaves(a) & variant
             ]
             if invariant:
-                rest.insert(0, self.hoist(add(*invariant), variant, loop_names, hoisted))
+                whole = add(*invariant)
+                rest.insert(0, self.hoist(whole, variant, loop_names, hoisted, elementwise))
             return add(*rest)
+        if elementwise and isinstance(expr, HadamardProduct):
+            # the forward-only factors (σ and 1 − σ of a gate) as one array for all t
+            factors = list(expr.args)
+            while any(isinstance(a, HadamardProduct) for a in factors):
+                factors = [
+                    b for a in factors for b in (a.args if isinstance(a, HadamardProduct) else (a,))
+                ]
+            invariant = [a for a in factors if not (leaves(a) & variant)]
+            rest = [
+                self.hoist(a, variant, loop_names, hoisted, elementwise)
+                for a in factors
+                if leaves(a) & variant
+            ]
+            if invariant:
+                whole = hadamard(*invariant)
+                rest.insert(0, self.hoist(whole, variant, loop_names, hoisted, elementwise))
+            return hadamard(*rest)
         args = [
-            self.hoist(a, variant, loop_names, hoisted) if isinstance(a, MatrixExpr) else a
+            self.hoist(a, variant, loop_names, hoisted, elementwise)
+            if isinstance(a, MatrixExpr)
+            else a
             for a in expr.args
         ]
         return expr.func(*args)
@@ -886,6 +1064,7 @@ class KernelGenerator:
             zeros = self.backend.zeros_like(f"{self.all_name[n]}[0]")
             stmts.append(Line(f"{carry_names[n]} = {zeros}"))
         pre = Phase(self, phase.names, "v")
+        pre.in_place = self.backend.name == "numpy"
         pre.bound = dict(phase.bound)
         loop_names = {p.symbol: n for n, p in cell.params.items()}
         # what the forward pass already computed for all t (W_x x(t)) is read, not recomputed
@@ -896,12 +1075,15 @@ class KernelGenerator:
             pre.bound[expr] = pre.name(MatrixSymbol(whole, *expr.shape), whole, True)
         self.pending = []
         order = list(reversed(self.state_order))
+        # every forward-only factor of the adjoint step (a gate, 1 - h∘h) is computed for all
+        # t before the loop, one array operation instead of T; the loop keeps only what reads
+        # an adjoint
         local_exprs = {
-            n: [self.hoist(e, adjoint_syms, loop_names, hoisted) for e in self.loop_local[n]]
+            n: [self.hoist(e, adjoint_syms, loop_names, hoisted, True) for e in self.loop_local[n]]
             for n in order
         }
         carry_exprs = {
-            n: self.hoist(e, adjoint_syms, loop_names, hoisted) for n, e in d.carry.items()
+            n: self.hoist(e, adjoint_syms, loop_names, hoisted, True) for n, e in d.carry.items()
         }
         pre.emit(self.pending)
         if pre.stmts:
@@ -938,9 +1120,11 @@ class KernelGenerator:
             loop.stmts.append(Store(f"g_{n}", "t", g_t))
         # products the parameter gradients need are kept for all t
         force = set()
+        # matched as keys: the hoisting may have grouped a product's factors differently
+        wanted_by_key = {_key(w): w for w in wanted}
         for expr in carry_exprs.values():
             for node in postorder([expr]):
-                if self.original(node) in wanted and _is_worth_binding(node):
+                if _key(self.original(node)) in wanted_by_key and _is_worth_binding(node):
                     force.add(node.xreplace(loop.bound))
         first = len(loop.stmts)
         forced = loop.emit([(carry_names[n], e, "") for n, e in carry_exprs.items()], force)
@@ -950,7 +1134,7 @@ class KernelGenerator:
             seq_name = self.namer.fresh(f"{temp}_seq")
             size = self.size_text(node.shape[0])
             stmts.append(Line(f"{seq_name} = {self.backend.empty(f'(T, B, {size})')}"))
-            stored[self.original(node, loop.bound)] = seq_name
+            stored[wanted_by_key[_key(self.original(node, loop.bound))]] = seq_name
             store_after[temp] = Store(seq_name, "t", temp)
         body = loop.stmts[:first]
         for stmt in loop.stmts[first:]:
@@ -1037,7 +1221,7 @@ class KernelGenerator:
         ]
         grad_body = [*fwd_stmts, *phase.stmts, *grads.stmts, *tail]
         if self.backend.name == "numpy":  # the recycling rewrites NumPy's own calls
-            grad_body = _recycle_buffers(grad_body)
+            grad_body = _use_workspaces(_recycle_buffers(grad_body))
         return self.function_statements(forward_body, grad_body)
 
     def composition_tail(self, grads: Phase, grad_dict: str) -> list:
@@ -1241,6 +1425,7 @@ def _helper_source(name: str) -> str:
     return inspect.getsource(getattr(_runtime, name)).rstrip()
 
 
+_WORKSPACE_COMMENT = "(thread, array name, shape, dtype) -> the array, for the next call"
 _CHECKED_COMMENT = "shape signature of a call whose arrays passed -> (sizes, T, B, dtype)"
 
 
@@ -1317,12 +1502,20 @@ def _assemble(
     )
     # the safety net: the generated functions use the cell's names for its quantities only
     module_level = {"np", "SPEC", "forward", "loss_and_grad", "vjp", *_HELPER_ORDER}
+    module_level |= {"threading", "_WORKSPACE", "_workspace", "clear_workspaces"}
     check_namespace(f"{fwd}\n\n\n{grad}\n", cell, module_level)
+    workspace = "_workspace(" in grad
     parts = [
         doc,
-        "import numpy as np",
+        "import threading\n\nimport numpy as np" if workspace else "import numpy as np",
         "SPEC = " + pprint.pformat(spec, width=96, sort_dicts=False),
         _runtime_source(helpers),
+        *(
+            [f"_WORKSPACE = {{}}  # {_WORKSPACE_COMMENT}"]
+            + [_helper_source(n) for n in ("_workspace", "clear_workspaces")]
+            if workspace
+            else []
+        ),
         forward_api,
         grad_api,
         *([vjp_api] if with_vjp else []),

@@ -5,12 +5,22 @@ file is their single source and is imported by rnnsym's tests like any module. A
 row layout: a vector quantity of one step is an array (B, size), a sequence is (T, B, size).
 """
 
+import threading
+
 import numpy as np
 
 
 def _sigmoid(a):
-    # 1 / (1 + exp(-a)) without overflow for large |a|
-    return np.exp(-np.logaddexp(0.0, -a))
+    # 1 / (1 + exp(-a)) without overflow for any a, to a few ulp. Below 512 entries (where
+    # the number of NumPy calls costs most) as exp(-log(1 + exp(-a))); above, with one
+    # exponential instead of two: with e = exp(-|a|) <= 1, 1 / (1 + e) where a >= 0 and
+    # e / (1 + e) where a < 0
+    if a.size < 512:
+        return np.exp(-np.logaddexp(0.0, -a))
+    e = np.exp(-np.abs(a))
+    out = np.where(a >= 0, 1.0, e)
+    out /= 1.0 + e
+    return out
 
 
 def _softplus(a):
@@ -95,6 +105,28 @@ def _add_seed(block, z, r, start):
     rt = np.broadcast_to(r, (batch, cols)).T[None, :, :]
     view[start + k, :, :, k] += zt * rt
     return block
+
+
+_WORKSPACE = {}  # (thread, array name, shape, dtype) -> the array, for the next call
+
+
+def _workspace(name, shape, dtype):
+    # the whole-sequence array `name` of _loss_and_grad for these shapes, kept from the last
+    # call in this thread (a fresh array of a few MB is page-faulted in on every call); never
+    # an array the kernel returns
+    key = (threading.get_ident(), name, shape, dtype)
+    array = _WORKSPACE.get(key)
+    if array is None:
+        if len(_WORKSPACE) >= 256:
+            _WORKSPACE.clear()
+        array = _WORKSPACE[key] = np.empty(shape, dtype=dtype)
+    return array
+
+
+def clear_workspaces():
+    """Free the arrays kept between calls of loss_and_grad and vjp (they are reallocated, at
+    the cost of their page faults, by the next call)."""
+    _WORKSPACE.clear()
 
 
 def _shape_text(shape):
