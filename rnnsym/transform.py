@@ -7,10 +7,11 @@ wrappers of the torch and JAX backends run as their backward pass.
 
 from __future__ import annotations
 
-from .cell import Cell
+from .cell import Cell, _check_name
+from .errors import CellError
 from .losses import linear_loss
 
-__all__ = ["replay", "fresh_name", "vjp_cell"]
+__all__ = ["replay", "fresh_name", "suffixed", "vjp_cell"]
 
 
 def replay(
@@ -84,6 +85,17 @@ def replay(
         for term in src._loss_terms:
             dst.loss(sub(term.expr))
     return mapping
+
+
+def suffixed(name: str, suffix: str) -> str:
+    """``name + suffix``, or without the suffix's underscores where that is a name reserved for
+    generated code: a state ``g`` of layer 1 becomes ``g1``, as ``g_1`` reads as an adjoint."""
+    candidate = name + suffix
+    try:
+        _check_name(candidate, "")
+    except CellError:
+        return name + suffix.replace("_", "")
+    return candidate
 
 
 def fresh_name(cell: Cell, base: str) -> str:

@@ -210,3 +210,37 @@ def test_nan_padding_after_a_sequence_end_reaches_nothing():
     for name in grads:
         np.testing.assert_array_equal(grads_nan[name], grads[name])
     assert np.isnan(padded["x"][2:, 0]).all()  # the caller's array is untouched
+
+
+def _layer_with_state(name: str) -> rs.Cell:
+    cell = rs.Cell(f"layer_{name}")
+    n, m = cell.dims("n m")
+    x, s = cell.input("x", m), cell.state(name, n)
+    W, U = cell.param("W", n, n), cell.param("U", n, m)
+    cell.update(s, rs.tanh(W @ s.prev + U @ x))
+    return cell
+
+
+def test_a_layer_state_named_g_stacks_and_goes_both_ways():
+    # the report names the backward state g; suffixing it must not give g_1 or g_b, which
+    # read as adjoints in generated code and are refused as names
+    from rnnsym.verify import check_gradients
+
+    top = rs.Cell("top")
+    n, k = top.dims("n k")
+    h = top.state("h", n)
+    x = top.input("x", n)
+    W, U, V = top.param("W", n, n), top.param("U", n, n), top.param("V", k, n)
+    top.update(h, rs.tanh(W @ h.prev + U @ x))
+    top.loss(rs.squared_error(top.output("o", V @ h), top.target("y", k)))
+    stacked = rs.stack(_layer_with_state("g"), top)
+    assert set(stacked.states) == {"g1", "h_2"}
+    # central differences, check_gradients' documented tolerance (1e-6 relative + rounding)
+    assert check_gradients(rs.compile(stacked), *random_problem(stacked, T=3, B=2)).ok
+    head = rs.Cell("head")
+    n, k = head.dims("n k")
+    g, gb = head.input("g", n), head.input("gb", n)
+    V, Vb = head.param("V", k, n), head.param("Vb", k, n)
+    head.loss(rs.squared_error(head.output("o", V @ g + Vb @ gb), head.target("y", k)))
+    model = rs.bidirectional(_layer_with_state("g"), head=head)
+    assert "gb" in model.parts["backward"].cell.states

@@ -26,7 +26,7 @@ from ..derive import Derivation, Equation, derive
 from ..errors import CellError, ShapeError
 from ..losses import linear_loss
 from ..problems import random_problem
-from ..transform import fresh_name, replay
+from ..transform import fresh_name, replay, suffixed
 
 __all__ = [
     "stack",
@@ -114,7 +114,7 @@ def stack(*cells: Cell, name: str | None = None) -> Cell:
             bound[x] = below
 
         def rename(old, i=i):
-            return f"{old}_{i}"
+            return suffixed(old, f"_{i}")
 
         last = i == len(cells)
         mapping = replay(cell, merged, rename, dim_map, bound, loss=last)
@@ -251,7 +251,11 @@ def _check_head(head: Cell, readable: dict[str, Cell], what: str) -> dict[str, s
 
 def _renamed(cell: Cell, suffix: str) -> Cell:
     copy = Cell(f"{cell.name}{suffix}")
-    replay(cell, copy, lambda n: n if n in cell.inputs or n in cell.size_symbols else n + suffix)
+    replay(
+        cell,
+        copy,
+        lambda n: n if n in cell.inputs or n in cell.size_symbols else suffixed(n, suffix),
+    )
     return copy
 
 
