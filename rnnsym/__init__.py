@@ -57,7 +57,7 @@ __all__ = [
 
 
 def compile(  # noqa: A001 - the public name
-    cell: Cell | Model, mode: str = "reverse", backend: str = "numpy"
+    cell: Cell | Model, mode: str = "reverse", backend: str = "numpy", truncate: int | None = None
 ):
     """Derive ``cell`` (or a composed model) and generate, import and return its kernel.
 
@@ -65,10 +65,20 @@ def compile(  # noqa: A001 - the public name
     ``mode="forward"`` by forward sensitivity propagation (real-time recurrent learning), whose
     memory does not grow with the sequence length. ``backend`` is ``"numpy"`` (the default),
     ``"torch"``, ``"jax"`` or ``"numba"``: the same kernel printed for that framework, with
-    the same functions and the same (T, B, size) layout.
+    the same functions and the same (T, B, size) layout. ``truncate=k`` gives truncated BPTT:
+    each step's loss back-propagates through at most k steps (k ≥ T is full BPTT exactly).
     """
     from .kernel import compile_cell
 
+    if truncate is not None:
+        if isinstance(cell, Model):
+            raise ValueError(
+                f"truncate={truncate!r}: truncated BPTT is for a cell; {cell.name!r} is a "
+                f"composed model ({cell.kind})"
+            )
+        from .truncate import compile_truncated
+
+        return compile_truncated(cell, truncate, mode=mode, backend=backend)
     if isinstance(cell, Model):
         if mode != "reverse" or backend != "numpy":
             raise ValueError(

@@ -184,7 +184,15 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
     if isinstance(cell, Model):
         if args.kernel:
             raise RnnsymError("--kernel checks the kernel of one cell, not of a composed model")
+        if args.order != 1:
+            raise RnnsymError("--order 2 derives the second order of one cell, not of a model")
         return _run_model(cell, args)
+    if args.order == 2:
+        if args.kernel or args.emit:
+            raise RnnsymError("--order 2 prints and checks the second-order recurrence only")
+        from .second_order import cli_order2
+
+        return cli_order2(cell, args)
 
     kernel = compile_cell(cell)
     checked = _load_kernel(args.kernel, cell) if args.kernel else kernel
@@ -309,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
             "verifies the NumPy kernel and compares this one with it)",
         )
         p.add_argument("--no-verify", action="store_true", help="skip the verification report")
+        p.add_argument(
+            "--order",
+            type=int,
+            choices=[1, 2],
+            default=1,
+            help="2: the second-order recurrence (Hessian-vector products, forward over "
+            "reverse) and its check against finite differences of the gradient",
+        )
         p.add_argument(
             "--T",
             type=int,

@@ -22,10 +22,15 @@ PACKAGE = Path(rnnsym.__file__).parent
 LAYERS = [
     ("base", ["rnnsym._version", "rnnsym.errors"]),
     ("ir", ["rnnsym.ir"]),
-    ("cell", ["rnnsym.cell", "rnnsym.losses", "rnnsym.problems", "rnnsym.transform"]),
+    (
+        "cell",
+        ["rnnsym.cell", "rnnsym.losses", "rnnsym.problems", "rnnsym.transform", "rnnsym.tangent"],
+    ),
     ("derive", ["rnnsym.derive", "rnnsym.labels", "rnnsym.printing", "rnnsym.display"]),
     ("lower and print", ["rnnsym.backends", "rnnsym.kernel", "rnnsym.braket"]),
     ("models", ["rnnsym.models", "rnnsym.cells"]),
+    # analysis on generated kernels: truncated BPTT, gradient flow, second order
+    ("analysis", ["rnnsym.truncate", "rnnsym.flow", "rnnsym.second_order"]),
     ("verify", ["rnnsym.verify"]),
     ("tools", ["rnnsym.paper", "rnnsym.unroll", "rnnsym.demo", "rnnsym.cli", "rnnsym.__main__"]),
     ("package", ["rnnsym"]),
