@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from .cell import Cell, _check_name
 from .errors import CellError
+from .ir.ops import hadamard
 from .losses import linear_loss
 
-__all__ = ["replay", "fresh_name", "suffixed", "vjp_cell"]
+__all__ = ["replay", "fresh_name", "suffixed", "vjp_cell", "masked_cell"]
 
 
 def replay(
@@ -125,3 +126,20 @@ def vjp_cell(cell: Cell) -> tuple[Cell, dict[str, str]]:
         out.loss(linear_loss(d, quantity))
     out.check()
     return out, seeds
+
+
+def masked_cell(cell: Cell) -> tuple[Cell, str]:
+    """``cell`` with each step's loss L(t) weighted by a new per-step input m(t) of size 1.
+
+    With m(t) = 1 up to a sequence's length and 0 after it, the steps past the end add nothing
+    to the loss, and so nothing to any gradient: their adjoints vanish, and the forward
+    recurrence never reads a later step. Returns the cell and the name of the weight input.
+    """
+    out = Cell(f"{cell.name}_masked")
+    mapping = replay(cell, out, loss=False, outputs=True)
+    name = fresh_name(out, "mask")
+    weight = out.input(name, 1).symbol
+    for term in cell._loss_terms:
+        out.loss(hadamard(weight, term.expr.xreplace(mapping)))
+    out.check()
+    return out, name

@@ -406,6 +406,8 @@ class RowPrinter(Printer):
             return self._literal(expr)
         if isinstance(expr.arg, SumOuter):
             return f"{self._print(expr.arg)}.T"
+        if expr.shape == (1, 1):  # one number per row (a per-step weight): its own transpose
+            return self._print(expr.arg)
         raise DerivationError(f"cannot print the batched transpose {sp.sstr(expr)}")
 
     def _print_LogSumExp(self, expr) -> str:

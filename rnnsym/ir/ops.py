@@ -416,7 +416,8 @@ def hadamard(*factors: MatrixExpr) -> MatrixExpr:
     shape = flat[0].shape
     if coeff == 0 or any(is_zero(f) for f in flat):
         return ZeroMatrix(*shape)
-    kept = [f for f in flat if not isinstance(f, OneMatrix)]
+    # all-ones factors, and the 1×1 identity (the seed ∂L/∂L), multiply by one
+    kept = [f for f in flat if not isinstance(f, (OneMatrix, Identity))]
     if not kept:
         return mul(coeff, OneMatrix(*shape))
     body = kept[0] if len(kept) == 1 else HadamardProduct(*kept)
@@ -424,9 +425,12 @@ def hadamard(*factors: MatrixExpr) -> MatrixExpr:
 
 
 def transpose(expr: MatrixExpr) -> MatrixExpr:
-    """Transpose, pushed down to the leaves (``(A B)ᵀ = Bᵀ Aᵀ``, ``(Aᵀ)ᵀ = A``)."""
+    """Transpose, pushed down to the leaves (``(A B)ᵀ = Bᵀ Aᵀ``, ``(Aᵀ)ᵀ = A``); a 1×1 symbol
+    (a per-step weight) is its own transpose."""
     if isinstance(expr, Transpose):
         return expr.arg
+    if isinstance(expr, MatrixSymbol) and expr.shape == (1, 1):
+        return expr
     if isinstance(expr, MatMul):
         coeff, factors = coeff_and_factors(expr)
         return mul(coeff, *[transpose(f) for f in reversed(factors)])

@@ -1,0 +1,158 @@
+"""Sequences of different lengths in one padded batch: ``lengths=`` for every kernel.
+
+A batch of B sequences is padded to T steps; ``lengths[b]`` says how many steps of sequence b
+are real. The kernel of :func:`rnnsym.transform.masked_cell` weights each step's loss by
+m(t, b) = 1 for t < lengths[b] and 0 after, so the padded steps add nothing to the loss and,
+their adjoints being zero, carry no gradient: the result equals running each sequence alone at
+its own length. The forward recurrence never reads a later step, so states up to a sequence's
+end are untouched by its padding. The padding itself is set to zero before the kernel runs
+(NaN padding would otherwise give 0 · NaN = NaN), and ``forward`` returns zeros past each end.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from ..derive import derive
+from ..transform import masked_cell
+
+__all__ = ["check_lengths", "masked_kernel", "forward", "loss_and_grad", "vjp"]
+
+
+def check_lengths(lengths, T: int, B: int) -> np.ndarray:
+    """``lengths`` as an integer array (B,) with every entry in 1..T; a clear error otherwise."""
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu" or array.ndim != 1:
+        shape = "(" + ", ".join(map(str, array.shape)) + ("," if array.ndim == 1 else "") + ")"
+        raise ValueError(
+            f"lengths has shape {shape} and dtype {array.dtype}; expected integers of shape "
+            f"({B},), one per sequence"
+        )
+    if array.shape != (B,):
+        raise ValueError(
+            f"lengths has shape ({array.shape[0]},); expected ({B},), one per sequence of the batch"
+        )
+    bad = np.flatnonzero((array < 1) | (array > T))
+    if len(bad):
+        b = int(bad[0])
+        raise ValueError(
+            f"lengths[{b}] = {int(array[b])}; a length must be in 1..{T} (the inputs have {T} "
+            f"steps)"
+        )
+    return array
+
+
+def masked_kernel(kernel):
+    """The kernel of ``kernel``'s cell with each step's loss weighted by a mask input, built
+    once per kernel for its backend; returns ``(masked kernel, name of the mask input)``."""
+    cached = getattr(kernel, "_masked", None)
+    if cached is None:
+        cell, name = masked_cell(kernel.cell)
+        derivation = derive(cell)
+        if kernel.backend == "numpy":
+            from .base import Kernel
+            from .numpy import generate_module
+
+            compiled = Kernel(derivation, generate_module(derivation))
+        else:
+            backend = importlib.import_module(f"rnnsym.backends.{kernel.backend}")
+            compiled = backend.compile_derivation(derivation)
+        cached = kernel._masked = (compiled, name)
+    return cached
+
+
+def _where(kernel, condition: np.ndarray, a):
+    """``a`` where ``condition`` (a NumPy boolean array that broadcasts), else 0, in a's own
+    array type, dtype and device."""
+    if kernel.backend == "torch":
+        import torch
+
+        keep = torch.as_tensor(condition, device=a.device)
+        return torch.where(keep, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    if kernel.backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.where(condition, a, jnp.zeros((), dtype=a.dtype))
+    return np.where(condition, a, np.zeros((), dtype=a.dtype))
+
+
+def _as_array(kernel, array: np.ndarray, like):
+    """A NumPy array as an array of ``like``'s type, dtype and device."""
+    if kernel.backend == "torch":
+        import torch
+
+        return torch.as_tensor(array, dtype=like.dtype, device=like.device)
+    if kernel.backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(array, dtype=like.dtype)
+    return array.astype(like.dtype)
+
+
+def _steps(kernel, inputs) -> tuple[int, int]:
+    """T and B of the padded batch, from the first per-step input."""
+    context = kernel.spec.get("context", ())
+    if not isinstance(inputs, dict):
+        raise ValueError(
+            f"inputs must be a dict mapping names to arrays, got {type(inputs).__name__}"
+        )
+    for name in kernel.spec["inputs"]:
+        if name in inputs and name not in context and hasattr(inputs[name], "shape"):
+            shape = inputs[name].shape
+            if len(shape) == 3:
+                return int(shape[0]), int(shape[1])
+    raise ValueError("lengths= needs a per-step input (T, B, size) to take T and B from")
+
+
+def _padded(kernel, inputs, targets, lengths):
+    """(valid (T, B) boolean array, inputs and targets with their padding set to zero)."""
+    T, B = _steps(kernel, inputs)
+    lengths = check_lengths(lengths, T, B)
+    valid = np.arange(T)[:, None] < lengths[None, :]
+    context = kernel.spec.get("context", ())
+    classes = kernel.spec.get("classes", ())
+
+    def zeroed(group, name, a):
+        if name in context or not hasattr(a, "shape") or tuple(a.shape[:2]) != (T, B):
+            return a  # given once per sequence, or malformed: the kernel's check names it
+        if group == "targets" and name in classes:
+            return _where(kernel, valid, a)
+        return _where(kernel, valid[..., None], a)
+
+    inputs = {n: zeroed("inputs", n, a) for n, a in inputs.items()}
+    if isinstance(targets, dict):
+        targets = {n: zeroed("targets", n, a) for n, a in targets.items()}
+    return valid, inputs, targets
+
+
+def _with_mask(kernel, inputs, valid, name):
+    like = next(a for a in inputs.values() if hasattr(a, "dtype"))
+    mask = _as_array(kernel, valid[..., None].astype(np.float64), like)
+    return {**inputs, name: mask}
+
+
+def forward(kernel, params, inputs, h0=None, lengths=None) -> dict:
+    """``kernel.forward`` of a padded batch: states and outputs, zero past each sequence's end."""
+    valid, inputs, _ = _padded(kernel, inputs, None, lengths)
+    out = kernel.forward(params, inputs, h0)
+    return {n: _where(kernel, valid[..., None], a) for n, a in out.items()}
+
+
+def loss_and_grad(kernel, params, inputs, targets, h0=None, lengths=None):
+    """``kernel.loss_and_grad`` of a padded batch: the loss of the real steps only."""
+    masked, name = masked_kernel(kernel)
+    valid, inputs, targets = _padded(kernel, inputs, targets, lengths)
+    return masked.loss_and_grad(params, _with_mask(kernel, inputs, valid, name), targets, h0)
+
+
+def vjp(kernel, params, inputs, targets, h0=None, lengths=None):
+    """``kernel.vjp`` of a padded batch; the input adjoints are zero past each sequence's end."""
+    masked, name = masked_kernel(kernel)
+    valid, inputs, targets = _padded(kernel, inputs, targets, lengths)
+    loss, grads, input_grads, h0_grads = masked.vjp(
+        params, _with_mask(kernel, inputs, valid, name), targets, h0
+    )
+    input_grads = {n: a for n, a in input_grads.items() if n != name}
+    return loss, grads, input_grads, h0_grads
