@@ -33,17 +33,23 @@ __all__ = [
 ]
 
 
-def elman() -> Cell:
-    """The Elman RNN of the report, eqs. (2)–(5), with the squared-error loss."""
-    cell = Cell("elman")
-    n, m, k = cell.dims("n m k")
+def elman(output: bool = True) -> Cell:
+    """The Elman RNN of the report, eqs. (2)–(5), with the squared-error loss.
+
+    ``output=False``: the recurrent layer alone, eqs. (2)–(3) (no output, target or loss), a
+    layer for ``rs.stack`` and ``rs.bidirectional``; so for every built-in cell below.
+    """
+    cell = Cell("elman" if output else "elman_layer")
+    n, m = cell.dims("n m")
     x = cell.input("x", m)
     h = cell.state("h", n)
     W, U, b = cell.param("W", n, n), cell.param("U", n, m), cell.param("b", n)
-    V, c = cell.param("V", k, n), cell.param("c", k)
     cell.update(h, rx.tanh(b + W @ h.prev + U @ x))  # eqs. (2)-(3)
-    o = cell.output("o", c + V @ h)  # eq. (4)
-    cell.loss(squared_error(o, cell.target("y", k)))  # eq. (5), summed over t
+    if output:
+        k = cell.dims("k")
+        V, c = cell.param("V", k, n), cell.param("c", k)
+        o = cell.output("o", c + V @ h)  # eq. (4)
+        cell.loss(squared_error(o, cell.target("y", k)))  # eq. (5), summed over t
     return cell
 
 
@@ -70,15 +76,18 @@ def slides() -> Cell:
     return cell
 
 
-def _output_layer(cell: Cell, h, n, k) -> None:
+def _output_layer(cell: Cell, h, n, output: bool) -> None:
+    if not output:
+        return
+    k = cell.dims("k")
     V, b_V = cell.param("V", k, n), cell.param("b_V", k)
     out = cell.output("out", V @ h + b_V)
     cell.loss(squared_error(out, cell.target("y", k)))
 
 
-def _lstm(name: str, peepholes: bool) -> Cell:
-    cell = Cell(name)
-    n, m, k = cell.dims("n m k")
+def _lstm(name: str, peepholes: bool, output: bool = True) -> Cell:
+    cell = Cell(name if output else f"{name}_layer")
+    n, m = cell.dims("n m")
     x = cell.input("x", m)
     h, c = cell.state("h", n), cell.state("c", n)
     W_ih, W_hh = cell.param("W_ih", 4 * n, m), cell.param("W_hh", 4 * n, n)
@@ -97,24 +106,24 @@ def _lstm(name: str, peepholes: bool) -> Cell:
     cell.update(c, f * c.prev + i * g)
     o = cell.define("o", rx.sigmoid(a_o + p_o * c if peepholes else a_o))
     cell.update(h, o * rx.tanh(c))
-    _output_layer(cell, h, n, k)
+    _output_layer(cell, h, n, output)
     return cell
 
 
-def lstm() -> Cell:
+def lstm(output: bool = True) -> Cell:
     """LSTM with torch.nn.LSTM's layout: W_ih (4n, m), W_hh (4n, n), gates i, f, g, o."""
-    return _lstm("lstm", peepholes=False)
+    return _lstm("lstm", peepholes=False, output=output)
 
 
-def lstm_peephole() -> Cell:
+def lstm_peephole(output: bool = True) -> Cell:
     """LSTM with peephole connections p_i, p_f (to c(t-1)) and p_o (to c(t))."""
-    return _lstm("lstm_peephole", peepholes=True)
+    return _lstm("lstm_peephole", peepholes=True, output=output)
 
 
-def gru() -> Cell:
+def gru(output: bool = True) -> Cell:
     """GRU as torch.nn.GRU and cuDNN: the reset gate applied after the matrix product."""
-    cell = Cell("gru")
-    n, m, k = cell.dims("n m k")
+    cell = Cell("gru" if output else "gru_layer")
+    n, m = cell.dims("n m")
     x, h = cell.input("x", m), cell.state("h", n)
     W_ih, W_hh = cell.param("W_ih", 3 * n, m), cell.param("W_hh", 3 * n, n)
     b_ih, b_hh = cell.param("b_ih", 3 * n), cell.param("b_hh", 3 * n)
@@ -125,14 +134,14 @@ def gru() -> Cell:
     z = cell.define("z", rx.sigmoid(a_x[n : 2 * n] + a_h[n : 2 * n]))
     g = cell.define("g", rx.tanh(a_x[2 * n : 3 * n] + r * a_h[2 * n : 3 * n]))
     cell.update(h, (1 - z) * g + z * h.prev)
-    _output_layer(cell, h, n, k)
+    _output_layer(cell, h, n, output)
     return cell
 
 
-def gru_original() -> Cell:
+def gru_original(output: bool = True) -> Cell:
     """GRU of Cho et al. (2014): the reset gate applied to h(t-1) before the product."""
-    cell = Cell("gru_original")
-    n, m, k = cell.dims("n m k")
+    cell = Cell("gru_original" if output else "gru_original_layer")
+    n, m = cell.dims("n m")
     x, h = cell.input("x", m), cell.state("h", n)
     W_r, W_z, W_g = (cell.param(f"W_{s}", n, n + m) for s in "rzg")
     b_r, b_z, b_g = (cell.param(f"b_{s}", n) for s in "rzg")
@@ -140,32 +149,32 @@ def gru_original() -> Cell:
     z = cell.define("z", rx.sigmoid(W_z @ rx.concat(h.prev, x) + b_z))
     g = cell.define("g", rx.tanh(W_g @ rx.concat(r * h.prev, x) + b_g))
     cell.update(h, (1 - z) * g + z * h.prev)
-    _output_layer(cell, h, n, k)
+    _output_layer(cell, h, n, output)
     return cell
 
 
-def mgu() -> Cell:
+def mgu(output: bool = True) -> Cell:
     """Minimal gated unit (Zhou et al. 2016): one forget gate f."""
-    cell = Cell("mgu")
-    n, m, k = cell.dims("n m k")
+    cell = Cell("mgu" if output else "mgu_layer")
+    n, m = cell.dims("n m")
     x, h = cell.input("x", m), cell.state("h", n)
     W_f, W_g = cell.param("W_f", n, n + m), cell.param("W_g", n, n + m)
     b_f, b_g = cell.param("b_f", n), cell.param("b_g", n)
     f = cell.define("f", rx.sigmoid(W_f @ rx.concat(h.prev, x) + b_f))
     g = cell.define("g", rx.tanh(W_g @ rx.concat(f * h.prev, x) + b_g))
     cell.update(h, (1 - f) * h.prev + f * g)
-    _output_layer(cell, h, n, k)
+    _output_layer(cell, h, n, output)
     return cell
 
 
-def indrnn() -> Cell:
+def indrnn(output: bool = True) -> Cell:
     """IndRNN (Li et al. 2018): each unit sees only its own past, h = relu(W x + u ∘ h(t-1) + b)."""
-    cell = Cell("indrnn")
-    n, m, k = cell.dims("n m k")
+    cell = Cell("indrnn" if output else "indrnn_layer")
+    n, m = cell.dims("n m")
     x, h = cell.input("x", m), cell.state("h", n)
     W, u, b = cell.param("W", n, m), cell.param("u", n), cell.param("b", n)
     cell.update(h, rx.relu(W @ x + u * h.prev + b))
-    _output_layer(cell, h, n, k)
+    _output_layer(cell, h, n, output)
     return cell
 
 
