@@ -206,6 +206,7 @@ def _recycle_buffers(statements: list) -> list:
 
 _ANY_ALLOC = re.compile(r"^np\.empty\((\(T(?: \+ 1)?, B, .+\)), dtype=dtype\)$")
 _NAME_OR_VIEW = re.compile(r"^(\w+)(?:\[.*\])?$")
+_WRITTEN_INTO = re.compile(r"\bout=(\w+)\)$")
 _RETURNED = re.compile(r"\breturn\b(.*)$")
 
 
@@ -229,7 +230,8 @@ def _use_workspaces(statements: list) -> list:
             else:
                 continue
             value = value.split("  #")[0].strip()
-            match = _NAME_OR_VIEW.match(value)
+            # a name bound to another's array: an alias, a view, or a result written out= it
+            match = _NAME_OR_VIEW.match(value) or _WRITTEN_INTO.search(value)
             if target.isidentifier() and match:
                 alias[target] = match.group(1)
 
@@ -254,7 +256,7 @@ def _use_workspaces(statements: list) -> list:
             target, value = stmt.code.split(" = ", 1)
             match = _ANY_ALLOC.match(value)
             if match and target.isidentifier() and target not in kept:
-                stmt = Line(f"{target} = _workspace({target!r}, {match.group(1)}, dtype)")
+                stmt = Line(f"{target} = _workspace(_ws, {target!r}, {match.group(1)}, dtype)")
         elif (
             isinstance(stmt, Assign)
             and isinstance(stmt.value, str)
@@ -264,7 +266,7 @@ def _use_workspaces(statements: list) -> list:
             and stmt.target not in kept
         ):
             shape = f"(T, B, {stmt.size})"
-            value = f"{stmt.value[:-1]}, out=_workspace({stmt.target!r}, {shape}, dtype))"
+            value = f"{stmt.value[:-1]}, out=_workspace(_ws, {stmt.target!r}, {shape}, dtype))"
             stmt = Assign(stmt.target, value, stmt.comment, stmt.size)
         out.append(stmt)
     return out
@@ -772,7 +774,9 @@ class KernelGenerator:
         if not (leaves(expr) & variant):
             if expr not in hoisted:
                 name = self.temp_name(expr, "v")
-                self.pending.append((name, expr, ""))
+                # an elementwise factor reads the values the forward loop kept for all t
+                whole = self.read_whole(expr) if elementwise else expr
+                self.pending.append((name, whole, ""))
                 self.hoisted_seq[expr] = name
                 symbol = MatrixSymbol(f"{name}[t]", *expr.shape)
                 self.batch.add(symbol)
@@ -817,6 +821,22 @@ class KernelGenerator:
             for a in expr.args
         ]
         return expr.func(*args)
+
+    def read_whole(self, expr):
+        """``expr`` (of one step) with every value the forward loop kept for all t (a gate,
+        a pre-activation, W_hh h(t-1) + b_hh) replaced by its whole (T, B, size) array."""
+        whole = getattr(self, "whole_by_key", {})
+
+        def walk(node):
+            if isinstance(node, (Apply, MatAdd, MatMul)):
+                kept = whole.get(_key(node))
+                if kept is not None:
+                    return kept
+            if isinstance(node, MatrixSymbol) or not node.args:
+                return node
+            return node.func(*[walk(a) if isinstance(a, MatrixExpr) else a for a in node.args])
+
+        return walk(expr) if whole else expr
 
     def accumulations(self, body: list, hoisted: dict) -> dict:
         """{placeholder v[t]: (the sum v[t] + rest it occurs in, rest)} for each all-t array
@@ -1073,6 +1093,7 @@ class KernelGenerator:
             loop_names[placeholder] = placeholder.name
             whole = self.hoisted_seq[expr]
             pre.bound[expr] = pre.name(MatrixSymbol(whole, *expr.shape), whole, True)
+        self.whole_by_key = {_key(expr): pre.bound[expr] for expr in hoisted}
         self.pending = []
         order = list(reversed(self.state_order))
         # every forward-only factor of the adjoint step (a gate, 1 - h∘h) is computed for all
@@ -1222,6 +1243,11 @@ class KernelGenerator:
         grad_body = [*fwd_stmts, *phase.stmts, *grads.stmts, *tail]
         if self.backend.name == "numpy":  # the recycling rewrites NumPy's own calls
             grad_body = _use_workspaces(_recycle_buffers(grad_body))
+            self.uses_workspace = any(
+                "_workspace(" in (s.code if isinstance(s, Line) else str(s.value))
+                for s in grad_body
+                if isinstance(s, (Line, Assign))
+            )
         return self.function_statements(forward_body, grad_body)
 
     def composition_tail(self, grads: Phase, grad_dict: str) -> list:
@@ -1321,7 +1347,8 @@ class KernelGenerator:
         )
         grad = Function(
             "_loss_and_grad",
-            ("params", "inputs", "targets", "states", "sizes", f"{self.full_name}=False"),
+            ("params", "inputs", "targets", "states", "sizes", f"{self.full_name}=False")
+            + (("_ws=None",) if getattr(self, "uses_workspace", False) else ()),
             f"Loss and the gradient of every parameter, {self.cite(backward_keys)}.",
             tuple(
                 self.unpack(
@@ -1425,7 +1452,9 @@ def _helper_source(name: str) -> str:
     return inspect.getsource(getattr(_runtime, name)).rstrip()
 
 
-_WORKSPACE_COMMENT = "(thread, array name, shape, dtype) -> the array, for the next call"
+_WORKSPACE_COMMENT = "(array name, shape, dtype) -> the array, for the next call"
+_OWNER_COMMENT = '"call": the token of the call that holds the workspace, while it runs'
+_WORKSPACE_HELPERS = ("_claim", "_release", "_workspace", "clear_workspaces")
 _CHECKED_COMMENT = "shape signature of a call whose arrays passed -> (sizes, T, B, dtype)"
 
 
@@ -1502,17 +1531,28 @@ def _assemble(
     )
     # the safety net: the generated functions use the cell's names for its quantities only
     module_level = {"np", "SPEC", "forward", "loss_and_grad", "vjp", *_HELPER_ORDER}
-    module_level |= {"threading", "_WORKSPACE", "_workspace", "clear_workspaces"}
+    module_level |= {"_WORKSPACE", "_OWNER", *_WORKSPACE_HELPERS}
     check_namespace(f"{fwd}\n\n\n{grad}\n", cell, module_level)
     workspace = "_workspace(" in grad
+    if workspace:  # the call holds the workspace while it runs (see _claim)
+        for api in ("grad_api", "vjp_api"):
+            text = locals()[api]
+            head, call = text.rsplit("\n    return ", 1)
+            call = call[:-1] + ", _ws=_ws)"
+            text = f"{head}\n    _ws = _claim()\n    try:\n        return {call}\n"
+            text += "    finally:\n        _release(_ws)"
+            if api == "grad_api":
+                grad_api = text
+            else:
+                vjp_api = text
     parts = [
         doc,
-        "import threading\n\nimport numpy as np" if workspace else "import numpy as np",
+        "import numpy as np",
         "SPEC = " + pprint.pformat(spec, width=96, sort_dicts=False),
         _runtime_source(helpers),
         *(
-            [f"_WORKSPACE = {{}}  # {_WORKSPACE_COMMENT}"]
-            + [_helper_source(n) for n in ("_workspace", "clear_workspaces")]
+            [f"_WORKSPACE = {{}}  # {_WORKSPACE_COMMENT}", f"_OWNER = {{}}  # {_OWNER_COMMENT}"]
+            + [_helper_source(n) for n in _WORKSPACE_HELPERS]
             if workspace
             else []
         ),

@@ -5,8 +5,6 @@ file is their single source and is imported by rnnsym's tests like any module. A
 row layout: a vector quantity of one step is an array (B, size), a sequence is (T, B, size).
 """
 
-import threading
-
 import numpy as np
 
 
@@ -107,14 +105,29 @@ def _add_seed(block, z, r, start):
     return block
 
 
-_WORKSPACE = {}  # (thread, array name, shape, dtype) -> the array, for the next call
+_WORKSPACE = {}  # (array name, shape, dtype) -> the array, for the next call
+_OWNER = {}  # "call": the token of the call that holds the workspace, while it runs
 
 
-def _workspace(name, shape, dtype):
+def _claim():
+    # a token for this call, or None while another call (another thread) holds the workspace:
+    # that call then allocates its own arrays (dict.setdefault is atomic)
+    token = object()
+    return token if _OWNER.setdefault("call", token) is token else None
+
+
+def _release(token):
+    if token is not None:
+        _OWNER.clear()
+
+
+def _workspace(token, name, shape, dtype):
     # the whole-sequence array `name` of _loss_and_grad for these shapes, kept from the last
-    # call in this thread (a fresh array of a few MB is page-faulted in on every call); never
-    # an array the kernel returns
-    key = (threading.get_ident(), name, shape, dtype)
+    # call (a fresh array of a few MB is page-faulted in on every call); never an array the
+    # kernel returns; a fresh one for a call without the workspace token
+    if token is None:
+        return np.empty(shape, dtype=dtype)
+    key = (name, shape, dtype)
     array = _WORKSPACE.get(key)
     if array is None:
         if len(_WORKSPACE) >= 256:
