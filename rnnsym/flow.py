@@ -25,7 +25,7 @@ from .errors import RnnsymError
 from .ir.ops import add, hadamard
 from .kernel import compile_cell
 from .losses import linear_loss
-from .transform import fresh_name, replay
+from .transform import fresh_name, replay, vjp_cell
 
 __all__ = ["GradientFlow", "gradient_flow", "flow_cell", "RECURRENT_WEIGHTS", "register_cli"]
 
@@ -49,7 +49,7 @@ class FlowCell:
     """The analysis cell of :func:`flow_cell` and the names of what it adds to the cell."""
 
     cell: Cell
-    weight: str  # input of size 1: the weight w(t) of the step's loss L(t)
+    weight: str  # input of size 1: the weight w(t) of the step's loss L(t) (unread without one)
     probes: dict[str, str]  # state -> input z_s(t) added to the state where L(t) reads it
     seeds: dict[str, str]  # state -> target d_s(t) of the term ⟨d_s(t)|s(t)⟩
 
@@ -68,8 +68,6 @@ def flow_cell(cell: Cell) -> FlowCell:
             f"cell {cell.name!r} has no state (its steps decouple, e.g. teacher forcing): "
             f"there is no h(t) for the gradient to flow through"
         )
-    if not cell._loss_terms:
-        raise RnnsymError(f"cell {cell.name!r} has no loss; add one with cell.loss(...)")
     out = Cell(f"{cell.name}_flow")
     mapping = replay(cell, out, loss=False, outputs=False)
     weight = out.input(fresh_name(out, "w"), 1).symbol
@@ -96,12 +94,12 @@ _KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _flow_kernel(cell: Cell):
-    """(:func:`flow_cell` of ``cell``, its kernel, the cell's own kernel), built once per cell
-    object."""
+    """(:func:`flow_cell` of ``cell``, its kernel, the kernel of the cell's forward pass, which
+    has no loss to need), built once per cell object."""
     entry = _KERNELS.get(cell)
     if entry is None:
         fc = flow_cell(cell)
-        entry = (fc, compile_cell(fc.cell), compile_cell(cell))
+        entry = (fc, compile_cell(fc.cell), compile_cell(vjp_cell(cell)[0]))
         _KERNELS[cell] = entry
     return entry
 
@@ -235,8 +233,13 @@ def gradient_flow(
         raise ValueError(
             f"inputs must be a dict mapping names to arrays, got {type(inputs).__name__}"
         )
-    inputs = _with_fed_back(cell, inputs, targets)
-    # the cell's own kernel checks the arrays (errors name them) and gives the trajectory
+    inputs = _with_fed_back(cell, kernel.spec, inputs, targets, params)
+    if targets is not None and not cell._loss_terms:
+        raise ValueError(
+            f"targets given, but cell {cell.name!r} has no loss: there is no error bra "
+            f"∂L(t)/∂h(τ) to measure; leave targets out for the Jacobian norms"
+        )
+    # the forward pass checks the arrays (errors name them) and gives the trajectory
     run = own.forward(params, inputs, h0)
     sizes = {s: np.shape(run[s])[-1] for s in cell.states}
     T, B = np.shape(run[next(iter(cell.states))])[:2]
@@ -246,7 +249,7 @@ def gradient_flow(
     for s in cell.states:
         path[s] = np.concatenate([start[s][None], np.asarray(run[s])], axis=0)
     seeds = {fc.seeds[s]: np.zeros((T, B, n), dtype) for s, n in sizes.items()}
-    full_targets = _targets_or_zeros(cell, own.spec, targets, params, sizes, T, B, dtype)
+    full_targets = _targets_or_zeros(cell, kernel.spec, targets, params, sizes, T, B, dtype)
 
     N = sum(sizes[s] for s in chosen)
     with_errors = targets is not None
@@ -313,9 +316,10 @@ def gradient_flow(
     )
 
 
-def _with_fed_back(cell: Cell, inputs: dict, targets: dict | None) -> dict:
+def _with_fed_back(cell: Cell, spec: dict, inputs: dict, targets: dict | None, params) -> dict:
     """``inputs`` with every fed-back input y(t − 1) given: windows that start at τ > 0 need
-    y(τ), which the kernel would replace by y(0) = 0 if left to fill it from the targets."""
+    y(τ), which the kernel would replace by y(0) = 0 if left to fill it from the targets.
+    Class indices become 1-of-K rows, as the kernel makes them."""
     inputs = dict(inputs)
     for name, target in cell.fed_back.items():
         if name in inputs:
@@ -326,15 +330,33 @@ def _with_fed_back(cell: Cell, inputs: dict, targets: dict | None) -> dict:
                 f"give targets[{target!r}] to fill it from"
             )
         y = np.asarray(targets[target])
-        if target in cell.class_targets or y.ndim != 3:
+        if target in cell.class_targets and y.ndim == 2 and y.dtype.kind in "iu":
+            y = np.eye(_size(spec, params, spec["targets"][target][0]))[y]
+        if y.ndim != 3:
             raise ValueError(
-                f"inputs[{name!r}] is missing: give the fed-back {target}(t-1) as an array "
-                f"(T, B, size); targets[{target!r}] has shape {y.shape}"
+                f"targets[{target!r}] has shape {y.shape}; expected (T, B, size) to fill the "
+                f"fed-back input {name!r} from"
             )
         shifted = np.zeros_like(y)
         shifted[1:] = y[:-1]  # y(t - 1), with y(0) = 0, as the kernel fills it
         inputs[name] = shifted
     return inputs
+
+
+def _size(spec: dict, params: dict, dim: str, states: dict | None = None) -> int:
+    """The value of the size expression ``dim``, read off the parameters' (and the states')
+    shapes."""
+    known = {}
+    for name, dims in spec["params"].items():
+        if name in params:
+            for d, value in zip(dims, np.shape(params[name]), strict=False):
+                known[sp.Symbol(d)] = value
+    for name, value in (states or {}).items():
+        known[sp.Symbol(spec["states"][name][0])] = value
+    size = sp.sympify(sp.sympify(dim).xreplace(known))
+    if not size.is_Integer:
+        raise ValueError(f"the size {dim} is not fixed by the parameters' shapes; give targets")
+    return int(size)
 
 
 def _initial(cell: Cell, h0, B: int, sizes: dict, dtype) -> dict[str, np.ndarray]:
@@ -364,24 +386,13 @@ def _targets_or_zeros(cell: Cell, spec: dict, targets, params, sizes, T, B, dtyp
                 f"targets must be a dict mapping names to arrays, got {type(targets).__name__}"
             )
         return dict(targets)
-    known = {}  # size name -> value, read off the parameters' and the states' shapes
-    for name, dims in spec["params"].items():
-        for dim, value in zip(dims, np.shape(params[name]), strict=False):
-            known[sp.Symbol(dim)] = value
-    for name, dims in spec["states"].items():
-        known[sp.Symbol(dims[0])] = sizes[name]
     out = {}
     for name in cell.targets:
         if name in cell.class_targets:
             out[name] = np.zeros((T, B), dtype=np.int64)
-            continue
-        size = sp.sympify(spec["targets"][name][0]).xreplace(known)
-        if not size.is_Integer:
-            raise ValueError(
-                f"the size {spec['targets'][name][0]} of target {name!r} is not fixed by the "
-                f"parameters; give targets"
-            )
-        out[name] = np.zeros((T, B, int(size)), dtype)
+        else:
+            size = _size(spec, params, spec["targets"][name][0], sizes)
+            out[name] = np.zeros((T, B, size), dtype)
     return out
 
 
@@ -489,11 +500,10 @@ def _load_params(path: str, cell: Cell) -> tuple[dict, dict[str, int]]:
         expected = var.symbol.shape if var.symbol.shape[1] != 1 else var.symbol.shape[:1]
         want = tuple(sp.sympify(d).xreplace(sizes) for d in expected)
         if arrays[name].shape != want:
-            text = "(" + ", ".join(str(d) for d in expected) + ")"
             raise RnnsymError(
-                f"--params {path}: {name!r} has shape {arrays[name].shape}; expected {text} = "
-                f"{tuple(str(w) for w in want)} for sizes "
-                f"{', '.join(f'{k} = {v}' for k, v in sizes.items())}"
+                f"--params {path}: {name!r} has shape {arrays[name].shape}; expected "
+                f"{_tuple_text(expected)} = {_tuple_text(want)} (sizes "
+                f"{', '.join(f'{k} = {v}' for k, v in sizes.items())})"
             )
         if arrays[name].dtype.kind != "f":
             raise RnnsymError(
@@ -502,6 +512,26 @@ def _load_params(path: str, cell: Cell) -> tuple[dict, dict[str, int]]:
     return {name: arrays[name].astype(np.float64) for name in cell.params}, {
         str(k): int(v) for k, v in sizes.items()
     }
+
+
+def _sizes(options: list[str], cell: Cell) -> dict[str, int]:
+    """``--size NAME=VALUE`` options as {size name: value}, each checked."""
+    sizes = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise RnnsymError(f"--size {option!r}: expected NAME=VALUE, VALUE a positive integer")
+        if name not in cell.size_symbols:
+            raise RnnsymError(
+                f"--size {option!r}: {name!r} is not a size of cell {cell.name!r}; its sizes "
+                f"are {', '.join(sorted(cell.size_symbols))}"
+            )
+        sizes[name] = int(value)
+    return sizes
+
+
+def _tuple_text(dims) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def _positive(kind):
@@ -557,6 +587,20 @@ def register_cli(subparsers, load_target: Callable[[str], object]) -> argparse.A
         help="multiply the random inputs by this (0: zero inputs, the near-linear regime)",
     )
     p.add_argument(
+        "--bias-scale",
+        type=float,
+        default=1.0,
+        help="multiply every vector parameter but the recurrent weight (the biases) by this; "
+        "with --input-scale 0 and --bias-scale 0, h stays at 0 and the map is ‖A^(t-τ)‖",
+    )
+    p.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a size of the random problem, e.g. --size n=32 (default n = 5, m = 4, k = 3)",
+    )
+    p.add_argument(
         "--reduce",
         choices=["mean", "max"],
         default="mean",
@@ -587,21 +631,29 @@ def _run_flow(args: argparse.Namespace, load_target) -> int:
             f"--state {args.state!r} is not a state of cell {cell.name!r}; its states are "
             f"{', '.join(cell.states)}"
         )
-    params, sizes = _load_params(args.params, cell) if args.params else (None, None)
+    sizes = _sizes(args.size, cell)
+    params = None
+    if args.params:
+        params, fixed = _load_params(args.params, cell)
+        sizes = {**sizes, **fixed}
     problem = random_problem(cell, sizes=sizes, T=args.T, B=args.B, seed=args.seed)
     params = problem[0] if params is None else params
     inputs, targets = problem[1], problem[2]
     inputs = {name: array * args.input_scale for name, array in inputs.items()}
     weight = args.weight
+    if weight is None and ":" not in args.cell:
+        weight = RECURRENT_WEIGHTS.get(args.cell)
     if args.radius is not None:
-        if weight is None:
-            weight = RECURRENT_WEIGHTS.get(args.cell) if ":" not in args.cell else None
         if weight is None:
             raise RnnsymError(
                 f"--radius: which parameter of cell {cell.name!r} is its recurrent weight? "
                 f"Name it with --weight NAME (parameters: {', '.join(cell.params)})"
             )
         params = rescale_recurrent(params, weight, args.radius)
+    params = {
+        name: value * args.bias_scale if value.ndim == 1 and name != weight else value
+        for name, value in params.items()
+    }
     result = gradient_flow(
         cell, params, inputs, targets=targets, state=args.state, reduce=args.reduce
     )
