@@ -251,49 +251,18 @@ def gradient_flow(
     seeds = {fc.seeds[s]: np.zeros((T, B, n), dtype) for s, n in sizes.items()}
     full_targets = _targets_or_zeros(cell, kernel.spec, targets, params, sizes, T, B, dtype)
 
-    N = sum(sizes[s] for s in chosen)
     with_errors = targets is not None
-    K = N + (1 if with_errors else 0)  # rows per (τ, batch element): N seeds, the error row
     jac = np.full((B, T + 1, T + 1), np.nan)
     err = np.full((B, T + 1, T + 1), np.nan) if with_errors else None
     for b in range(B):
         np.fill_diagonal(jac[b], 1.0)  # τ = t: ∂h(t)/∂h(t) is the identity
-    offsets = np.cumsum([0] + [sizes[s] for s in chosen])
+    problem = _Problem(fc, kernel, params, inputs, full_targets, path, sizes, chosen, cell)
     for lag in range(1, T + 1):
-        P = T - lag + 1  # windows τ + 1 .. τ + lag for τ = 0 .. T - lag
-        rows = (lag, P, K, B)  # window step, τ, row kind, batch element
-        w_inputs = {}
-        for name, array in inputs.items():
-            if name in cell.context_inputs:
-                w_inputs[name] = _per_window(np.broadcast_to(array, (B, np.shape(array)[-1])), rows)
-            else:
-                w_inputs[name] = _window(array, rows)
-        weight = np.zeros((lag, P, K, B, 1), dtype)
-        if with_errors:
-            weight[lag - 1, :, N] = 1.0  # the loss of the window's last step only
-        w_inputs[fc.weight] = weight.reshape(lag, P * K * B, 1)
-        for s, n in sizes.items():
-            w_inputs[fc.probes[s]] = np.zeros((lag, P * K * B, n), dtype)
-        w_targets = {name: _window(array, rows) for name, array in full_targets.items()}
-        for s, n in sizes.items():
-            d = np.zeros((lag, P, K, B, n), dtype)
-            if s in chosen:
-                i = chosen.index(s)
-                for j in range(n):  # seed row offsets[i] + j: e_j of state s at the last step
-                    d[lag - 1, :, offsets[i] + j, :, j] = 1.0
-            w_targets[fc.seeds[s]] = d.reshape(lag, P * K * B, n)
-        # h(0) of the window from τ is s(τ): (P, B, n) -> (P, K, B, n) -> (P K B, n)
-        w_h0 = {s: _window(path[s], (1,) + rows[1:])[0] for s in cell.states}
-        _, _, _, grads0 = kernel.vjp(params, w_inputs, w_targets, w_h0)
-        g = np.concatenate([np.asarray(grads0[s]) for s in chosen], axis=-1)
-        g = g.reshape(P, K, B, N)
-        tau = np.arange(P)
-        # rows of ∂h(τ + lag)/∂h(τ): (P, B, N, N)
-        J = g[:, :N].transpose(0, 2, 1, 3)
-        norms = np.linalg.norm(J, ord=2, axis=(-2, -1))  # (P, B)
+        norms, errors = problem.lag(lag, with_errors)
+        tau = np.arange(T - lag + 1)
         jac[:, tau + lag, tau] = norms.T
         if with_errors:
-            err[:, tau + lag, tau] = np.linalg.norm(g[:, N], axis=-1).T
+            err[:, tau + lag, tau] = errors.T
     if with_errors:
         # τ = t: ∂L(t)/∂h(t), the gradient of the probes z_s(t), one run over the whole sequence
         probes = {fc.weight: np.ones((T, B, 1), dtype)}
@@ -314,6 +283,62 @@ def gradient_flow(
         verdict,
         reduce,
     )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What the windows of every lag are cut from: the flow kernel, the arrays, the trajectory
+    s(0..T) (``path``) and the states that make up h (``chosen``)."""
+
+    fc: FlowCell
+    kernel: object
+    params: dict
+    inputs: dict
+    targets: dict
+    path: dict
+    sizes: dict
+    chosen: list
+    cell: Cell
+
+    def lag(self, lag: int, with_errors: bool):
+        """‖∂h(τ + lag)/∂h(τ)‖₂ and (with errors) ‖∂L(τ + lag)/∂h(τ)‖, each (P, B) for τ = 0 ..
+        P − 1 = T − lag, from one call of the kernel on the P windows τ + 1 .. τ + lag,
+        batched with one row per unit seed e_i (N rows) and one for the error."""
+        fc, sizes, chosen = self.fc, self.sizes, self.chosen
+        T, B = self.path[chosen[0]].shape[0] - 1, self.path[chosen[0]].shape[1]
+        dtype = self.path[chosen[0]].dtype
+        N = sum(sizes[s] for s in chosen)
+        P, K = T - lag + 1, N + (1 if with_errors else 0)
+        rows = (lag, P, K, B)  # window step, τ, row kind, batch element
+        inputs = {}
+        for name, array in self.inputs.items():
+            if name in self.cell.context_inputs:
+                per_sequence = np.broadcast_to(array, (B, np.shape(array)[-1]))
+                inputs[name] = _per_window(per_sequence, rows)
+            else:
+                inputs[name] = _window(array, rows)
+        weight = np.zeros((lag, P, K, B, 1), dtype)
+        if with_errors:
+            weight[lag - 1, :, N] = 1.0  # row N: the loss of the window's last step only
+        inputs[fc.weight] = weight.reshape(lag, P * K * B, 1)
+        targets = {name: _window(array, rows) for name, array in self.targets.items()}
+        offset = 0
+        for s, n in sizes.items():
+            inputs[fc.probes[s]] = np.zeros((lag, P * K * B, n), dtype)
+            d = np.zeros((lag, P, K, B, n), dtype)
+            if s in chosen:
+                for j in range(n):  # row offset + j: e_j of state s at the window's last step
+                    d[lag - 1, :, offset + j, :, j] = 1.0
+                offset += n
+            targets[fc.seeds[s]] = d.reshape(lag, P * K * B, n)
+        # h(0) of the window from τ is s(τ): (P, B, n) -> (P, K, B, n) -> (P K B, n)
+        h0 = {s: _window(self.path[s], (1,) + rows[1:])[0] for s in self.cell.states}
+        _, _, _, grads0 = self.kernel.vjp(self.params, inputs, targets, h0)
+        g = np.concatenate([np.asarray(grads0[s]) for s in chosen], axis=-1)
+        g = g.reshape(P, K, B, N)
+        J = g[:, :N].transpose(0, 2, 1, 3)  # (P, B, N, N): row i is e_iᵀ ∂h(τ + lag)/∂h(τ)
+        norms = np.linalg.norm(J, ord=2, axis=(-2, -1))
+        return norms, np.linalg.norm(g[:, N], axis=-1) if with_errors else None
 
 
 def _with_fed_back(cell: Cell, spec: dict, inputs: dict, targets: dict | None, params) -> dict:
