@@ -11,6 +11,7 @@ from .errors import CellError, DerivationError, RnnsymError, ShapeError
 from .ir.expr import Term, concat, elementwise, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
 from .models.compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
+from .models.nested import NestedModel, SequenceLayer
 from .paper import paper_document
 from .unroll import unroll
 
@@ -79,6 +80,18 @@ def compile(  # noqa: A001 - the public name
         from .truncate import compile_truncated
 
         return compile_truncated(cell, truncate, mode=mode, backend=backend)
+    if isinstance(cell, NestedModel | SequenceLayer):
+        if isinstance(cell, SequenceLayer):
+            raise ValueError(
+                "this is a layer without a head; give it one to compile it: "
+                "rs.stack(layer, ..., head=cell) or rs.bidirectional(f, b, head=cell)"
+            )
+        if mode != "reverse" or backend != "numpy":
+            raise ValueError(
+                f"mode={mode!r}, backend={backend!r}: a nested model is compiled for NumPy in "
+                f"reverse mode only"
+            )
+        return cell.compile()
     if isinstance(cell, Model):
         if mode != "reverse" or backend != "numpy":
             raise ValueError(

@@ -719,9 +719,9 @@ DEFINITION_ERRORS = {
         lambda: rs.bidirectional(rs.cells.elman(), layer("bwd", "g", "_g"), head("hd", {"g": "V"})),
         r"forward layer 'elman' has output o, target y, a loss",
     ),
-    "bidirectional_without_head": (
-        lambda: rs.bidirectional(layer("fwd", "h"), layer("bwd", "g", "_g")),
-        r"bidirectional\(\) needs a head",
+    "bidirectional_layer_with_a_loss": (
+        lambda: rs.bidirectional(rs.cells.elman(), rs.cells.elman(output=False)),
+        r"layer 'elman' has outputs, targets or a loss",
     ),
     "stack_layer_with_loss": (
         lambda: rs.stack(rs.cells.elman(), user_top()),

@@ -24,9 +24,9 @@ from .. import display as _display
 from ..cell import Cell
 from ..derive import Derivation, Equation, derive
 from ..errors import CellError, ShapeError
-from ..losses import linear_loss
 from ..problems import random_problem
-from ..transform import fresh_name, replay, suffixed
+from ..transform import replay, seeded_cell, suffixed
+from . import nested
 
 __all__ = [
     "stack",
@@ -74,14 +74,26 @@ def _feeding_state(cell: Cell, what: str) -> str:
 # ----- Fig. 9: stacked layers, one cell -----
 
 
-def stack(*cells: Cell, name: str | None = None) -> Cell:
-    """Stacked recurrent layers (Fig. 9) as one cell.
+def stack(*cells, head: Cell | None = None, name: str | None = None):
+    """Stacked recurrent layers (Fig. 9).
 
-    Every cell but the last is a layer (inputs, states, parameters); the last one also has the
-    outputs and the loss. Layer ℓ's one input x(t) is replaced by the state h(t) of layer
-    ℓ − 1 at the same step, and every name of layer ℓ gets the suffix ``_ℓ`` (h_1, W_2, ...).
-    The result is an ordinary cell: derived, compiled and verified like any other.
+    Cells only, no ``head``: one cell. Every cell but the last is a layer (inputs, states,
+    parameters); the last one also has the outputs and the loss. Layer ℓ's one input x(t) is
+    replaced by the state h(t) of layer ℓ − 1 at the same step, and every name of layer ℓ gets
+    the suffix ``_ℓ`` (h_1, W_2, ...). The result is an ordinary cell: derived, compiled and
+    verified like any other.
+
+    With a ``head`` (a cell without state, with the outputs and the loss, reading the top
+    layer's output), or with a layer that is itself a model (``rs.bidirectional(gru, gru)``,
+    another stack): a nested model (:class:`~rnnsym.models.nested.NestedModel`). Without a
+    head, and with no loss in the last cell: a layer to nest in another model. Names are
+    suffixed ``_ℓ`` by layer in both.
     """
+    last_is_layer = bool(cells) and isinstance(cells[-1], Cell) and not cells[-1]._loss_terms
+    if head is not None or last_is_layer or not all(isinstance(c, Cell) for c in cells):
+        if not cells:
+            raise CellError("stack() needs at least one layer")
+        return nested.stacked(cells, head, name)
     if len(cells) < 2:
         raise CellError(f"stack() needs at least two cells, got {len(cells)}")
     for i, cell in enumerate(cells, 1):
@@ -195,15 +207,7 @@ class Model:
 
 def _seed(layer: Cell, states: list[str]) -> tuple[Cell, dict[str, str]]:
     """The layer with the loss Σ_t ⟨d_h(t)|h(t)⟩ for each state h passed on (the slides' loss)."""
-    seeded = Cell(f"{layer.name}_seeded")
-    mapping = replay(layer, seeded)
-    names = {}
-    for state in states:
-        names[state] = fresh_name(seeded, f"d_{state}")
-        d = seeded.target(names[state], mapping[layer.states[state].symbol].shape[0])
-        seeded.loss(linear_loss(d, seeded.states[state]))
-    seeded.check()
-    return seeded, names
+    return seeded_cell(layer, states)
 
 
 def _check_unique_params(parts: dict[str, Part]) -> None:
@@ -259,9 +263,7 @@ def _renamed(cell: Cell, suffix: str) -> Cell:
     return copy
 
 
-def bidirectional(
-    forward: Cell, backward: Cell | None = None, head: Cell | None = None, name: str | None = None
-) -> Model:
+def bidirectional(forward, backward=None, head: Cell | None = None, name: str | None = None):
     """A bidirectional RNN (Fig. 7): h(t) runs forward in time, g(t) backward, and the head
     combines them at each step, o(t) = c + V h(t) + V′ g(t) for the report's model.
 
@@ -269,15 +271,25 @@ def bidirectional(
     uses a copy of ``forward`` with its states and parameters suffixed ``_b``. ``head`` is a
     cell without state whose inputs are named after the states it reads, with the outputs and
     the per-step loss. The two layers read the same model inputs.
+
+    Without a ``head``, or when a direction is itself a model: a bidirectional *layer*, whose
+    output at each step is [forward; backward] concatenated, as ``torch.nn.GRU(...,
+    bidirectional=True)``, to stack (``rs.stack``) or to give a head; the backward direction
+    starts at each sequence's own end (``lengths=``). See :mod:`rnnsym.models.nested`.
     """
+    if head is None or not all(isinstance(c, Cell) for c in (forward, backward or forward)):
+        layer = nested.both_ways(forward, backward)
+        if head is None:
+            return layer
+        return nested.NestedModel(
+            name or f"bidirectional_{layer.cells()[0].cell.name}", layer, head
+        )
     _require_cell(forward, "bidirectional(): forward")
     _require_layer(forward, "bidirectional(): forward layer")
     if backward is None:
         backward = _renamed(forward, "_b")
     _require_cell(backward, "bidirectional(): backward")
     _require_layer(backward, "bidirectional(): backward layer")
-    if head is None:
-        raise CellError("bidirectional() needs a head: a cell without state with the loss")
     _require_cell(head, "bidirectional(): head")
     clash = set(forward.states) & set(backward.states)
     if clash:

@@ -1,0 +1,459 @@
+"""Models that nest: layers, themselves cells or models, stacked and run both ways, with a head.
+
+A *sequence layer* maps one input sequence x(1..T) to one output sequence: a cell run over
+time (its output is its state ``h``, or its only state), a cell or a model run backwards
+(:func:`reversed_layer`), two layers side by side reading the same input, their outputs
+concatenated (a bidirectional layer, as ``torch.nn.GRU(bidirectional=True)``), or layers in
+a chain (a stack). A :class:`NestedModel` is such a layer with a *head* on top: a cell without
+state, with the outputs and the per-step loss, reading the top layer's output at every step.
+
+Nothing here differentiates: every gradient comes from generated kernels. Each cell of the
+tree gets the slides' linear loss Σ_t ⟨d_h(t)|h(t)⟩ on its output state (``_seed``), and its
+kernel's ``vjp`` turns the adjoint ∇_{h(t)}L handed down from above into the gradients of its
+parameters and the adjoint of its input, which is handed on below: the chain rule across
+layers is the order in which :class:`NestedKernel` calls the kernels.
+
+With ``lengths`` (one per sequence of a padded batch) a reversed layer starts at each
+sequence's own end, and the head's loss counts the real steps only (:mod:`rnnsym.backends.lengths`),
+so the padding reaches nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backends import lengths as _lengths
+from ..cell import Cell
+from ..errors import CellError
+from ..transform import replay, seeded_cell, suffixed
+
+__all__ = [
+    "SequenceLayer",
+    "CellLayer",
+    "Reversed",
+    "Both",
+    "Chain",
+    "NestedModel",
+    "NestedKernel",
+    "reverse_each",
+]
+
+
+def reverse_each(a: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Each sequence of the batch reversed within its own length (steps past it stay put)."""
+    if lengths is None:
+        return a[::-1]
+    T, B = a.shape[:2]
+    t = np.arange(T)[:, None]
+    index = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+    return a[index, np.arange(B)[None, :]]
+
+
+class SequenceLayer:
+    """One input sequence in, one output sequence out; parameters from its cells."""
+
+    def cells(self) -> list[CellLayer]:
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict:
+        out: dict = {}
+        for leaf in self.cells():
+            out.update(leaf.cell.params)
+        return out
+
+    def renamed(self, suffix: str) -> SequenceLayer:
+        """A copy whose cells' states and parameters end in ``suffix``."""
+        raise NotImplementedError
+
+    def forward(self, params: dict, x: np.ndarray, lengths) -> tuple[np.ndarray, object]:
+        raise NotImplementedError
+
+    def backward(self, params: dict, cache, g_y: np.ndarray, lengths) -> tuple[dict, np.ndarray]:
+        """(parameter gradients, adjoint of the input sequence) for the adjoint ``g_y`` of the
+        output sequence."""
+        raise NotImplementedError
+
+    def describe(self, indent: str = "") -> list[str]:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class CellLayer(SequenceLayer):
+    """A cell run forward in time: its one per-step input in, its state ``h`` (or its only
+    state) out."""
+
+    cell: Cell
+    input: str = ""
+    state: str = ""
+    _kernel: object = field(default=None, repr=False)
+    _seed: str = ""
+
+    def __post_init__(self):
+        cell = self.cell
+        if cell._loss_terms or cell.output_defs or cell.targets:
+            raise CellError(
+                f"layer {cell.name!r} has outputs, targets or a loss; a layer of a nested model "
+                f"has only inputs, states and parameters (built-ins: output=False, e.g. "
+                f"rs.cells.gru(output=False)); the loss belongs to the model's head"
+            )
+        cell.check(loss=False)
+        per_step = [n for n in cell.inputs if n not in cell.context_inputs]
+        if len(per_step) != 1 or cell.context_inputs or cell.fed_back:
+            raise CellError(
+                f"layer {cell.name!r} has inputs {', '.join(cell.inputs) or 'none'}; a layer of "
+                f"a nested model reads exactly one per-step input, the sequence below it"
+            )
+        if not cell.states:
+            raise CellError(f"layer {cell.name!r} has no state; a layer needs cell.state(...)")
+        if self.state in cell.states:  # named by the layer this one is a renamed copy of
+            state = self.state
+        elif len(cell.states) == 1:
+            state = next(iter(cell.states))
+        elif "h" in cell.states:
+            state = "h"
+        else:
+            raise CellError(
+                f"layer {cell.name!r} has states {', '.join(cell.states)}; the state passed on "
+                f"must be the only one or be called 'h'"
+            )
+        self.input, self.state = per_step[0], state
+
+    def cells(self) -> list[CellLayer]:
+        return [self]
+
+    def renamed(self, suffix: str) -> CellLayer:
+        cell = self.cell
+        copy = Cell(f"{cell.name}{suffix}")
+        keep = set(cell.inputs) | set(cell.size_symbols)
+        replay(cell, copy, lambda n: n if n in keep else suffixed(n, suffix))
+        return CellLayer(copy, state=suffixed(self.state, suffix))
+
+    @property
+    def kernel(self):
+        """The generated kernel of the cell with the loss Σ_t ⟨d_h(t)|h(t)⟩ on its output."""
+        if self._kernel is None:
+            from ..kernel import compile_cell
+
+            seeded, seeds = seeded_cell(self.cell, [self.state])
+            self._kernel, self._seed = compile_cell(seeded), seeds[self.state]
+        return self._kernel
+
+    def _params(self, params: dict) -> dict:
+        return {n: params[n] for n in self.cell.params if n in params}
+
+    def forward(self, params, x, lengths):
+        states = self.kernel.forward(self._params(params), {self.input: x})
+        return np.ascontiguousarray(states[self.state]), x
+
+    def backward(self, params, cache, g_y, lengths):
+        _, grads, g_in, _ = self.kernel.vjp(
+            self._params(params), {self.input: cache}, {self._seed: np.ascontiguousarray(g_y)}
+        )
+        return grads, g_in[self.input]
+
+    def describe(self, indent: str = "") -> list[str]:
+        params = ", ".join(self.cell.params)
+        return [f"{indent}{self.cell.name}: {self.input}(t) → {self.state}(t)  [{params}]"]
+
+
+@dataclass(eq=False)
+class Reversed(SequenceLayer):
+    """A layer run from each sequence's end to its start."""
+
+    layer: SequenceLayer
+
+    def cells(self) -> list[CellLayer]:
+        return self.layer.cells()
+
+    def renamed(self, suffix: str) -> Reversed:
+        return Reversed(self.layer.renamed(suffix))
+
+    def forward(self, params, x, lengths):
+        y, cache = self.layer.forward(params, reverse_each(x, lengths), lengths)
+        return reverse_each(y, lengths), cache
+
+    def backward(self, params, cache, g_y, lengths):
+        grads, g_x = self.layer.backward(params, cache, reverse_each(g_y, lengths), lengths)
+        return grads, reverse_each(g_x, lengths)
+
+    def describe(self, indent: str = "") -> list[str]:
+        return [f"{indent}run backwards in time (t = T..1, from each sequence's end):"] + (
+            self.layer.describe(indent + "  ")
+        )
+
+
+@dataclass(eq=False)
+class Both(SequenceLayer):
+    """Two layers reading the same input; their outputs concatenated, [forward; backward]."""
+
+    forward_layer: SequenceLayer
+    backward_layer: SequenceLayer
+
+    def cells(self) -> list[CellLayer]:
+        return self.forward_layer.cells() + self.backward_layer.cells()
+
+    def renamed(self, suffix: str) -> Both:
+        return Both(self.forward_layer.renamed(suffix), self.backward_layer.renamed(suffix))
+
+    def forward(self, params, x, lengths):
+        y_f, cache_f = self.forward_layer.forward(params, x, lengths)
+        y_b, cache_b = self.backward_layer.forward(params, x, lengths)
+        return np.concatenate([y_f, y_b], axis=-1), (cache_f, cache_b, y_f.shape[-1])
+
+    def backward(self, params, cache, g_y, lengths):
+        cache_f, cache_b, split = cache
+        grads, g_x = self.forward_layer.backward(params, cache_f, g_y[..., :split], lengths)
+        grads_b, g_x_b = self.backward_layer.backward(params, cache_b, g_y[..., split:], lengths)
+        return {**grads, **grads_b}, g_x + g_x_b
+
+    def describe(self, indent: str = "") -> list[str]:
+        return (
+            [f"{indent}both ways, outputs concatenated [forward; backward]:"]
+            + self.forward_layer.describe(indent + "  ")
+            + self.backward_layer.describe(indent + "  ")
+        )
+
+
+@dataclass(eq=False)
+class Chain(SequenceLayer):
+    """Layers stacked: each reads the output sequence of the one below."""
+
+    layers: list[SequenceLayer]
+
+    def cells(self) -> list[CellLayer]:
+        return [leaf for layer in self.layers for leaf in layer.cells()]
+
+    def renamed(self, suffix: str) -> Chain:
+        return Chain([layer.renamed(suffix) for layer in self.layers])
+
+    def forward(self, params, x, lengths):
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(params, x, lengths)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, params, cache, g_y, lengths):
+        grads: dict = {}
+        for layer, layer_cache in zip(reversed(self.layers), reversed(cache), strict=True):
+            layer_grads, g_y = layer.backward(params, layer_cache, g_y, lengths)
+            grads.update(layer_grads)
+        return grads, g_y
+
+    def describe(self, indent: str = "") -> list[str]:
+        lines = [f"{indent}stacked, bottom first:"]
+        for i, layer in enumerate(self.layers, 1):
+            lines += [f"{indent}  layer {i}:"] + layer.describe(indent + "    ")
+        return lines
+
+
+def _unique_params(layer: SequenceLayer, what: str) -> None:
+    seen: dict[str, str] = {}
+    for leaf in layer.cells():
+        for name in leaf.cell.params:
+            if name in seen:
+                raise CellError(
+                    f"{what}: parameter {name!r} is declared by both {seen[name]!r} and "
+                    f"{leaf.cell.name!r}; give each cell's parameters their own names"
+                )
+            seen[name] = leaf.cell.name
+
+
+@dataclass(eq=False)
+class NestedModel:
+    """A sequence layer (a stack, a bidirectional layer, ...) with a head: a cell without state
+    that reads the top layer's output at each step and has the outputs and the loss."""
+
+    name: str
+    body: SequenceLayer
+    head: Cell
+    head_input: str = ""
+    kind: str = "nested"
+
+    def __post_init__(self):
+        head = self.head
+        if head.states:
+            raise CellError(
+                f"head {head.name!r} has state(s) {', '.join(head.states)}; a head is applied at "
+                f"each step on its own and has none"
+            )
+        head.check()
+        per_step = [
+            n for n in head.inputs if n not in head.context_inputs and n not in head.fed_back
+        ]
+        if len(per_step) != 1 or len(head.inputs) != 1:
+            raise CellError(
+                f"head {head.name!r} has inputs {', '.join(head.inputs) or 'none'}; the head of "
+                f"a nested model reads one per-step input, the top layer's output"
+            )
+        self.head_input = per_step[0]
+        bottom = self.body.cells()[0]
+        self.input = bottom.input
+        seen = {n: leaf.cell.name for leaf in self.body.cells() for n in leaf.cell.params}
+        for name in head.params:
+            if name in seen:
+                raise CellError(
+                    f"parameter {name!r} is declared by both {seen[name]!r} and the head "
+                    f"{head.name!r}; give each cell's parameters their own names"
+                )
+        _unique_params(self.body, f"model {self.name!r}")
+
+    @property
+    def params(self) -> dict:
+        return {**self.body.params, **self.head.params}
+
+    def describe(self) -> str:
+        """The model's structure: its layers, bottom first, and the head."""
+        lines = [f"model {self.name!r}: input {self.input}(t)"]
+        lines += self.body.describe("  ")
+        params = ", ".join(self.head.params)
+        lines.append(
+            f"  head {self.head.name}: reads {self.head_input}(t), the top output [{params}]"
+        )
+        return "\n".join(lines)
+
+    def derive(self):
+        """The derivations of every cell of the model, each seeded by the adjoint of its output
+        (or, for the head, with the model's loss)."""
+        from ..derive import derive
+
+        parts = {}
+        for leaf in self.body.cells():
+            seeded, _ = seeded_cell(leaf.cell, [leaf.state])
+            parts[leaf.cell.name] = derive(seeded)
+        parts[self.head.name] = derive(self.head)
+        return parts
+
+    def compile(self) -> NestedKernel:
+        return NestedKernel(self)
+
+    def __repr__(self) -> str:
+        return f"NestedModel({self.name!r}: {len(self.body.cells())} cells and a head)"
+
+
+class NestedKernel:
+    """The generated kernels of a nested model's cells, chained by the chain rule.
+
+    ``loss_and_grad(params, inputs, targets, lengths=None)`` returns ``(loss, grads)``;
+    ``vjp`` also the adjoint of the input sequence; ``forward`` the top layer's output and the
+    head's outputs. ``inputs`` has one sequence (T, B, size), under the bottom layer's input
+    name; ``lengths`` (B,) integers, one per sequence of a padded batch.
+    """
+
+    def __init__(self, model: NestedModel):
+        from ..kernel import compile_cell
+
+        self.model = model
+        self.head = compile_cell(model.head)
+        for leaf in model.body.cells():
+            leaf.kernel  # noqa: B018 - compiled now, so errors show at compile time
+
+    def __repr__(self) -> str:
+        return f"<NestedKernel {self.model.name!r}: {len(self.model.body.cells())} cells + head>"
+
+    def _prepare(self, params, inputs, lengths):
+        m = self.model
+        if not isinstance(params, dict):
+            raise ValueError(
+                f"params must be a dict mapping names to arrays, got {type(params).__name__}"
+            )
+        known = m.params
+        extra = [n for n in params if n not in known]
+        missing = [n for n in known if n not in params]
+        if extra or missing:
+            name = (extra or missing)[0]
+            what = "is not a parameter of" if extra else "is missing, a parameter of"
+            raise ValueError(f"params[{name!r}] {what} model {m.name!r}; expected {sorted(known)}")
+        if not isinstance(inputs, dict) or set(inputs) != {m.input}:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"inputs must be {{{m.input!r}: (T, B, size) array}}, got {got}")
+        x = inputs[m.input]
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"inputs[{m.input!r}] has shape {shape}; expected (T, B, size)")
+        T, B = x.shape[:2]
+        if lengths is not None:
+            lengths = _lengths.check_lengths(lengths, T, B)
+            pad = np.arange(T)[:, None] >= lengths[None, :]
+            x = np.where(pad[..., None], np.zeros((), x.dtype), x)  # NaN padding reaches nothing
+        return x, lengths
+
+    def _head(self, params, y, targets, lengths, full: bool):
+        head_params = {n: params[n] for n in self.model.head.params}
+        data = {self.model.head_input: y}
+        if lengths is None:
+            return self.head.vjp(head_params, data, targets)
+        return _lengths.vjp(self.head, head_params, data, targets, lengths=lengths)
+
+    def forward(self, params: dict, inputs: dict, lengths=None) -> dict:
+        """The top layer's output sequence (``"output"``) and the head's outputs."""
+        x, lengths = self._prepare(params, inputs, lengths)
+        y, _ = self.model.body.forward(params, x, lengths)
+        head_params = {n: params[n] for n in self.model.head.params}
+        out = self.head.forward(head_params, {self.model.head_input: y})
+        return {"output": y, **out}
+
+    def vjp(self, params: dict, inputs: dict, targets: dict, lengths=None):
+        """``(loss, grads, input_grads)``: the loss, every parameter's gradient and the adjoint
+        of the input sequence."""
+        x, lengths = self._prepare(params, inputs, lengths)
+        y, cache = self.model.body.forward(params, x, lengths)
+        loss, grads, g_head, _ = self._head(params, y, targets, lengths, True)
+        body_grads, g_x = self.model.body.backward(
+            params, cache, g_head[self.model.head_input], lengths
+        )
+        return loss, {**body_grads, **grads}, {self.model.input: g_x}
+
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, lengths=None):
+        """The total loss and the gradient of every parameter."""
+        loss, grads, _ = self.vjp(params, inputs, targets, lengths)
+        return loss, {n: grads[n] for n in self.model.params}
+
+
+def as_layer(value, what: str) -> SequenceLayer:
+    """A cell or a sequence layer as a sequence layer; a clear error for anything else."""
+    if isinstance(value, Cell):
+        return CellLayer(value)
+    if isinstance(value, SequenceLayer):
+        return value
+    if isinstance(value, NestedModel) or hasattr(value, "parts"):
+        raise CellError(
+            f"{what} is the model {value.name!r}, which has a head (outputs and a loss); a layer "
+            f"has none: build it without head= and put the head on the outermost model"
+        )
+    raise CellError(f"{what} must be an rnnsym.Cell or a layer, got {type(value).__name__}")
+
+
+def both_ways(forward, backward=None) -> Both:
+    """A bidirectional layer: ``forward`` run forward in time, ``backward`` (default: a copy of
+    ``forward``) from each sequence's end; outputs concatenated [forward; backward]. Where the
+    two directions' states or parameters share names (the same cell given twice), the backward
+    copy's end in ``_b``."""
+    f = as_layer(forward, "bidirectional(): forward")
+    b = as_layer(forward if backward is None else backward, "bidirectional(): backward")
+    names = {n for leaf in f.cells() for n in [*leaf.cell.params, *leaf.cell.states]}
+    if backward is None or any(
+        n in names for leaf in b.cells() for n in [*leaf.cell.params, *leaf.cell.states]
+    ):
+        b = b.renamed("_b")
+    return Both(f, Reversed(b))
+
+
+def stacked(layers, head: Cell | None = None, name: str | None = None):
+    """Layers (cells or layers) stacked bottom first, their names suffixed _1, _2, ... by
+    layer; with ``head``, the :class:`NestedModel` that reads the top layer."""
+    body = Chain(
+        [
+            as_layer(layer, f"stack(): layer {i}").renamed(f"_{i}")
+            for i, layer in enumerate(layers, 1)
+        ]
+    )
+    if head is None:
+        return body
+    if not isinstance(head, Cell):
+        raise CellError(f"stack(): head must be an rnnsym.Cell, got {type(head).__name__}")
+    names = [leaf.cell.name for leaf in body.cells()]
+    return NestedModel(name or "stack_" + "_".join(dict.fromkeys(names)), body, head)

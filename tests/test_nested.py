@@ -1,0 +1,277 @@
+"""Models that nest (issue 13 §1): stacks of bidirectional layers, a model as a layer, a head on
+top, and padded batches of sequences of different lengths.
+
+The references are independent: ``torch.nn.GRU(num_layers=2, bidirectional=True)`` and
+``torch.nn.LSTM(num_layers=2)`` with ``torch.nn.Linear`` and autograd, with
+``pack_padded_sequence`` for the padded batches; central finite differences; and each
+sequence of a padded batch run alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rnnsym as rs
+from rnnsym.errors import CellError
+from rnnsym.models.nested import NestedModel, reverse_each
+
+torch = pytest.importorskip("torch")
+
+T, B, M, N, K = 6, 3, 4, 3, 2
+LENGTHS = np.array([6, 2, 4])
+
+
+def readout(name: str = "readout") -> rs.Cell:
+    """A head: o(t) = V z(t) + c and the squared error, z the top layer's output."""
+    head = rs.Cell(name)
+    n, k = head.dims("n k")
+    z = head.input("z", n)
+    V, c = head.param("V", k, n), head.param("c", k)
+    head.loss(rs.squared_error(head.output("o", V @ z + c), head.target("y", k)))
+    return head
+
+
+def _torch_names(bidirectional: bool):
+    directions = [("", ""), ("_b", "_reverse")] if bidirectional else [("", "")]
+    ours = [("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")]
+    for layer in range(2):
+        for suffix, theirs_suffix in directions:
+            for mine, theirs in ours:
+                yield f"{mine}{suffix}_{layer + 1}", f"{theirs}_l{layer}{theirs_suffix}"
+
+
+def _against_torch(kind: str, lengths):
+    torch.manual_seed(0)
+    bidirectional = kind == "gru"
+    layer = getattr(rs.cells, kind)(output=False)
+    if bidirectional:  # the most common recurrent encoder, through the public API
+        model = rs.stack(
+            rs.bidirectional(layer, layer), rs.bidirectional(layer, layer), head=readout()
+        )
+        net = torch.nn.GRU(M, N, num_layers=2, bidirectional=True, dtype=torch.float64)
+    else:
+        model = rs.stack(layer, layer, head=readout())
+        net = torch.nn.LSTM(M, N, num_layers=2, dtype=torch.float64)
+    linear = torch.nn.Linear(2 * N if bidirectional else N, K, dtype=torch.float64)
+    names = dict(_torch_names(bidirectional))
+    params = {mine: getattr(net, theirs).detach().numpy().copy() for mine, theirs in names.items()}
+    params |= {"V": linear.weight.detach().numpy().copy(), "c": linear.bias.detach().numpy().copy()}
+    assert set(params) == set(model.params)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(T, B, M)), rng.normal(size=(T, B, K))
+    loss, grads = rs.compile(model).loss_and_grad(params, {"x": x}, {"y": y}, lengths=lengths)
+
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    if lengths is None:
+        out, _ = net(xt)
+        mask = torch.ones(T, B, 1, dtype=torch.float64)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            xt, torch.tensor(lengths), enforce_sorted=False
+        )
+        out, _ = net(packed)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+        mask = (torch.arange(T)[:, None] < torch.tensor(lengths)[None, :]).double()[..., None]
+    reference = 0.5 * (((linear(out) - yt) ** 2) * mask).sum()
+    reference.backward()
+    expected = {mine: getattr(net, theirs).grad.numpy() for mine, theirs in names.items()}
+    expected |= {"V": linear.weight.grad.numpy(), "c": linear.bias.grad.numpy()}
+    # two float64 computations of the same numbers in a different order: ~1e-15 apart
+    assert loss == pytest.approx(reference.item(), rel=1e-10)
+    for name, want in expected.items():
+        np.testing.assert_allclose(grads[name], want, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+def test_two_layer_bidirectional_gru_equals_torch(lengths):
+    _against_torch("gru", lengths)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+def test_two_layer_lstm_with_a_linear_readout_equals_torch(lengths):
+    _against_torch("lstm", lengths)
+
+
+def _user_layer(name: str = "user") -> rs.Cell:
+    """A layer the library does not ship: h = tanh(W h(t−1) + U x) ∘ σ(w ∘ h(t−1))."""
+    cell = rs.Cell(name)
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W, U, w = cell.param("W", n, n), cell.param("U", n, m), cell.param("w", n)
+    cell.update(h, rs.tanh(W @ h.prev + U @ x) * rs.sigmoid(w * h.prev))
+    return cell
+
+
+def _nested_problem(model: NestedModel, seed: int = 0):
+    """Parameters of the right shapes for every cell (n = N, the input of each layer the
+    output of the one below), an input batch and targets."""
+    rng = np.random.default_rng(seed)
+    params = {}
+
+    def fill(layer, width):
+        from rnnsym.models import nested
+
+        if isinstance(layer, nested.CellLayer):
+            sizes = dict.fromkeys(layer.cell.size_symbols.values(), N)
+            sizes[layer.cell.inputs[layer.input].symbol.shape[0]] = width
+            for name, var in layer.cell.params.items():
+                shape = tuple(
+                    int(d.subs(sizes)) if hasattr(d, "subs") else int(d) for d in var.symbol.shape
+                )
+                params[name] = rng.normal(scale=0.5, size=shape[:1] if shape[1:] == (1,) else shape)
+            return N
+        if isinstance(layer, nested.Reversed):
+            return fill(layer.layer, width)
+        if isinstance(layer, nested.Both):
+            return fill(layer.forward_layer, width) + fill(layer.backward_layer, width)
+        for inner in layer.layers:
+            width = fill(inner, width)
+        return width
+
+    top = fill(model.body, M)
+    params["V"] = rng.normal(scale=0.5, size=(K, top))
+    params["c"] = rng.normal(scale=0.5, size=K)
+    x, y = rng.normal(size=(T, B, M)), rng.normal(size=(T, B, K))
+    return params, {"x": x}, {"y": y}
+
+
+def test_a_model_is_a_layer_anywhere_and_its_gradients_match_finite_differences():
+    # a bidirectional layer whose forward direction is itself a stack of a user cell and an
+    # Elman layer, stacked under a GRU layer, with a head: nests three deep
+    inner = rs.stack(_user_layer(), rs.cells.elman(output=False))
+    model = rs.stack(
+        rs.bidirectional(inner, rs.cells.gru(output=False)),
+        rs.cells.elman(output=False),
+        head=readout(),
+    )
+    assert isinstance(model, NestedModel)
+    text = model.describe()
+    for part in ("both ways", "run backwards", "user", "gru_layer", "head readout"):
+        assert part in text, text
+    kernel = rs.compile(model)
+    params, inputs, targets = _nested_problem(model)
+    for lengths in (None, LENGTHS):
+        loss, grads, input_grads = kernel.vjp(params, inputs, targets, lengths=lengths)
+        # central differences, eps = 1e-6: truncation ~1e-12 and rounding ~1e-10 relative for
+        # these O(1) smooth losses; 1e-6 relative flags any wrong term
+        eps = 1e-6
+        for name, value in params.items():
+            for index in [(0,) * value.ndim, tuple(s - 1 for s in value.shape)]:
+                shifted = [dict(params), dict(params)]
+                for sign, p in zip((1, -1), shifted, strict=True):
+                    p[name] = value.copy()
+                    p[name][index] += sign * eps
+                up, down = (kernel.loss_and_grad(p, inputs, targets, lengths)[0] for p in shifted)
+                numeric = (up - down) / (2 * eps)
+                assert grads[name][index] == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
+        x = inputs["x"]
+        for index in [(0, 0, 0), (1, 2, 3), (T - 1, 1, 1)]:
+            up, down = x.copy(), x.copy()
+            up[index] += eps
+            down[index] -= eps
+            numeric = (
+                kernel.loss_and_grad(params, {"x": up}, targets, lengths)[0]
+                - kernel.loss_and_grad(params, {"x": down}, targets, lengths)[0]
+            ) / (2 * eps)
+            assert input_grads["x"][index] == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+
+
+def test_padding_reaches_nothing_each_sequence_as_if_alone():
+    layer = rs.cells.gru(output=False)
+    model = rs.stack(rs.bidirectional(layer, layer), layer, head=readout())
+    kernel = rs.compile(model)
+    params, inputs, targets = _nested_problem(model, seed=3)
+    x = inputs["x"].copy()
+    for b, length in enumerate(LENGTHS):
+        x[length:, b] = np.nan  # padding that would poison any sum it reached
+    loss, grads, input_grads = kernel.vjp(params, {"x": x}, targets, lengths=LENGTHS)
+    assert np.isfinite(loss)
+    total_loss, total = 0.0, {n: 0.0 for n in grads}
+    for b, length in enumerate(LENGTHS):
+        alone = kernel.loss_and_grad(
+            params, {"x": inputs["x"][:length, b : b + 1]}, {"y": targets["y"][:length, b : b + 1]}
+        )
+        total_loss += alone[0]
+        total = {n: total[n] + alone[1][n] for n in total}
+        assert np.all(input_grads["x"][length:, b] == 0)
+    # the same sums over the same real steps, in another order: rounding only
+    assert loss == pytest.approx(total_loss, rel=1e-12)
+    for name, value in total.items():
+        np.testing.assert_allclose(grads[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_reverse_each_reverses_within_each_length():
+    a = np.arange(5)[:, None, None] + 10 * np.arange(2)[None, :, None]
+    got = reverse_each(a, np.array([5, 3]))[..., 0]
+    assert got[:, 0].tolist() == [4, 3, 2, 1, 0]
+    assert got[:, 1].tolist() == [12, 11, 10, 13, 14]  # steps past the end stay where they are
+    np.testing.assert_array_equal(
+        reverse_each(reverse_each(a, np.array([5, 3])), np.array([5, 3])), a
+    )
+
+
+def test_a_state_named_g_nests_too():
+    layer = rs.Cell("g_layer")
+    n, m = layer.dims("n m")
+    x, g = layer.input("x", m), layer.state("g", n)
+    layer.update(g, rs.tanh(layer.param("W", n, n) @ g.prev + layer.param("U", n, m) @ x))
+    model = rs.stack(rs.bidirectional(layer, layer), head=readout())
+    # g_1 and g_b read as adjoints in generated code: the states become g1 and gb_1
+    assert set(model.params) == {"W_1", "U_1", "W_b_1", "U_b_1", "V", "c"}
+    states = {s for leaf in model.body.cells() for s in leaf.cell.states}
+    assert states == {"g1", "gb_1"}
+    kernel = rs.compile(model)
+    params, inputs, targets = _nested_problem(model)
+    assert np.isfinite(kernel.loss_and_grad(params, inputs, targets)[0])
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: rs.stack(rs.cells.gru(), rs.cells.gru(output=False), head=readout()),
+            "has outputs, targets or a loss",
+        ),
+        (
+            lambda: rs.stack(rs.stack(rs.cells.gru(output=False), head=readout()), head=readout()),
+            "has a head",
+        ),
+        (lambda: rs.stack(rs.cells.gru(output=False), head=rs.cells.elman()), "has state"),
+        (
+            lambda: rs.bidirectional(rs.cells.get("bidirectional"), rs.cells.gru(output=False)),
+            "has a head",
+        ),
+        (
+            lambda: rs.stack(rs.cells.gru(output=False), head="readout"),
+            "head must be an rnnsym.Cell",
+        ),
+    ],
+    ids=[
+        "layer_with_loss",
+        "model_with_head_as_layer",
+        "head_with_state",
+        "fig7_model_as_direction",
+        "head_not_a_cell",
+    ],
+)
+def test_ill_formed_nesting_is_refused_clearly(build, message):
+    with pytest.raises(CellError, match=message):
+        build()
+
+
+def test_a_layer_without_head_does_not_compile_and_bad_arrays_are_named():
+    layer = rs.cells.gru(output=False)
+    with pytest.raises(ValueError, match="layer without a head"):
+        rs.compile(rs.bidirectional(layer, layer))
+    model = rs.stack(layer, head=readout())
+    kernel = rs.compile(model)
+    params, inputs, targets = _nested_problem(model)
+    with pytest.raises(ValueError, match=r"params\['W_ih_1'\] is missing"):
+        kernel.loss_and_grad({n: v for n, v in params.items() if n != "W_ih_1"}, inputs, targets)
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 9; a length must be in 1..6"):
+        kernel.loss_and_grad(params, inputs, targets, lengths=np.array([6, 9, 1]))
+    with pytest.raises(ValueError, match=r"lengths has shape \(2,\); expected \(3,\)"):
+        kernel.loss_and_grad(params, inputs, targets, lengths=np.array([6, 2]))
+    with pytest.raises(ValueError, match=r"inputs\['x'\] has shape \(6, 3\); expected"):
+        kernel.loss_and_grad(params, {"x": inputs["x"][..., 0]}, targets)
