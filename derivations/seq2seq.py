@@ -51,13 +51,20 @@ o = decoder.output("o", c + V @ s)  # eq. (4)
 decoder.loss(rs.squared_error(o, y))  # eq. (5)
 assert decoder.fed_back == {"y_prev": "y"}
 
-model = rs.seq2seq(encoder, decoder, name="seq2seq")
+model = rs.seq2seq(encoder, decoder, name="seq2seq_init")
 print(model, model.wiring)
 assert model.wiring == {"h0:s": "h"}  # C = h(T_x) is the decoder's s(0)
 
-# It is the built-in `rs.cells.get("seq2seq")`:
+# It is the built-in `rs.cells.get("seq2seq_init")`. The built-in `seq2seq` is the report's own
+# version of Fig. 8, whose decoder is given C as an input at every step
+# (s(t) = tanh(b_d + W_d s(t−1) + U_d y(t−1) + R_d C)); a decoder that declares a
+# `cell.context` input gets C there, and the same chain rule sends ∇_C L, summed over the
+# decoder's steps, into the encoder at T_x:
 
-assert model.derive().latex() == rs.cells.get("seq2seq").derive().latex()
+fig8 = rs.cells.get("seq2seq")
+assert fig8.wiring == {"context:C": "h"}
+
+assert model.derive().latex() == rs.cells.get("seq2seq_init").derive().latex()
 
 # ## 2. The derivation
 

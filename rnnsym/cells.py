@@ -216,7 +216,8 @@ def _architectures() -> None:
         {
             "last_output": Builtin(a.last_output_model, "Fig. 5"),
             "bidirectional": Builtin(a.bidirectional_model, "Fig. 7"),
-            "seq2seq": Builtin(a.seq2seq_model, "Fig. 8"),
+            "seq2seq": Builtin(a.seq2seq_model, "Fig. 8, as in the report: C read at every step"),
+            "seq2seq_init": Builtin(a.seq2seq_init_model, "Fig. 8 with C as the decoder's s(0)"),
         }
     )
 

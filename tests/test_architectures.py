@@ -129,7 +129,7 @@ def test_bidirectional_matches_reference(sizes, T, B, seed):
 
 @given(sizes=size_dicts("n", "m", "k"), T_x=steps_1_5, T_y=steps_1_5, B=batch_1_3, seed=seeds)
 def test_seq2seq_matches_reference(sizes, T_x, T_y, B, seed):
-    model, kernel = _built("seq2seq")
+    model, kernel = _built("seq2seq_init")
     params, inputs, targets = random_model_problem(model, sizes, T=T_x, B=B, seed=seed, T_out=T_y)
     assert inputs["x"].shape[0] == T_x and targets["y"].shape[0] == T_y
     want = ref.seq2seq(params, inputs["x"], targets["y"])
@@ -265,7 +265,7 @@ def test_cell_architecture_finite_differences(name, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("name", ["bidirectional", "seq2seq", "last_output"])
+@pytest.mark.parametrize("name", ["bidirectional", "seq2seq", "seq2seq_init", "last_output"])
 def test_model_architecture_finite_differences(name, seed):
     model, kernel = _built(name)
     params, inputs, targets = random_model_problem(model, T=4, B=3, seed=seed, T_out=6)
@@ -375,7 +375,7 @@ def test_last_output_ignores_padding_values():
 
 @pytest.mark.parametrize(("T_x", "T_y"), [(4, 7), (6, 2), (1, 3)])
 def test_seq2seq_gradient_flows_through_the_context(T_x, T_y):
-    model, kernel = _built("seq2seq")
+    model, kernel = _built("seq2seq_init")
     params, inputs, targets = random_model_problem(model, T=T_x, B=2, seed=10, T_out=T_y)
     loss, grads = kernel.loss_and_grad(params, inputs, targets)
     assert_matches((loss, grads), ref.seq2seq(params, inputs["x"], targets["y"]))
@@ -470,12 +470,12 @@ def _problem(name: str, T: int = 3, B: int = 2, T_out: int | None = None):
 
 
 def _seq2seq_targets_batch():
-    kernel, params, inputs, _ = _problem("seq2seq", T=3, B=2)
+    kernel, params, inputs, _ = _problem("seq2seq_init", T=3, B=2)
     kernel.loss_and_grad(params, inputs, {"y": np.zeros((4, 3, 3))})  # k = 3, batch 3 ≠ 2
 
 
 def _seq2seq_inputs_batch():
-    kernel, params, _, targets = _problem("seq2seq", T=3, B=2, T_out=4)
+    kernel, params, _, targets = _problem("seq2seq_init", T=3, B=2, T_out=4)
     kernel.loss_and_grad(params, {"x": np.zeros((3, 3, 4))}, targets)  # m = 4, batch 3 ≠ 2
 
 

@@ -147,7 +147,7 @@ def test_a_layer_with_a_loss_is_refused():
 
 def test_model_refuses_forward_mode():
     with pytest.raises(ValueError, match="mode='forward'.*reverse mode only"):
-        rs.compile(rs.cells.get("seq2seq"), mode="forward")
+        rs.compile(rs.cells.get("seq2seq_init"), mode="forward")
 
 
 def test_cli_derives_and_verifies_a_model(capsys):
@@ -164,7 +164,7 @@ def test_cli_derive_model_latex_no_verify(capsys):
 
 
 def test_cli_braket_refuses_a_model(capsys):
-    assert main(["braket", "seq2seq"]) == 2
+    assert main(["braket", "seq2seq_init"]) == 2
     assert "model of several cells" in capsys.readouterr().err
 
 

@@ -179,7 +179,7 @@ def test_user_elementwise_function_goes_through_its_scalar_definition():
     assert scalar_oracle(cell).ok
 
 
-@pytest.mark.parametrize("name", ["last_output", "bidirectional", "seq2seq"])
+@pytest.mark.parametrize("name", ["last_output", "bidirectional", "seq2seq", "seq2seq_init"])
 def test_model_oracle_at_40_digits(name):
     report = model_oracle(rs.cells.get(name))
     assert report.T == 4 and sorted(set(report.sizes.values())) == [3, 4, 5]

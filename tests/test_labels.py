@@ -105,6 +105,11 @@ MODELS: dict[str, dict[str, dict]] = {
     },
     "seq2seq": {
         "encoder": update("h", "W_e", "U_e", "b_e"),
+        # the decoder reads y(t−1), a shifted target, and C, where eq. (2) reads x(t)
+        "decoder": {**output(h="s"), **loss()},
+    },
+    "seq2seq_init": {
+        "encoder": update("h", "W_e", "U_e", "b_e"),
         # the decoder reads y(t−1), a shifted target, where eq. (2) reads x(t)
         "decoder": {**output(h="s"), **loss()},
     },

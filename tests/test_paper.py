@@ -186,7 +186,7 @@ def test_paper_of_every_builtin_compiles(capsys, tmp_path, name):
 
 
 @needs_pdflatex
-@pytest.mark.parametrize("name", ["elman", "lstm", "gru", "fixed_input", "seq2seq"])
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru", "fixed_input", "seq2seq", "seq2seq_init"])
 def test_paper_in_braket_notation_compiles(capsys, tmp_path, name):
     tex = paper_cli(capsys, tmp_path, name, "--no-verify", "--notation", "braket")
     compile_latex(tmp_path, name, tex, runs=2)
@@ -258,7 +258,7 @@ def test_paper_of_a_user_cell_file(capsys, tmp_path):
 
 @needs_pdflatex
 def test_body_only_compiles_in_a_minimal_document(capsys, tmp_path):
-    for name in ("lstm", "seq2seq"):
+    for name in ("lstm", "seq2seq", "seq2seq_init"):
         body = paper_cli(capsys, tmp_path, name, "--no-verify", "--body-only")
         compile_latex(tmp_path, name, MINIMAL.format(extra="", body=body), runs=2)
 

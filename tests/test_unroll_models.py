@@ -250,7 +250,7 @@ def test_bidirectional_with_a_copied_backward_layer():
 
 def test_seq2seq_context_links_the_encoder_to_the_decoder():
     T_x, T_y = 3, 5
-    graph = rs.unroll(rs.cells.get("seq2seq"), T_x, T_out=T_y)
+    graph = rs.unroll(rs.cells.get("seq2seq_init"), T_x, T_out=T_y)
     assert graph.T == T_x and graph.T_out == T_y
     assert names(graph, "h") == [f"h_{t}" for t in range(0, T_x + 1)]  # encoder
     assert names(graph, "x") == [f"x_{t}" for t in range(1, T_x + 1)]
@@ -273,7 +273,7 @@ def test_seq2seq_context_links_the_encoder_to_the_decoder():
     assert "C" in nodes and drawn_direction(dot_edges, "h_3", "C") == "forward"
     assert "T_x = 3, T_y = 5" in text
     # the default decoder length is T + 1
-    assert rs.unroll(rs.cells.get("seq2seq"), 2).T_out == 3
+    assert rs.unroll(rs.cells.get("seq2seq_init"), 2).T_out == 3
 
 
 def test_seq2seq_context_read_at_every_decoder_step_and_clashing_names():
@@ -326,7 +326,7 @@ def test_bad_steps_and_misplaced_T_out():
     with pytest.raises(rs.RnnsymError, match="T_out"):
         rs.unroll(rs.cells.get("bidirectional"), 2, T_out=3)
     with pytest.raises(rs.RnnsymError, match="T_out >= 1"):
-        rs.unroll(rs.cells.get("seq2seq"), 2, T_out=0)
+        rs.unroll(rs.cells.get("seq2seq_init"), 2, T_out=0)
     with pytest.raises(rs.RnnsymError, match="T >= 1"):
         rs.unroll(rs.cells.get("last_output"), 0)
     with pytest.raises(rs.RnnsymError, match="Cell or rnnsym.Model"):
@@ -334,7 +334,9 @@ def test_bad_steps_and_misplaced_T_out():
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed")
-@pytest.mark.parametrize("name", ["bidirectional", "seq2seq", "last_output", "fixed_input"])
+@pytest.mark.parametrize(
+    "name", ["bidirectional", "seq2seq", "seq2seq_init", "last_output", "fixed_input"]
+)
 def test_graphviz_accepts_the_drawings(name, tmp_path):
     out = rs.unroll(rs.cells.get(name), 3).write(tmp_path / f"{name}.svg")
     assert "<svg" in out.read_text()

@@ -19,6 +19,7 @@ __all__ = [
     "fixed_input",
     "bidirectional_model",
     "seq2seq_model",
+    "seq2seq_init_model",
     "stacked",
     "deep_transition",
     "elman_softmax",
@@ -118,20 +119,34 @@ def bidirectional_model() -> Model:
     return bidirectional(forward, backward, head, name="bidirectional")
 
 
-def seq2seq_model() -> Model:
-    """Fig. 8: the encoder reads x(1..T_x); C = h(T_x) is the decoder's initial state; the
-    decoder s(t) = tanh(b_d + W_d s(t−1) + U_d y(t−1)), o = c + V s, runs T_y ≠ T_x steps."""
-    encoder = elman_layer("encoder", "h", "_e")
+def _decoder(context: bool) -> Cell:
+    """s(t) = tanh(b_d + W_d s(t−1) + U_d y(t−1) [+ R_d C]), o(t) = c + V s(t), eq. (5) loss."""
     decoder = Cell("decoder")
     n, k = decoder.dims("n k")
     y = decoder.target("y", k)
     s = decoder.state("s", n)
     W, U, b = decoder.param("W_d", n, n), decoder.param("U_d", n, k), decoder.param("b_d", n)
     V, c = decoder.param("V", k, n), decoder.param("c", k)
-    decoder.update(s, rx.tanh(b + W @ s.prev + U @ y.prev))
+    a = b + W @ s.prev + U @ y.prev
+    if context:
+        a = a + decoder.param("R_d", n, n) @ decoder.context("C", n)
+    decoder.update(s, rx.tanh(a))
     o = decoder.output("o", c + V @ s)
     decoder.loss(squared_error(o, y))
-    return seq2seq(encoder, decoder, name="seq2seq")
+    return decoder
+
+
+def seq2seq_model() -> Model:
+    """Fig. 8, seq2seq as in the report: the encoder reads x(1..T_x); its final state is the
+    context C, which the decoder reads at every step, s(t) = tanh(b_d + W_d s(t−1) +
+    U_d y(t−1) + R_d C), o = c + V s, for T_y ≠ T_x steps from s(0) = 0."""
+    return seq2seq(elman_layer("encoder", "h", "_e"), _decoder(True), name="seq2seq")
+
+
+def seq2seq_init_model() -> Model:
+    """Fig. 8 with C as the decoder's initial state s(0) = C (Sutskever et al., 2014) instead of
+    an input: s(t) = tanh(b_d + W_d s(t−1) + U_d y(t−1)), o = c + V s."""
+    return seq2seq(elman_layer("encoder", "h", "_e"), _decoder(False), name="seq2seq_init")
 
 
 def last_output_model() -> Model:

@@ -1008,6 +1008,8 @@ def random_model_problem(
             steps = T_out if T_out is not None else T + 1
         p, x, y = random_problem(part.cell, sizes, T=steps, B=B, seed=seed + 101 * i)
         params |= p
+        if role == "decoder" and model.context_slot[0] == "context":
+            del x[model.context_slot[1]]  # C, which the model fills from the encoder
         if role != "head":
             inputs |= x
         targets |= y
