@@ -12,7 +12,7 @@ from .errors import CellError
 from .ir.ops import hadamard
 from .losses import linear_loss
 
-__all__ = ["replay", "fresh_name", "suffixed", "vjp_cell", "masked_cell"]
+__all__ = ["replay", "fresh_name", "suffixed", "vjp_cell", "masked_cell", "seeded_cell"]
 
 
 def replay(
@@ -143,3 +143,18 @@ def masked_cell(cell: Cell) -> tuple[Cell, str]:
         out.loss(hadamard(weight, term.expr.xreplace(mapping)))
     out.check()
     return out, name
+
+
+def seeded_cell(layer: Cell, states: list[str]) -> tuple[Cell, dict[str, str]]:
+    """The layer with the loss Σ_t ⟨d_h(t)|h(t)⟩ for each state h passed on (the slides' loss):
+    its gradient kernel turns the adjoints d_h handed back by the rest of a model into the
+    layer's gradients. Returns the cell and {state: name of its seed target}."""
+    seeded = Cell(f"{layer.name}_seeded")
+    mapping = replay(layer, seeded)
+    names = {}
+    for state in states:
+        names[state] = fresh_name(seeded, f"d_{state}")
+        d = seeded.target(names[state], mapping[layer.states[state].symbol].shape[0])
+        seeded.loss(linear_loss(d, seeded.states[state]))
+    seeded.check()
+    return seeded, names
