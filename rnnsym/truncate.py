@@ -261,7 +261,7 @@ def _size(spec: dict, params: dict, dim: str) -> int:
             symbol = sp.sympify(d)
             if isinstance(symbol, sp.Symbol):
                 known[symbol] = value
-    size = sp.sympify(dim).xreplace(known)
+    size = sp.sympify(sp.sympify(dim).xreplace(known))
     if not size.is_Integer:
         raise ValueError(
             f"the number of classes {dim} is not fixed by the parameters' shapes; give the "
@@ -328,11 +328,13 @@ class TBPTTBias:
 
 
 def _compare(g: np.ndarray, gk: np.ndarray) -> tuple[float, float]:
+    if np.array_equal(g, gk):
+        return 1.0, 0.0  # nothing cut: exactly, not to the rounding of the dot product
     norm, norm_k = float(np.linalg.norm(g)), float(np.linalg.norm(gk))
     if norm == 0.0:
         same = norm_k == 0.0
         return (1.0, 0.0) if same else (math.nan, math.inf)
-    cosine = float(np.dot(g, gk) / (norm * norm_k)) if norm_k else 0.0
+    cosine = float(np.clip(np.dot(g, gk) / (norm * norm_k), -1.0, 1.0)) if norm_k else 0.0
     return cosine, float(np.linalg.norm(gk - g) / norm)
 
 
