@@ -26,6 +26,35 @@ def exec_source(source: str, label: str, cell_name: str) -> types.ModuleType:
     return module
 
 
+def _check_direction(cell, params, v) -> None:
+    """``v`` has exactly the parameters of ``cell``, each an array shaped as in ``params``."""
+    if not isinstance(v, dict):
+        raise ValueError(
+            f"v must be a dict of arrays, one per parameter ({', '.join(cell.params)}), "
+            f"got {type(v).__name__}"
+        )
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict of arrays, got {type(params).__name__}")
+    missing = [n for n in cell.params if n not in v]
+    extra = sorted(str(n) for n in v if n not in cell.params)
+    if missing or extra:
+        raise ValueError(
+            "v must have one array per parameter of cell "
+            f"{cell.name!r} ({', '.join(cell.params)})"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; not a parameter: {', '.join(extra)}" if extra else "")
+        )
+    for name in cell.params:
+        expected = getattr(params.get(name), "shape", None)
+        got = getattr(v[name], "shape", None)
+        if got is None or expected is None or tuple(got) != tuple(expected):
+            raise ValueError(
+                f"v[{name!r}] has shape {got if got is not None else type(v[name]).__name__}, "
+                f"but params[{name!r}] has shape {expected}; a direction has the shape of its "
+                f"parameter"
+            )
+
+
 class Kernel:
     """A generated kernel.
 
@@ -75,6 +104,51 @@ class Kernel:
                 f"vjp() is generated for reverse mode; this kernel is in {self.mode} mode"
             )
         return self.module.vjp(params, inputs, targets, h0)
+
+    def hvp(self, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:
+        """The Hessian-vector product H v of the total loss w.r.t. the parameters: a dict with
+        the keys and shapes of ``params``. ``v`` is a direction with those keys and shapes.
+
+        Computed by the NumPy kernel of the tangent cell (:mod:`rnnsym.tangent`), derived and
+        generated on first use and kept on this kernel: reverse mode over the loss's
+        derivative along v."""
+        return self._second_order("hvp", params, inputs, targets, v, h0)
+
+    def gnvp(self, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:
+        """The Gauss–Newton-vector product G v = Jᵀ H_ℓ J v (J: the Jacobian of what each
+        step's loss reads w.r.t. the parameters; H_ℓ: that loss's Hessian), as :meth:`hvp`."""
+        return self._second_order("gnvp", params, inputs, targets, v, h0)
+
+    def second_order_kernel(self, kind: str):
+        """The NumPy kernel of the tangent cell for ``kind`` ("hvp" or "gnvp") and the
+        :class:`~rnnsym.tangent.TangentCell`, built once per kernel (the kernel is ``None``
+        where G = 0: a loss linear in what it reads)."""
+        from ..derive import derive
+        from ..tangent import tangent_cell
+        from .numpy import generate_module
+
+        cache = self.__dict__.setdefault("_second_order_kernels", {})
+        if kind not in cache:
+            made = tangent_cell(self.cell, kind)
+            kernel = None
+            if made.cell is not None:
+                derivation = derive(made.cell)
+                kernel = Kernel(derivation, generate_module(derivation))
+            cache[kind] = (kernel, made)
+        return cache[kind]
+
+    def _second_order(self, kind, params, inputs, targets, v, h0) -> dict:
+        _check_direction(self.cell, params, v)
+        kernel, made = self.second_order_kernel(kind)
+        if kernel is None:  # a loss linear in what it reads has G = 0
+            return {name: 0.0 * v[name] for name in self.cell.params}
+        merged = dict(params)
+        merged.update({made.directions[name]: v[name] for name in self.cell.params})
+        _, grads = kernel.loss_and_grad(merged, inputs, targets, h0)
+        if kind == "hvp":  # reverse over forward: the θ-gradient of the loss's derivative
+            return {name: grads[name] for name in self.cell.params}
+        # ½ vᵀ G v has the v-gradient G v
+        return {name: grads[made.directions[name]] for name in self.cell.params}
 
     def clear_workspaces(self) -> None:
         """Free the sequence arrays the NumPy kernel keeps between calls of ``loss_and_grad``
