@@ -509,7 +509,7 @@ def _bidirectional_ragged():
 
 def _bidirectional_lengths():
     kernel, params, inputs, targets = _problem("bidirectional", T=3, B=2)
-    kernel.loss_and_grad(params, inputs, targets, lengths=np.array([1, 2]))
+    kernel.loss_and_grad(params, inputs, targets, lengths=np.array([1, 4]))
 
 
 def _bidirectional_missing_param():
@@ -555,9 +555,9 @@ RUNTIME_ERRORS = {
         lambda: _last_output(lengths=np.array([1.0, 2.0])),
         r"lengths has dtype float64; expected integers",
     ),
-    "lengths_not_last_output": (
+    "lengths_past_the_end": (
         _bidirectional_lengths,
-        r"lengths= is for a last_output model; 'bidirectional' is bidirectional",
+        r"lengths\[1\] = 4; a length must be in 1..3",
     ),
     "last_output_class_out_of_range": (
         lambda: _last_output(y=np.array([0, 3])),

@@ -275,3 +275,31 @@ def test_a_layer_without_head_does_not_compile_and_bad_arrays_are_named():
         kernel.loss_and_grad(params, inputs, targets, lengths=np.array([6, 2]))
     with pytest.raises(ValueError, match=r"inputs\['x'\] has shape \(6, 3\); expected"):
         kernel.loss_and_grad(params, {"x": inputs["x"][..., 0]}, targets)
+
+
+def test_the_report_bidirectional_model_takes_lengths():
+    # Fig. 7's model (h forward, g backward, a head reading both by name): g starts at each
+    # sequence's own end, and the padding, NaN here, reaches nothing
+    from rnnsym.models import random_model_problem
+
+    model = rs.cells.get("bidirectional")
+    kernel = rs.compile(model)
+    params, inputs, targets = random_model_problem(model, T=T, B=B, seed=2)
+    x = inputs["x"].copy()
+    for b, length in enumerate(LENGTHS):
+        x[length:, b] = np.nan
+    loss, grads = kernel.loss_and_grad(params, {"x": x}, targets, lengths=LENGTHS)
+    alone = [
+        kernel.loss_and_grad(
+            params, {"x": inputs["x"][:n, b : b + 1]}, {"y": targets["y"][:n, b : b + 1]}
+        )
+        for b, n in enumerate(LENGTHS)
+    ]
+    # the same sums over the same real steps, in another order: rounding only
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
+    for name in grads:
+        want = sum(a[1][name] for a in alone)
+        np.testing.assert_allclose(grads[name], want, rtol=1e-10, atol=1e-12, err_msg=name)
+    with pytest.raises(ValueError, match="lengths= is not supported for the seq2seq"):
+        seq = rs.cells.get("seq2seq")
+        rs.compile(seq).loss_and_grad(*random_model_problem(seq, T=3, B=2), lengths=[3, 2])

@@ -21,12 +21,14 @@ import numpy as np
 import sympy as sp
 
 from .. import display as _display
+from ..backends import lengths as _lengths
 from ..cell import Cell
 from ..derive import Derivation, Equation, derive
 from ..errors import CellError, ShapeError
 from ..problems import random_problem
 from ..transform import replay, seeded_cell, suffixed
 from . import nested
+from .nested import reverse_each
 
 __all__ = [
     "stack",
@@ -714,26 +716,35 @@ class ModelKernel:
 
     # -- bidirectional --
 
-    def _bi(self, params, inputs, targets, grad: bool):
+    def _bi(self, params, inputs, targets, grad: bool, lengths=None):
         m = self.model
         fwd_in = self._inputs(inputs, "forward")
-        bwd_in = {n: a[::-1] for n, a in self._inputs(inputs, "backward").items()}
+        if lengths is not None:  # the padding zeroed (NaN would reach the sums as 0 · NaN)
+            context = {n for p in m.parts.values() for n in p.cell.context_inputs}
+            inputs, lengths = _padded(inputs, lengths, context)
+            fwd_in = self._inputs(inputs, "forward")
+        # the backward layer starts at each sequence's own end
+        bwd_in = {n: reverse_each(a, lengths) for n, a in self._inputs(inputs, "backward").items()}
         states = dict(self.kernels["forward"].forward(self._params(params, "forward"), fwd_in))
         back = self.kernels["backward"].forward(self._params(params, "backward"), bwd_in)
-        states |= {n: a[::-1] for n, a in back.items()}
+        states |= {n: reverse_each(a, lengths) for n, a in back.items()}
         head_in = {name: np.ascontiguousarray(states[state]) for name, state in m.wiring.items()}
         if not grad:
             out = self.kernels["head"].forward(self._params(params, "head"), head_in)
             return {**states, **out}
-        loss, grads, g_in, _ = self.kernels["head"].module.vjp(
-            self._params(params, "head"), head_in, targets
-        )
+        head = self.kernels["head"]
+        if lengths is None:
+            loss, grads, g_in, _ = head.vjp(self._params(params, "head"), head_in, targets)
+        else:  # the loss of the real steps only
+            loss, grads, g_in, _ = _lengths.vjp(
+                head, self._params(params, "head"), head_in, targets, lengths=lengths
+            )
         for role, data in (("forward", fwd_in), ("backward", bwd_in)):
             part = m.parts[role]
             seeds = {}
             for state, seed in part.seeds.items():
                 g = g_in[state]
-                seeds[seed] = np.ascontiguousarray(g[::-1] if part.reverse else g)
+                seeds[seed] = np.ascontiguousarray(reverse_each(g, lengths) if part.reverse else g)
             _, g_layer = self.kernels[role].loss_and_grad(self._params(params, role), data, seeds)
             grads.update(g_layer)
         return loss, grads
@@ -866,13 +877,16 @@ class ModelKernel:
 
     def _run(self, params, inputs, targets, grad, lengths=None):
         kind = self.model.kind
-        if lengths is not None and kind != "last_output":
-            raise ValueError(f"lengths= is for a last_output model; {self.model.name!r} is {kind}")
+        if lengths is not None and kind == "seq2seq":
+            raise ValueError(
+                f"lengths= is not supported for the seq2seq model {self.model.name!r} yet (its "
+                f"encoder and decoder would need a length each)"
+            )
         missing = [n for n in self.model.params if n not in params]
         if missing:
             raise ValueError(f"params[{missing[0]!r}] is missing from the model's parameters")
         if kind == "bidirectional":
-            return self._bi(params, inputs, targets, grad)
+            return self._bi(params, inputs, targets, grad, lengths)
         if kind == "seq2seq":
             return self._s2s(params, inputs, targets, grad)
         return self._last(params, inputs, targets, lengths, grad)
@@ -887,6 +901,22 @@ class ModelKernel:
             raise ValueError("h0 is not an option of a model: its layers start from zero")
         loss, grads = self._run(params, inputs, targets, True, lengths)
         return loss, {n: grads[n] for n in self.model.params}
+
+
+def _padded(inputs: dict, lengths, context) -> tuple[dict, np.ndarray]:
+    """The per-step inputs with the steps past each sequence's length set to zero, and the
+    checked lengths."""
+    first = next((a for n, a in inputs.items() if n not in context and np.ndim(a) == 3), None)
+    if first is None:
+        raise ValueError("lengths= needs a per-step input (T, B, size) to take T and B from")
+    T, B = np.shape(first)[:2]
+    lengths = _lengths.check_lengths(lengths, T, B)
+    pad = (np.arange(T)[:, None] >= lengths[None, :])[..., None]
+    zeroed = {
+        n: a if n in context or np.ndim(a) != 3 else np.where(pad, np.zeros((), a.dtype), a)
+        for n, a in inputs.items()
+    }
+    return zeroed, lengths
 
 
 # ----- running a cell on its own outputs -----
