@@ -431,14 +431,18 @@ def format_table(result: TBPTTBias, per_param: bool = True) -> str:
     columns = ["k", "cosine", "rel. error"]
     if per_param:
         columns += [f"rel({n})" for n in result.params]
-    widths = [max(6, len(c)) for c in columns]
-    lines = [head, "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    body = []
     for row in result.rows:
         k = f"{row.k}" + ("*" if row.k >= result.T else "")
         cells = [k, f"{row.cosine:.6f}", f"{row.relative_error:.3e}"]
         if per_param:
             cells += [f"{row.per_param[n][1]:.3e}" for n in result.params]
-        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+        body.append(cells)
+    widths = [max(len(c) for c in column) for column in zip(columns, *body, strict=True)]
+    lines = [head] + [
+        "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+        for cells in [columns, *body]
+    ]
     if any(row.k >= result.T for row in result.rows):
         lines.append("* k >= T: nothing is cut, full BPTT exactly")
     lines.append(
@@ -487,6 +491,11 @@ def plot_bias(result: TBPTTBias, path: str | Path) -> Path:
     right.legend(fontsize=7, loc="best")
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
+        if len(ks) > 1 and min(ks) > 0 and max(ks) / min(ks) >= 8:
+            ax.set_xscale("log")
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.minorticks_off()
     fig.suptitle(f"truncated BPTT: {result.cell_name}, T = {result.T}, B = {result.B}", fontsize=11)
     fig.tight_layout()
     path = Path(path)
