@@ -34,10 +34,18 @@ def _load_module(path: Path, prefix: str, what: str):
     return module
 
 
-def _target(name: str):
+def _target(name: str, command: str = ""):
     """A built-in cell or model by name, or the cell a user's ``PATH.py:FUNC`` returns."""
     if ":" in name:
-        return _load_user_cell(name)
+        from .models.nested import NestedModel
+
+        target = _load_user_cell(name)
+        if command and isinstance(target, NestedModel):
+            raise RnnsymError(
+                f"rnnsym {command} does not handle nested models ({target.name!r}) yet; "
+                f"`rnnsym derive {name}` derives and checks it"
+            )
+        return target
     if name.endswith(".py"):
         raise RnnsymError(
             f"{name!r}: name the function that returns the cell, as {name}:FUNC "
@@ -66,8 +74,14 @@ def _load_user_cell(spec: str) -> Cell:
     except ValueError:  # no signature to inspect (a builtin): calling it will tell
         pass
     cell = func()
-    if not isinstance(cell, Cell):
-        raise RnnsymError(f"{spec} returned {type(cell).__name__}; it must return an rnnsym.Cell")
+    from .models.compose import Model
+    from .models.nested import NestedModel
+
+    if not isinstance(cell, Cell | Model | NestedModel):
+        raise RnnsymError(
+            f"{spec} returned {type(cell).__name__}; it must return an rnnsym.Cell or a model "
+            f"(rs.stack, rs.bidirectional, rs.seq2seq, rs.last_output)"
+        )
     return cell
 
 
@@ -176,10 +190,46 @@ def _run_model(model, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _run_nested(model, args: argparse.Namespace) -> int:
+    """A nested model: its structure, each cell's derivation, and finite differences of its
+    kernel, on a full batch and on a padded one."""
+    from .verify import check_gradients
+
+    if args.backend != "numpy" or args.kernel or args.emit or args.order != 1:
+        raise RnnsymError(
+            "a nested model is compiled for NumPy and checked as a whole: --backend, --kernel, "
+            "--emit and --order 2 are for one cell"
+        )
+    out = sys.stdout
+    out.write(_comment(model.describe(), args.latex) + "\n")
+    for name, derivation in model.derive().items():
+        if args.latex:
+            out.write(_comment(f"\ncell {name}", True) + "\n" + derivation.latex() + "\n")
+        else:
+            out.write(f"\n== {name} ==\n{derivation.pretty()}\n")
+    if args.no_verify:
+        return 0
+    kernel = model.compile()
+    T = args.T or 4
+    params, inputs, targets = model.random_problem(T=T, B=2, seed=0)
+    ok = True
+    for lengths in (None, [T, max(1, T - 2)]):
+        report = check_gradients(kernel, params, inputs, targets, lengths=lengths)
+        what = "full batch" if lengths is None else f"padded batch, lengths {lengths}"
+        out.write(_comment(f"\nfinite differences, {what}:\n{report}", args.latex) + "\n")
+        ok = ok and report.ok
+    out.write(_comment(f"result: {'all checks passed' if ok else 'FAILED'}", args.latex) + "\n")
+    return 0 if ok else 1
+
+
 def _run(cell: Cell, args: argparse.Namespace) -> int:
     from .kernel import compile_cell
     from .models.compose import Model
+    from .models.nested import NestedModel
     from .verify import verify
+
+    if isinstance(cell, NestedModel):
+        return _run_nested(cell, args)
 
     if isinstance(cell, Model):
         if args.kernel:
@@ -229,7 +279,7 @@ def _braket(args: argparse.Namespace) -> int:
     from .braket.form import braket
     from .verify import braket_report
 
-    cell = _target(args.cell)
+    cell = _target(args.cell, "braket")
     if not isinstance(cell, Cell):
         raise RnnsymError(
             f"braket: {args.cell!r} is a model of several cells ({cell.kind}); the bra-ket form "
@@ -252,7 +302,7 @@ def _paper(args: argparse.Namespace) -> int:
     from .paper import make_paper
 
     target = args.cell
-    obj = _target(target)
+    obj = _target(target, "paper")
     paper = make_paper(
         obj, notation=args.notation, body_only=args.body_only, verify=not args.no_verify, T=args.T
     )
@@ -444,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             from .unroll import unroll
 
             target = args.cell
-            cell = _target(target)
+            cell = _target(target, "graph")
             options = {} if args.T_out is None else {"T_out": args.T_out}
             graph = unroll(cell, args.T, **options)
             if args.output:

@@ -104,36 +104,7 @@ def _user_layer(name: str = "user") -> rs.Cell:
 
 
 def _nested_problem(model: NestedModel, seed: int = 0):
-    """Parameters of the right shapes for every cell (n = N, the input of each layer the
-    output of the one below), an input batch and targets."""
-    rng = np.random.default_rng(seed)
-    params = {}
-
-    def fill(layer, width):
-        from rnnsym.models import nested
-
-        if isinstance(layer, nested.CellLayer):
-            sizes = dict.fromkeys(layer.cell.size_symbols.values(), N)
-            sizes[layer.cell.inputs[layer.input].symbol.shape[0]] = width
-            for name, var in layer.cell.params.items():
-                shape = tuple(
-                    int(d.subs(sizes)) if hasattr(d, "subs") else int(d) for d in var.symbol.shape
-                )
-                params[name] = rng.normal(scale=0.5, size=shape[:1] if shape[1:] == (1,) else shape)
-            return N
-        if isinstance(layer, nested.Reversed):
-            return fill(layer.layer, width)
-        if isinstance(layer, nested.Both):
-            return fill(layer.forward_layer, width) + fill(layer.backward_layer, width)
-        for inner in layer.layers:
-            width = fill(inner, width)
-        return width
-
-    top = fill(model.body, M)
-    params["V"] = rng.normal(scale=0.5, size=(K, top))
-    params["c"] = rng.normal(scale=0.5, size=K)
-    x, y = rng.normal(size=(T, B, M)), rng.normal(size=(T, B, K))
-    return params, {"x": x}, {"y": y}
+    return model.random_problem(T=T, B=B, seed=seed, size=N, inputs=M)
 
 
 def test_a_model_is_a_layer_anywhere_and_its_gradients_match_finite_differences():
@@ -303,3 +274,28 @@ def test_the_report_bidirectional_model_takes_lengths():
     with pytest.raises(ValueError, match="lengths= is not supported for the seq2seq"):
         seq = rs.cells.get("seq2seq")
         rs.compile(seq).loss_and_grad(*random_model_problem(seq, T=3, B=2), lengths=[3, 2])
+
+
+def test_cli_derives_and_checks_a_nested_model(tmp_path, capsys):
+    from rnnsym.cli import main
+
+    path = tmp_path / "encoder.py"
+    path.write_text(
+        "import rnnsym as rs\n"
+        "def encoder():\n"
+        "    head = rs.Cell('readout')\n"
+        "    n, k = head.dims('n k')\n"
+        "    z = head.input('z', n)\n"
+        "    o = head.output('o', head.param('V', k, n) @ z + head.param('c', k))\n"
+        "    head.loss(rs.squared_error(o, head.target('y', k)))\n"
+        "    gru = rs.cells.gru(output=False)\n"
+        "    return rs.stack(rs.bidirectional(gru, gru), gru, head=head)\n",
+        encoding="utf-8",
+    )
+    assert main(["derive", f"{path}:encoder", "--T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "model 'stack_bi_gru_layer_gru_layer'" in out and "run backwards in time" in out
+    assert "== gru_layer_b_1 ==" in out and "== readout ==" in out  # every cell derived
+    assert "padded batch, lengths [3, 1]" in out and "result: all checks passed" in out
+    assert main(["graph", f"{path}:encoder"]) == 2
+    assert "does not handle nested models" in capsys.readouterr().err

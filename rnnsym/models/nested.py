@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import sympy as sp
 
 from ..backends import lengths as _lengths
 from ..cell import Cell
@@ -330,6 +331,47 @@ class NestedModel:
     def compile(self) -> NestedKernel:
         return NestedKernel(self)
 
+    def random_problem(self, T: int = 5, B: int = 2, seed: int = 0, size: int = 3, inputs: int = 4):
+        """Random float64 ``(params, inputs, targets)``: every size of every cell ``size``,
+        the bottom layer's input of size ``inputs``, each layer's input the width of the
+        output below it (twice a direction's for a bidirectional layer)."""
+        rng = np.random.default_rng(seed)
+        params: dict = {}
+
+        def fill(layer, width: int) -> int:
+            if isinstance(layer, CellLayer):
+                sizes = dict.fromkeys(layer.cell.size_symbols.values(), size)
+                sizes[layer.cell.inputs[layer.input].symbol.shape[0]] = width
+                for name, var in layer.cell.params.items():
+                    shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.symbol.shape)
+                    shape = shape[:1] if shape[1:] == (1,) else shape
+                    params[name] = rng.normal(scale=0.5, size=shape)
+                out = layer.cell.states[layer.state].symbol.shape[0]
+                return int(sp.sympify(out).subs(sizes))
+            if isinstance(layer, Reversed):
+                return fill(layer.layer, width)
+            if isinstance(layer, Both):
+                return fill(layer.forward_layer, width) + fill(layer.backward_layer, width)
+            for inner in layer.layers:
+                width = fill(inner, width)
+            return width
+
+        top = fill(self.body, inputs)
+        sizes = dict.fromkeys(self.head.size_symbols.values(), size)
+        sizes[self.head.inputs[self.head_input].symbol.shape[0]] = top
+        for name, var in self.head.params.items():
+            shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.symbol.shape)
+            params[name] = rng.normal(scale=0.5, size=shape[:1] if shape[1:] == (1,) else shape)
+        x = rng.normal(size=(T, B, inputs))
+        targets = {}
+        for name, var in self.head.targets.items():
+            k = int(sp.sympify(var.symbol.shape[0]).subs(sizes))
+            if name in self.head.class_targets:
+                targets[name] = rng.integers(0, k, size=(T, B))
+            else:
+                targets[name] = rng.normal(size=(T, B, k))
+        return params, {self.input: x}, targets
+
     def __repr__(self) -> str:
         return f"NestedModel({self.name!r}: {len(self.body.cells())} cells and a head)"
 
@@ -445,15 +487,21 @@ def both_ways(forward, backward=None) -> Both:
 def stacked(layers, head: Cell | None = None, name: str | None = None):
     """Layers (cells or layers) stacked bottom first, their names suffixed _1, _2, ... by
     layer; with ``head``, the :class:`NestedModel` that reads the top layer."""
-    body = Chain(
-        [
-            as_layer(layer, f"stack(): layer {i}").renamed(f"_{i}")
-            for i, layer in enumerate(layers, 1)
-        ]
-    )
+    given = [as_layer(layer, f"stack(): layer {i}") for i, layer in enumerate(layers, 1)]
+    body = Chain([layer.renamed(f"_{i}") for i, layer in enumerate(given, 1)])
     if head is None:
         return body
     if not isinstance(head, Cell):
         raise CellError(f"stack(): head must be an rnnsym.Cell, got {type(head).__name__}")
-    names = [leaf.cell.name for leaf in body.cells()]
-    return NestedModel(name or "stack_" + "_".join(dict.fromkeys(names)), body, head)
+    return NestedModel(name or "stack_" + "_".join(_label(layer) for layer in given), body, head)
+
+
+def _label(layer: SequenceLayer) -> str:
+    """A short name of a layer, for a model's default name: gru_layer, bi_gru_layer, ..."""
+    if isinstance(layer, CellLayer):
+        return layer.cell.name
+    if isinstance(layer, Reversed):
+        return f"reversed_{_label(layer.layer)}"
+    if isinstance(layer, Both):
+        return f"bi_{_label(layer.forward_layer)}"
+    return "stack"
