@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
+from . import cells
 from .cell import Cell
 from .derive import derive
 from .errors import RnnsymError
@@ -673,8 +675,10 @@ def _load_data(path: str, cell: Cell) -> tuple[dict | None, dict | None, dict | 
     return params, inputs, targets, h0
 
 
-def register_cli(subparsers) -> argparse.ArgumentParser:
-    """Add ``rnnsym tbptt CELL --k 1,2,5,10`` to the ``rnnsym`` command's subparsers."""
+def register_cli(subparsers, load_target: Callable[[str], object] | None = None):
+    """Add ``rnnsym tbptt CELL --k 1,2,5,10`` to the ``rnnsym`` command's subparsers and return
+    its parser. ``load_target`` turns the CELL argument (a built-in name or PATH.py:FUNC) into
+    a cell: the CLI's own loader; without it CELL is a built-in name only."""
     p = subparsers.add_parser(
         "tbptt",
         help="truncated BPTT: cosine and relative error of the truncated gradient per k",
@@ -705,20 +709,32 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
         help="also print the derivation with the truncation made explicit (for the largest k)",
     )
     p.add_argument("-o", "--output", metavar="PATH.png", help="draw the bias against k here")
-    p.set_defaults(handler=run_cli)
+
+    def handler(args: argparse.Namespace) -> int:
+        return run_cli(args, load_target)
+
+    p.set_defaults(handler=handler)
     return p
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """``rnnsym tbptt``: print the table (and the derivation), draw the plot; 0 on success."""
-    from .cli import _target  # the CLI's own loader of CELL (a name or PATH.py:FUNC)
+def _builtin_only(name: str):
+    if ":" in name or name.endswith(".py"):
+        raise RnnsymError(
+            f"{name!r}: this tbptt command was registered without a loader of PATH.py:FUNC; "
+            f"name a built-in cell ({', '.join(sorted(cells.BUILTIN))})"
+        )
+    return cells.get(name)
 
+
+def run_cli(args: argparse.Namespace, load_target: Callable[[str], object] | None = None) -> int:
+    """``rnnsym tbptt``: print the table (and the derivation), draw the plot; 0 on success.
+    ``load_target`` loads CELL (default: built-in names only)."""
     ks = parse_ks(args.k)
     for option in ("T", "B"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise RnnsymError(f"--{option} {value}: must be at least 1")
-    cell = _target(args.cell)
+    cell = (load_target or _builtin_only)(args.cell)
     if not isinstance(cell, Cell):
         raise RnnsymError(
             f"tbptt: {args.cell!r} is a model of several cells; truncated BPTT is for one cell"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import rnnsym as rs
+from rnnsym.cli import _target
 from rnnsym.problems import concrete_sizes, random_problem
 from rnnsym.truncate import (
     TruncatedKernel,
@@ -369,7 +370,7 @@ def test_derivation_latex_escapes_user_names_and_compiles(tmp_path):
 
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="rnnsym")
-    register_cli(parser.add_subparsers(dest="command", required=True))
+    register_cli(parser.add_subparsers(dest="command", required=True), _target)
     args = parser.parse_args(argv)
     return args.handler(args)
 
@@ -418,3 +419,20 @@ def test_cli_through_main(capsys):
     assert "3*" in out and "rel(W)" in out
     assert main(["tbptt", "elman", "--k", "0"]) == 2
     assert "0 is not a truncation length" in capsys.readouterr().err
+
+
+def test_cli_user_cell_and_builtin_only_loader(tmp_path, capsys):
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "import rnnsym as rs\n\ndef make():\n    return rs.cells.elman_relu()\n",
+        encoding="utf-8",
+    )
+    assert _cli(["tbptt", f"{source}:make", "--k", "2,4", "--T", "4", "--B", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "cell 'elman_relu', T = 4, B = 1" in out and "4*" in out
+    # registered without the CLI's loader, CELL is a built-in name only, and it says so
+    parser = argparse.ArgumentParser(prog="rnnsym")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["tbptt", f"{source}:make"])
+    with pytest.raises(rs.RnnsymError, match="built-in cell"):
+        args.handler(args)
