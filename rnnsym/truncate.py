@@ -245,7 +245,7 @@ def _with_fed_back(spec: dict, params: dict, inputs: dict, targets: dict) -> dic
         if name in inputs:
             continue
         y = np.asarray(targets[target])
-        if target in spec.get("classes", ()):
+        if target in spec.get("classes", ()) and y.ndim == 2 and y.dtype.kind in "iu":
             size = _size(spec, params, spec["targets"][target][0])
             dtype = np.result_type(*[np.asarray(p).dtype for p in params.values()])
             y = np.eye(size, dtype=dtype)[y]

@@ -180,6 +180,21 @@ def test_truncated_gradient_matches_torch_autograd(name):
         full_loss, _ = base.loss_and_grad(params, inputs, targets, h0)
         assert loss == full_loss
         assert abs(loss - ref_loss) <= RTOL * abs(ref_loss)
+    if name == "fixed_input":  # the context given as one (m,) vector for every sequence
+        shared = {**inputs, "x": inputs["x"][0]}
+        _, grads = TruncatedKernel(base, 2).loss_and_grad(params, shared, targets, h0)
+        wide = {**inputs, "x": np.broadcast_to(inputs["x"][0], inputs["x"].shape)}
+        _, ref = _torch_truncated(name, params, wide, targets, 2, [h0[s] for s in states])
+        _assert_close(grads, ref, "fixed_input, k = 2, context (m,)")
+
+
+def test_forward_mode_kernel_gives_the_same_truncation():
+    cell, params, inputs, targets, h0 = _problem("lstm", T=5, B=2)
+    reverse = TruncatedKernel(_kernel("lstm"), 2).loss_and_grad(params, inputs, targets, h0)[1]
+    forward = compile_truncated(cell, 2, mode="forward")
+    assert forward.mode == "forward" and "forward mode" in repr(forward)
+    got = forward.loss_and_grad(params, inputs, targets, h0)[1]
+    _assert_close(got, reverse, "lstm, k = 2, forward mode against reverse mode")
 
 
 def test_truncated_is_not_full_below_T():
