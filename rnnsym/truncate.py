@@ -108,6 +108,10 @@ class TruncatedKernel:
         """The cell's derivation followed by its truncated adjoint recurrence."""
         return truncated_derivation_text(self.cell, self.truncate, latex=latex)
 
+    def clear_workspaces(self) -> None:
+        """Free the arrays the underlying kernel keeps between calls (see ``Kernel``)."""
+        self.kernel.clear_workspaces()
+
     def write(self, path: str | Path) -> Path:
         """Write the underlying full kernel's module (the truncation is a way of calling it)."""
         return self.kernel.write(path)
