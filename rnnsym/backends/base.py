@@ -87,22 +87,38 @@ class Kernel:
         label = "kernel" if self.backend == "numpy" else f"{self.backend} kernel"
         return exec_source(source, label, self.cell.name)
 
-    def forward(self, params: dict, inputs: dict, h0=None) -> dict:
-        """States and outputs for all t, each an array (T, B, size)."""
+    def forward(self, params: dict, inputs: dict, h0=None, lengths=None) -> dict:
+        """States and outputs for all t, each an array (T, B, size). With ``lengths`` (one
+        integer per sequence of a padded batch), zero past each sequence's end."""
+        if lengths is not None:
+            from . import lengths as _lengths
+
+            return _lengths.forward(self, params, inputs, h0, lengths)
         return self.module.forward(params, inputs, h0)
 
-    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """The total loss and the gradient of every parameter."""
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None, lengths=None):
+        """The total loss and the gradient of every parameter. With ``lengths`` (a (B,) integer
+        array), a padded batch: the steps past each sequence's length add nothing to the loss
+        and carry no gradient (:mod:`rnnsym.backends.lengths`)."""
+        if lengths is not None:
+            from . import lengths as _lengths
+
+            return _lengths.loss_and_grad(self, params, inputs, targets, h0, lengths)
         return self.module.loss_and_grad(params, inputs, targets, h0)
 
-    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):
+    def vjp(self, params: dict, inputs: dict, targets: dict, h0=None, lengths=None):
         """``(loss, grads, input_grads, h0_grads)``: also ∇ of every input sequence (T, B, size)
         and of every initial state (B, size), what a cell hands to the cells it is composed with.
+        ``lengths`` as for :meth:`loss_and_grad`; the input adjoints are zero past each end.
         """
         if not hasattr(self.module, "vjp"):
             raise ValueError(
                 f"vjp() is generated for reverse mode; this kernel is in {self.mode} mode"
             )
+        if lengths is not None:
+            from . import lengths as _lengths
+
+            return _lengths.vjp(self, params, inputs, targets, h0, lengths)
         return self.module.vjp(params, inputs, targets, h0)
 
     def hvp(self, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:

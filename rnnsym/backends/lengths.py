@@ -91,24 +91,27 @@ def _as_array(kernel, array: np.ndarray, like):
     return array.astype(like.dtype)
 
 
-def _steps(kernel, inputs) -> tuple[int, int]:
-    """T and B of the padded batch, from the first per-step input."""
+def _steps(kernel, inputs, targets) -> tuple[int, int]:
+    """T and B of the padded batch, from the first per-step input or target."""
     context = kernel.spec.get("context", ())
     if not isinstance(inputs, dict):
-        raise ValueError(
-            f"inputs must be a dict mapping names to arrays, got {type(inputs).__name__}"
-        )
-    for name in kernel.spec["inputs"]:
-        if name in inputs and name not in context and hasattr(inputs[name], "shape"):
-            shape = inputs[name].shape
-            if len(shape) == 3:
-                return int(shape[0]), int(shape[1])
-    raise ValueError("lengths= needs a per-step input (T, B, size) to take T and B from")
+        got = type(inputs).__name__
+        raise ValueError(f"inputs must be a dict mapping names to arrays, got {got}")
+    groups = [(inputs, kernel.spec["inputs"])]
+    if isinstance(targets, dict):
+        groups.append((targets, kernel.spec["targets"]))
+    for given, names in groups:
+        for name in names:
+            if name in given and name not in context and hasattr(given[name], "shape"):
+                shape = given[name].shape
+                if len(shape) >= 2:
+                    return int(shape[0]), int(shape[1])
+    raise ValueError("lengths= needs a per-step input or target (T, B, ...) to take T and B from")
 
 
 def _padded(kernel, inputs, targets, lengths):
     """(valid (T, B) boolean array, inputs and targets with their padding set to zero)."""
-    T, B = _steps(kernel, inputs)
+    T, B = _steps(kernel, inputs, targets)
     lengths = check_lengths(lengths, T, B)
     valid = np.arange(T)[:, None] < lengths[None, :]
     context = kernel.spec.get("context", ())
