@@ -55,10 +55,13 @@ __all__ = ["TangentCell", "tangent_cell", "KINDS"]
 
 KINDS = ("hvp", "gnvp")
 
-# step(a) is relu's derivative. Its own derivative is zero almost everywhere (and undefined at
-# a = 0, where relu has no second derivative either); the tangent cell writes relu′ with this
-# copy of step, whose derivative is that zero, so that reverse mode can run over ḣ.
-STEP = "step\u2080"  # "step₀": not an identifier, so no user function can take the name
+# Two first derivatives have no derivative rule of their own, as no first-order derivation
+# needs one; the tangent cell writes them with these copies, which have one, so that reverse
+# mode can run over ḣ. Their names are not identifiers, so no user function can take them.
+# step(a) = relu′(a): its derivative is zero almost everywhere (relu has no second derivative
+# at 0). reciprocal(a) = log′(a): its derivative is −reciprocal(a)².
+STEP = "step\u2080"  # "step₀"
+RECIPROCAL = "reciprocal\u2080"
 if STEP not in ACTIVATIONS:
     register(
         Activation(
@@ -69,6 +72,17 @@ if STEP not in ACTIVATIONS:
             "_step",
         )
     )
+if RECIPROCAL not in ACTIVATIONS:
+    register(
+        Activation(
+            RECIPROCAL,
+            lambda z: 1 / z,
+            lambda x, ans: mul(-1, hadamard(ans, ans)),
+            r"\operatorname{inv}",
+            "np.reciprocal",
+        )
+    )
+_SECOND_ORDER_COPIES = {"step": STEP, "reciprocal": RECIPROCAL}
 
 
 class SmoothSoftmax(Softmax):
@@ -121,8 +135,13 @@ def _softmax_free(expr: MatrixExpr) -> MatrixExpr:
 
 
 def _differentiable_steps(expr: MatrixExpr) -> MatrixExpr:
-    steps = {n for n in sp.preorder_traversal(expr) if isinstance(n, Apply) and n.name == "step"}
-    return expr.xreplace({n: Apply(STEP, n.arg) for n in steps}) if steps else expr
+    found = {
+        n
+        for n in sp.preorder_traversal(expr)
+        if isinstance(n, Apply) and n.name in _SECOND_ORDER_COPIES
+    }
+    subs = {n: Apply(_SECOND_ORDER_COPIES[n.name], n.arg) for n in found}
+    return expr.xreplace(subs) if subs else expr
 
 
 def _row_sums(expr: MatrixExpr) -> MatrixExpr:

@@ -7,6 +7,8 @@ import linecache
 import types
 from pathlib import Path
 
+import numpy as np
+
 from .. import display
 from ..derive import Derivation
 
@@ -45,13 +47,13 @@ def _check_direction(cell, params, v) -> None:
             + (f"; not a parameter: {', '.join(extra)}" if extra else "")
         )
     for name in cell.params:
-        expected = getattr(params.get(name), "shape", None)
-        got = getattr(v[name], "shape", None)
-        if got is None or expected is None or tuple(got) != tuple(expected):
+        if name not in params:
+            raise ValueError(f"params has no array for the parameter {name!r}")
+        expected, got = np.shape(params[name]), np.shape(v[name])
+        if tuple(got) != tuple(expected):
             raise ValueError(
-                f"v[{name!r}] has shape {got if got is not None else type(v[name]).__name__}, "
-                f"but params[{name!r}] has shape {expected}; a direction has the shape of its "
-                f"parameter"
+                f"v[{name!r}] has shape {tuple(got)}, but params[{name!r}] has shape "
+                f"{tuple(expected)}; a direction has the shape of its parameter"
             )
 
 
