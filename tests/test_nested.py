@@ -271,9 +271,38 @@ def test_the_report_bidirectional_model_takes_lengths():
     for name in grads:
         want = sum(a[1][name] for a in alone)
         np.testing.assert_allclose(grads[name], want, rtol=1e-10, atol=1e-12, err_msg=name)
-    with pytest.raises(ValueError, match="lengths= is not supported for the seq2seq"):
-        seq = rs.cells.get("seq2seq")
-        rs.compile(seq).loss_and_grad(*random_model_problem(seq, T=3, B=2), lengths=[3, 2])
+
+
+@pytest.mark.parametrize("name", ["seq2seq", "seq2seq_init"])
+def test_seq2seq_takes_input_and_output_lengths(name):
+    # C is the encoder's state at each input's own end; the decoder's loss counts each
+    # output's real steps; NaN padding on both sides reaches nothing
+    from rnnsym.models import random_model_problem
+
+    model = rs.cells.get(name)
+    kernel = rs.compile(model)
+    params, inputs, targets = random_model_problem(model, T=5, B=3, seed=0, T_out=4)
+    x_lengths, y_lengths = np.array([5, 2, 3]), np.array([4, 1, 3])
+    x, y = inputs["x"].copy(), targets["y"].copy()
+    for b in range(3):
+        x[x_lengths[b] :, b] = np.nan
+        y[y_lengths[b] :, b] = np.nan
+    loss, grads = kernel.loss_and_grad(params, {"x": x}, {"y": y}, lengths=(x_lengths, y_lengths))
+    alone = [
+        kernel.loss_and_grad(
+            params,
+            {"x": inputs["x"][: x_lengths[b], b : b + 1]},
+            {"y": targets["y"][: y_lengths[b], b : b + 1]},
+        )
+        for b in range(3)
+    ]
+    # the same sums over the same real steps, in another order: rounding only
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
+    for n in grads:
+        want = sum(a[1][n] for a in alone)
+        np.testing.assert_allclose(grads[n], want, rtol=1e-10, atol=1e-12, err_msg=n)
+    with pytest.raises(ValueError, match=r"a pair \(input lengths, output lengths\)"):
+        kernel.loss_and_grad(params, inputs, targets, lengths=x_lengths)
 
 
 def test_cli_derives_and_checks_a_nested_model(tmp_path, capsys):

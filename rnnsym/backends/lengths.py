@@ -130,8 +130,14 @@ def _padded(kernel, inputs, targets, lengths):
     return valid, inputs, targets
 
 
-def _with_mask(kernel, inputs, valid, name):
-    like = next(a for a in inputs.values() if hasattr(a, "dtype"))
+def _with_mask(kernel, inputs, valid, name, params, targets=None):
+    # the mask in the arrays' own type and float dtype: an input's, else a target's or a
+    # parameter's (a cell whose only input is fed back from its targets)
+    arrays = [*inputs.values(), *(targets or {}).values(), *params.values()]
+    floats = [a for a in arrays if hasattr(a, "dtype") and "float" in str(a.dtype)]
+    if not floats:
+        raise ValueError("lengths= needs float arrays to take the mask's dtype from")
+    like = floats[0]
     mask = _as_array(kernel, valid[..., None].astype(np.float64), like)
     return {**inputs, name: mask}
 
@@ -147,7 +153,8 @@ def loss_and_grad(kernel, params, inputs, targets, h0=None, lengths=None):
     """``kernel.loss_and_grad`` of a padded batch: the loss of the real steps only."""
     masked, name = masked_kernel(kernel)
     valid, inputs, targets = _padded(kernel, inputs, targets, lengths)
-    return masked.loss_and_grad(params, _with_mask(kernel, inputs, valid, name), targets, h0)
+    inputs = _with_mask(kernel, inputs, valid, name, params, targets)
+    return masked.loss_and_grad(params, inputs, targets, h0)
 
 
 def vjp(kernel, params, inputs, targets, h0=None, lengths=None):
@@ -155,7 +162,7 @@ def vjp(kernel, params, inputs, targets, h0=None, lengths=None):
     masked, name = masked_kernel(kernel)
     valid, inputs, targets = _padded(kernel, inputs, targets, lengths)
     loss, grads, input_grads, h0_grads = masked.vjp(
-        params, _with_mask(kernel, inputs, valid, name), targets, h0
+        params, _with_mask(kernel, inputs, valid, name, params, targets), targets, h0
     )
     input_grads = {n: a for n, a in input_grads.items() if n != name}
     return loss, grads, input_grads, h0_grads

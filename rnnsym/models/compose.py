@@ -751,13 +751,27 @@ class ModelKernel:
 
     # -- sequence to sequence --
 
-    def _s2s(self, params, inputs, targets, grad: bool):
+    def _s2s(self, params, inputs, targets, grad: bool, lengths=None):
         m = self.model
         where, target, state = m.context_slot
         enc_in = self._inputs(inputs, "encoder")
         dec_in = self._inputs(inputs, "decoder")
+        enc_lengths = dec_lengths = None
+        if lengths is not None:
+            if not isinstance(lengths, tuple | list) or len(lengths) != 2:
+                raise ValueError(
+                    f"lengths of a seq2seq model is a pair (input lengths, output lengths), "
+                    f"one integer array (B,) each; got {type(lengths).__name__}"
+                )
+            enc_lengths, dec_lengths = lengths
+            context_names = set(m.parts["encoder"].cell.context_inputs)
+            if enc_lengths is not None:
+                enc_in, enc_lengths = _padded(enc_in, enc_lengths, context_names)
         enc = self.kernels["encoder"].forward(self._params(params, "encoder"), enc_in)
-        context = np.ascontiguousarray(enc[state][-1])
+        T_x, B_x = enc[state].shape[:2]
+        # C = the encoder's state at each input sequence's own last step
+        last = np.full(B_x, T_x - 1) if enc_lengths is None else enc_lengths - 1
+        context = np.ascontiguousarray(enc[state][last, np.arange(B_x)])
         batch = context.shape[0]
         for group, arrays in (("inputs", dec_in), ("targets", targets or {})):
             for name, array in arrays.items():
@@ -778,8 +792,8 @@ class ModelKernel:
             if not grad:
                 out = self.kernels["decoder"].forward(dec_params, dec_in, h0)
                 return {**{f"encoder.{n}": a for n, a in enc.items()}, **out}
-            loss, grads, g_in, g_h0 = self.kernels["decoder"].module.vjp(
-                dec_params, dec_in, targets, h0
+            loss, grads, g_in, g_h0 = self.kernels["decoder"].vjp(
+                dec_params, dec_in, targets, h0, lengths=dec_lengths
             )
         except ValueError as exc:
             raise ValueError(
@@ -789,7 +803,7 @@ class ModelKernel:
         g_context = g_h0[target] if where == "h0" else g_in[target]
         (seed,) = m.parts["encoder"].seeds.values()
         seeds = np.zeros_like(enc[state])
-        seeds[-1] = g_context
+        seeds[last, np.arange(B_x)] = g_context
         _, g_enc = self.kernels["encoder"].loss_and_grad(
             self._params(params, "encoder"), enc_in, {seed: seeds}
         )
@@ -877,18 +891,13 @@ class ModelKernel:
 
     def _run(self, params, inputs, targets, grad, lengths=None):
         kind = self.model.kind
-        if lengths is not None and kind == "seq2seq":
-            raise ValueError(
-                f"lengths= is not supported for the seq2seq model {self.model.name!r} yet (its "
-                f"encoder and decoder would need a length each)"
-            )
         missing = [n for n in self.model.params if n not in params]
         if missing:
             raise ValueError(f"params[{missing[0]!r}] is missing from the model's parameters")
         if kind == "bidirectional":
             return self._bi(params, inputs, targets, grad, lengths)
         if kind == "seq2seq":
-            return self._s2s(params, inputs, targets, grad)
+            return self._s2s(params, inputs, targets, grad, lengths)
         return self._last(params, inputs, targets, lengths, grad)
 
     def forward(self, params: dict, inputs: dict, lengths=None) -> dict:
