@@ -166,7 +166,7 @@ class GradientFlow:
         )
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         return path
 
@@ -663,7 +663,8 @@ def _run_flow(args: argparse.Namespace, load_target) -> int:
         sizes = {**sizes, **fixed}
     problem = random_problem(cell, sizes=sizes, T=args.T, B=args.B, seed=args.seed)
     params = problem[0] if params is None else params
-    inputs, targets = problem[1], problem[2]
+    inputs = problem[1]
+    targets = problem[2] if cell._loss_terms else None  # no loss: the Jacobians alone
     inputs = {name: array * args.input_scale for name, array in inputs.items()}
     weight = args.weight
     if weight is None and ":" not in args.cell:
@@ -683,12 +684,14 @@ def _run_flow(args: argparse.Namespace, load_target) -> int:
         cell, params, inputs, targets=targets, state=args.state, reduce=args.reduce
     )
     print(result.summary())
-    jac = result.jacobian_norms
-    print("lag t-τ   mean ‖∂h(t)/∂h(τ)‖₂   mean ‖∂L(t)/∂h(τ)‖₂")
+    errors = result.error_norms
+    print(f"  t - τ   ‖∂h(t)/∂h(τ)‖₂{'   ‖∂L(t)/∂h(τ)‖₂' if errors is not None else ''}")
+    print(f"         (the {args.reduce} over the batch, averaged over τ)")
     for lag in sorted({1, 2, 5, 10, 20, result.T} & set(range(1, result.T + 1))):
-        j = np.mean(np.diagonal(jac, -lag))
-        e = np.mean(np.diagonal(result.error_norms, -lag))
-        print(f"{lag:7d}   {j:19.4g}   {e:19.4g}")
+        line = f"{lag:7d}   {np.mean(np.diagonal(result.jacobian_norms, -lag)):14.4g}"
+        if errors is not None:
+            line += f"   {np.mean(np.diagonal(errors, -lag)):14.4g}"
+        print(line)
     if args.output:
         try:
             path = result.plot(args.output)
