@@ -22,6 +22,7 @@ import numpy as np
 from .backends.base import Kernel
 from .cell import Cell
 from .derive import Derivation
+from .errors import CellError
 from .kernel import compile_cell
 from .problems import random_problem
 
@@ -106,6 +107,11 @@ def cli_order2(cell: Cell, args: argparse.Namespace) -> int:
     ``args.latex``), then check H v against finite differences of the gradient along a random
     v on a random problem (sizes 2, 3, ..., T = ``args.T`` or 4, B = 2); 0 if it agrees to
     1e-6 relative, else 1."""
+    if not isinstance(cell, Cell):
+        raise CellError(
+            f"--order 2 derives the second order of a cell; {getattr(cell, 'name', cell)!r} is "
+            f"a {type(cell).__name__} (composed models have no tangent cell yet)"
+        )
     latex = bool(getattr(args, "latex", False))
     out = sys.stdout
     kernel = _kernel(cell)

@@ -50,6 +50,7 @@ from .ir.ops import (
     transpose,
 )
 from .ir.rules import defvjp
+from .transform import replay
 
 __all__ = ["TangentCell", "tangent_cell", "KINDS"]
 
@@ -220,8 +221,6 @@ def tangent_cell(cell: Cell, kind: str = "hvp") -> TangentCell:
     ``"hvp"`` (the directional derivative of the loss; its θ-gradient is H v) or ``"gnvp"``
     (half the loss's second derivative along the tangents of what it reads; its v-gradient is
     G v). See the module docstring."""
-    from .transform import replay
-
     if not isinstance(cell, Cell):
         raise TypeError(f"tangent_cell() needs an rnnsym.Cell, got {type(cell).__name__}")
     if kind not in KINDS:

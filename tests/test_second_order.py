@@ -345,3 +345,8 @@ def test_cli_order2(capsys):
     code = so.cli_order2(BUILTIN["elman"].make(), argparse.Namespace(latex=True, T=None))
     out = capsys.readouterr().out
     assert code == 0 and "\\begin{align}" in out and "% H v agrees" in out
+
+
+def test_cli_order2_refuses_a_model():
+    with pytest.raises(rs.CellError, match="bidirectional.*Model"):
+        so.cli_order2(rs.cells.get("bidirectional"), argparse.Namespace(latex=False, T=None))
