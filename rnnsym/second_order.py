@@ -52,16 +52,20 @@ def _kernel(cell_or_kernel) -> Kernel:
     )
 
 
-def hvp(cell_or_kernel, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:
+def hvp(
+    cell_or_kernel, params: dict, inputs: dict, targets: dict, v: dict, h0=None, lengths=None
+) -> dict:
     """H v: the Hessian of the total loss w.r.t. the parameters times the direction ``v``
     (keys and shapes of ``params``); see :meth:`rnnsym.backends.base.Kernel.hvp`."""
-    return _kernel(cell_or_kernel).hvp(params, inputs, targets, v, h0)
+    return _kernel(cell_or_kernel).hvp(params, inputs, targets, v, h0, lengths)
 
 
-def gnvp(cell_or_kernel, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:
+def gnvp(
+    cell_or_kernel, params: dict, inputs: dict, targets: dict, v: dict, h0=None, lengths=None
+) -> dict:
     """G v: the Gauss–Newton matrix of the total loss times the direction ``v``; see
     :meth:`rnnsym.backends.base.Kernel.gnvp`."""
-    return _kernel(cell_or_kernel).gnvp(params, inputs, targets, v, h0)
+    return _kernel(cell_or_kernel).gnvp(params, inputs, targets, v, h0, lengths)
 
 
 def second_order_derivation(cell_or_kernel, kind: str = "hvp") -> Derivation:
@@ -79,14 +83,21 @@ def second_order_derivation(cell_or_kernel, kind: str = "hvp") -> Derivation:
 
 
 def finite_difference_hvp(
-    kernel: Kernel, params: dict, inputs: dict, targets: dict, v: dict, eps: float, h0=None
+    kernel: Kernel,
+    params: dict,
+    inputs: dict,
+    targets: dict,
+    v: dict,
+    eps: float,
+    h0=None,
+    lengths=None,
 ) -> dict:
     """(∇L(θ + εv) − ∇L(θ − εv)) / (2ε): the central difference of the generated gradient
     along v, which approximates H v with an error O(ε²) (and roundoff O(|∇L| u / ε))."""
     plus = {n: np.asarray(p) + eps * np.asarray(v[n]) for n, p in params.items()}
     minus = {n: np.asarray(p) - eps * np.asarray(v[n]) for n, p in params.items()}
-    _, g_plus = kernel.loss_and_grad(plus, inputs, targets, h0)
-    _, g_minus = kernel.loss_and_grad(minus, inputs, targets, h0)
+    _, g_plus = kernel.loss_and_grad(plus, inputs, targets, h0, lengths)
+    _, g_minus = kernel.loss_and_grad(minus, inputs, targets, h0, lengths)
     return {n: (g_plus[n] - g_minus[n]) / (2 * eps) for n in params}
 
 

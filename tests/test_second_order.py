@@ -350,3 +350,27 @@ def test_cli_order2(capsys):
 def test_cli_order2_refuses_a_model():
     with pytest.raises(rs.CellError, match="bidirectional.*Model"):
         so.cli_order2(rs.cells.get("bidirectional"), argparse.Namespace(latex=False, T=None))
+
+
+@pytest.mark.parametrize("kind", ["hvp", "gnvp"])
+def test_lengths_equal_each_sequence_alone(kind):
+    # a padded batch (lengths 3 and 1, garbage past the end) gives the sum of the products of
+    # each sequence run alone at its own length: the same float64 sums in another order, so
+    # 1e-12 relative
+    kernel = kernel_of("gru_original")
+    params, inputs, targets, v = problem(kernel.cell, seed=6)
+    lengths = np.array([3, 1])
+    padded_inputs = {n: a.copy() for n, a in inputs.items()}
+    padded_inputs["x"][1:, 1] = 1e3  # past the second sequence's end: must not matter
+    value = getattr(kernel, kind)(params, padded_inputs, targets, v, lengths=lengths)
+    alone = [
+        getattr(kernel, kind)(
+            params,
+            {n: a[:length, b : b + 1] for n, a in inputs.items()},
+            {n: a[:length, b : b + 1] for n, a in targets.items()},
+            v,
+        )
+        for b, length in enumerate(lengths)
+    ]
+    total = {n: alone[0][n] + alone[1][n] for n in params}
+    assert so.hvp_error(total, value) < 1e-12

@@ -123,19 +123,23 @@ class Kernel:
             return _lengths.vjp(self, params, inputs, targets, h0, lengths)
         return self.module.vjp(params, inputs, targets, h0)
 
-    def hvp(self, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:
+    def hvp(
+        self, params: dict, inputs: dict, targets: dict, v: dict, h0=None, lengths=None
+    ) -> dict:
         """The Hessian-vector product H v of the total loss w.r.t. the parameters: a dict with
         the keys and shapes of ``params``. ``v`` is a direction with those keys and shapes.
 
         Computed by the NumPy kernel of the tangent cell (:mod:`rnnsym.tangent`), derived and
         generated on first use and kept on this kernel: reverse mode over the loss's
-        derivative along v."""
-        return self._second_order("hvp", params, inputs, targets, v, h0)
+        derivative along v. ``lengths`` as for :meth:`loss_and_grad`."""
+        return self._second_order("hvp", params, inputs, targets, v, h0, lengths)
 
-    def gnvp(self, params: dict, inputs: dict, targets: dict, v: dict, h0=None) -> dict:
+    def gnvp(
+        self, params: dict, inputs: dict, targets: dict, v: dict, h0=None, lengths=None
+    ) -> dict:
         """The Gauss–Newton-vector product G v = Jᵀ H_ℓ J v (J: the Jacobian of what each
         step's loss reads w.r.t. the parameters; H_ℓ: that loss's Hessian), as :meth:`hvp`."""
-        return self._second_order("gnvp", params, inputs, targets, v, h0)
+        return self._second_order("gnvp", params, inputs, targets, v, h0, lengths)
 
     def second_order_kernel(self, kind: str):
         """The NumPy kernel of the tangent cell for ``kind`` ("hvp" or "gnvp") and the
@@ -155,14 +159,16 @@ class Kernel:
             cache[kind] = (kernel, made)
         return cache[kind]
 
-    def _second_order(self, kind, params, inputs, targets, v, h0) -> dict:
+    def _second_order(self, kind, params, inputs, targets, v, h0, lengths) -> dict:
         _check_direction(self.cell, params, v)
         kernel, made = self.second_order_kernel(kind)
         if kernel is None:  # a loss linear in what it reads has G = 0
             return {name: 0.0 * v[name] for name in self.cell.params}
         merged = dict(params)
         merged.update({made.directions[name]: v[name] for name in self.cell.params})
-        _, grads = kernel.loss_and_grad(merged, inputs, targets, h0)
+        # with lengths, each step past a sequence's end is masked out of the tangent cell's
+        # loss, as out of the cell's: its H v and G v are those of the padded batch's loss
+        _, grads = kernel.loss_and_grad(merged, inputs, targets, h0, lengths)
         if kind == "hvp":  # reverse over forward: the θ-gradient of the loss's derivative
             return {name: grads[name] for name in self.cell.params}
         # ½ vᵀ G v has the v-gradient G v
