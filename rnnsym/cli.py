@@ -478,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_p.add_argument("--no-plot", action="store_true", help="do not save a plot")
     sub.add_parser("cells", help="list the built-in cells")
+    # analysis on generated kernels, each command registered by the module that implements it
+    from .flow import register_cli as _flow
+    from .truncate import register_cli as _tbptt
+
+    _tbptt(sub, lambda name: _target(name, "tbptt"))
+    _flow(sub, lambda name: _target(name, "flow"))
     return parser
 
 
@@ -486,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "T"):
             _check_T(args)
+        if getattr(args, "handler", None):  # a command registered by its module (tbptt, flow)
+            return args.handler(args)
         if args.command == "cells":
             for name, builtin in sorted({**cells.BUILTIN, **cells.MODELS}.items()):
                 print(f"{name:16s} {(builtin.make.__doc__ or '').strip().splitlines()[0]}")

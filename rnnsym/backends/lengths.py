@@ -52,10 +52,9 @@ def masked_kernel(kernel):
         cell, name = masked_cell(kernel.cell)
         derivation = derive(cell)
         if kernel.backend == "numpy":
-            from .base import Kernel
             from .numpy import generate_module
 
-            compiled = Kernel(derivation, generate_module(derivation))
+            compiled = type(kernel)(derivation, generate_module(derivation))
         else:
             backend = importlib.import_module(f"rnnsym.backends.{kernel.backend}")
             compiled = backend.compile_derivation(derivation)
