@@ -338,3 +338,25 @@ def test_cli_reads_params(tmp_path, capsys):
     problem = random_problem(rs.cells.elman(), sizes={"n": 2, "m": 3, "k": 1}, T=6, B=1)
     expected = gradient_flow(rs.cells.elman(), params, problem[1], targets=problem[2])
     assert code == 0 and f"ρ = {expected.rate:.4f}" in out
+
+
+def test_docs_page_runs(capsys):
+    """The python block of docs/flow.md runs as written (documentation nobody runs goes stale)."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).parent.parent / "docs" / "flow.md"
+    (block,) = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    exec(compile(block, "flow-docs", "exec"), {"__name__": "__flow_docs__"})
+    out = capsys.readouterr().out
+    assert "lstm: h = (h, c)" in out and "(2, 21, 21)" in out
+
+
+def test_cli_measures_a_user_cell_without_a_loss(tmp_path, capsys):
+    path = tmp_path / "layer.py"
+    path.write_text("import rnnsym as rs\n\ndef make():\n    return rs.cells.elman(output=False)\n")
+    argv = [f"{path}:make", "--T", "8", "--radius", "0.5", "--weight", "W", "--size", "n=3"]
+    code, out = _cli(argv, capsys)
+    assert code == 0 and "elman_layer: h = h, T = 8" in out and "∂L" not in out
+    with pytest.raises(RnnsymError, match=r"--size 'q=3': 'q' is not a size of cell"):
+        _cli([f"{path}:make", "--size", "q=3"], capsys)
