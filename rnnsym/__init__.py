@@ -8,6 +8,7 @@ from .braket import SequenceForm, braket
 from .cell import Cell
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
+from .flow import gradient_flow
 from .ir.expr import Term, concat, elementwise, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
 from .models.compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
@@ -37,6 +38,7 @@ __all__ = [
     "compile",
     "check_gradients",
     "verify",
+    "gradient_flow",
     "cells",
     "elementwise",
     "concat",

@@ -45,7 +45,8 @@ UPWARD = {
 PUBLIC = [
     "Cell", "Term", "Derivation", "derive", "unroll", "paper_document", "braket",
     "SequenceForm", "stack", "bidirectional", "seq2seq", "last_output", "generate", "Model",
-    "ModelKernel", "compile", "check_gradients", "verify", "cells", "elementwise", "concat",
+    "ModelKernel", "compile", "check_gradients", "verify", "gradient_flow", "cells",
+    "elementwise", "concat",
     "tanh", "sigmoid", "relu", "softplus", "exp", "log", "log_sigmoid", "squared_error",
     "linear_loss", "softmax_cross_entropy", "RnnsymError", "CellError", "ShapeError",
     "DerivationError",
