@@ -374,3 +374,14 @@ def test_lengths_equal_each_sequence_alone(kind):
     ]
     total = {n: alone[0][n] + alone[1][n] for n in params}
     assert so.hvp_error(total, value) < 1e-12
+
+
+def test_gauss_newton_derivation_and_a_linear_loss():
+    derivation = so.second_order_derivation(kernel_of("elman_softmax"), "gnvp")
+    text = derivation.pretty()
+    # the tangent of p = softmax(o), ṗ = p ∘ ȯ − p (pᵀ ȯ), is an output, and the loss's
+    # curvature term is ½ ṗᵀ ȯ = ½ ȯᵀ (diag p − p pᵀ) ȯ
+    assert "softmax_o_dot⁽ᵗ⁾ = (softmax(c + V h⁽ᵗ⁾)) ∘ (" in text
+    assert "L⁽ᵗ⁾ = ½ softmax_o_dot⁽ᵗ⁾ᵀ o_dot⁽ᵗ⁾ + logsumexp(o⁽ᵗ⁾) − y⁽ᵗ⁾ᵀ o⁽ᵗ⁾" in text
+    with pytest.raises(ValueError, match="linear in what it reads"):
+        so.second_order_derivation(kernel_of("slides"), "gnvp")
