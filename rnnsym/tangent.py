@@ -282,7 +282,8 @@ def tangent_cell(cell: Cell, kind: str = "hvp") -> TangentCell:
 
     def named_softmax(expr):
         # softmax(a) in the loss's tangents becomes an output p (and ṗ), computed once a step
-        found = {n for n in sp.preorder_traversal(expr) if isinstance(n, Softmax)}
+        # in the order met (dict keys, not a set), so that the generated code is deterministic
+        found = dict.fromkeys(n for n in sp.preorder_traversal(expr) if isinstance(n, Softmax))
         subs = {}
         for node in found:
             a = node.args[0]

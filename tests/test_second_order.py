@@ -385,3 +385,26 @@ def test_gauss_newton_derivation_and_a_linear_loss():
     assert "L⁽ᵗ⁾ = ½ softmax_o_dot⁽ᵗ⁾ᵀ o_dot⁽ᵗ⁾ + logsumexp(o⁽ᵗ⁾) − y⁽ᵗ⁾ᵀ o⁽ᵗ⁾" in text
     with pytest.raises(ValueError, match="linear in what it reads"):
         so.second_order_derivation(kernel_of("slides"), "gnvp")
+
+
+def test_generated_tangent_kernels_are_deterministic():
+    # the same source in a fresh interpreter with another string-hash seed (set iteration
+    # order differs between them)
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, rnnsym as rs\n"
+        "k = rs.compile(rs.cells.get('elman_softmax'))\n"
+        "print(hashlib.sha256(k.second_order_kernel('gnvp')[0].source.encode()).hexdigest())\n"
+    )
+    here = hashlib.sha256(
+        kernel_of("elman_softmax").second_order_kernel("gnvp")[0].source.encode()
+    ).hexdigest()
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert run.stdout.strip() == here
