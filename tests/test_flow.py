@@ -9,6 +9,7 @@ gated cells.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import numpy as np
 import pytest
@@ -18,6 +19,17 @@ from rnnsym.cli import _target
 from rnnsym.errors import RnnsymError
 from rnnsym.flow import gradient_flow, register_cli, rescale_recurrent
 from rnnsym.problems import random_problem
+
+
+@functools.cache
+def _cell(name: str):
+    """One instance per built-in cell, so that its kernels are compiled once for the module."""
+    return rs.cells.get(name)
+
+
+@functools.cache
+def _kernel(name: str):
+    return rs.compile(_cell(name))
 
 
 def _spectral(J):
@@ -49,7 +61,7 @@ def _elman_reference(params, inputs, targets, h0):
 
 @pytest.fixture(scope="module")
 def elman_problem():
-    cell = rs.cells.elman()
+    cell = _cell("elman")
     params, inputs, targets = random_problem(cell, T=7, B=3, seed=1)
     h0 = np.random.default_rng(2).normal(scale=0.5, size=(3, params["W"].shape[0]))
     return cell, params, inputs, targets, h0
@@ -90,7 +102,7 @@ def test_elman_matches_hand_written_jacobian_products(elman_problem):
 def test_a_kernel_gives_the_same_flow_as_its_cell(elman_problem):
     cell, params, inputs, targets, h0 = elman_problem
     from_cell = gradient_flow(cell, params, inputs, h0)
-    from_kernel = gradient_flow(rs.compile(cell), params, inputs, h0)
+    from_kernel = gradient_flow(_kernel("elman"), params, inputs, h0)
     assert from_kernel.error_norms is None  # no targets, no error bra
     np.testing.assert_array_equal(from_cell.jacobian_norms, from_kernel.jacobian_norms)
     assert from_cell.rate == from_kernel.rate
@@ -99,7 +111,7 @@ def test_a_kernel_gives_the_same_flow_as_its_cell(elman_problem):
 def _finite_difference_flow(cell, params, inputs, targets, h0, states, loss_output, eps=1e-6):
     """‖∂s(t)/∂s(τ)‖₂ and ‖∂L(t)/∂s(τ)‖₂ (batch element 0) by central differences of the
     forward kernel restarted at τ from a perturbed s(τ); s = ``states`` concatenated."""
-    kernel = rs.compile(cell)
+    kernel = _kernel(cell.name)
     run = kernel.forward(params, inputs, h0)
     T = inputs["x"].shape[0]
     sizes = [run[s].shape[-1] for s in states]
@@ -141,7 +153,7 @@ def _finite_difference_flow(cell, params, inputs, targets, h0, states, loss_outp
     "name, state", [("lstm", None), ("lstm", "c"), ("gru", None)], ids=["lstm", "lstm-c", "gru"]
 )
 def test_gated_cells_match_finite_differences(name, state):
-    cell = rs.cells.get(name)
+    cell = _cell(name)
     params, inputs, targets = random_problem(cell, T=5, B=2, seed=3)
     rng = np.random.default_rng(4)
     h0 = {s: rng.normal(scale=0.5, size=(2, 5)) for s in cell.states}  # n = 5 (k, m, n = 3, 4, 5)
@@ -156,6 +168,12 @@ def test_gated_cells_match_finite_differences(name, state):
     # mistake in the Jacobian (a wrong window, seed or state block changes them at order 1)
     np.testing.assert_allclose(flow.jacobian_norms[0][below], jac[below], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(flow.error_norms[0][below], err[below], rtol=1e-6, atol=1e-9)
+    # τ = t: ∂L(t)/∂h(t) of L(t) = ½‖V h(t) + b_V − y(t)‖² is Vᵀ(out(t) − y(t)) in the block
+    # of h and zero in the block of c (the loss does not read c); rounding only, 1e-12
+    out = _kernel(name).forward(params, inputs, h0)["out"][:, 0]
+    local = (out - targets["y"][:, 0]) @ params["V"]
+    expected = np.linalg.norm(local, axis=-1) if "h" in states else np.zeros(5)
+    np.testing.assert_allclose(np.diagonal(flow.error_norms[0])[1:], expected, rtol=1e-12)
 
 
 def test_error_bra_is_the_local_error_times_the_jacobian():
@@ -181,7 +199,7 @@ def test_error_bra_is_the_local_error_times_the_jacobian():
 def _orthogonal_elman(radius, n=6, T=20):
     """An Elman cell at the fixed point h = 0: zero inputs and biases, h(0) = 0, W = radius Q
     with Q orthogonal. Then ∂h(t)/∂h(τ) = W^(t−τ) exactly, whose norm is radius^(t−τ)."""
-    cell = rs.cells.elman()
+    cell = _cell("elman")
     params, inputs, targets = random_problem(cell, sizes={"n": n}, T=T, B=1, seed=6)
     Q, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(n, n)))
     params = {**params, "W": radius * Q, "b": np.zeros(n)}
@@ -217,7 +235,7 @@ def test_small_weights_vanish_and_large_ones_explode(name):
     # ρ(A) = R for Elman and 1/2 − R/4 ≤ ρ(A) ≤ 1/2 + R/4 for the gated cells: ρ(A) < 1 at
     # R = 0.1 and ρ(A) ≥ 1.5 at R = 8, and ‖A^k‖ follows ρ(A)^k up to a factor polynomial in k,
     # which the fitted intercept and slope over T = 12 steps cannot turn across 1.
-    cell = rs.cells.get(name)
+    cell = _cell(name)
     weight = {"elman": "W", "lstm": "W_hh", "gru": "W_hh"}[name]
     params, inputs = _linear_regime(cell, *random_problem(cell, T=12, B=2, seed=8)[:2])
     small = gradient_flow(cell, rescale_recurrent(params, weight, 0.1), inputs)
@@ -229,7 +247,7 @@ def test_small_weights_vanish_and_large_ones_explode(name):
 def test_saturation_bounds_the_growth():
     # |tanh'| ≤ 1, so ‖∂h(t)/∂h(τ)‖ = ‖Π diag(1 − h²) W‖ ≤ ‖W‖₂^(t−τ) whatever the inputs; with
     # large inputs tanh saturates (1 − h² ≈ 0) and the flow vanishes even at radius 1.5
-    cell = rs.cells.elman()
+    cell = _cell("elman")
     params, inputs, _ = random_problem(cell, T=15, B=2, seed=9)
     params = rescale_recurrent(params, "W", 1.5)
     bound = np.linalg.norm(params["W"], ord=2)
@@ -319,6 +337,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         _cli(["mgu", "--radius", "1"], capsys)
     with pytest.raises(RnnsymError, match=r"--state 'q' is not a state of cell 'lstm'"):
         _cli(["lstm", "--state", "q"], capsys)
+    with pytest.raises(RnnsymError, match=r"'bidirectional' is a model of several cells"):
+        _cli(["bidirectional"], capsys)
     params = random_problem(rs.cells.elman())[0]
     missing = tmp_path / "missing.npz"
     np.savez(missing, **{k: v for k, v in params.items() if k != "V"})
@@ -336,7 +356,7 @@ def test_cli_reads_params(tmp_path, capsys):
     np.savez(path, **params)
     code, out = _cli(["elman", "--params", str(path), "--T", "6"], capsys)
     problem = random_problem(rs.cells.elman(), sizes={"n": 2, "m": 3, "k": 1}, T=6, B=1)
-    expected = gradient_flow(rs.cells.elman(), params, problem[1], targets=problem[2])
+    expected = gradient_flow(_cell("elman"), params, problem[1], targets=problem[2])
     assert code == 0 and f"ρ = {expected.rate:.4f}" in out
 
 
