@@ -2,10 +2,10 @@
 
 ``gradient_flow(cell, params, inputs)`` measures, along the actual trajectory of a cell, the
 norm of the Jacobian ∂h(t)/∂h(τ) for every pair τ ≤ t and, given targets, the norm of the
-slides' error bra ⟨δ_t(τ)| = ∂L(t)/∂h(τ); it fits the rate per step at which the Jacobian
-shrinks (vanishing gradients) or grows (exploding gradients). Every number is a gradient
-computed by a generated kernel: no finite differences, no Jacobian written for a cell.
-``rnnsym flow CELL`` draws the map (``register_cli``). See docs/flow.md.
+error bra ⟨δ_t(τ)| = ∂L(t)/∂h(τ) (the slides' bra is this times G(τ)); it fits the rate per
+step at which the Jacobian shrinks (vanishing gradients) or grows (exploding gradients).
+Every number is a gradient computed by a generated kernel: no finite differences, no Jacobian
+written for a cell. ``rnnsym flow CELL`` draws the map (``register_cli``). See docs/flow.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ from .kernel import compile_cell
 from .losses import linear_loss
 from .transform import fresh_name, replay, vjp_cell
 
-__all__ = ["GradientFlow", "gradient_flow", "flow_cell", "RECURRENT_WEIGHTS", "register_cli"]
+__all__ = [
+    "GradientFlow",
+    "gradient_flow",
+    "FlowCell",
+    "flow_cell",
+    "RECURRENT_WEIGHTS",
+    "rescale_recurrent",
+    "register_cli",
+]
 
 REDUCTIONS = ("mean", "max", "none")
 
@@ -466,10 +474,11 @@ def rescale_recurrent(params: dict, weight: str, radius: float) -> dict:
     a square matrix as a whole, a stack of square blocks (k n × n, one per gate) block by block,
     a vector (a diagonal recurrence, IndRNN) by its largest magnitude."""
     if not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"--radius {radius!r}: the spectral radius must be a positive number")
+        raise ValueError(f"radius={radius!r}: the spectral radius must be a positive number")
     if weight not in params:
         raise ValueError(
-            f"--weight {weight!r} is not a parameter; the parameters are {', '.join(params)}"
+            f"recurrent weight {weight!r} is not a parameter; the parameters are "
+            f"{', '.join(params)}"
         )
     W = np.asarray(params[weight], dtype=float)
     if W.ndim == 1:
@@ -479,7 +488,7 @@ def rescale_recurrent(params: dict, weight: str, radius: float) -> dict:
         blocks = [W[i : i + n] for i in range(0, W.shape[0], n)]
     else:
         raise ValueError(
-            f"--weight {weight!r} has shape {W.shape}; a recurrent weight is a square matrix "
+            f"recurrent weight {weight!r} has shape {W.shape}; expected a square matrix "
             f"(n, n), a stack of square blocks (k n, n) or a vector (n,) (a diagonal)"
         )
     scaled = []
@@ -487,7 +496,7 @@ def rescale_recurrent(params: dict, weight: str, radius: float) -> dict:
         current = float(np.max(np.abs(np.linalg.eigvals(block))))
         if current == 0:
             raise ValueError(
-                f"--radius: block {i} of {weight!r} has spectral radius 0 and cannot be "
+                f"radius: block {i} of {weight!r} has spectral radius 0 and cannot be "
                 f"rescaled to {radius}"
             )
         scaled.append(block * (radius / current))

@@ -297,9 +297,13 @@ def test_bad_radius_or_weight_is_refused():
     for radius in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="spectral radius must be a positive number"):
             rescale_recurrent(params, "W", radius)
-    with pytest.raises(ValueError, match=r"--weight 'Wx' is not a parameter.*W, U, b, V, c"):
+    with pytest.raises(
+        ValueError, match=r"recurrent weight 'Wx' is not a parameter.*W, U, b, V, c"
+    ):
         rescale_recurrent(params, "Wx", 1.0)
-    with pytest.raises(ValueError, match=r"--weight 'U' has shape \(5, 4\).*square"):
+    with pytest.raises(
+        ValueError, match=r"recurrent weight 'U' has shape \(5, 4\); expected a square"
+    ):
         rescale_recurrent(params, "U", 1.0)
 
 
