@@ -56,6 +56,7 @@ assert sorted(model.params) == sorted(
 
 derivations = model.derive()
 print(derivations["gru_layer_b_1"].pretty())
+print(derivations["readout"].pretty())  # the head: eqs. (4)-(6) of the report
 assert set(derivations) == {
     "gru_layer_1",
     "gru_layer_b_1",
