@@ -601,6 +601,7 @@ def register_cli(subparsers, load_target: Callable[[str], object]) -> argparse.A
     p.add_argument(
         "--radius",
         type=float,
+        metavar="R",
         help="rescale the recurrent weight to this spectral radius (per n × n gate block)",
     )
     p.add_argument(
@@ -617,12 +618,14 @@ def register_cli(subparsers, load_target: Callable[[str], object]) -> argparse.A
     p.add_argument(
         "--input-scale",
         type=float,
+        metavar="S",
         default=1.0,
         help="multiply the random inputs by this (0: zero inputs, the near-linear regime)",
     )
     p.add_argument(
         "--bias-scale",
         type=float,
+        metavar="S",
         default=1.0,
         help="multiply every vector parameter but the recurrent weight (the biases) by this; "
         "with --input-scale 0 and --bias-scale 0, h stays at 0 and the map is ‖A^(t-τ)‖",
