@@ -67,7 +67,8 @@ if STEP not in ACTIVATIONS:
     register(
         Activation(
             STEP,
-            sp.Heaviside,
+            # 1 for a > 0, as the kernels' step; its derivative is 0 (the oracle's too)
+            lambda z: sp.Piecewise((1, z > 0), (0, True)),
             lambda x, ans: ZeroMatrix(*x.shape),
             r"\operatorname{step}",
             "_step",

@@ -408,3 +408,14 @@ def test_generated_tangent_kernels_are_deterministic():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     )
     assert run.stdout.strip() == here
+
+
+@pytest.mark.parametrize("name", ["elman", "elman_softmax"])
+def test_tangent_cell_passes_rnnsym_verify(name):
+    # the tangent cell is a cell like any other: its generated kernel (whose θ-gradient is H v)
+    # agrees with rnnsym's 60-digit scalar oracle (sympy.diff node by node over the unrolled
+    # graph) and with the kernel checks, at their own stated tolerances
+    from rnnsym.verify import verify
+
+    report = verify(tangent_cell(BUILTIN[name].make(), "hvp").cell, T=2)
+    assert report.ok, str(report)
