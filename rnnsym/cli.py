@@ -302,7 +302,7 @@ def _paper(args: argparse.Namespace) -> int:
     from .paper import make_paper
 
     target = args.cell
-    obj = _target(target, "paper")
+    obj = _target(target)
     paper = make_paper(
         obj, notation=args.notation, body_only=args.body_only, verify=not args.no_verify, T=args.T
     )

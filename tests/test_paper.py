@@ -406,3 +406,19 @@ def test_names_print_as_a_paper_would():
     assert _latex_name("z_gate") == "z_{\\mathrm{gate}}"
     assert _latex_name("W_ih_2") == "W_{\\mathrm{ih},2}"
     assert _latex_name("b_V") == "b_{V}" and _latex_name("h_1") == "h_{1}"
+
+
+@needs_pdflatex
+def test_a_nested_model_gets_a_paper_that_compiles(tmp_path):
+    head = rs.Cell("readout")
+    n, k = head.dims("n k")
+    z = head.input("z", n)
+    head.loss(rs.squared_error(head.output("o", head.param("V", k, n) @ z), head.target("y", k)))
+    gru = rs.cells.gru(output=False)
+    model = rs.stack(rs.bidirectional(gru, gru), gru, head=head)
+    paper = rs.paper_document(model, T=3)
+    for cell in ("gru\\_layer\\_1", "gru\\_layer\\_b\\_1", "gru\\_layer\\_2", "readout"):
+        assert f"\\subsection*{{Cell \\texttt{{{cell}}}}}" in paper
+    assert "run backwards in time" in paper and "All checks passed." in paper
+    assert "padded batch" in paper
+    compile_latex(tmp_path, "nested", paper, runs=2)
