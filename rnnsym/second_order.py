@@ -14,6 +14,7 @@ recurrence), and reverse mode over it gives H v (w.r.t. θ) or G v (w.r.t. v).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import weakref
 
@@ -79,7 +80,12 @@ def second_order_derivation(cell_or_kernel, kind: str = "hvp") -> Derivation:
             f"the loss of cell {made.source.name!r} is linear in what it reads: its "
             f"Gauss–Newton matrix is zero and has no derivation"
         )
-    return kernel.derivation
+    d = kernel.derivation
+    # the cell's own updates and outputs are the report's equations where they were; the
+    # gradients of the tangent cell's loss (the derivative of L along v) are not eqs. (6)-(9)
+    forward = {eq.key for eq in d.forward if eq.key != "L"}
+    labels = {key: (label if key in forward else "") for key, label in d.labels.items()}
+    return dataclasses.replace(d, labels=labels)
 
 
 def finite_difference_hvp(

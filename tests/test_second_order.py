@@ -419,3 +419,14 @@ def test_tangent_cell_passes_rnnsym_verify(name):
 
     report = verify(tangent_cell(BUILTIN[name].make(), "hvp").cell, T=2)
     assert report.ok, str(report)
+
+
+def test_the_tangent_derivation_numbers_only_the_reports_own_equations():
+    # the forward updates and outputs are the report's eqs. (2)-(4) where the cell's are; the
+    # gradients of the tangent loss (the derivative of L along v) are not its eqs. (6)-(9)
+    from rnnsym.second_order import second_order_derivation
+
+    text = second_order_derivation(rs.cells.elman()).pretty()
+    assert "[report eqs. (2)-(3)]" in text and "[report eq. (4)]" in text
+    for n in (5, 6, 7, 8, 9):
+        assert f"eq. ({n})" not in text, n
