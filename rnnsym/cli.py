@@ -209,10 +209,14 @@ def _run_nested(model, args: argparse.Namespace) -> int:
             out.write(f"\n== {name} ==\n{derivation.pretty()}\n")
     if args.no_verify:
         return 0
+    from .verify.nested import nested_oracle
+
     kernel = model.compile()
     T = args.T or 4
+    oracle = nested_oracle(model, T=min(T, 3))
+    out.write(_comment(f"\n{oracle}", args.latex) + "\n")
     params, inputs, targets = model.random_problem(T=T, B=2, seed=0)
-    ok = True
+    ok = oracle.ok
     for lengths in (None, [T, max(1, T - 2)]):
         report = check_gradients(kernel, params, inputs, targets, lengths=lengths)
         what = "full batch" if lengths is None else f"padded batch, lengths {lengths}"

@@ -328,3 +328,29 @@ def test_cli_derives_and_checks_a_nested_model(tmp_path, capsys):
     assert "padded batch, lengths [3, 1]" in out and "result: all checks passed" in out
     assert main(["graph", f"{path}:encoder"]) == 2
     assert "does not handle nested models" in capsys.readouterr().err
+
+
+def test_the_scalar_oracle_of_a_nested_model_agrees_and_catches_a_wrong_gradient(monkeypatch):
+    # sympy.diff node by node over the whole model unrolled, in exact arithmetic, against the
+    # float64 kernel: 10 digits required (float64 carries ~16; a few steps cost one or two)
+    from rnnsym.models.nested import NestedKernel
+    from rnnsym.verify.nested import nested_oracle
+
+    layer = rs.cells.gru(output=False)
+    model = rs.stack(rs.bidirectional(layer, layer), rs.cells.elman(output=False), head=readout())
+    report = nested_oracle(model, T=3)
+    assert report.ok, report
+    assert min(report.agreement.values()) >= 13  # the kernel is right to rounding
+    assert set(report.agreement) == set(model.params)
+
+    original = NestedKernel.loss_and_grad
+
+    def off_by_a_little(self, *args, **kwargs):  # a kernel wrong in one entry, by 1e-6
+        loss, grads = original(self, *args, **kwargs)
+        grads["W_hh_b_1"] = grads["W_hh_b_1"].copy()
+        grads["W_hh_b_1"].flat[0] += 1e-6 * np.abs(grads["W_hh_b_1"]).max()
+        return loss, grads
+
+    monkeypatch.setattr(NestedKernel, "loss_and_grad", off_by_a_little)
+    wrong = nested_oracle(model, T=3)
+    assert not wrong.ok and wrong.agreement["W_hh_b_1"] < 10

@@ -72,7 +72,8 @@ class ModelOracleReport:
             )
         return (
             f"scalar oracle (sympy.diff node by node over the unrolled model {self.model!r}, "
-            f"sizes {self.sizes}, T = {self.T}) vs {chained}vs the float64 kernel: worst "
+            f"sizes {self.sizes}, T = {self.T}) vs {chained}{'vs ' if chained else ''}the "
+            f"float64 kernel: worst "
             f"{worst(self.agreement)}, {self.required:.0f} required: {verdict} ({timing})"
         )
 
