@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             from .unroll import unroll
 
             target = args.cell
-            cell = _target(target, "graph")
+            cell = _target(target)
             options = {} if args.T_out is None else {"T_out": args.T_out}
             graph = unroll(cell, args.T, **options)
             if args.output:

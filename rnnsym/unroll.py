@@ -39,6 +39,7 @@ from .cell import Cell
 from .errors import RnnsymError
 from .ir.ops import leaves
 from .models.compose import Model
+from .models.nested import Both, CellLayer, NestedModel, Reversed
 
 __all__ = ["Node", "Edge", "UnrolledGraph", "unroll"]
 
@@ -87,6 +88,7 @@ class UnrolledGraph:
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     T_out: int | None = None
+    titles: dict[str, str] = field(default_factory=dict)  # a nested model's boxes
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -105,6 +107,8 @@ class UnrolledGraph:
         """
         if isinstance(self.cell, Model):
             return self._model_dot()
+        if isinstance(self.cell, NestedModel):
+            return self._nested_dot()
         lines = [
             f'digraph "{self.cell.name}" {{',
             "  rankdir=BT; newrank=true;",
@@ -216,6 +220,56 @@ class UnrolledGraph:
             steps = f"T_x = {self.T}, T_y = {self.T_out}"
         kind = model.kind.replace("_", " ")
         lines.append(f'  label="{model.name} ({kind}), {steps}; shared over t: {shared}";')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _nested_dot(self) -> str:
+        """A nested model: one box per cell, its rows in time order (a reversed cell's chain
+        drawn right to left), the shared input and the concatenations between the boxes."""
+        model = self.cell
+        by_name = {n.name: n for n in self.nodes}
+        lines = [
+            f'digraph "{model.name}" {{',
+            "  rankdir=BT; newrank=true;",
+            '  node [shape=circle, fontname="Helvetica"];',
+            '  edge [fontname="Helvetica", fontsize=10];',
+        ]
+        rows: dict[tuple[str, str], list[Node]] = {}
+        for n in self.nodes:
+            rows.setdefault((n.part, n.quantity), []).append(n)
+        for members in rows.values():
+            members.sort(key=lambda n: n.t)
+        parts = list(dict.fromkeys(n.part for n in self.nodes))
+        for part in parts:
+            indent = "    " if part else "  "
+            if part:
+                lines.append(f'  subgraph "cluster_{part}" {{')
+                lines.append(
+                    f'    label="{self.titles.get(part, part)}"; style="rounded,dashed"; '
+                    f'color=gray40; fontname="Helvetica"; fontsize=11;'
+                )
+            for n in self.nodes:
+                if n.part == part:
+                    lines.append(_node_line(n, indent))
+            for key, members in rows.items():
+                if key[0] == part:
+                    names = " ".join(f'"{m.name}";' for m in members)
+                    lines.append(f"{indent}{{ rank=same; {names} }}")
+            if part:
+                lines.append("  }")
+        linked = {(e.source, e.target) for e in self.edges}
+        linked |= {(b, a) for a, b in linked}
+        for members in rows.values():
+            order = [m.name for m in members]
+            for left, right in zip(order, order[1:], strict=False):
+                if (left, right) not in linked:
+                    lines.append(f'  "{left}" -> "{right}" [style=invis];')
+        for e in self.edges:
+            source, target = by_name[e.source], by_name[e.target]
+            same_row = (source.part, source.quantity) == (target.part, target.quantity)
+            lines.append(_edge_line(e, reverse=same_row and source.t > target.t))
+        shared = ", ".join(sorted(model.params))
+        lines.append(f'  label="{model.name} (nested), T = {self.T}; shared over t: {shared}";')
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -434,6 +488,13 @@ def unroll(cell: Cell | Model, T: int, T_out: int | None = None) -> UnrolledGrap
     _check_steps(T, "T")
     if isinstance(cell, Model):
         return _unroll_model(cell, T, T_out)
+    if isinstance(cell, NestedModel):
+        if T_out is not None:
+            raise RnnsymError(
+                f"unroll: T_out is the decoder length of a seq2seq model; {cell.name!r} is a "
+                f"nested model"
+            )
+        return _unroll_nested(cell, T)
     if T_out is not None:
         raise RnnsymError(
             f"unroll: T_out is the decoder length of a seq2seq model; {cell.name!r} is a cell"
@@ -449,6 +510,60 @@ def unroll(cell: Cell | Model, T: int, T_out: int | None = None) -> UnrolledGrap
     for name in cell.context_inputs:
         contexts[name] = _bare_name(name, quantities, set(contexts.values()))
     _Builder(graph).steps(cell, range(1, T + 1), context_name=contexts.__getitem__)
+    return graph
+
+
+def _unroll_nested(model: NestedModel, T: int) -> UnrolledGraph:
+    """A nested model unrolled: every cell in its own time order (a reversed one from T down
+    to 1), each layer reading the output of the one below at the same step, a bidirectional
+    layer's two outputs joined in a concatenation node, the head at every step."""
+    graph = UnrolledGraph(model, T)
+    build = _Builder(graph)
+    x = {t: build.add(Node(f"{model.input}_{t}", model.input, "input", t)) for t in range(1, T + 1)}
+    joins = [0]
+
+    def run(layer, source: Callable[[int], str], backwards: bool) -> Callable[[int], str]:
+        if isinstance(layer, CellLayer):
+            cell = layer.cell
+            name = cell.name
+            times = range(T, 0, -1) if backwards else range(1, T + 1)
+            direction = f"runs t = {T}..1" if backwards else f"t = 1..{T}"
+            graph.titles[name] = f"{name}: {direction}"
+            build.steps(
+                cell,
+                times,
+                start=T + 1 if backwards else 0,
+                part=name,
+                qname=lambda q, name=name: f"{name}.{q}",
+                bound={layer.input: source},
+            )
+            return lambda t, name=name, state=layer.state: f"{name}.{state}_{t}"
+        if isinstance(layer, Reversed):
+            return run(layer.layer, source, not backwards)
+        if isinstance(layer, Both):
+            forward = run(layer.forward_layer, source, backwards)
+            backward = run(layer.backward_layer, source, backwards)
+            joins[0] += 1
+            label = f"z{joins[0]}"
+            for t in range(1, T + 1):
+                a, b = forward(t), backward(t)
+                build.add(Node(f"{label}_{t}", label, "intermediate", t))
+                graph.edges += [Edge(a, f"{label}_{t}"), Edge(b, f"{label}_{t}")]
+            return lambda t, label=label: f"{label}_{t}"
+        for inner in layer.layers:
+            source = run(inner, source, backwards)
+        return source
+
+    top = run(model.body, x.__getitem__, False)
+    head = model.head
+    graph.titles[head.name] = f"head {head.name}: at every t"
+    build.steps(
+        head,
+        range(1, T + 1),
+        part=head.name,
+        qname=lambda q: f"{head.name}.{q}",
+        bound={model.head_input: top},
+    )
     return graph
 
 

@@ -326,8 +326,31 @@ def test_cli_derives_and_checks_a_nested_model(tmp_path, capsys):
     assert "model 'stack_bi_gru_layer_gru_layer'" in out and "run backwards in time" in out
     assert "== gru_layer_b_1 ==" in out and "== readout ==" in out  # every cell derived
     assert "padded batch, lengths [3, 1]" in out and "result: all checks passed" in out
-    assert main(["graph", f"{path}:encoder"]) == 2
-    assert "does not handle nested models" in capsys.readouterr().err
+    assert main(["graph", f"{path}:encoder", "--T", "3"]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith('digraph "stack_bi_gru_layer_gru_layer"')
+    assert 'subgraph "cluster_gru_layer_b_1"' in dot and "runs t = 3..1" in dot
+
+
+def test_the_unrolled_graph_of_a_nested_model():
+    layer = rs.cells.elman(output=False)
+    model = rs.stack(rs.bidirectional(layer, layer), head=readout())
+    graph = rs.unroll(model, 3)
+    names = {n.name for n in graph.nodes}
+    # each direction in its own time order: the backward chain starts after T, at h(T + 1)
+    assert {"elman_layer_1.h_1_0", "elman_layer_b_1.h_b_1_4"} <= names
+    edges = {(e.source, e.target) for e in graph.edges}
+    assert ("elman_layer_1.h_1_1", "elman_layer_1.h_1_2") in edges  # forward: t -> t + 1
+    assert ("elman_layer_b_1.h_b_1_2", "elman_layer_b_1.h_b_1_1") in edges  # backward: t -> t - 1
+    # the two directions meet in a concatenation at each step, which the head reads
+    for t in (1, 2, 3):
+        assert (f"elman_layer_1.h_1_{t}", f"z1_{t}") in edges
+        assert (f"elman_layer_b_1.h_b_1_{t}", f"z1_{t}") in edges
+        assert (f"z1_{t}", f"readout.o_{t}") in edges
+        assert (f"x_{t}", f"elman_layer_b_1.h_b_1_{t}") in edges  # both read the same x(t)
+    assert sum(n.kind == "loss" for n in graph.nodes) == 3
+    with pytest.raises(rs.RnnsymError, match="T_out is the decoder length"):
+        rs.unroll(model, 3, T_out=4)
 
 
 def test_the_scalar_oracle_of_a_nested_model_agrees_and_catches_a_wrong_gradient(monkeypatch):
