@@ -23,6 +23,7 @@ import numpy as np
 import sympy as sp
 
 from . import cells
+from .backends.lengths import masked_call
 from .cell import Cell
 from .derive import derive
 from .errors import RnnsymError
@@ -87,12 +88,15 @@ class TruncatedKernel:
         """States and outputs for all t, each an array (T, B, size): the full forward pass."""
         return self.kernel.forward(params, inputs, h0)
 
-    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None):
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, h0=None, lengths=None):
         """``(loss, grads)``: the full loss Σ_s L(s) and the truncated gradient of every
-        parameter, with the keys, shapes and dtype of the full kernel's."""
-        loss, grads, _ = _full_and_truncated(
-            self.kernel, self.truncate, params, inputs, targets, h0
-        )
+        parameter, with the keys, shapes and dtype of the full kernel's. With ``lengths`` (a
+        padded batch), the steps past each sequence's end add nothing (their loss is masked
+        as in the full kernel, window by window)."""
+        kernel = self.kernel
+        if lengths is not None:
+            kernel, inputs, targets = masked_call(kernel, params, inputs, targets, lengths)
+        loss, grads, _ = _full_and_truncated(kernel, self.truncate, params, inputs, targets, h0)
         return loss, grads
 
     def vjp(self, params: dict, inputs: dict, targets: dict, h0=None):

@@ -130,3 +130,18 @@ def test_bad_lengths_are_named(lengths, message):
     params, inputs, targets = random_problem(cell, T=T, B=B)
     with pytest.raises(ValueError, match=message):
         rs.compile(cell).loss_and_grad(params, inputs, targets, lengths=lengths)
+
+
+@pytest.mark.parametrize("k", [1, 2, T])
+def test_truncated_bptt_takes_lengths(k):
+    # each sequence of a padded batch truncated on its own, summed: the same, padding NaN
+    cell = rs.cells.gru()
+    kernel = rs.compile(cell, truncate=k)
+    params, inputs, targets = random_problem(cell, T=T, B=B, seed=6)
+    padded_inputs, padded_targets = _padded_with_nan(inputs, targets, set(), set())
+    loss, grads = kernel.loss_and_grad(params, padded_inputs, padded_targets, lengths=LENGTHS)
+    want_loss, want = _alone(kernel, params, inputs, targets, set())
+    # the same terms summed in another order: rounding only
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for n, g in grads.items():
+        np.testing.assert_allclose(g, want[n], rtol=1e-10, atol=1e-12, err_msg=n)

@@ -18,7 +18,7 @@ import numpy as np
 from ..derive import derive
 from ..transform import masked_cell
 
-__all__ = ["check_lengths", "masked_kernel", "forward", "loss_and_grad", "vjp"]
+__all__ = ["check_lengths", "masked_kernel", "masked_call", "forward", "loss_and_grad", "vjp"]
 
 
 def check_lengths(lengths, T: int, B: int) -> np.ndarray:
@@ -139,6 +139,15 @@ def _with_mask(kernel, inputs, valid, name, params, targets=None):
     like = floats[0]
     mask = _as_array(kernel, valid[..., None].astype(np.float64), like)
     return {**inputs, name: mask}
+
+
+def masked_call(kernel, params, inputs, targets, lengths):
+    """``(masked kernel, inputs, targets)``: the arguments of the masked kernel for a padded
+    batch, the padding zeroed and the mask added to the inputs (for callers that run the
+    masked kernel their own way, as truncated BPTT does on windows)."""
+    masked, name = masked_kernel(kernel)
+    valid, inputs, targets = _padded(kernel, inputs, targets, lengths)
+    return masked, _with_mask(kernel, inputs, valid, name, params, targets), targets
 
 
 def forward(kernel, params, inputs, h0=None, lengths=None) -> dict:
