@@ -222,6 +222,13 @@ EXPRESSIONS["act_log"] = (Apply("log", add(Apply("exp", W @ h), Apply("sigmoid",
 user_softsign = rs.elementwise("rules_test_softsign", lambda z: z / (1 + z**2))
 EXPRESSIONS["act_user"] = (Apply("rules_test_softsign", add(_pre(), b)), True)
 
+# the nodes the tangent cell (second order) adds, with rules of their own: a softmax that can
+# be differentiated (the loss tangent of softmax cross-entropy) and a 1×1 kept as one factor
+from rnnsym.tangent import PerRow, SmoothSoftmax  # noqa: E402 - registers their rules
+
+EXPRESSIONS["smooth_softmax"] = (hadamard(u, SmoothSoftmax(add(W @ h, b))), False)
+EXPRESSIONS["per_row"] = (mul(u, PerRow(mul(transpose(h), W, h))), False)
+
 
 def _point(seed: int) -> dict[str, np.ndarray]:
     """Random values of every leaf; away from relu's kink (|entries| ≥ 0.05 by construction)."""
