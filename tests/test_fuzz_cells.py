@@ -14,7 +14,8 @@ Checks: the reverse kernel against central finite differences, the forward-mode 
 the reverse one, both derivation printers, and (on fewer examples: it is the slow part) the
 derivation against the exact scalar oracle.
 
-Examples: ``RNNSYM_FUZZ_EXAMPLES`` (default 300) for the main property and
+Examples: ``RNNSYM_FUZZ_EXAMPLES`` (default 300; 100 under the ``ci`` Hypothesis profile, which
+CI uses, to keep the suite within its time budget) for the main property and
 ``RNNSYM_FUZZ_ORACLE_EXAMPLES`` (default 30) for the oracle; e.g.
 ``RNNSYM_FUZZ_EXAMPLES=2000 .venv/bin/pytest -q tests/test_fuzz_cells.py``.
 """
@@ -33,7 +34,16 @@ from hypothesis import strategies as st
 import rnnsym as rs
 from rnnsym.verify import check_gradients, random_problem, scalar_oracle
 
-FUZZ_EXAMPLES = int(os.environ.get("RNNSYM_FUZZ_EXAMPLES", "300"))
+
+def _ci_profile() -> bool:
+    """Whether the suite runs under the ``ci`` Hypothesis profile (see tests/conftest.py)."""
+    explicit = os.environ.get("HYPOTHESIS_PROFILE", "").strip()
+    if explicit:
+        return explicit == "ci"
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
+FUZZ_EXAMPLES = int(os.environ.get("RNNSYM_FUZZ_EXAMPLES", "100" if _ci_profile() else "300"))
 ORACLE_EXAMPLES = int(os.environ.get("RNNSYM_FUZZ_ORACLE_EXAMPLES", "30"))
 
 # distinct sizes, so that a transposed or mis-sliced array cannot go unnoticed
