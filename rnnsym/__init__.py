@@ -12,7 +12,7 @@ from .flow import gradient_flow
 from .ir.expr import Term, concat, elementwise, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
 from .losses import linear_loss, softmax_cross_entropy, squared_error
 from .models.compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
-from .models.nested import NestedModel, SequenceLayer
+from .models.nested import NestedModel, NestedSeq2Seq, SequenceLayer
 from .paper import paper_document
 from .unroll import unroll
 
@@ -82,7 +82,7 @@ def compile(  # noqa: A001 - the public name
         from .truncate import compile_truncated
 
         return compile_truncated(cell, truncate, mode=mode, backend=backend)
-    if isinstance(cell, NestedModel | SequenceLayer):
+    if isinstance(cell, NestedModel | NestedSeq2Seq | SequenceLayer):
         if isinstance(cell, SequenceLayer):
             raise ValueError(
                 "this is a layer without a head; give it one to compile it: "

@@ -37,10 +37,10 @@ def _load_module(path: Path, prefix: str, what: str):
 def _target(name: str, command: str = ""):
     """A built-in cell or model by name, or the cell a user's ``PATH.py:FUNC`` returns."""
     if ":" in name:
-        from .models.nested import NestedModel
+        from .models.nested import NestedModel, NestedSeq2Seq
 
         target = _load_user_cell(name)
-        if command and isinstance(target, NestedModel):
+        if command and isinstance(target, NestedModel | NestedSeq2Seq):
             raise RnnsymError(
                 f"rnnsym {command} does not handle nested models ({target.name!r}) yet; "
                 f"`rnnsym derive {name}` derives and checks it"
@@ -75,9 +75,9 @@ def _load_user_cell(spec: str) -> Cell:
         pass
     cell = func()
     from .models.compose import Model
-    from .models.nested import NestedModel
+    from .models.nested import NestedModel, NestedSeq2Seq
 
-    if not isinstance(cell, Cell | Model | NestedModel):
+    if not isinstance(cell, Cell | Model | NestedModel | NestedSeq2Seq):
         raise RnnsymError(
             f"{spec} returned {type(cell).__name__}; it must return an rnnsym.Cell or a model "
             f"(rs.stack, rs.bidirectional, rs.seq2seq, rs.last_output)"
@@ -217,7 +217,10 @@ def _run_nested(model, args: argparse.Namespace) -> int:
     out.write(_comment(f"\n{oracle}", args.latex) + "\n")
     params, inputs, targets = model.random_problem(T=T, B=2, seed=0)
     ok = oracle.ok
-    for lengths in (None, [T, max(1, T - 2)]):
+    padded = [T, max(1, T - 2)]
+    if model.kind == "nested_seq2seq":  # the inputs' lengths and the outputs' (T_y = T + 1)
+        padded = ([T, max(1, T - 2)], [T + 1, max(1, T - 1)])
+    for lengths in (None, padded):
         report = check_gradients(kernel, params, inputs, targets, lengths=lengths)
         what = "full batch" if lengths is None else f"padded batch, lengths {lengths}"
         out.write(_comment(f"\nfinite differences, {what}:\n{report}", args.latex) + "\n")
@@ -229,10 +232,10 @@ def _run_nested(model, args: argparse.Namespace) -> int:
 def _run(cell: Cell, args: argparse.Namespace) -> int:
     from .kernel import compile_cell
     from .models.compose import Model
-    from .models.nested import NestedModel
+    from .models.nested import NestedModel, NestedSeq2Seq
     from .verify import verify
 
-    if isinstance(cell, NestedModel):
+    if isinstance(cell, NestedModel | NestedSeq2Seq):
         return _run_nested(cell, args)
 
     if isinstance(cell, Model):

@@ -23,7 +23,7 @@ from .cell import Cell
 from .derive import Derivation, derive
 from .errors import RnnsymError
 from .models.compose import Model, ModelDerivation
-from .models.nested import NestedModel
+from .models.nested import NestedModel, NestedSeq2Seq
 from .printing import (
     DerivationLatexPrinter,
     _latex_name,
@@ -475,7 +475,7 @@ def make_paper(
         cell, derivation, model, model_derivation = None, None, obj.model, obj
     elif isinstance(obj, Model):
         cell, derivation, model, model_derivation = None, None, obj, obj.derive()
-    elif isinstance(obj, NestedModel):
+    elif isinstance(obj, NestedModel | NestedSeq2Seq):
         return _nested_paper(obj, notation, body_only, verify, T, today)
     else:
         raise TypeError(
@@ -601,12 +601,25 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
         ]
     else:
         out.append(f"\\section*{{Back-propagation through time for \\texttt{{{title}}}}}")
+    if isinstance(model, NestedSeq2Seq):
+        where, slot = model.slot
+        how = "reads $C$ at every step" if where == "context" else "starts from $C$"
+        layers = (
+            f"a sequence to sequence model. Bottom first, its encoder's layers are "
+            f"{structure(model.encoder)}; $C$ is the encoder's output at each input's own last "
+            f"step, and the decoder \\texttt{{{latex_text(model.decoder.name)}}} {how} and has "
+            f"the loss"
+        )
+    else:
+        layers = (
+            f"Bottom first, its layers are {structure(model.body)}; the head "
+            f"\\texttt{{{latex_text(model.head.name)}}} reads the top layer's output at each "
+            f"step and has the loss"
+        )
     out.append(
         f"This is the derivation of back-propagation through time for the nested recurrent "
         f"model \\texttt{{{title}}}, derived symbolically by rnnsym {_version()} (gradients "
-        f"are derived, not written by hand). Bottom first, its layers are "
-        f"{structure(model.body)}; the head \\texttt{{{latex_text(model.head.name)}}} reads the "
-        f"top layer's output at each step and has the loss. Each cell is derived on its own, "
+        f"are derived, not written by hand). {layers}. Each cell is derived on its own, "
         f"with the linear loss $\\sum_t {{d_h^{{(t)}}}}^{{\\top}} h^{{(t)}}$ of the "
         f"slides~\\cite{{suga2023}} on its output state, $d_h^{{(t)}}$ the adjoint handed down "
         f"from the layer above. {_NUMBERS} {_notation_sentence(notation)}\n"
@@ -621,6 +634,8 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
         steps = T or 4
         params, inputs, targets = model.random_problem(T=steps, B=2, seed=0)
         lengths = [steps, max(1, steps - 2)]
+        if isinstance(model, NestedSeq2Seq):  # the inputs' lengths and the outputs'
+            lengths = ([steps, max(1, steps - 2)], [steps + 1, max(1, steps - 1)])
         reports = [
             check_gradients(kernel, params, inputs, targets, lengths=given)
             for given in (None, lengths)
@@ -647,7 +662,7 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
             f"{oracle.digits} digits). \\emph{{full batch}}, \\emph{{padded batch}}: the "
             f"kernel's gradient against central finite differences (step $10^{{-6}}$, relative "
             f"error, tolerance $10^{{-6}}$ plus the rounding floor), $T = {steps}$, $B = 2$, "
-            f"the padded batch with lengths ${lengths[0]}, {lengths[1]}$.",
+            f"the padded batch with lengths {_lengths_tex(lengths)}.",
             _table(["parameter", "oracle", "full batch", "padded batch"], rows),
             "All checks passed." if ok else "\\textbf{Some checks FAILED.}",
         ]
@@ -665,6 +680,14 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
     out.append(_BIBLIOGRAPHY)
     out.append("\\end{document}")
     return Paper("\n".join(out) + "\n", ok)
+
+
+def _lengths_tex(lengths) -> str:
+    """The lengths of a padded batch in the certificate: $6, 4$, or inputs and outputs."""
+    if isinstance(lengths, tuple):
+        inputs, outputs = lengths
+        return f"${inputs[0]}, {inputs[1]}$ (inputs) and ${outputs[0]}, {outputs[1]}$ (outputs)"
+    return f"${lengths[0]}, {lengths[1]}$"
 
 
 def paper_document(

@@ -39,7 +39,7 @@ from .cell import Cell
 from .errors import RnnsymError
 from .ir.ops import leaves
 from .models.compose import Model
-from .models.nested import Both, CellLayer, NestedModel, Reversed
+from .models.nested import Both, CellLayer, NestedModel, NestedSeq2Seq, Reversed
 
 __all__ = ["Node", "Edge", "UnrolledGraph", "unroll"]
 
@@ -107,7 +107,7 @@ class UnrolledGraph:
         """
         if isinstance(self.cell, Model):
             return self._model_dot()
-        if isinstance(self.cell, NestedModel):
+        if isinstance(self.cell, NestedModel | NestedSeq2Seq):
             return self._nested_dot()
         lines = [
             f'digraph "{self.cell.name}" {{',
@@ -488,6 +488,8 @@ def unroll(cell: Cell | Model, T: int, T_out: int | None = None) -> UnrolledGrap
     _check_steps(T, "T")
     if isinstance(cell, Model):
         return _unroll_model(cell, T, T_out)
+    if isinstance(cell, NestedSeq2Seq):
+        return _unroll_nested(cell, T, T + 1 if T_out is None else _check_steps(T_out, "T_out"))
     if isinstance(cell, NestedModel):
         if T_out is not None:
             raise RnnsymError(
@@ -513,11 +515,12 @@ def unroll(cell: Cell | Model, T: int, T_out: int | None = None) -> UnrolledGrap
     return graph
 
 
-def _unroll_nested(model: NestedModel, T: int) -> UnrolledGraph:
+def _unroll_nested(model, T: int, T_out: int | None = None) -> UnrolledGraph:
     """A nested model unrolled: every cell in its own time order (a reversed one from T down
     to 1), each layer reading the output of the one below at the same step, a bidirectional
-    layer's two outputs joined in a concatenation node, the head at every step."""
-    graph = UnrolledGraph(model, T)
+    layer's two outputs joined in a concatenation node, the head at every step (a seq2seq
+    model: C, the encoder's last output, then the decoder for T_out steps)."""
+    graph = UnrolledGraph(model, T, T_out=T_out)
     build = _Builder(graph)
     x = {t: build.add(Node(f"{model.input}_{t}", model.input, "input", t)) for t in range(1, T + 1)}
     joins = [0]
@@ -554,6 +557,23 @@ def _unroll_nested(model: NestedModel, T: int) -> UnrolledGraph:
             source = run(inner, source, backwards)
         return source
 
+    if isinstance(model, NestedSeq2Seq):
+        top = run(model.encoder, x.__getitem__, False)
+        context = build.add(Node("C", "C", "context", T))
+        graph.edges.append(Edge(top(T), context))
+        decoder = model.decoder
+        where, slot = model.slot
+        graph.titles[decoder.name] = f"decoder {decoder.name}: t = 1..{T_out}"
+        extra = {"bound": {slot: lambda t: context}} if where == "context" else {}
+        build.steps(
+            decoder,
+            range(1, T_out + 1),
+            part=decoder.name,
+            qname=lambda q: f"{decoder.name}.{q}",
+            initial={slot: context} if where == "h0" else None,
+            **extra,
+        )
+        return graph
     top = run(model.body, x.__getitem__, False)
     head = model.head
     graph.titles[head.name] = f"head {head.name}: at every t"

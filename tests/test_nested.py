@@ -377,3 +377,92 @@ def test_the_scalar_oracle_of_a_nested_model_agrees_and_catches_a_wrong_gradient
     monkeypatch.setattr(NestedKernel, "loss_and_grad", off_by_a_little)
     wrong = nested_oracle(model, T=3)
     assert not wrong.ok and wrong.agreement["W_hh_b_1"] < 10
+
+
+def _decoder(context: bool) -> rs.Cell:
+    """s(t) = tanh(W s(t−1) + U y(t−1) [+ R C]), o = V s, the squared error."""
+    cell = rs.Cell("decoder")
+    n, k = cell.dims("n k")
+    y, s = cell.target("y", k), cell.state("s", n)
+    a = cell.param("W_d", n, n) @ s.prev + cell.param("U_d", n, k) @ y.prev
+    if context:
+        a = a + cell.param("R_d", n, n) @ cell.context("C", n)
+    cell.update(s, rs.tanh(a))
+    cell.loss(rs.squared_error(cell.output("o", cell.param("V_d", k, n) @ s), y))
+    return cell
+
+
+@pytest.mark.parametrize("context", [True, False], ids=["C_at_every_step", "C_as_s0"])
+def test_seq2seq_with_a_bidirectional_stacked_encoder(context):
+    # the encoder is a model: C is its top output at each input's own end
+    from rnnsym.models.nested import NestedSeq2Seq
+    from rnnsym.verify.nested import nested_oracle
+
+    gru = rs.cells.gru(output=False)
+    model = rs.seq2seq(rs.stack(rs.bidirectional(gru, gru), gru), _decoder(context))
+    assert isinstance(model, NestedSeq2Seq) and model.slot[0] == ("context" if context else "h0")
+    assert "encoder:" in model.describe() and "decoder" in model.describe()
+    assert set(model.derive()) == {"gru_layer_1", "gru_layer_b_1", "gru_layer_2", "decoder"}
+    kernel = rs.compile(model)
+    params, inputs, targets = model.random_problem(T=5, B=3, seed=1, size=3, inputs=4, T_out=4)
+    # central differences, check_gradients' documented tolerance (1e-6 relative + rounding)
+    assert rs.check_gradients(kernel, params, inputs, targets).ok
+    # exact: sympy.diff node by node over the whole model unrolled (10 digits required)
+    assert nested_oracle(model, T=3).ok
+    # a padded batch, NaN padding on both sides, equals each sequence alone
+    x_lengths, y_lengths = np.array([5, 2, 3]), np.array([4, 1, 3])
+    x, y = inputs["x"].copy(), targets["y"].copy()
+    for b in range(3):
+        x[x_lengths[b] :, b] = np.nan
+        y[y_lengths[b] :, b] = np.nan
+    loss, grads = kernel.loss_and_grad(params, {"x": x}, {"y": y}, lengths=(x_lengths, y_lengths))
+    alone = [
+        kernel.loss_and_grad(
+            params,
+            {"x": inputs["x"][: x_lengths[b], b : b + 1]},
+            {"y": targets["y"][: y_lengths[b], b : b + 1]},
+        )
+        for b in range(3)
+    ]
+    # the same sums over the same real steps, in another order: rounding only
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
+    for n in grads:
+        np.testing.assert_allclose(
+            grads[n], sum(a[1][n] for a in alone), rtol=1e-10, atol=1e-12, err_msg=n
+        )
+
+
+def test_seq2seq_refuses_a_model_as_the_decoder_clearly():
+    gru = rs.cells.gru(output=False)
+    with pytest.raises(CellError, match="a model as the decoder is not supported"):
+        rs.seq2seq(gru, rs.stack(gru, head=readout()))
+
+
+def test_a_seq2seq_with_a_nested_encoder_is_derived_drawn_and_written(tmp_path, capsys):
+    from rnnsym.cli import main
+
+    path = tmp_path / "translate.py"
+    path.write_text(
+        "import rnnsym as rs\n"
+        "def model():\n"
+        "    d = rs.Cell('decoder')\n"
+        "    n, k = d.dims('n k')\n"
+        "    y, s = d.target('y', k), d.state('s', n)\n"
+        "    a = d.param('W_d', n, n) @ s.prev + d.param('U_d', n, k) @ y.prev\n"
+        "    d.update(s, rs.tanh(a + d.param('R_d', n, n) @ d.context('C', n)))\n"
+        "    d.loss(rs.squared_error(d.output('o', d.param('V_d', k, n) @ s), y))\n"
+        "    e = rs.cells.elman(output=False)\n"
+        "    return rs.seq2seq(rs.bidirectional(e, e), d)\n",
+        encoding="utf-8",
+    )
+    assert main(["derive", f"{path}:model", "--T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "sequence to sequence" in out and "scalar oracle" in out
+    assert "(outputs)" not in out and "result: all checks passed" in out
+    assert main(["graph", f"{path}:model", "--T", "3"]) == 0
+    dot = capsys.readouterr().out
+    # C: the concatenated encoder output at T_x = 3, read by the decoder at each of T + 1 steps
+    assert '"z1_3" -> "C"' in dot and '"C" -> "decoder.s_4"' in dot
+    assert main(["paper", f"{path}:model", "--T", "3"]) == 0
+    paper = capsys.readouterr().out
+    assert "sequence to sequence model" in paper and "(inputs)" in paper

@@ -316,12 +316,25 @@ def bidirectional(forward, backward=None, head: Cell | None = None, name: str | 
     return Model(name or f"bidirectional_{forward.name}", "bidirectional", parts, wiring)
 
 
-def seq2seq(encoder: Cell, decoder: Cell, name: str | None = None) -> Model:
+def seq2seq(encoder, decoder: Cell, name: str | None = None):
     """An encoder–decoder (Fig. 8): the encoder reads x(1..T_x); its final state is the
     context C; the decoder, a cell with its own outputs and loss, runs T_y steps (T_y may
     differ from T_x) from h(0) = C, or reads C at every step if it declares a
-    ``cell.context`` input. The decoder's inputs are typically its fed-back targets y.prev.
+    ``cell.context`` input (the report's version). The decoder's inputs are typically its
+    fed-back targets y.prev.
+
+    The encoder may be a model (a stack, a bidirectional layer): C is then its output at each
+    input's own last step (:class:`~rnnsym.models.nested.NestedSeq2Seq`).
     """
+    if not isinstance(decoder, Cell):
+        raise CellError(
+            f"seq2seq(): the decoder must be an rnnsym.Cell (with its outputs and loss), got "
+            f"{type(decoder).__name__}; a model as the decoder is not supported yet"
+        )
+    if not isinstance(encoder, Cell):  # a stack, a bidirectional layer: a nested encoder
+        layer = nested.as_layer(encoder, "seq2seq(): encoder")
+        label = nested._label(layer)
+        return nested.NestedSeq2Seq(name or f"seq2seq_{label}_{decoder.name}", layer, decoder)
     _require_cell(encoder, "seq2seq(): encoder")
     _require_layer(encoder, "seq2seq(): encoder")
     _require_cell(decoder, "seq2seq(): decoder")

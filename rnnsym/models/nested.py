@@ -337,26 +337,7 @@ class NestedModel:
         output below it (twice a direction's for a bidirectional layer)."""
         rng = np.random.default_rng(seed)
         params: dict = {}
-
-        def fill(layer, width: int) -> int:
-            if isinstance(layer, CellLayer):
-                sizes = dict.fromkeys(layer.cell.size_symbols.values(), size)
-                sizes[layer.cell.inputs[layer.input].symbol.shape[0]] = width
-                for name, var in layer.cell.params.items():
-                    shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.symbol.shape)
-                    shape = shape[:1] if shape[1:] == (1,) else shape
-                    params[name] = rng.normal(scale=0.5, size=shape)
-                out = layer.cell.states[layer.state].symbol.shape[0]
-                return int(sp.sympify(out).subs(sizes))
-            if isinstance(layer, Reversed):
-                return fill(layer.layer, width)
-            if isinstance(layer, Both):
-                return fill(layer.forward_layer, width) + fill(layer.backward_layer, width)
-            for inner in layer.layers:
-                width = fill(inner, width)
-            return width
-
-        top = fill(self.body, inputs)
+        top = _random_layer_params(self.body, inputs, size, rng, params)
         sizes = dict.fromkeys(self.head.size_symbols.values(), size)
         sizes[self.head.inputs[self.head_input].symbol.shape[0]] = top
         for name, var in self.head.params.items():
@@ -505,3 +486,202 @@ def _label(layer: SequenceLayer) -> str:
     if isinstance(layer, Both):
         return f"bi_{_label(layer.forward_layer)}"
     return "stack"
+
+
+@dataclass(eq=False)
+class NestedSeq2Seq:
+    """Fig. 8 with a model as the encoder: a sequence layer (a stack, a bidirectional layer)
+    reads x(1..T_x), and its output at each input's own last step is the context C. The
+    decoder, a cell with its outputs and loss, reads C at every step (a ``cell.context``
+    input, as in the report) or starts from it (s(0) = C)."""
+
+    name: str
+    encoder: SequenceLayer
+    decoder: Cell
+    kind: str = "nested_seq2seq"
+    slot: tuple[str, str] = ("", "")  # ("context", input) or ("h0", state)
+
+    def __post_init__(self):
+        decoder = self.decoder
+        decoder.check()
+        if not decoder.states:
+            raise CellError(f"seq2seq(): the decoder {decoder.name!r} has no state")
+        if len(decoder.context_inputs) > 1:
+            raise CellError(
+                f"seq2seq(): the decoder has context inputs {', '.join(decoder.context_inputs)}; "
+                f"the context C goes to one of them"
+            )
+        if decoder.context_inputs:
+            self.slot = ("context", decoder.context_inputs[0])
+        elif len(decoder.states) == 1 or "h" in decoder.states:
+            self.slot = ("h0", "h" if "h" in decoder.states else next(iter(decoder.states)))
+        else:
+            raise CellError(
+                f"seq2seq(): the decoder {decoder.name!r} has states {', '.join(decoder.states)} "
+                f"and no context input; C goes to a context input, the only state or 'h'"
+            )
+        self.input = self.encoder.cells()[0].input
+        if self.input in decoder.inputs:
+            raise CellError(
+                f"seq2seq(): the encoder and the decoder both have an input {self.input!r}; "
+                f"their sequences have different lengths, so name them apart"
+            )
+        _unique_params(self.encoder, f"seq2seq {self.name!r}")
+        seen = {n: leaf.cell.name for leaf in self.encoder.cells() for n in leaf.cell.params}
+        for name in decoder.params:
+            if name in seen:
+                raise CellError(
+                    f"parameter {name!r} is declared by both {seen[name]!r} and the decoder "
+                    f"{decoder.name!r}; give each cell's parameters their own names"
+                )
+
+    @property
+    def params(self) -> dict:
+        return {**self.encoder.params, **self.decoder.params}
+
+    def describe(self) -> str:
+        """The model's structure: the encoder's layers, bottom first, and the decoder."""
+        where, name = self.slot
+        how = (
+            f"reads C at every step as {name}"
+            if where == "context"
+            else f"starts from {name}(0) = C"
+        )
+        lines = [f"model {self.name!r}: sequence to sequence, input {self.input}(t)", "  encoder:"]
+        lines += self.encoder.describe("    ")
+        lines.append(
+            f"  C = the encoder's output at each input's own last step; the decoder "
+            f"{self.decoder.name} {how} [{', '.join(self.decoder.params)}]"
+        )
+        return "\n".join(lines)
+
+    def derive(self):
+        """The derivations of every cell: the encoder's, each seeded by the adjoint of its
+        output, and the decoder's."""
+        from ..derive import derive
+
+        parts = {}
+        for leaf in self.encoder.cells():
+            seeded, _ = seeded_cell(leaf.cell, [leaf.state])
+            parts[leaf.cell.name] = derive(seeded)
+        parts[self.decoder.name] = derive(self.decoder)
+        return parts
+
+    def compile(self) -> NestedSeq2SeqKernel:
+        return NestedSeq2SeqKernel(self)
+
+    def random_problem(
+        self, T: int = 5, B: int = 2, seed: int = 0, size: int = 3, inputs: int = 4, T_out=None
+    ):
+        """Random float64 ``(params, inputs, targets)``: every size ``size``, the encoder's
+        input ``inputs`` wide, the decoder ``T_out`` steps long (default T + 1)."""
+        from ..problems import random_problem as cell_problem
+
+        rng = np.random.default_rng(seed)
+        params: dict = {}
+        width = _random_layer_params(self.encoder, inputs, size, rng, params)
+        x = rng.normal(size=(T, B, inputs))
+        decoder = self.decoder
+        sizes = {str(s): size for s in decoder.size_symbols.values()}
+        where, name = self.slot
+        slot_size = (
+            decoder.inputs[name].symbol.shape[0]
+            if where == "context"
+            else decoder.states[name].shape[0]
+        )
+        sizes[str(slot_size)] = width
+        p, i, t = cell_problem(decoder, sizes, T=T_out or T + 1, B=B, seed=seed + 7)
+        i.pop(name, None)
+        return {**params, **p}, {self.input: x, **i}, t
+
+    def __repr__(self) -> str:
+        return f"NestedSeq2Seq({self.name!r}: {len(self.encoder.cells())} encoder cells)"
+
+
+def _random_layer_params(layer, width: int, size: int, rng, params: dict) -> int:
+    """Random parameters of every cell of ``layer`` into ``params`` (every size ``size``, the
+    input ``width`` wide); returns the width of the layer's output."""
+    if isinstance(layer, CellLayer):
+        sizes = dict.fromkeys(layer.cell.size_symbols.values(), size)
+        sizes[layer.cell.inputs[layer.input].symbol.shape[0]] = width
+        for name, var in layer.cell.params.items():
+            shape = tuple(int(sp.sympify(d).subs(sizes)) for d in var.symbol.shape)
+            params[name] = rng.normal(scale=0.5, size=shape[:1] if shape[1:] == (1,) else shape)
+        return int(sp.sympify(layer.cell.states[layer.state].symbol.shape[0]).subs(sizes))
+    if isinstance(layer, Reversed):
+        return _random_layer_params(layer.layer, width, size, rng, params)
+    if isinstance(layer, Both):
+        forward = _random_layer_params(layer.forward_layer, width, size, rng, params)
+        return forward + _random_layer_params(layer.backward_layer, width, size, rng, params)
+    for inner in layer.layers:
+        width = _random_layer_params(inner, width, size, rng, params)
+    return width
+
+
+class NestedSeq2SeqKernel:
+    """The generated kernels of a :class:`NestedSeq2Seq`, chained: ``loss_and_grad(params,
+    inputs, targets, lengths=None)`` with ``lengths`` a pair (input lengths, output lengths)."""
+
+    def __init__(self, model: NestedSeq2Seq):
+        from ..kernel import compile_cell
+
+        self.model = model
+        self.decoder = compile_cell(model.decoder)
+        for leaf in model.encoder.cells():
+            leaf.kernel  # noqa: B018 - compiled now, so errors show at compile time
+
+    def __repr__(self) -> str:
+        return f"<NestedSeq2SeqKernel {self.model.name!r}>"
+
+    def loss_and_grad(self, params: dict, inputs: dict, targets: dict, lengths=None):
+        """The total loss and the gradient of every parameter."""
+        m = self.model
+        if not isinstance(params, dict) or not isinstance(inputs, dict):
+            raise ValueError("params and inputs must be dicts mapping names to arrays")
+        missing = [n for n in m.params if n not in params]
+        extra = [n for n in params if n not in m.params]
+        if missing or extra:
+            name = (missing or extra)[0]
+            what = "is missing, a parameter of" if missing else "is not a parameter of"
+            raise ValueError(
+                f"params[{name!r}] {what} model {m.name!r}; expected {sorted(m.params)}"
+            )
+        if m.input not in inputs:
+            raise ValueError(f"inputs[{m.input!r}] is missing: the encoder's input (T_x, B, size)")
+        x = inputs[m.input]
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"inputs[{m.input!r}] has shape {shape}; expected (T_x, B, size)")
+        enc_lengths = dec_lengths = None
+        if lengths is not None:
+            if not isinstance(lengths, tuple | list) or len(lengths) != 2:
+                raise ValueError(
+                    "lengths of a seq2seq model is a pair (input lengths, output lengths), one "
+                    f"integer array (B,) each; got {type(lengths).__name__}"
+                )
+            enc_lengths, dec_lengths = lengths
+        T_x, B = x.shape[:2]
+        if enc_lengths is not None:
+            enc_lengths = _lengths.check_lengths(enc_lengths, T_x, B)
+            pad = np.arange(T_x)[:, None] >= enc_lengths[None, :]
+            x = np.where(pad[..., None], np.zeros((), x.dtype), x)
+        y, cache = m.encoder.forward(params, x, enc_lengths)
+        last = np.full(B, T_x - 1) if enc_lengths is None else enc_lengths - 1
+        context = np.ascontiguousarray(y[last, np.arange(B)])
+        where, name = m.slot
+        dec_in = {n: a for n, a in inputs.items() if n != m.input}
+        h0 = None
+        if where == "context":
+            dec_in[name] = context
+        else:
+            h0 = {name: context}
+        dec_params = {n: params[n] for n in m.decoder.params}
+        loss, grads, g_in, g_h0 = self.decoder.vjp(
+            dec_params, dec_in, targets, h0, lengths=dec_lengths
+        )
+        g_context = g_in[name] if where == "context" else g_h0[name]
+        g_y = np.zeros_like(y)
+        g_y[last, np.arange(B)] = g_context
+        enc_grads, _ = m.encoder.backward(params, cache, g_y, enc_lengths)
+        grads = {**enc_grads, **grads}
+        return loss, {n: grads[n] for n in m.params}

@@ -19,7 +19,7 @@ from sympy import ImmutableMatrix, MatrixSymbol
 
 from ..ir.explicit import concrete_shape
 from ..ir.ops import concat
-from ..models.nested import Both, CellLayer, Chain, NestedModel, Reversed
+from ..models.nested import Both, CellLayer, Chain, NestedModel, NestedSeq2Seq, Reversed
 from .models import ModelOracleReport
 from .scalar_graph import ScalarGraph, _compile, compile_cell_steps
 from .symbolic import _random_matrix, _scalar_data
@@ -43,7 +43,7 @@ def nested_oracle(
     norm-wise per parameter, between the oracle and the float64 kernel: float64 carries about
     16 and a few steps of rounding cost one or two, so 10 flags any wrong term.
     """
-    if not isinstance(model, NestedModel):
+    if not isinstance(model, NestedModel | NestedSeq2Seq):
         raise TypeError(f"nested_oracle needs a nested model, got {type(model).__name__}")
     start = time.perf_counter()
     rng = random.Random(seed)
@@ -89,15 +89,34 @@ def nested_oracle(
 
     x = [_random_matrix(rng, inputs, 1) for _ in range(T)]
     x_nodes = [graph.source(v, ("input", model.input, t)) for t, v in enumerate(x)]
-    top, width = run(model.body, x_nodes, inputs)
-    head = model.head
-    head_dims = dict.fromkeys(head.size_symbols.values(), size)
-    head_dims[head.inputs[model.head_input].symbol.shape[0]] = width
-    declare(head, head_dims)
-    head_data = _scalar_data(head, head_dims, T, rng, {model.head_input: top})
-    graph.steps(
-        head, compile_cell_steps(head, head_dims), head_dims, [keys] * T, head_data, prefix="head"
-    )
+    extra_inputs = {}
+    if isinstance(model, NestedSeq2Seq):  # the encoder's last output is C; T_y = T + 1
+        top, width = run(model.encoder, x_nodes, inputs)
+        head, steps_out = model.decoder, T + 1
+        where, slot = model.slot
+        variable = head.inputs[slot] if where == "context" else head.states[slot]
+        head_dims = dict.fromkeys(head.size_symbols.values(), size)
+        head_dims[variable.symbol.shape[0]] = width
+        declare(head, head_dims)
+        given = {slot: [top[-1]] * steps_out} if where == "context" else {}
+        h0 = {slot: top[-1]} if where == "h0" else None
+        head_data = _scalar_data(head, head_dims, steps_out, rng, given)
+        head_steps = compile_cell_steps(head, head_dims)
+        graph.steps(head, head_steps, head_dims, [keys] * steps_out, head_data, h0, prefix="dec")
+        for name in head.inputs:
+            if name not in given and name not in head.fed_back:
+                extra_inputs[name] = np.array(
+                    [[[float(v) for v in step[name]]] for step in head_data]
+                )
+    else:
+        top, width = run(model.body, x_nodes, inputs)
+        head = model.head
+        head_dims = dict.fromkeys(head.size_symbols.values(), size)
+        head_dims[head.inputs[model.head_input].symbol.shape[0]] = width
+        declare(head, head_dims)
+        head_data = _scalar_data(head, head_dims, T, rng, {model.head_input: top})
+        head_steps = compile_cell_steps(head, head_dims)
+        graph.steps(head, head_steps, head_dims, [keys] * T, head_data, prefix="head")
     oracle_start = time.perf_counter()
     _, grads = graph.gradients(list(keys.values()), digits)
     oracle_seconds = time.perf_counter() - oracle_start
@@ -116,7 +135,8 @@ def nested_oracle(
         else:
             targets[name] = np.array([[[float(v) for v in step[name]]] for step in head_data])
     x_array = np.array([[[float(v) for v in step]] for step in x])
-    _, kernel_grads = model.compile().loss_and_grad(params, {model.input: x_array}, targets)
+    model_inputs = {model.input: x_array, **extra_inputs}
+    _, kernel_grads = model.compile().loss_and_grad(params, model_inputs, targets)
     agreement = {}
     for name in values:
         exact = np.array([float(v) for v in grads[keys[name]]]).reshape(kernel_grads[name].shape)
@@ -135,9 +155,13 @@ def nested_oracle(
     )
 
 
-def _is_vector(model: NestedModel, name: str) -> bool:
+def _is_vector(model, name: str) -> bool:
     """Whether the parameter ``name`` is declared as a vector (its array is 1-D)."""
-    for cell in [leaf.cell for leaf in model.body.cells()] + [model.head]:
+    if isinstance(model, NestedSeq2Seq):
+        cells = [leaf.cell for leaf in model.encoder.cells()] + [model.decoder]
+    else:
+        cells = [leaf.cell for leaf in model.body.cells()] + [model.head]
+    for cell in cells:
         if name in cell.params:
             return cell.params[name].symbol.shape[1] == 1
     return False
