@@ -601,7 +601,17 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
         ]
     else:
         out.append(f"\\section*{{Back-propagation through time for \\texttt{{{title}}}}}")
-    if isinstance(model, NestedSeq2Seq):
+    if isinstance(model, NestedSeq2Seq) and model.slot[0] == "input":
+        decoder = model.decoder
+        layers = (
+            f"a sequence to sequence model. Bottom first, its encoder's layers are "
+            f"{structure(model.encoder)}; $C$ is the encoder's output at each input's own last "
+            f"step. The decoder reads $[y^{{(t-1)}}; C]$ at every step (the target one step late, "
+            f"$y^{{(0)}} = 0$); bottom first, its layers are {structure(decoder.body)}, and the "
+            f"head \\texttt{{{latex_text(decoder.head.name)}}} reads the top one's output and has "
+            f"the loss"
+        )
+    elif isinstance(model, NestedSeq2Seq):
         where, slot = model.slot
         how = "reads $C$ at every step" if where == "context" else "starts from $C$"
         layers = (

@@ -525,38 +525,63 @@ def _unroll_nested(model, T: int, T_out: int | None = None) -> UnrolledGraph:
     x = {t: build.add(Node(f"{model.input}_{t}", model.input, "input", t)) for t in range(1, T + 1)}
     joins = [0]
 
-    def run(layer, source: Callable[[int], str], backwards: bool) -> Callable[[int], str]:
+    def run(
+        layer, source: Callable[[int], str], backwards: bool, steps: int = T
+    ) -> Callable[[int], str]:
         if isinstance(layer, CellLayer):
             cell = layer.cell
             name = cell.name
-            times = range(T, 0, -1) if backwards else range(1, T + 1)
-            direction = f"runs t = {T}..1" if backwards else f"t = 1..{T}"
+            times = range(steps, 0, -1) if backwards else range(1, steps + 1)
+            direction = f"runs t = {steps}..1" if backwards else f"t = 1..{steps}"
             graph.titles[name] = f"{name}: {direction}"
             build.steps(
                 cell,
                 times,
-                start=T + 1 if backwards else 0,
+                start=steps + 1 if backwards else 0,
                 part=name,
                 qname=lambda q, name=name: f"{name}.{q}",
                 bound={layer.input: source},
             )
             return lambda t, name=name, state=layer.state: f"{name}.{state}_{t}"
         if isinstance(layer, Reversed):
-            return run(layer.layer, source, not backwards)
+            return run(layer.layer, source, not backwards, steps)
         if isinstance(layer, Both):
-            forward = run(layer.forward_layer, source, backwards)
-            backward = run(layer.backward_layer, source, backwards)
+            forward = run(layer.forward_layer, source, backwards, steps)
+            backward = run(layer.backward_layer, source, backwards, steps)
             joins[0] += 1
             label = f"z{joins[0]}"
-            for t in range(1, T + 1):
+            for t in range(1, steps + 1):
                 a, b = forward(t), backward(t)
                 build.add(Node(f"{label}_{t}", label, "intermediate", t))
                 graph.edges += [Edge(a, f"{label}_{t}"), Edge(b, f"{label}_{t}")]
             return lambda t, label=label: f"{label}_{t}"
         for inner in layer.layers:
-            source = run(inner, source, backwards)
+            source = run(inner, source, backwards, steps)
         return source
 
+    if isinstance(model, NestedSeq2Seq) and model.slot[0] == "input":
+        # a decoder model reads u(t) = [y(t-1); C]: its input nodes join C and the target
+        top = run(model.encoder, x.__getitem__, False)
+        context = build.add(Node("C", "C", "context", T))
+        graph.edges.append(Edge(top(T), context))
+        decoder, target = model.decoder, model.slot[1]
+        joined = {}
+        for t in range(1, T_out + 1):
+            joined[t] = build.add(Node(f"u_{t}", "u", "input", t))
+            graph.edges.append(Edge(context, joined[t]))
+        top = run(decoder.body, joined.__getitem__, False, T_out)
+        head = decoder.head
+        graph.titles[head.name] = f"head {head.name}: at every t"
+        build.steps(
+            head,
+            range(1, T_out + 1),
+            part=head.name,
+            qname=lambda q: f"{head.name}.{q}",
+            bound={decoder.head_input: top},
+        )
+        for t in range(2, T_out + 1):  # y(t - 1) fed back, as a decoder's target is
+            graph.edges.append(Edge(f"{head.name}.{target}_{t - 1}", joined[t], fed_back=True))
+        return graph
     if isinstance(model, NestedSeq2Seq):
         top = run(model.encoder, x.__getitem__, False)
         context = build.add(Node("C", "C", "context", T))

@@ -392,17 +392,28 @@ def _decoder(context: bool) -> rs.Cell:
     return cell
 
 
-@pytest.mark.parametrize("context", [True, False], ids=["C_at_every_step", "C_as_s0"])
-def test_seq2seq_with_a_bidirectional_stacked_encoder(context):
-    # the encoder is a model: C is its top output at each input's own end
+@pytest.mark.parametrize(
+    "decoder", ["context", "h0", "model"], ids=["C_at_every_step", "C_as_s0", "decoder_model"]
+)
+def test_seq2seq_with_a_bidirectional_stacked_encoder(decoder):
+    # the encoder is a model: C is its top output at each input's own end; the decoder a cell
+    # reading C (or starting from it), or a model (an LSTM stack) reading [y(t-1); C]
     from rnnsym.models.nested import NestedSeq2Seq
     from rnnsym.verify.nested import nested_oracle
 
     gru = rs.cells.gru(output=False)
-    model = rs.seq2seq(rs.stack(rs.bidirectional(gru, gru), gru), _decoder(context))
-    assert isinstance(model, NestedSeq2Seq) and model.slot[0] == ("context" if context else "h0")
+    if decoder == "model":
+        lstm = rs.cells.lstm(output=False)
+        made = rs.stack(lstm, lstm, head=_readout_of("y"))
+        # the same names in both halves: the decoder's end in _dec
+        cells = {"lstm_layer_1_dec", "lstm_layer_2_dec", "readout_dec"}
+    else:
+        made, cells = _decoder(decoder == "context"), {"decoder"}
+    model = rs.seq2seq(rs.stack(rs.bidirectional(gru, gru), gru), made)
+    assert isinstance(model, NestedSeq2Seq)
+    assert model.slot[0] == {"context": "context", "h0": "h0", "model": "input"}[decoder]
     assert "encoder:" in model.describe() and "decoder" in model.describe()
-    assert set(model.derive()) == {"gru_layer_1", "gru_layer_b_1", "gru_layer_2", "decoder"}
+    assert set(model.derive()) == {"gru_layer_1", "gru_layer_b_1", "gru_layer_2"} | cells
     kernel = rs.compile(model)
     params, inputs, targets = model.random_problem(T=5, B=3, seed=1, size=3, inputs=4, T_out=4)
     # central differences, check_gradients' documented tolerance (1e-6 relative + rounding)
@@ -432,10 +443,24 @@ def test_seq2seq_with_a_bidirectional_stacked_encoder(context):
         )
 
 
-def test_seq2seq_refuses_a_model_as_the_decoder_clearly():
+def _readout_of(target: str, classes: bool = False) -> rs.Cell:
+    head = rs.Cell("readout")
+    n, k = head.dims("n k")
+    z = head.input("z", n)
+    out = head.output("o", head.param("V", k, n) @ z + head.param("c", k))
+    if classes:
+        head.loss(rs.softmax_cross_entropy(out, head.target(target, k, classes=True)))
+    else:
+        head.loss(rs.squared_error(out, head.target(target, k)))
+    return head
+
+
+def test_seq2seq_refuses_what_it_cannot_feed_back_clearly():
     gru = rs.cells.gru(output=False)
-    with pytest.raises(CellError, match="a model as the decoder is not supported"):
-        rs.seq2seq(gru, rs.stack(gru, head=readout()))
+    with pytest.raises(CellError, match="needs exactly one target of real values"):
+        rs.seq2seq(gru, rs.stack(gru, head=_readout_of("y", classes=True)))
+    with pytest.raises(CellError, match="must be an rnnsym.Cell or a model with a head"):
+        rs.seq2seq(gru, rs.bidirectional(gru, gru))
 
 
 def test_a_seq2seq_with_a_nested_encoder_is_derived_drawn_and_written(tmp_path, capsys):
@@ -466,3 +491,29 @@ def test_a_seq2seq_with_a_nested_encoder_is_derived_drawn_and_written(tmp_path, 
     assert main(["paper", f"{path}:model", "--T", "3"]) == 0
     paper = capsys.readouterr().out
     assert "sequence to sequence model" in paper and "(inputs)" in paper
+
+
+def test_a_decoder_model_is_derived_drawn_and_written(tmp_path, capsys):
+    from rnnsym.cli import main
+
+    path = tmp_path / "translate.py"
+    path.write_text(
+        "import rnnsym as rs\n"
+        "def model():\n"
+        "    h = rs.Cell('readout')\n"
+        "    n, k = h.dims('n k')\n"
+        "    o = h.output('o', h.param('V', k, n) @ h.input('z', n) + h.param('c', k))\n"
+        "    h.loss(rs.squared_error(o, h.target('y', k)))\n"
+        "    e, g = rs.cells.elman(output=False), rs.cells.gru(output=False)\n"
+        "    return rs.seq2seq(rs.bidirectional(e, e), rs.stack(g, head=h))\n",
+        encoding="utf-8",
+    )
+    assert main(["derive", f"{path}:model", "--T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "reads [y(t-1); C] at every step" in out and "result: all checks passed" in out
+    assert main(["graph", f"{path}:model", "--T", "3"]) == 0
+    dot = capsys.readouterr().out
+    # u(t) = [y(t-1); C]: C, and the target one step late (dashed), into the decoder's input
+    assert '"C" -> "u_4"' in dot and '"readout.y_3" -> "u_4" [style=dashed]' in dot
+    assert main(["paper", f"{path}:model", "--T", "3"]) == 0
+    assert "$[y^{(t-1)}; C]$" in capsys.readouterr().out

@@ -324,17 +324,20 @@ def seq2seq(encoder, decoder: Cell, name: str | None = None):
     fed-back targets y.prev.
 
     The encoder may be a model (a stack, a bidirectional layer): C is then its output at each
-    input's own last step (:class:`~rnnsym.models.nested.NestedSeq2Seq`).
+    input's own last step. The decoder may be a model with a head (``rs.stack(..., head=)``):
+    its bottom layer then reads [y(t−1); C] at every step, the target one step late and the
+    context, as the report gives C to the decoder as an input
+    (:class:`~rnnsym.models.nested.NestedSeq2Seq`).
     """
-    if not isinstance(decoder, Cell):
+    if not isinstance(decoder, Cell | nested.NestedModel):
         raise CellError(
-            f"seq2seq(): the decoder must be an rnnsym.Cell (with its outputs and loss), got "
-            f"{type(decoder).__name__}; a model as the decoder is not supported yet"
+            f"seq2seq(): the decoder must be an rnnsym.Cell or a model with a head (the outputs "
+            f"and the loss), got {type(decoder).__name__}"
         )
-    if not isinstance(encoder, Cell):  # a stack, a bidirectional layer: a nested encoder
+    if not isinstance(encoder, Cell) or isinstance(decoder, nested.NestedModel):
         layer = nested.as_layer(encoder, "seq2seq(): encoder")
         label = nested._label(layer)
-        return nested.NestedSeq2Seq(name or f"seq2seq_{label}_{decoder.name}", layer, decoder)
+        return nested.NestedSeq2Seq(name or f"seq2seq_{label}_{_short(decoder)}", layer, decoder)
     _require_cell(encoder, "seq2seq(): encoder")
     _require_layer(encoder, "seq2seq(): encoder")
     _require_cell(decoder, "seq2seq(): decoder")
@@ -923,6 +926,10 @@ class ModelKernel:
             raise ValueError("h0 is not an option of a model: its layers start from zero")
         loss, grads = self._run(params, inputs, targets, True, lengths)
         return loss, {n: grads[n] for n in self.model.params}
+
+
+def _short(decoder) -> str:
+    return decoder.head.name if isinstance(decoder, nested.NestedModel) else decoder.name
 
 
 def _padded(inputs: dict, lengths, context) -> tuple[dict, np.ndarray]:

@@ -490,19 +490,47 @@ def _label(layer: SequenceLayer) -> str:
 
 @dataclass(eq=False)
 class NestedSeq2Seq:
-    """Fig. 8 with a model as the encoder: a sequence layer (a stack, a bidirectional layer)
-    reads x(1..T_x), and its output at each input's own last step is the context C. The
-    decoder, a cell with its outputs and loss, reads C at every step (a ``cell.context``
-    input, as in the report) or starts from it (s(0) = C)."""
+    """Fig. 8 with models: the encoder, a sequence layer (a cell, a stack, a bidirectional
+    layer), reads x(1..T_x), and its output at each input's own last step is the context C.
+
+    The decoder is a cell with its outputs and loss, which reads C at every step (a
+    ``cell.context`` input, as in the report) or starts from it (s(0) = C); or a
+    :class:`NestedModel` (layers and a head), whose bottom layer reads [y(t−1); C] at every
+    step, the target one step late (y(0) = 0) and the context: the report's "C given to the
+    decoder as an input", for a stacked decoder."""
 
     name: str
     encoder: SequenceLayer
-    decoder: Cell
+    decoder: Cell | NestedModel
     kind: str = "nested_seq2seq"
-    slot: tuple[str, str] = ("", "")  # ("context", input) or ("h0", state)
+    # ("context", input) or ("h0", state) of a decoder cell; ("input", target) of a decoder
+    # model: [target(t−1); C] is its input at step t
+    slot: tuple[str, str] = ("", "")
 
     def __post_init__(self):
         decoder = self.decoder
+        self.input = self.encoder.cells()[0].input
+        _unique_params(self.encoder, f"seq2seq {self.name!r}")
+        seen = {n: leaf.cell.name for leaf in self.encoder.cells() for n in leaf.cell.params}
+        if isinstance(decoder, NestedModel):
+            targets = list(decoder.head.targets)
+            if len(targets) != 1 or decoder.head.class_targets:
+                raise CellError(
+                    f"seq2seq(): the decoder {decoder.name!r} reads its target one step late; its "
+                    f"head needs exactly one target of real values, has {targets}"
+                )
+            self.slot = ("input", targets[0])
+            if any(name in seen for name in decoder.params):
+                # the same cells in both halves (a GRU stack and a GRU stack): the decoder's
+                # states and parameters end in _dec, as a backward direction's end in _b
+                self.decoder = decoder = _renamed_model(decoder, "_dec")
+            for name in decoder.params:
+                if name in seen:
+                    raise CellError(
+                        f"parameter {name!r} is declared by both {seen[name]!r} and the decoder "
+                        f"{decoder.name!r}; give each cell's parameters their own names"
+                    )
+            return
         decoder.check()
         if not decoder.states:
             raise CellError(f"seq2seq(): the decoder {decoder.name!r} has no state")
@@ -520,14 +548,11 @@ class NestedSeq2Seq:
                 f"seq2seq(): the decoder {decoder.name!r} has states {', '.join(decoder.states)} "
                 f"and no context input; C goes to a context input, the only state or 'h'"
             )
-        self.input = self.encoder.cells()[0].input
         if self.input in decoder.inputs:
             raise CellError(
                 f"seq2seq(): the encoder and the decoder both have an input {self.input!r}; "
                 f"their sequences have different lengths, so name them apart"
             )
-        _unique_params(self.encoder, f"seq2seq {self.name!r}")
-        seen = {n: leaf.cell.name for leaf in self.encoder.cells() for n in leaf.cell.params}
         for name in decoder.params:
             if name in seen:
                 raise CellError(
@@ -542,13 +567,18 @@ class NestedSeq2Seq:
     def describe(self) -> str:
         """The model's structure: the encoder's layers, bottom first, and the decoder."""
         where, name = self.slot
-        how = (
-            f"reads C at every step as {name}"
-            if where == "context"
-            else f"starts from {name}(0) = C"
-        )
         lines = [f"model {self.name!r}: sequence to sequence, input {self.input}(t)", "  encoder:"]
         lines += self.encoder.describe("    ")
+        if where == "input":
+            lines.append(
+                f"  C = the encoder's output at each input's own last step; the decoder reads "
+                f"[{name}(t-1); C] at every step:"
+            )
+            lines += ["  " + line for line in self.decoder.describe().splitlines()[1:]]
+            return "\n".join(lines)
+        how = f"starts from {name}(0) = C"
+        if where == "context":
+            how = f"reads C at every step as {name}"
         lines.append(
             f"  C = the encoder's output at each input's own last step; the decoder "
             f"{self.decoder.name} {how} [{', '.join(self.decoder.params)}]"
@@ -564,6 +594,8 @@ class NestedSeq2Seq:
         for leaf in self.encoder.cells():
             seeded, _ = seeded_cell(leaf.cell, [leaf.state])
             parts[leaf.cell.name] = derive(seeded)
+        if isinstance(self.decoder, NestedModel):
+            return {**parts, **self.decoder.derive()}
         parts[self.decoder.name] = derive(self.decoder)
         return parts
 
@@ -582,6 +614,9 @@ class NestedSeq2Seq:
         width = _random_layer_params(self.encoder, inputs, size, rng, params)
         x = rng.normal(size=(T, B, inputs))
         decoder = self.decoder
+        if isinstance(decoder, NestedModel):  # its input [y(t-1); C]: every size is `size`
+            p, _, t = decoder.random_problem(T_out or T + 1, B, seed + 7, size, size + width)
+            return {**params, **p}, {self.input: x}, t
         sizes = {str(s): size for s in decoder.size_symbols.values()}
         where, name = self.slot
         slot_size = (
@@ -596,6 +631,16 @@ class NestedSeq2Seq:
 
     def __repr__(self) -> str:
         return f"NestedSeq2Seq({self.name!r}: {len(self.encoder.cells())} encoder cells)"
+
+
+def _renamed_model(model: NestedModel, suffix: str) -> NestedModel:
+    """A copy of ``model`` whose cells' states and parameters (the head's too) end in
+    ``suffix``; inputs, targets and sizes keep their names."""
+    head = model.head
+    copy = Cell(f"{head.name}{suffix}")
+    keep = set(head.inputs) | set(head.targets) | set(head.size_symbols)
+    replay(head, copy, lambda n: n if n in keep else suffixed(n, suffix))
+    return NestedModel(f"{model.name}{suffix}", model.body.renamed(suffix), copy)
 
 
 def _random_layer_params(layer, width: int, size: int, rng, params: dict) -> int:
@@ -626,7 +671,10 @@ class NestedSeq2SeqKernel:
         from ..kernel import compile_cell
 
         self.model = model
-        self.decoder = compile_cell(model.decoder)
+        if isinstance(model.decoder, NestedModel):
+            self.decoder = model.decoder.compile()
+        else:
+            self.decoder = compile_cell(model.decoder)
         for leaf in model.encoder.cells():
             leaf.kernel  # noqa: B018 - compiled now, so errors show at compile time
 
@@ -670,6 +718,13 @@ class NestedSeq2SeqKernel:
         context = np.ascontiguousarray(y[last, np.arange(B)])
         where, name = m.slot
         dec_in = {n: a for n, a in inputs.items() if n != m.input}
+        if where == "input":  # a decoder model reads [y(t-1); C], y(0) = 0
+            loss, grads, g_context = self._decoder_model(params, context, targets, dec_lengths)
+            g_y = np.zeros_like(y)
+            g_y[last, np.arange(B)] = g_context
+            enc_grads, _ = m.encoder.backward(params, cache, g_y, enc_lengths)
+            grads = {**enc_grads, **grads}
+            return loss, {n: grads[n] for n in m.params}
         h0 = None
         if where == "context":
             dec_in[name] = context
@@ -685,3 +740,28 @@ class NestedSeq2SeqKernel:
         enc_grads, _ = m.encoder.backward(params, cache, g_y, enc_lengths)
         grads = {**enc_grads, **grads}
         return loss, {n: grads[n] for n in m.params}
+
+    def _decoder_model(self, params, context, targets, lengths):
+        """(loss, the decoder's gradients, ∇C) for a decoder model reading [y(t−1); C]."""
+        m = self.model
+        name = m.slot[1]
+        if not isinstance(targets, dict) or name not in targets:
+            raise ValueError(f"targets[{name!r}] is missing: the decoder's outputs (T_y, B, k)")
+        y = np.asarray(targets[name])
+        if y.ndim != 3 or y.shape[1] != context.shape[0]:
+            raise ValueError(
+                f"targets[{name!r}] has shape {y.shape}; expected (T_y, {context.shape[0]}, k), "
+                f"the batch of the encoder's inputs"
+            )
+        if lengths is not None:  # NaN padding must not reach y(t - 1)
+            lengths = _lengths.check_lengths(lengths, y.shape[0], y.shape[1])
+            pad = np.arange(y.shape[0])[:, None] >= lengths[None, :]
+            y = np.where(pad[..., None], np.zeros((), y.dtype), y)
+        shifted = np.concatenate([np.zeros_like(y[:1]), y[:-1]])
+        repeated = np.broadcast_to(context, (y.shape[0], *context.shape))
+        x = np.concatenate([shifted, repeated], axis=-1)
+        dec_params = {n: params[n] for n in m.decoder.params}
+        loss, grads, g_in = self.decoder.vjp(
+            dec_params, {m.decoder.input: x}, {**targets, name: y}, lengths=lengths
+        )
+        return loss, grads, g_in[m.decoder.input][..., y.shape[-1] :].sum(axis=0)

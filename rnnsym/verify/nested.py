@@ -90,7 +90,27 @@ def nested_oracle(
     x = [_random_matrix(rng, inputs, 1) for _ in range(T)]
     x_nodes = [graph.source(v, ("input", model.input, t)) for t, v in enumerate(x)]
     extra_inputs = {}
-    if isinstance(model, NestedSeq2Seq):  # the encoder's last output is C; T_y = T + 1
+    if isinstance(model, NestedSeq2Seq) and model.slot[0] == "input":
+        # a decoder model reads [y(t-1); C] at every step: concatenation nodes
+        top, width = run(model.encoder, x_nodes, inputs)
+        context, steps_out, name = top[-1], T + 1, model.slot[1]
+        ys = [_random_matrix(rng, size, 1) for _ in range(steps_out)]
+        a, b = MatrixSymbol("a", size, 1), MatrixSymbol("b", width, 1)
+        join = _compile("ab", "define", MatrixSymbol("ab", size + width, 1), concat(a, b), {})
+        previous = [graph.source(ImmutableMatrix.zeros(size, 1), ("y", "initial"))]
+        previous += [graph.source(v, ("y", t)) for t, v in enumerate(ys[:-1])]
+        dec_x = [graph.apply(join, [p, context], ("dec_x", t)) for t, p in enumerate(previous)]
+        dec_top, dec_width = run(model.decoder.body, dec_x, size + width)
+        head = model.decoder.head
+        head_dims = dict.fromkeys(head.size_symbols.values(), size)
+        head_dims[head.inputs[model.decoder.head_input].symbol.shape[0]] = dec_width
+        declare(head, head_dims)
+        head_data = _scalar_data(
+            head, head_dims, steps_out, rng, {model.decoder.head_input: dec_top, name: ys}
+        )
+        head_steps = compile_cell_steps(head, head_dims)
+        graph.steps(head, head_steps, head_dims, [keys] * steps_out, head_data, prefix="dec")
+    elif isinstance(model, NestedSeq2Seq):  # the encoder's last output is C; T_y = T + 1
         top, width = run(model.encoder, x_nodes, inputs)
         head, steps_out = model.decoder, T + 1
         where, slot = model.slot
@@ -157,7 +177,10 @@ def nested_oracle(
 
 def _is_vector(model, name: str) -> bool:
     """Whether the parameter ``name`` is declared as a vector (its array is 1-D)."""
-    if isinstance(model, NestedSeq2Seq):
+    if isinstance(model, NestedSeq2Seq) and isinstance(model.decoder, NestedModel):
+        cells = [leaf.cell for leaf in model.encoder.cells()]
+        cells += [leaf.cell for leaf in model.decoder.body.cells()] + [model.decoder.head]
+    elif isinstance(model, NestedSeq2Seq):
         cells = [leaf.cell for leaf in model.encoder.cells()] + [model.decoder]
     else:
         cells = [leaf.cell for leaf in model.body.cells()] + [model.head]
