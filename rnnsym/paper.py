@@ -621,10 +621,11 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
             f"the loss"
         )
     else:
+        when = "at each sequence's last step" if model.last_only else "at each step"
         layers = (
             f"Bottom first, its layers are {structure(model.body)}; the head "
-            f"\\texttt{{{latex_text(model.head.name)}}} reads the top layer's output at each "
-            f"step and has the loss"
+            f"\\texttt{{{latex_text(model.head.name)}}} reads the top layer's output {when} "
+            f"and has the loss"
         )
     out.append(
         f"This is the derivation of back-propagation through time for the nested recurrent "

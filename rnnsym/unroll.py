@@ -601,10 +601,11 @@ def _unroll_nested(model, T: int, T_out: int | None = None) -> UnrolledGraph:
         return graph
     top = run(model.body, x.__getitem__, False)
     head = model.head
-    graph.titles[head.name] = f"head {head.name}: at every t"
+    when = f"at t = {T} only" if model.last_only else "at every t"
+    graph.titles[head.name] = f"head {head.name}: {when}"
     build.steps(
         head,
-        range(1, T + 1),
+        [T] if model.last_only else range(1, T + 1),
         part=head.name,
         qname=lambda q: f"{head.name}.{q}",
         bound={model.head_input: top},

@@ -517,3 +517,37 @@ def test_a_decoder_model_is_derived_drawn_and_written(tmp_path, capsys):
     assert '"C" -> "u_4"' in dot and '"readout.y_3" -> "u_4" [style=dashed]' in dot
     assert main(["paper", f"{path}:model", "--T", "3"]) == 0
     assert "$[y^{(t-1)}; C]$" in capsys.readouterr().out
+
+
+def test_last_output_with_a_model_as_its_layer():
+    # Fig. 5 on a bidirectional GRU: one output per sequence, at each sequence's own end
+    from rnnsym.verify.nested import nested_oracle
+
+    gru = rs.cells.gru(output=False)
+    model = rs.last_output(rs.bidirectional(gru, gru), _readout_of("label", classes=True))
+    assert model.last_only and "at each sequence's last step" in model.describe()
+    kernel = rs.compile(model)
+    params, inputs, targets = model.random_problem(T=5, B=3, seed=2)
+    assert targets["label"].shape == (3,)  # one class index per sequence
+    # central differences, check_gradients' documented tolerance (1e-6 relative + rounding)
+    assert rs.check_gradients(kernel, params, inputs, targets).ok
+    assert nested_oracle(model, T=3).ok  # sympy.diff of the unrolled model, 10 digits
+    x = inputs["x"].copy()
+    for b, length in enumerate(LENGTHS[:3] - 1):
+        x[length:, b] = np.nan
+    lengths = LENGTHS[:3] - 1
+    loss, grads = kernel.loss_and_grad(params, {"x": x}, targets, lengths=lengths)
+    alone = [
+        kernel.loss_and_grad(
+            params, {"x": inputs["x"][:n, b : b + 1]}, {"label": targets["label"][b : b + 1]}
+        )
+        for b, n in enumerate(lengths)
+    ]
+    # the same terms in another order: rounding only
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
+    for n in grads:
+        np.testing.assert_allclose(
+            grads[n], sum(a[1][n] for a in alone), rtol=1e-10, atol=1e-12, err_msg=n
+        )
+    graph = rs.unroll(model, 4)
+    assert sorted(n.t for n in graph.nodes if n.kind == "loss") == [4]  # the head at T only

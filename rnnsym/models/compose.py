@@ -377,6 +377,11 @@ def last_output(layer: Cell, head: Cell, name: str | None = None) -> Model:
     effect and the gradients equal those of each sequence run alone. Targets are per
     sequence: (B, size), or class indices (B,).
     """
+    if not isinstance(layer, Cell):  # a stack, a bidirectional layer: a nested model
+        body = nested.as_layer(layer, "last_output(): layer")
+        _require_cell(head, "last_output(): head")
+        label = nested._label(body)
+        return nested.NestedModel(name or f"last_output_{label}", body, head, last_only=True)
     _require_cell(layer, "last_output(): layer")
     _require_layer(layer, "last_output(): layer")
     _require_cell(head, "last_output(): head")

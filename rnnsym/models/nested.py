@@ -273,6 +273,9 @@ class NestedModel:
     head: Cell
     head_input: str = ""
     kind: str = "nested"
+    # Fig. 5: the head reads the top output at each sequence's own last step only, and the
+    # targets are one per sequence, (B, size) or class indices (B,)
+    last_only: bool = False
 
     def __post_init__(self):
         head = self.head
@@ -311,8 +314,10 @@ class NestedModel:
         lines = [f"model {self.name!r}: input {self.input}(t)"]
         lines += self.body.describe("  ")
         params = ", ".join(self.head.params)
+        when = "at each sequence's last step" if self.last_only else "at every step"
         lines.append(
-            f"  head {self.head.name}: reads {self.head_input}(t), the top output [{params}]"
+            f"  head {self.head.name}: reads {self.head_input}(t), the top output, {when} "
+            f"[{params}]"
         )
         return "\n".join(lines)
 
@@ -345,12 +350,13 @@ class NestedModel:
             params[name] = rng.normal(scale=0.5, size=shape[:1] if shape[1:] == (1,) else shape)
         x = rng.normal(size=(T, B, inputs))
         targets = {}
+        steps = () if self.last_only else (T,)  # Fig. 5: one target per sequence
         for name, var in self.head.targets.items():
             k = int(sp.sympify(var.symbol.shape[0]).subs(sizes))
             if name in self.head.class_targets:
-                targets[name] = rng.integers(0, k, size=(T, B))
+                targets[name] = rng.integers(0, k, size=(*steps, B))
             else:
-                targets[name] = rng.normal(size=(T, B, k))
+                targets[name] = rng.normal(size=(*steps, B, k))
         return params, {self.input: x}, targets
 
     def __repr__(self) -> str:
@@ -404,8 +410,23 @@ class NestedKernel:
             x = np.where(pad[..., None], np.zeros((), x.dtype), x)  # NaN padding reaches nothing
         return x, lengths
 
+    def _last(self, y, lengths) -> np.ndarray:
+        """The step of each sequence's end: T − 1, or its length − 1."""
+        T, B = y.shape[:2]
+        return np.full(B, T - 1) if lengths is None else lengths - 1
+
     def _head(self, params, y, targets, lengths, full: bool):
         head_params = {n: params[n] for n in self.model.head.params}
+        if self.model.last_only:  # one step: the top output at each sequence's end
+            last = self._last(y, lengths)
+            data = {self.model.head_input: y[last, np.arange(y.shape[1])][None]}
+            if not isinstance(targets, dict):
+                raise ValueError("targets must be a dict: one target per sequence")
+            per_step = {n: np.asarray(a)[None] for n, a in targets.items()}
+            loss, grads, g_in, h0 = self.head.vjp(head_params, data, per_step)
+            g_y = np.zeros_like(y)
+            g_y[last, np.arange(y.shape[1])] = g_in[self.model.head_input][0]
+            return loss, grads, {self.model.head_input: g_y}, h0
         data = {self.model.head_input: y}
         if lengths is None:
             return self.head.vjp(head_params, data, targets)
@@ -416,6 +437,11 @@ class NestedKernel:
         x, lengths = self._prepare(params, inputs, lengths)
         y, _ = self.model.body.forward(params, x, lengths)
         head_params = {n: params[n] for n in self.model.head.params}
+        if self.model.last_only:
+            last = self._last(y, lengths)
+            top = y[last, np.arange(y.shape[1])][None]
+            out = self.head.forward(head_params, {self.model.head_input: top})
+            return {"output": y, **{n: a[0] for n, a in out.items()}}
         out = self.head.forward(head_params, {self.model.head_input: y})
         return {"output": y, **out}
 

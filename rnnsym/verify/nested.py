@@ -134,9 +134,10 @@ def nested_oracle(
         head_dims = dict.fromkeys(head.size_symbols.values(), size)
         head_dims[head.inputs[model.head_input].symbol.shape[0]] = width
         declare(head, head_dims)
-        head_data = _scalar_data(head, head_dims, T, rng, {model.head_input: top})
+        reads = [top[-1]] if model.last_only else top  # Fig. 5: the head at T only
+        head_data = _scalar_data(head, head_dims, len(reads), rng, {model.head_input: reads})
         head_steps = compile_cell_steps(head, head_dims)
-        graph.steps(head, head_steps, head_dims, [keys] * T, head_data, prefix="head")
+        graph.steps(head, head_steps, head_dims, [keys] * len(reads), head_data, prefix="head")
     oracle_start = time.perf_counter()
     _, grads = graph.gradients(list(keys.values()), digits)
     oracle_seconds = time.perf_counter() - oracle_start
@@ -154,6 +155,8 @@ def nested_oracle(
             targets[name] = np.array([[list(step[name]).index(1)] for step in head_data])
         else:
             targets[name] = np.array([[[float(v) for v in step[name]]] for step in head_data])
+    if isinstance(model, NestedModel) and model.last_only:  # one target per sequence
+        targets = {n: a[0] for n, a in targets.items()}
     x_array = np.array([[[float(v) for v in step]] for step in x])
     model_inputs = {model.input: x_array, **extra_inputs}
     _, kernel_grads = model.compile().loss_and_grad(params, model_inputs, targets)
