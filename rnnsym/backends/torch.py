@@ -649,8 +649,14 @@ class TorchKernel(Kernel):
         super().__init__(derivation, source)
         self.Module = self.module.Module
 
-    def loss(self, params: dict, inputs: dict, targets: dict, h0=None):
-        """The total loss, a tensor differentiable by ``torch.autograd``."""
+    def loss(self, params: dict, inputs: dict, targets: dict, h0=None, lengths=None):
+        """The total loss, a tensor differentiable by ``torch.autograd``; with ``lengths`` (a
+        padded batch), the loss of the real steps only."""
+        if lengths is not None:
+            from .lengths import masked_call
+
+            masked, inputs, targets = masked_call(self, params, inputs, targets, lengths)
+            return masked.module.loss(params, inputs, targets, h0)
         return self.module.loss(params, inputs, targets, h0)
 
 
