@@ -109,12 +109,7 @@ class UnrolledGraph:
             return self._model_dot()
         if isinstance(self.cell, NestedModel | NestedSeq2Seq):
             return self._nested_dot()
-        lines = [
-            f'digraph "{self.cell.name}" {{',
-            "  rankdir=BT; newrank=true;",
-            '  node [shape=circle, fontname="Helvetica"];',
-            '  edge [fontname="Helvetica", fontsize=10];',
-        ]
+        lines = _dot_opening(self.cell.name)
         for n in self.nodes:
             lines.append(_node_line(n, "  "))
         rows: dict[str, list[str]] = {}
@@ -136,17 +131,8 @@ class UnrolledGraph:
     def _model_dot(self) -> str:
         model: Model = self.cell
         by_name = {n.name: n for n in self.nodes}
-        lines = [
-            f'digraph "{model.name}" {{',
-            "  rankdir=BT; newrank=true;",
-            '  node [shape=circle, fontname="Helvetica"];',
-            '  edge [fontname="Helvetica", fontsize=10];',
-        ]
-        rows: dict[tuple[str, str], list[Node]] = {}
-        for n in self.nodes:
-            rows.setdefault((n.part, n.quantity), []).append(n)
-        for members in rows.values():
-            members.sort(key=lambda n: n.t)
+        lines = _dot_opening(model.name)
+        rows = self._part_rows()
         # seq2seq: the encoder's last state, C and the decoder's first state in one row, so
         # that the figure reads left to right, encoder then decoder (Fig. 8)
         joined: list[tuple[str, str]] = []
@@ -223,22 +209,22 @@ class UnrolledGraph:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
-    def _nested_dot(self) -> str:
-        """A nested model: one box per cell, its rows in time order (a reversed cell's chain
-        drawn right to left), the shared input and the concatenations between the boxes."""
-        model = self.cell
-        by_name = {n.name: n for n in self.nodes}
-        lines = [
-            f'digraph "{model.name}" {{',
-            "  rankdir=BT; newrank=true;",
-            '  node [shape=circle, fontname="Helvetica"];',
-            '  edge [fontname="Helvetica", fontsize=10];',
-        ]
+    def _part_rows(self) -> dict[tuple[str, str], list[Node]]:
+        """The nodes of each (part, quantity) row, in time order."""
         rows: dict[tuple[str, str], list[Node]] = {}
         for n in self.nodes:
             rows.setdefault((n.part, n.quantity), []).append(n)
         for members in rows.values():
             members.sort(key=lambda n: n.t)
+        return rows
+
+    def _nested_dot(self) -> str:
+        """A nested model: one box per cell, its rows in time order (a reversed cell's chain
+        drawn right to left), the shared input and the concatenations between the boxes."""
+        model = self.cell
+        by_name = {n.name: n for n in self.nodes}
+        lines = _dot_opening(model.name)
+        rows = self._part_rows()
         parts = list(dict.fromkeys(n.part for n in self.nodes))
         for part in parts:
             indent = "    " if part else "  "
@@ -299,6 +285,16 @@ class UnrolledGraph:
 
 
 _SHAPES = {"target": "plaintext", "loss": "box", "initial": "doublecircle"}
+
+
+def _dot_opening(name: str) -> list[str]:
+    """The first lines of a graph: time runs left to right, quantities stack bottom to top."""
+    return [
+        f'digraph "{name}" {{',
+        "  rankdir=BT; newrank=true;",
+        '  node [shape=circle, fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
 
 
 def _node_line(n: Node, indent: str) -> str:
