@@ -116,10 +116,10 @@ def test_other_backends_take_lengths_too(backend):
     "lengths, message",
     [
         (np.array([6, 0, 4]), r"lengths\[1\] = 0; a length must be in 1..6"),
-        (np.array([6, 2]), r"lengths has shape \(2,\); expected \(3,\)"),
+        (np.array([6, 2]), r"lengths has shape \(2,\); expected integers of shape \(3,\)"),
         (
             np.array([6.0, 2.0, 4.0]),
-            r"lengths has shape \(3,\) and dtype float64; expected integers",
+            r"lengths has dtype float64; expected integers of shape \(3,\)",
         ),
         (np.array([[6, 2, 4]]), r"lengths has shape \(1, 3\)"),
     ],

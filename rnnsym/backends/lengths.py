@@ -24,15 +24,14 @@ __all__ = ["check_lengths", "masked_kernel", "masked_call", "forward", "loss_and
 def check_lengths(lengths, T: int, B: int) -> np.ndarray:
     """``lengths`` as an integer array (B,) with every entry in 1..T; a clear error otherwise."""
     array = np.asarray(lengths)
-    if array.dtype.kind not in "iu" or array.ndim != 1:
-        shape = "(" + ", ".join(map(str, array.shape)) + ("," if array.ndim == 1 else "") + ")"
+    if array.dtype.kind not in "iu":
         raise ValueError(
-            f"lengths has shape {shape} and dtype {array.dtype}; expected integers of shape "
-            f"({B},), one per sequence"
+            f"lengths has dtype {array.dtype}; expected integers of shape ({B},), one per sequence"
         )
     if array.shape != (B,):
+        shape = "(" + ", ".join(map(str, array.shape)) + ("," if array.ndim == 1 else "") + ")"
         raise ValueError(
-            f"lengths has shape ({array.shape[0]},); expected ({B},), one per sequence of the batch"
+            f"lengths has shape {shape}; expected integers of shape ({B},), one per sequence"
         )
     bad = np.flatnonzero((array < 1) | (array > T))
     if len(bad):

@@ -842,22 +842,7 @@ class ModelKernel:
         if lengths is None:
             last = np.full(B, T - 1)
         else:
-            lengths = np.asarray(lengths)
-            if lengths.dtype.kind not in "iu":
-                raise ValueError(
-                    f"lengths has dtype {lengths.dtype}; expected integers, one per sequence"
-                )
-            if lengths.shape != (B,):
-                raise _array_error(
-                    "lengths", lengths, f"integers of shape ({B},), one per sequence"
-                )
-            bad = np.flatnonzero((lengths < 1) | (lengths > T))
-            if len(bad):
-                b = int(bad[0])
-                raise ValueError(
-                    f"lengths[{b}] = {int(lengths[b])}; a length must be in 1..{T} (the inputs "
-                    f"have {T} steps)"
-                )
+            lengths = _lengths.check_lengths(lengths, T, B)
             last = lengths - 1
             # zero the padding: it reaches nothing, but NaN padding would give 0 · NaN = NaN
             # in the layer's gradient kernel
