@@ -267,11 +267,7 @@ def test_the_report_bidirectional_model_takes_lengths():
         )
         for b, n in enumerate(LENGTHS)
     ]
-    # the same sums over the same real steps, in another order: rounding only
-    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
-    for name in grads:
-        want = sum(a[1][name] for a in alone)
-        np.testing.assert_allclose(grads[name], want, rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_same_as_alone(loss, grads, alone)
 
 
 @pytest.mark.parametrize("name", ["seq2seq", "seq2seq_init"])
@@ -297,11 +293,7 @@ def test_seq2seq_takes_input_and_output_lengths(name):
         )
         for b in range(3)
     ]
-    # the same sums over the same real steps, in another order: rounding only
-    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
-    for n in grads:
-        want = sum(a[1][n] for a in alone)
-        np.testing.assert_allclose(grads[n], want, rtol=1e-10, atol=1e-12, err_msg=n)
+    _assert_same_as_alone(loss, grads, alone)
     with pytest.raises(ValueError, match=r"a pair \(input lengths, output lengths\)"):
         kernel.loss_and_grad(params, inputs, targets, lengths=x_lengths)
 
@@ -436,12 +428,7 @@ def test_seq2seq_with_a_bidirectional_stacked_encoder(decoder):
         )
         for b in range(3)
     ]
-    # the same sums over the same real steps, in another order: rounding only
-    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
-    for n in grads:
-        np.testing.assert_allclose(
-            grads[n], sum(a[1][n] for a in alone), rtol=1e-10, atol=1e-12, err_msg=n
-        )
+    _assert_same_as_alone(loss, grads, alone)
 
 
 def _readout_of(target: str, classes: bool = False) -> rs.Cell:
@@ -544,11 +531,15 @@ def test_last_output_with_a_model_as_its_layer():
         )
         for b, n in enumerate(lengths)
     ]
-    # the same terms in another order: rounding only
-    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
-    for n in grads:
-        np.testing.assert_allclose(
-            grads[n], sum(a[1][n] for a in alone), rtol=1e-10, atol=1e-12, err_msg=n
-        )
+    _assert_same_as_alone(loss, grads, alone)
     graph = rs.unroll(model, 4)
     assert sorted(n.t for n in graph.nodes if n.kind == "loss") == [4]  # the head at T only
+
+
+def _assert_same_as_alone(loss, grads, alone) -> None:
+    """A padded batch's loss and gradients against its sequences run alone, summed: the same
+    sums over the same real steps in another order, so rounding only (1e-12 and 1e-10)."""
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-12)
+    for name, value in grads.items():
+        want = sum(a[1][name] for a in alone)
+        np.testing.assert_allclose(value, want, rtol=1e-10, atol=1e-12, err_msg=name)
