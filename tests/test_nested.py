@@ -279,23 +279,9 @@ def test_seq2seq_takes_input_and_output_lengths(name):
     model = rs.cells.get(name)
     kernel = rs.compile(model)
     params, inputs, targets = random_model_problem(model, T=5, B=3, seed=0, T_out=4)
-    x_lengths, y_lengths = np.array([5, 2, 3]), np.array([4, 1, 3])
-    x, y = inputs["x"].copy(), targets["y"].copy()
-    for b in range(3):
-        x[x_lengths[b] :, b] = np.nan
-        y[y_lengths[b] :, b] = np.nan
-    loss, grads = kernel.loss_and_grad(params, {"x": x}, {"y": y}, lengths=(x_lengths, y_lengths))
-    alone = [
-        kernel.loss_and_grad(
-            params,
-            {"x": inputs["x"][: x_lengths[b], b : b + 1]},
-            {"y": targets["y"][: y_lengths[b], b : b + 1]},
-        )
-        for b in range(3)
-    ]
-    _assert_same_as_alone(loss, grads, alone)
+    _assert_seq2seq_padding_reaches_nothing(kernel, params, inputs, targets)
     with pytest.raises(ValueError, match=r"a pair \(input lengths, output lengths\)"):
-        kernel.loss_and_grad(params, inputs, targets, lengths=x_lengths)
+        kernel.loss_and_grad(params, inputs, targets, lengths=np.array([5, 2, 3]))
 
 
 def test_cli_derives_and_checks_a_nested_model(tmp_path, capsys):
@@ -414,21 +400,7 @@ def test_seq2seq_with_a_bidirectional_stacked_encoder(decoder):
     # exact: sympy.diff node by node over the whole model unrolled (10 digits required)
     assert nested_oracle(model, T=3).ok
     # a padded batch, NaN padding on both sides, equals each sequence alone
-    x_lengths, y_lengths = np.array([5, 2, 3]), np.array([4, 1, 3])
-    x, y = inputs["x"].copy(), targets["y"].copy()
-    for b in range(3):
-        x[x_lengths[b] :, b] = np.nan
-        y[y_lengths[b] :, b] = np.nan
-    loss, grads = kernel.loss_and_grad(params, {"x": x}, {"y": y}, lengths=(x_lengths, y_lengths))
-    alone = [
-        kernel.loss_and_grad(
-            params,
-            {"x": inputs["x"][: x_lengths[b], b : b + 1]},
-            {"y": targets["y"][: y_lengths[b], b : b + 1]},
-        )
-        for b in range(3)
-    ]
-    _assert_same_as_alone(loss, grads, alone)
+    _assert_seq2seq_padding_reaches_nothing(kernel, params, inputs, targets)
 
 
 def _readout_of(target: str, classes: bool = False) -> rs.Cell:
@@ -543,3 +515,23 @@ def _assert_same_as_alone(loss, grads, alone) -> None:
     for name, value in grads.items():
         want = sum(a[1][name] for a in alone)
         np.testing.assert_allclose(value, want, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def _assert_seq2seq_padding_reaches_nothing(kernel, params, inputs, targets) -> None:
+    """A seq2seq batch padded on both sides (NaN) with a pair of lengths, against each pair of
+    sequences run alone (B = 3, T_x = 5, T_y = 4)."""
+    x_lengths, y_lengths = np.array([5, 2, 3]), np.array([4, 1, 3])
+    x, y = inputs["x"].copy(), targets["y"].copy()
+    for b in range(3):
+        x[x_lengths[b] :, b] = np.nan
+        y[y_lengths[b] :, b] = np.nan
+    loss, grads = kernel.loss_and_grad(params, {"x": x}, {"y": y}, lengths=(x_lengths, y_lengths))
+    alone = [
+        kernel.loss_and_grad(
+            params,
+            {"x": inputs["x"][: x_lengths[b], b : b + 1]},
+            {"y": targets["y"][: y_lengths[b], b : b + 1]},
+        )
+        for b in range(3)
+    ]
+    _assert_same_as_alone(loss, grads, alone)
