@@ -231,6 +231,18 @@ def test_ill_formed_nesting_is_refused_clearly(build, message):
         build()
 
 
+def test_a_parameter_name_in_two_cells_is_refused():
+    head = rs.Cell("readout")
+    n, k = head.dims("n k")
+    z = head.input("z", n)
+    head.loss(
+        rs.squared_error(head.output("o", head.param("W_ih_1", k, n) @ z), head.target("y", k))
+    )
+    message = "parameter 'W_ih_1' is declared by both 'gru_layer_1' and 'readout'"
+    with pytest.raises(CellError, match=message):
+        rs.stack(rs.cells.gru(output=False), head=head)
+
+
 def test_a_layer_without_head_does_not_compile_and_bad_arrays_are_named():
     layer = rs.cells.gru(output=False)
     with pytest.raises(ValueError, match="layer without a head"):

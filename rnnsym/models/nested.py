@@ -251,16 +251,17 @@ class Chain(SequenceLayer):
         return lines
 
 
-def _unique_params(layer: SequenceLayer, what: str) -> None:
+def _unique_params(cells: list[Cell], what: str) -> None:
+    """Refuse a parameter name declared by two of ``cells`` (the kernels share one dict)."""
     seen: dict[str, str] = {}
-    for leaf in layer.cells():
-        for name in leaf.cell.params:
+    for cell in cells:
+        for name in cell.params:
             if name in seen:
                 raise CellError(
                     f"{what}: parameter {name!r} is declared by both {seen[name]!r} and "
-                    f"{leaf.cell.name!r}; give each cell's parameters their own names"
+                    f"{cell.name!r}; give each cell's parameters their own names"
                 )
-            seen[name] = leaf.cell.name
+            seen[name] = cell.name
 
 
 @dataclass(eq=False)
@@ -296,14 +297,11 @@ class NestedModel:
         self.head_input = per_step[0]
         bottom = self.body.cells()[0]
         self.input = bottom.input
-        seen = {n: leaf.cell.name for leaf in self.body.cells() for n in leaf.cell.params}
-        for name in head.params:
-            if name in seen:
-                raise CellError(
-                    f"parameter {name!r} is declared by both {seen[name]!r} and the head "
-                    f"{head.name!r}; give each cell's parameters their own names"
-                )
-        _unique_params(self.body, f"model {self.name!r}")
+        _unique_params(self.cells(), f"model {self.name!r}")
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the model, bottom first, the head last."""
+        return [leaf.cell for leaf in self.body.cells()] + [self.head]
 
     @property
     def params(self) -> dict:
@@ -536,8 +534,8 @@ class NestedSeq2Seq:
     def __post_init__(self):
         decoder = self.decoder
         self.input = self.encoder.cells()[0].input
-        _unique_params(self.encoder, f"seq2seq {self.name!r}")
-        seen = {n: leaf.cell.name for leaf in self.encoder.cells() for n in leaf.cell.params}
+        encoder = [leaf.cell for leaf in self.encoder.cells()]
+        seen = {n for cell in encoder for n in cell.params}
         if isinstance(decoder, NestedModel):
             targets = list(decoder.head.targets)
             if len(targets) != 1 or decoder.head.class_targets:
@@ -550,12 +548,7 @@ class NestedSeq2Seq:
                 # the same cells in both halves (a GRU stack and a GRU stack): the decoder's
                 # states and parameters end in _dec, as a backward direction's end in _b
                 self.decoder = decoder = _renamed_model(decoder, "_dec")
-            for name in decoder.params:
-                if name in seen:
-                    raise CellError(
-                        f"parameter {name!r} is declared by both {seen[name]!r} and the decoder "
-                        f"{decoder.name!r}; give each cell's parameters their own names"
-                    )
+            _unique_params([*encoder, *decoder.cells()], f"seq2seq {self.name!r}")
             return
         decoder.check()
         if not decoder.states:
@@ -579,12 +572,13 @@ class NestedSeq2Seq:
                 f"seq2seq(): the encoder and the decoder both have an input {self.input!r}; "
                 f"their sequences have different lengths, so name them apart"
             )
-        for name in decoder.params:
-            if name in seen:
-                raise CellError(
-                    f"parameter {name!r} is declared by both {seen[name]!r} and the decoder "
-                    f"{decoder.name!r}; give each cell's parameters their own names"
-                )
+        _unique_params([*encoder, decoder], f"seq2seq {self.name!r}")
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the model: the encoder's, bottom first, then the decoder's."""
+        decoder = self.decoder
+        decoded = decoder.cells() if isinstance(decoder, NestedModel) else [decoder]
+        return [leaf.cell for leaf in self.encoder.cells()] + decoded
 
     @property
     def params(self) -> dict:

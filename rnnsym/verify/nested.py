@@ -180,14 +180,7 @@ def nested_oracle(
 
 def _is_vector(model, name: str) -> bool:
     """Whether the parameter ``name`` is declared as a vector (its array is 1-D)."""
-    if isinstance(model, NestedSeq2Seq) and isinstance(model.decoder, NestedModel):
-        cells = [leaf.cell for leaf in model.encoder.cells()]
-        cells += [leaf.cell for leaf in model.decoder.body.cells()] + [model.decoder.head]
-    elif isinstance(model, NestedSeq2Seq):
-        cells = [leaf.cell for leaf in model.encoder.cells()] + [model.decoder]
-    else:
-        cells = [leaf.cell for leaf in model.body.cells()] + [model.head]
-    for cell in cells:
+    for cell in model.cells():
         if name in cell.params:
             return cell.params[name].symbol.shape[1] == 1
     return False
