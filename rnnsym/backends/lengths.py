@@ -18,7 +18,15 @@ import numpy as np
 from ..derive import derive
 from ..transform import masked_cell
 
-__all__ = ["check_lengths", "masked_kernel", "masked_call", "forward", "loss_and_grad", "vjp"]
+__all__ = [
+    "check_lengths",
+    "zero_past",
+    "masked_kernel",
+    "masked_call",
+    "forward",
+    "loss_and_grad",
+    "vjp",
+]
 
 
 def check_lengths(lengths, T: int, B: int) -> np.ndarray:
@@ -41,6 +49,14 @@ def check_lengths(lengths, T: int, B: int) -> np.ndarray:
             f"steps)"
         )
     return array
+
+
+def zero_past(array: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A (T, B, ...) NumPy array with the steps past each sequence's length set to 0, so that
+    NaN padding reaches no sum (0 · NaN would be NaN)."""
+    pad = np.arange(array.shape[0])[:, None] >= lengths[None, :]
+    pad = pad.reshape(pad.shape + (1,) * (array.ndim - 2))
+    return np.where(pad, np.zeros((), array.dtype), array)
 
 
 def masked_kernel(kernel):

@@ -846,14 +846,10 @@ class ModelKernel:
             last = lengths - 1
             # zero the padding: it reaches nothing, but NaN padding would give 0 · NaN = NaN
             # in the layer's gradient kernel
-            pad = np.arange(T)[:, None] > last[None, :]
-            if pad.any():
-                data = {
-                    n: a
-                    if n in self.model.parts["layer"].cell.context_inputs
-                    else np.where(pad[..., None], 0.0, a).astype(a.dtype)
-                    for n, a in data.items()
-                }
+            context = self.model.parts["layer"].cell.context_inputs
+            data = {
+                n: a if n in context else _lengths.zero_past(a, lengths) for n, a in data.items()
+            }
         batch = np.arange(B)
         head_in = {name: states[state][last, batch][None] for name, state in m.wiring.items()}
         if not grad:
@@ -930,9 +926,8 @@ def _padded(inputs: dict, lengths, context) -> tuple[dict, np.ndarray]:
         raise ValueError("lengths= needs a per-step input (T, B, size) to take T and B from")
     T, B = np.shape(first)[:2]
     lengths = _lengths.check_lengths(lengths, T, B)
-    pad = (np.arange(T)[:, None] >= lengths[None, :])[..., None]
     zeroed = {
-        n: a if n in context or np.ndim(a) != 3 else np.where(pad, np.zeros((), a.dtype), a)
+        n: a if n in context or np.ndim(a) != 3 else _lengths.zero_past(a, lengths)
         for n, a in inputs.items()
     }
     return zeroed, lengths

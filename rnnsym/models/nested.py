@@ -404,8 +404,7 @@ class NestedKernel:
         T, B = x.shape[:2]
         if lengths is not None:
             lengths = _lengths.check_lengths(lengths, T, B)
-            pad = np.arange(T)[:, None] >= lengths[None, :]
-            x = np.where(pad[..., None], np.zeros((), x.dtype), x)  # NaN padding reaches nothing
+            x = _lengths.zero_past(x, lengths)  # NaN padding reaches nothing
         return x, lengths
 
     def _last(self, y, lengths) -> np.ndarray:
@@ -731,8 +730,7 @@ class NestedSeq2SeqKernel:
         T_x, B = x.shape[:2]
         if enc_lengths is not None:
             enc_lengths = _lengths.check_lengths(enc_lengths, T_x, B)
-            pad = np.arange(T_x)[:, None] >= enc_lengths[None, :]
-            x = np.where(pad[..., None], np.zeros((), x.dtype), x)
+            x = _lengths.zero_past(x, enc_lengths)
         y, cache = m.encoder.forward(params, x, enc_lengths)
         last = np.full(B, T_x - 1) if enc_lengths is None else enc_lengths - 1
         context = np.ascontiguousarray(y[last, np.arange(B)])
@@ -775,8 +773,7 @@ class NestedSeq2SeqKernel:
             )
         if lengths is not None:  # NaN padding must not reach y(t - 1)
             lengths = _lengths.check_lengths(lengths, y.shape[0], y.shape[1])
-            pad = np.arange(y.shape[0])[:, None] >= lengths[None, :]
-            y = np.where(pad[..., None], np.zeros((), y.dtype), y)
+            y = _lengths.zero_past(y, lengths)
         shifted = np.concatenate([np.zeros_like(y[:1]), y[:-1]])
         repeated = np.broadcast_to(context, (y.shape[0], *context.shape))
         x = np.concatenate([shifted, repeated], axis=-1)
