@@ -381,32 +381,6 @@ class NestedKernel:
     def __repr__(self) -> str:
         return f"<NestedKernel {self.model.name!r}: {len(self.model.body.cells())} cells + head>"
 
-    def _prepare(self, params, inputs, lengths):
-        m = self.model
-        if not isinstance(params, dict):
-            raise ValueError(
-                f"params must be a dict mapping names to arrays, got {type(params).__name__}"
-            )
-        known = m.params
-        extra = [n for n in params if n not in known]
-        missing = [n for n in known if n not in params]
-        if extra or missing:
-            name = (extra or missing)[0]
-            what = "is not a parameter of" if extra else "is missing, a parameter of"
-            raise ValueError(f"params[{name!r}] {what} model {m.name!r}; expected {sorted(known)}")
-        if not isinstance(inputs, dict) or set(inputs) != {m.input}:
-            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
-            raise ValueError(f"inputs must be {{{m.input!r}: (T, B, size) array}}, got {got}")
-        x = inputs[m.input]
-        if not isinstance(x, np.ndarray) or x.ndim != 3:
-            shape = getattr(x, "shape", type(x).__name__)
-            raise ValueError(f"inputs[{m.input!r}] has shape {shape}; expected (T, B, size)")
-        T, B = x.shape[:2]
-        if lengths is not None:
-            lengths = _lengths.check_lengths(lengths, T, B)
-            x = _lengths.zero_past(x, lengths)  # NaN padding reaches nothing
-        return x, lengths
-
     def _last(self, y, lengths) -> np.ndarray:
         """The step of each sequence's end: T − 1, or its length − 1."""
         T, B = y.shape[:2]
@@ -431,7 +405,7 @@ class NestedKernel:
 
     def forward(self, params: dict, inputs: dict, lengths=None) -> dict:
         """The top layer's output sequence (``"output"``) and the head's outputs."""
-        x, lengths = self._prepare(params, inputs, lengths)
+        x, lengths = _model_input(self.model, params, inputs, lengths, only=True)
         y, _ = self.model.body.forward(params, x, lengths)
         head_params = {n: params[n] for n in self.model.head.params}
         if self.model.last_only:
@@ -445,7 +419,7 @@ class NestedKernel:
     def vjp(self, params: dict, inputs: dict, targets: dict, lengths=None):
         """``(loss, grads, input_grads)``: the loss, every parameter's gradient and the adjoint
         of the input sequence."""
-        x, lengths = self._prepare(params, inputs, lengths)
+        x, lengths = _model_input(self.model, params, inputs, lengths, only=True)
         y, cache = self.model.body.forward(params, x, lengths)
         loss, grads, g_head, _ = self._head(params, y, targets, lengths, True)
         body_grads, g_x = self.model.body.backward(
@@ -457,6 +431,35 @@ class NestedKernel:
         """The total loss and the gradient of every parameter."""
         loss, grads, _ = self.vjp(params, inputs, targets, lengths)
         return loss, {n: grads[n] for n in self.model.params}
+
+
+def _model_input(model, params, inputs, lengths, only: bool):
+    """The checked input sequence of a nested model (its padding zeroed) and lengths: every
+    parameter of the model given and no other, and ``inputs[model.input]`` a (T, B, size)
+    array (``only``: the one input; a seq2seq model's decoder may have inputs of its own)."""
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"params must be a dict mapping names to arrays, got {type(params).__name__}"
+        )
+    known = model.params
+    extra = [n for n in params if n not in known]
+    missing = [n for n in known if n not in params]
+    if extra or missing:
+        name = (extra or missing)[0]
+        what = "is not a parameter of" if extra else "is missing, a parameter of"
+        raise ValueError(f"params[{name!r}] {what} model {model.name!r}; expected {sorted(known)}")
+    wrong = not isinstance(inputs, dict) or model.input not in inputs
+    if wrong or (only and set(inputs) != {model.input}):
+        got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+        raise ValueError(f"inputs must hold {{{model.input!r}: (T, B, size) array}}, got {got}")
+    x = inputs[model.input]
+    if not isinstance(x, np.ndarray) or x.ndim != 3:
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"inputs[{model.input!r}] has shape {shape}; expected (T, B, size)")
+    if lengths is not None:
+        lengths = _lengths.check_lengths(lengths, x.shape[0], x.shape[1])
+        x = _lengths.zero_past(x, lengths)  # NaN padding reaches nothing
+    return x, lengths
 
 
 def as_layer(value, what: str) -> SequenceLayer:
@@ -703,22 +706,6 @@ class NestedSeq2SeqKernel:
     def loss_and_grad(self, params: dict, inputs: dict, targets: dict, lengths=None):
         """The total loss and the gradient of every parameter."""
         m = self.model
-        if not isinstance(params, dict) or not isinstance(inputs, dict):
-            raise ValueError("params and inputs must be dicts mapping names to arrays")
-        missing = [n for n in m.params if n not in params]
-        extra = [n for n in params if n not in m.params]
-        if missing or extra:
-            name = (missing or extra)[0]
-            what = "is missing, a parameter of" if missing else "is not a parameter of"
-            raise ValueError(
-                f"params[{name!r}] {what} model {m.name!r}; expected {sorted(m.params)}"
-            )
-        if m.input not in inputs:
-            raise ValueError(f"inputs[{m.input!r}] is missing: the encoder's input (T_x, B, size)")
-        x = inputs[m.input]
-        if not isinstance(x, np.ndarray) or x.ndim != 3:
-            shape = getattr(x, "shape", type(x).__name__)
-            raise ValueError(f"inputs[{m.input!r}] has shape {shape}; expected (T_x, B, size)")
         enc_lengths = dec_lengths = None
         if lengths is not None:
             if not isinstance(lengths, tuple | list) or len(lengths) != 2:
@@ -727,10 +714,8 @@ class NestedSeq2SeqKernel:
                     f"integer array (B,) each; got {type(lengths).__name__}"
                 )
             enc_lengths, dec_lengths = lengths
+        x, enc_lengths = _model_input(m, params, inputs, enc_lengths, only=False)
         T_x, B = x.shape[:2]
-        if enc_lengths is not None:
-            enc_lengths = _lengths.check_lengths(enc_lengths, T_x, B)
-            x = _lengths.zero_past(x, enc_lengths)
         y, cache = m.encoder.forward(params, x, enc_lengths)
         last = np.full(B, T_x - 1) if enc_lengths is None else enc_lengths - 1
         context = np.ascontiguousarray(y[last, np.arange(B)])
