@@ -149,11 +149,7 @@ class UnrolledGraph:
             boxed = bool(role) or model.kind == "seq2seq"
             indent = "    " if boxed else "  "
             if role:
-                lines.append(f'  subgraph "cluster_{role}" {{')
-                lines.append(
-                    f'    label="{titles[role]}"; style="rounded,dashed"; color=gray40; '
-                    f'fontname="Helvetica"; fontsize=11;'
-                )
+                lines += _cluster_opening(role, titles[role])
             elif boxed:  # C between the encoder's and the decoder's boxes
                 lines.append('  subgraph "cluster_context" {')
                 lines.append("    style=invis;")
@@ -229,11 +225,7 @@ class UnrolledGraph:
         for part in parts:
             indent = "    " if part else "  "
             if part:
-                lines.append(f'  subgraph "cluster_{part}" {{')
-                lines.append(
-                    f'    label="{self.titles.get(part, part)}"; style="rounded,dashed"; '
-                    f'color=gray40; fontname="Helvetica"; fontsize=11;'
-                )
+                lines += _cluster_opening(part, self.titles.get(part, part))
             for n in self.nodes:
                 if n.part == part:
                     lines.append(_node_line(n, indent))
@@ -285,6 +277,15 @@ class UnrolledGraph:
 
 
 _SHAPES = {"target": "plaintext", "loss": "box", "initial": "doublecircle"}
+
+
+def _cluster_opening(name: str, title: str) -> list[str]:
+    """The first lines of one part's dashed box."""
+    return [
+        f'  subgraph "cluster_{name}" {{',
+        f'    label="{title}"; style="rounded,dashed"; color=gray40; fontname="Helvetica"; '
+        f"fontsize=11;",
+    ]
 
 
 def _dot_opening(name: str) -> list[str]:
