@@ -193,8 +193,6 @@ def _run_model(model, args: argparse.Namespace) -> int:
 def _run_nested(model, args: argparse.Namespace) -> int:
     """A nested model: its structure, each cell's derivation, and finite differences of its
     kernel, on a full batch and on a padded one."""
-    from .verify import check_gradients
-
     if args.backend != "numpy" or args.kernel or args.emit or args.order != 1:
         raise RnnsymError(
             "a nested model is compiled for NumPy and checked as a whole: --backend, --kernel, "
@@ -209,19 +207,13 @@ def _run_nested(model, args: argparse.Namespace) -> int:
             out.write(f"\n== {name} ==\n{derivation.pretty()}\n")
     if args.no_verify:
         return 0
-    from .verify.nested import nested_oracle
+    from .verify.nested import nested_finite_differences, nested_oracle
 
-    kernel = model.compile()
     T = args.T or 4
     oracle = nested_oracle(model, T=min(T, 3))
     out.write(_comment(f"\n{oracle}", args.latex) + "\n")
-    params, inputs, targets = model.random_problem(T=T, B=2, seed=0)
     ok = oracle.ok
-    padded = [T, max(1, T - 2)]
-    if model.kind == "nested_seq2seq":  # the inputs' lengths and the outputs' (T_y = T + 1)
-        padded = ([T, max(1, T - 2)], [T + 1, max(1, T - 1)])
-    for lengths in (None, padded):
-        report = check_gradients(kernel, params, inputs, targets, lengths=lengths)
+    for lengths, report in nested_finite_differences(model, T):
         what = "full batch" if lengths is None else f"padded batch, lengths {lengths}"
         out.write(_comment(f"\nfinite differences, {what}:\n{report}", args.latex) + "\n")
         ok = ok and report.ok

@@ -573,7 +573,6 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
     """The document of a nested model: its layers, each cell's derivation, and finite
     differences of its kernel on a full and a padded batch."""
     from .models.nested import Both, CellLayer, Chain, Reversed
-    from .verify import check_gradients
 
     if today is None:
         today = datetime.now(timezone.utc).date().isoformat()
@@ -633,17 +632,11 @@ def _nested_paper(model, notation, body_only, verify, T, today) -> Paper:
         out.append(_cell_equations(derivation, notation, label_key("eq", name)))
     ok = True
     if verify:
-        kernel = model.compile()
+        from .verify.nested import nested_finite_differences, nested_oracle
+
         steps = T or 4
-        params, inputs, targets = model.random_problem(T=steps, B=2, seed=0)
-        lengths = [steps, max(1, steps - 2)]
-        if isinstance(model, NestedSeq2Seq):  # the inputs' lengths and the outputs'
-            lengths = ([steps, max(1, steps - 2)], [steps + 1, max(1, steps - 1)])
-        reports = [
-            check_gradients(kernel, params, inputs, targets, lengths=given)
-            for given in (None, lengths)
-        ]
-        from .verify.nested import nested_oracle
+        (_, full), (lengths, padded) = nested_finite_differences(model, steps)
+        reports = [full, padded]
 
         oracle = nested_oracle(model, T=min(steps, 3))
         ok = oracle.ok and all(r.ok for r in reports)

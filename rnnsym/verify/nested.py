@@ -24,7 +24,7 @@ from .models import ModelOracleReport
 from .scalar_graph import ScalarGraph, _compile, compile_cell_steps
 from .symbolic import _random_matrix, _scalar_data
 
-__all__ = ["nested_oracle"]
+__all__ = ["nested_oracle", "nested_finite_differences"]
 
 
 def nested_oracle(
@@ -184,3 +184,21 @@ def _is_vector(model, name: str) -> bool:
         if name in cell.params:
             return cell.params[name].symbol.shape[1] == 1
     return False
+
+
+def nested_finite_differences(model, T: int = 4) -> list[tuple[object, object]]:
+    """Central finite differences of a nested model's kernel on a random problem (batch 2),
+    on a full batch and on a padded one: ``[(None, report), (lengths, report)]``. The padded
+    batch's second sequence is two steps short (a seq2seq model: a pair of lengths, the
+    outputs one step longer than the inputs, as its random problem)."""
+    from .finite_differences import check_gradients
+
+    kernel = model.compile()
+    params, inputs, targets = model.random_problem(T=T, B=2, seed=0)
+    padded = [T, max(1, T - 2)]
+    if isinstance(model, NestedSeq2Seq):  # the inputs' lengths and the outputs'
+        padded = (padded, [T + 1, max(1, T - 1)])
+    return [
+        (lengths, check_gradients(kernel, params, inputs, targets, lengths=lengths))
+        for lengths in (None, padded)
+    ]
