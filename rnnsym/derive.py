@@ -133,6 +133,18 @@ class Derivation:
 
     # ----- derived views -----
 
+    @property
+    def linear_states(self):
+        """Which states follow a linear recurrence h(t) = a(t) ∘ h(t−1) + b(t) that a parallel
+        scan computes, and why the others do not (:class:`rnnsym.linear.Linearity`)."""
+        cached = self.__dict__.get("_linearity")
+        if cached is None:
+            from .linear import linearity
+
+            cached = linearity(self.cell, {n: self.update_expr(n) for n in self.cell.states})
+            self.__dict__["_linearity"] = cached
+        return cached
+
     def adjoint(self, name: str) -> MatrixSymbol:
         return adjoint_symbol(self.cell._vars[name].symbol)
 

@@ -7,10 +7,14 @@ import importlib.util
 
 from .backends.base import Kernel
 from .backends.numpy import generate_module
+from .backends.scan import SCHEDULES, choose_schedule, generate_scan_module
 from .cell import Cell
 from .derive import derive
 
-__all__ = ["Kernel", "compile_cell", "MODES", "BACKENDS"]
+__all__ = ["Kernel", "compile_cell", "MODES", "BACKENDS", "SCHEDULES", "SCAN_BACKENDS"]
+
+# the backends that generate the scan schedule
+SCAN_BACKENDS = ("numpy",)
 
 MODES = ("reverse", "forward")
 
@@ -41,9 +45,14 @@ def backend_module(backend: str):
     return importlib.import_module(module)
 
 
-def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy"):
+def compile_cell(
+    cell: Cell, mode: str = "reverse", backend: str = "numpy", schedule: str = "auto"
+):
     """Derive ``cell`` and build its kernel; ``mode`` is ``"reverse"`` or ``"forward"``,
-    ``backend`` one of :data:`BACKENDS` (``"numpy"``, ``"torch"``, ``"jax"``, ``"numba"``)."""
+    ``backend`` one of :data:`BACKENDS` (``"numpy"``, ``"torch"``, ``"jax"``, ``"numba"``),
+    ``schedule`` one of :data:`~rnnsym.backends.scan.SCHEDULES`: ``"scan"`` computes the
+    recurrences of a cell whose every state is linear by parallel scans, ``"sequential"`` by a
+    loop over t, ``"auto"`` takes the scan where it applies."""
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(
             f"mode={mode!r} is not a differentiation mode; use one of "
@@ -56,10 +65,24 @@ def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy"):
             f"forward mode is NumPy's"
         )
     derivation = derive(cell)  # checks the cell first
+    chosen = choose_schedule(derivation, schedule)
+    if chosen == "scan" and (backend not in SCAN_BACKENDS or mode != "reverse"):
+        if schedule == "scan":
+            raise ValueError(
+                f"schedule='scan' is generated for reverse mode with the "
+                f"{' and '.join(SCAN_BACKENDS)} backend(s); got mode={mode!r}, "
+                f"backend={backend!r} (use schedule='sequential')"
+            )
+        chosen = "sequential"
     if backend != "numpy":
-        return module.compile_derivation(derivation)
-    if mode == "forward":
+        kernel = module.compile_derivation(derivation)
+    elif mode == "forward":
         from .backends.numpy_forward import generate_forward_module
 
-        return Kernel(derivation, generate_forward_module(derivation), mode)
-    return Kernel(derivation, generate_module(derivation), mode)
+        kernel = Kernel(derivation, generate_forward_module(derivation), mode)
+    elif chosen == "scan":
+        kernel = Kernel(derivation, generate_scan_module(derivation), mode)
+    else:
+        kernel = Kernel(derivation, generate_module(derivation), mode)
+    kernel.schedule = chosen
+    return kernel

@@ -26,7 +26,10 @@ LAYERS = [
         "cell",
         ["rnnsym.cell", "rnnsym.losses", "rnnsym.problems", "rnnsym.transform", "rnnsym.tangent"],
     ),
-    ("derive", ["rnnsym.derive", "rnnsym.labels", "rnnsym.printing", "rnnsym.display"]),
+    (
+        "derive",
+        ["rnnsym.derive", "rnnsym.labels", "rnnsym.printing", "rnnsym.display", "rnnsym.linear"],
+    ),
     ("lower and print", ["rnnsym.backends", "rnnsym.kernel", "rnnsym.braket"]),
     ("models", ["rnnsym.models", "rnnsym.cells"]),
     # analysis on generated kernels: truncated BPTT, gradient flow, second order

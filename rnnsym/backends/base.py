@@ -74,6 +74,8 @@ class Kernel:
 
     backend = "numpy"
     language = "NumPy"  # in repr
+    # "sequential" (a loop over t) or "scan" (every state linear: parallel scans over t)
+    schedule = "sequential"
 
     def __init__(self, derivation: Derivation, source: str, mode: str = "reverse"):
         self.derivation = derivation

@@ -1428,6 +1428,8 @@ _HELPER_ORDER = [
     "_sum_outer",
     "_sum_rows",
     "_add_seed",
+    "_linear_scan",
+    "_linear_scan_reverse",
     "_erf",
     "_erfc",
 ]
