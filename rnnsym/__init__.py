@@ -60,7 +60,11 @@ __all__ = [
 
 
 def compile(  # noqa: A001 - the public name
-    cell: Cell | Model, mode: str = "reverse", backend: str = "numpy", truncate: int | None = None
+    cell: Cell | Model,
+    mode: str = "reverse",
+    backend: str = "numpy",
+    truncate: int | None = None,
+    schedule: str = "auto",
 ):
     """Derive ``cell`` (or a composed model) and generate, import and return its kernel.
 
@@ -70,8 +74,19 @@ def compile(  # noqa: A001 - the public name
     ``"torch"``, ``"jax"`` or ``"numba"``: the same kernel printed for that framework, with
     the same functions and the same (T, B, size) layout. ``truncate=k`` gives truncated BPTT:
     each step's loss back-propagates through at most k steps (k ≥ T is full BPTT exactly).
+    ``schedule="auto"`` (the default) computes the recurrences of a cell whose every state is
+    linear, h(t) = a(t) ∘ h(t−1) + b(t) (``derive(cell).linear_states``), by parallel scans
+    over t and any other cell by a loop over t; ``"scan"`` insists on the scan (an error says
+    which state is not linear and why), ``"sequential"`` forces the loop. ``kernel.schedule``
+    says which one was taken.
     """
     from .kernel import compile_cell
+
+    if schedule != "auto" and (truncate is not None or not isinstance(cell, Cell)):
+        raise ValueError(
+            f"schedule={schedule!r} is for a cell compiled whole; truncated BPTT and composed "
+            "models choose the schedule of each cell themselves (schedule='auto')"
+        )
 
     if truncate is not None:
         if isinstance(cell, Model):
@@ -101,7 +116,7 @@ def compile(  # noqa: A001 - the public name
                 f"compiled for NumPy in reverse mode only"
             )
         return cell.compile()
-    return compile_cell(cell, mode=mode, backend=backend)
+    return compile_cell(cell, mode=mode, backend=backend, schedule=schedule)
 
 
 def check_gradients(kernel, params, inputs, targets, h0=None, **options):

@@ -45,9 +45,7 @@ def backend_module(backend: str):
     return importlib.import_module(module)
 
 
-def compile_cell(
-    cell: Cell, mode: str = "reverse", backend: str = "numpy", schedule: str = "auto"
-):
+def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy", schedule: str = "auto"):
     """Derive ``cell`` and build its kernel; ``mode`` is ``"reverse"`` or ``"forward"``,
     ``backend`` one of :data:`BACKENDS` (``"numpy"``, ``"torch"``, ``"jax"``, ``"numba"``),
     ``schedule`` one of :data:`~rnnsym.backends.scan.SCHEDULES`: ``"scan"`` computes the
