@@ -14,7 +14,7 @@ from .derive import derive
 __all__ = ["Kernel", "compile_cell", "MODES", "BACKENDS", "SCHEDULES", "SCAN_BACKENDS"]
 
 # the backends that generate the scan schedule
-SCAN_BACKENDS = ("numpy",)
+SCAN_BACKENDS = ("numpy", "torch", "jax")
 
 MODES = ("reverse", "forward")
 
@@ -72,7 +72,9 @@ def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy", sche
                 f"backend={backend!r} (use schedule='sequential')"
             )
         chosen = "sequential"
-    if backend != "numpy":
+    if backend in SCAN_BACKENDS and backend != "numpy":
+        kernel = module.compile_derivation(derivation, chosen)
+    elif backend != "numpy":
         kernel = module.compile_derivation(derivation)
     elif mode == "forward":
         from .backends.numpy_forward import generate_forward_module

@@ -43,6 +43,7 @@ from .numpy import (
     docstring_text,
 )
 from .numpy_printer import Assign, Function, Line, Loop, RowPrinter, Store, comment_text
+from .scan import generator_for
 
 __all__ = [
     "JaxPrinter",
@@ -308,6 +309,31 @@ def _sum_outer(u, v):
 def _sum_rows(u):
     # sum over time and batch of the vectors u(t, b)
     return u.reshape(-1, u.shape[-1]).sum(axis=0)""",
+    "_linear_scan": """
+def _linear_scan(a, b, h0, out):
+    # h(t) = a(t) h(t-1) + b(t) for t = 1..T from h(0) = h0, as (T + 1, B, size) like out:
+    # jax.lax.associative_scan over the pairs (a(t), b(t)) under the associative composition
+    # of affine maps (a1, b1) . (a2, b2) = (a2 a1, a2 b1 + b2), with h(0) folded into b(1)
+    def compose(first, then):
+        return then[0] * first[0], then[0] * first[1] + then[1]
+
+    shape = (out.shape[0] - 1,) + out.shape[1:]
+    a = jnp.broadcast_to(a, shape).astype(out.dtype)
+    b = jnp.broadcast_to(b, shape).astype(out.dtype)
+    h0 = jnp.broadcast_to(h0, shape[1:]).astype(out.dtype)
+    _, h = jax.lax.associative_scan(compose, (a, b.at[0].add(a[0] * h0)))
+    return jnp.concatenate([h0[None], h])""",
+    "_linear_scan_reverse": """
+def _linear_scan_reverse(a, c, out):
+    # g(t) = c(t) + a(t + 1) g(t + 1), g(T) = c(T): the adjoint recurrence of
+    # h(t) = a(t) h(t-1) + b(t), the same associative scan run from the last step
+    def compose(first, then):
+        return then[0] * first[0], then[0] * first[1] + then[1]
+
+    a = jnp.broadcast_to(a, c.shape).astype(c.dtype)
+    following = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a(t + 1), 0 after the end
+    _, g = jax.lax.associative_scan(compose, (following, c), reverse=True)
+    return g""",
     "_erf": """
 def _erf(a):
     # the error function entry by entry
@@ -531,7 +557,7 @@ def _without_citations(code: str) -> str:
     return "\n".join(lines)
 
 
-def _seeded(cell) -> tuple[Function, dict, KernelGenerator] | None:
+def _seeded(cell, schedule: str = "sequential") -> tuple[Function, dict, KernelGenerator] | None:
     """The lowered loss-and-gradient function of vjp_cell(cell), or None where its gradients
     are not the VJP ``forward`` needs (an input fed back from a target is a target there) or it
     has none (a parameter read only by the loss); ``forward`` is then differentiated by JAX."""
@@ -543,17 +569,19 @@ def _seeded(cell) -> tuple[Function, dict, KernelGenerator] | None:
     if any(p.symbol not in read for p in cell.params.values()):
         return None  # a parameter only the loss reads: vjp_cell has no use for it
     cell2, seeds = vjp_cell(cell)
-    gen2 = KernelGenerator(derive(cell2), JAX)
+    gen2 = generator_for(schedule)(derive(cell2), JAX)
     _, grad2 = gen2.functions()
     return grad2, seeds, gen2
 
 
-def generate_module(derivation: Derivation) -> str:
-    """The source of the JAX kernel module of a derived cell (deterministic text)."""
+def generate_module(derivation: Derivation, schedule: str = "sequential") -> str:
+    """The source of the JAX kernel module of a derived cell (deterministic text);
+    ``schedule="scan"`` (every state linear) computes the recurrences by
+    ``jax.lax.associative_scan``."""
     from .._version import __version__
     from ..printing import derivation_text
 
-    gen = KernelGenerator(derivation, JAX)
+    gen = generator_for(schedule)(derivation, JAX)
     fwd, grad = gen.functions()
     cell = gen.cell
     printer = JaxStatementPrinter({}, gen.batch)
@@ -561,7 +589,7 @@ def generate_module(derivation: Derivation) -> str:
     helpers = set(gen.helpers)
     module_level = {"jax", "jnp", "SPEC", "forward", "loss_and_grad", "vjp", *_HELPER_ORDER}
     check_namespace(f"{fwd_text}\n\n\n{grad_text}\n", cell, module_level)
-    seeded = _seeded(cell)
+    seeded = _seeded(cell, schedule)
     seeded_parts = []
     if seeded is not None:
         grad2, seeds, gen2 = seeded
@@ -636,6 +664,6 @@ def load(source: str, cell) -> JaxKernel:
     return JaxKernel(derive(cell), source)
 
 
-def compile_derivation(derivation: Derivation) -> JaxKernel:
+def compile_derivation(derivation: Derivation, schedule: str = "sequential") -> JaxKernel:
     """Generate and load the JAX kernel of a derived cell."""
-    return JaxKernel(derivation, generate_module(derivation))
+    return JaxKernel(derivation, generate_module(derivation, schedule))

@@ -89,40 +89,41 @@ def _sum_rows(u):
 
 
 def _linear_scan(a, b, h0, out):
-    # out[0] = h0, out[t + 1] = a[t] * out[t] + b[t] for t = 0..T-1 (T = len(b)): the linear
-    # recurrence h(t) = a(t) h(t-1) + b(t) as a two-level parallel scan. The T steps are cut
-    # into blocks of about sqrt(T); every block is scanned from zero, all blocks at once (one
-    # array operation per position in the block), together with the products of its
-    # coefficients; then the blocks are joined in order, each adding (products) * (the value
-    # entering it). About 2 sqrt(T) array operations instead of T, and products and sums only:
-    # no division or logarithm, so coefficients of any sign, 0 and 1 included, stay exact and
-    # nothing overflows for T up to 10**6 when |a| <= 1. ``out`` may be a reversed view.
+    # out[0] = h0, out[t + 1] = a[t] * out[t] + b[t] for t = 0..T-1: the linear recurrence
+    # h(t) = a(t) h(t-1) + b(t) as a two-level parallel scan. The T steps are cut into blocks
+    # of about sqrt(T). (1) Every block is scanned from zero, all blocks at once (one array
+    # operation per position in a block), keeping only its last value and the product of its
+    # coefficients; (2) the value entering each block follows from those, block by block;
+    # (3) every block is run again from its entering value, all blocks at once. About
+    # 7 sqrt(T) array operations instead of 2 T; products and sums only (no division or
+    # logarithm), so coefficients of any sign, 0 and 1 included, are exact and nothing
+    # overflows for T up to 10**6 when |a| <= 1. ``out`` may be a reversed view.
     T = out.shape[0] - 1
     a = np.broadcast_to(a, (T,) + out.shape[1:])  # a parameter-only a or b: the same each step
     b = np.broadcast_to(b, a.shape)
     out[0] = h0
     size = max(1, int(T**0.5))  # steps per block
     blocks = T // size
-    full = blocks * size
-    if blocks > 1:
-        shape = (blocks, size) + b.shape[1:]
-        A = np.reshape(a[:full], shape, copy=False)
-        Bs = b[:full].reshape(shape)
+    full = blocks * size if blocks > 1 else 0
+    if full:
+        shape = (blocks, size) + a.shape[1:]
+        A, Bs = a[:full].reshape(shape), b[:full].reshape(shape)
         H = np.reshape(out[1 : full + 1], shape, copy=False)
-        P = np.empty(shape, dtype=out.dtype)  # products of the coefficients within each block
-        H[:, 0] = Bs[:, 0]
-        P[:, 0] = A[:, 0]
+        last, product = Bs[:, 0].copy(), A[:, 0].copy()
+        for j in range(1, size):
+            last *= A[:, j]
+            last += Bs[:, j]
+            product *= A[:, j]
+        entering = np.empty_like(last)
+        entering[0] = out[0]
+        for k in range(1, blocks):
+            np.multiply(product[k - 1], entering[k - 1], out=entering[k])
+            entering[k] += last[k - 1]
+        np.multiply(A[:, 0], entering, out=H[:, 0])
+        H[:, 0] += Bs[:, 0]
         for j in range(1, size):
             np.multiply(A[:, j], H[:, j - 1], out=H[:, j])
             H[:, j] += Bs[:, j]
-            np.multiply(A[:, j], P[:, j - 1], out=P[:, j])
-        entering = out[0]
-        for k in range(blocks):
-            np.multiply(P[k], entering, out=P[k])
-            H[k] += P[k]
-            entering = H[k, -1]
-    else:
-        full = 0
     for t in range(full, T):
         np.multiply(a[t], out[t], out=out[t + 1])
         out[t + 1] += b[t]

@@ -29,7 +29,13 @@ from ..ir.ops import Apply, add, is_zero, postorder
 from .numpy import NUMPY, Backend, KernelGenerator, Phase, _assemble, _gemm_rooted, _key
 from .numpy_printer import Comment, Line
 
-__all__ = ["ScanGenerator", "generate_scan_module", "SCHEDULES", "choose_schedule"]
+__all__ = [
+    "ScanGenerator",
+    "generate_scan_module",
+    "generator_for",
+    "SCHEDULES",
+    "choose_schedule",
+]
 
 SCHEDULES = ("auto", "scan", "sequential")
 
@@ -120,9 +126,8 @@ class ScanGenerator(KernelGenerator):
             all_name = self.all_name[n]
             empty = self.backend.empty(f"(T + 1, B, {size})")
             stmts.append(Line(f"{all_name} = {empty}"))
-            stmts.append(
-                Line(f"_linear_scan({a_text}, {b_name}, states[{n!r}], {all_name})  # {comment}")
-            )
+            scan = f"_linear_scan({a_text}, {b_name}, states[{n!r}], {all_name})"
+            stmts.append(Line(f"{all_name} = {scan}  # {comment}"))
             self.helpers.add("_linear_scan")
             stmts.append(Line(f"{n} = {all_name}[1:]", defines=n))
             prev = cell.states[n].prev.name
@@ -183,21 +188,21 @@ class ScanGenerator(KernelGenerator):
             value = add(*terms) if terms else sp.ZeroMatrix(*shape)
             if is_zero(value) or not self.is_batch(value) or cross is not None:
                 # a fresh (T, B, size) array: the cross carry is added into it
-                empty = self.backend.empty(f"(T, B, {size})")
-                stmts.append(Line(f"{c_name} = {empty}"))
-                if is_zero(value):
-                    stmts.append(Line(f"{c_name}[...] = 0.0"))
-                else:
-                    stmts.append(
-                        Line(f"{c_name}[...] = {phase.print(self.read_stored(value, phase))}")
-                    )
+                zeros = self.backend.zeros(f"(T, B, {size})")
+                stmts.append(Line(f"{c_name} = {zeros}"))
+                if not is_zero(value):
+                    text = phase.print(self.read_stored(value, phase))
+                    stmts.append(Line(f"{c_name} = {c_name} + {text}"))
             else:
                 phase.emit([(c_name, self.read_stored(value, phase), "")])
             cross_name = None
             if cross is not None:
                 cross_name = self.namer.fresh(f"r_{n}")
                 phase.emit([(cross_name, self.read_stored(cross, phase), "")])
-                stmts.append(Line(f"{c_name}[:-1] += {cross_name}[1:]"))
+                if self.backend.inplace:
+                    stmts.append(Line(f"{c_name}[:-1] += {cross_name}[1:]"))
+                else:
+                    stmts.append(Line(f"{c_name} = {c_name}.at[:-1].add({cross_name}[1:])"))
             a_text, a_batch = self.coefficient_names[n]
             g = f"g_{n}"
             stmts.append(
@@ -216,6 +221,11 @@ class ScanGenerator(KernelGenerator):
                     carry += f" + {cross_name}[0]"
                 stmts.append(Line(f"{self.carry_names[n]} = {carry}"))
         return {}
+
+
+def generator_for(schedule: str) -> type[KernelGenerator]:
+    """The lowering of a schedule, ``"scan"`` or ``"sequential"``."""
+    return ScanGenerator if schedule == "scan" else KernelGenerator
 
 
 def generate_scan_module(derivation: Derivation) -> str:

@@ -28,7 +28,6 @@ from .numpy import (
     _HELPER_ORDER,
     SHAPE_CHECK,
     Backend,
-    KernelGenerator,
     _helper_source,
     _indent_doc,
     _spec,
@@ -37,6 +36,7 @@ from .numpy import (
     user_names,
 )
 from .numpy_printer import Line, RowPrinter
+from .scan import generator_for
 
 __all__ = ["TorchPrinter", "TORCH", "TorchKernel", "generate_module", "compile_derivation", "load"]
 
@@ -234,6 +234,45 @@ def _sum_outer(u, v):
 def _sum_rows(u):
     # sum over time and batch of the vectors u(t, b)
     return u.reshape(-1, u.shape[-1]).sum(dim=0)""",
+    "_linear_scan": """
+def _linear_scan(a, b, h0, out):
+    # out[0] = h0, out[t + 1] = a[t] * out[t] + b[t]: the linear recurrence
+    # h(t) = a(t) h(t-1) + b(t) as the NumPy kernel's two-level scan (blocks of about sqrt(T)
+    # steps: each block scanned from zero, all blocks at once; the values entering the blocks;
+    # each block again from its entering value), about 5 sqrt(T) tensor operations instead of T
+    T = out.shape[0] - 1
+    shape = (T,) + tuple(out.shape[1:])
+    a = torch.as_tensor(a, dtype=out.dtype, device=out.device).expand(shape)
+    b = torch.as_tensor(b, dtype=out.dtype, device=out.device).expand(shape)
+    out[0] = h0
+    size = max(1, int(T**0.5))  # steps per block
+    blocks = T // size
+    full = blocks * size if blocks > 1 else 0
+    if full:
+        split = (blocks, size) + shape[1:]
+        A, Bs = a[:full].reshape(split), b[:full].reshape(split)
+        H = out[1 : full + 1].view(split)
+        last, product = Bs[:, 0].clone(), A[:, 0].clone()
+        for j in range(1, size):
+            last = torch.addcmul(Bs[:, j], A[:, j], last)
+            product = product * A[:, j]
+        entering = torch.empty_like(last)
+        entering[0] = out[0]
+        for k in range(1, blocks):
+            entering[k] = torch.addcmul(last[k - 1], product[k - 1], entering[k - 1])
+        H[:, 0] = torch.addcmul(Bs[:, 0], A[:, 0], entering)
+        for j in range(1, size):
+            H[:, j] = torch.addcmul(Bs[:, j], A[:, j], H[:, j - 1])
+    for t in range(full, T):
+        out[t + 1] = torch.addcmul(b[t], a[t], out[t])
+    return out""",
+    "_linear_scan_reverse": """
+def _linear_scan_reverse(a, c, out):
+    # out[t] = c[t] + a[t + 1] * out[t + 1], out[T-1] = c[T-1]: the adjoint recurrence of
+    # h(t) = a(t) h(t-1) + b(t), the same scan on the sequences flipped in time
+    a = torch.as_tensor(a, dtype=c.dtype, device=c.device).expand(c.shape)
+    g = _linear_scan(a[1:].flip(0), c[:-1].flip(0), c[-1], torch.empty_like(out))
+    return g.flip(0)""",
     "_erf": """
 def _erf(a):
     return torch.erf(a)""",
@@ -501,12 +540,14 @@ class Module(torch.nn.Module):
 _READ_NAMES = {"torch", *_TORCH_HELPER_ORDER}
 
 
-def _torch_functions(derivation: Derivation, rename: str = "") -> tuple[list[str], set[str]]:
+def _torch_functions(
+    derivation: Derivation, rename: str = "", schedule: str = "sequential"
+) -> tuple[list[str], set[str]]:
     """The printed ``_forward`` and ``_loss_and_grad`` of ``derivation`` (with ``rename``,
     only ``_loss_and_grad``, renamed ``_{rename}_loss_and_grad``) and the helpers they call."""
     cell = derivation.cell
     device = "_device" if "device" in user_names(cell) else "device"
-    gen = KernelGenerator(derivation, dataclasses.replace(TORCH, device=device))
+    gen = generator_for(schedule)(derivation, dataclasses.replace(TORCH, device=device))
     functions = []
     for function in gen.functions():
         first = next(iter(cell.inputs))
@@ -559,8 +600,9 @@ def _not_differentiable(cell) -> str:
     return ""
 
 
-def generate_module(derivation: Derivation) -> str:
-    """The source of the PyTorch kernel module of a derived cell; it imports only torch."""
+def generate_module(derivation: Derivation, schedule: str = "sequential") -> str:
+    """The source of the PyTorch kernel module of a derived cell; it imports only torch.
+    ``schedule="scan"`` (every state linear) computes the recurrences by parallel scans."""
     from .._version import __version__
 
     cell = derivation.cell
@@ -569,7 +611,7 @@ def generate_module(derivation: Derivation) -> str:
             f"cell {cell.name!r} names a quantity 'torch', the name under which its PyTorch "
             f"kernel module imports torch; rename that quantity for the torch backend"
         )
-    functions, helpers = _torch_functions(derivation)
+    functions, helpers = _torch_functions(derivation, schedule=schedule)
     spec = _spec(cell)
     why_not = _not_differentiable(cell)
     seeds: dict = {}
@@ -581,7 +623,7 @@ def generate_module(derivation: Derivation) -> str:
     else:
         seeded_cell, seeds = vjp_cell(cell)
         seeded_derivation = derive(seeded_cell)
-        seeded, more = _torch_functions(seeded_derivation, rename="seeded")
+        seeded, more = _torch_functions(seeded_derivation, rename="seeded", schedule=schedule)
         helpers |= more
         seeded_doc = (
             f"\nThe backward pass of forward() is the gradient of this derivation, its lines "
@@ -665,6 +707,6 @@ def load(source: str, cell) -> TorchKernel:
     return TorchKernel(derive(cell), source)
 
 
-def compile_derivation(derivation: Derivation) -> TorchKernel:
+def compile_derivation(derivation: Derivation, schedule: str = "sequential") -> TorchKernel:
     """Generate and load the PyTorch kernel of a derived cell."""
-    return TorchKernel(derivation, generate_module(derivation))
+    return TorchKernel(derivation, generate_module(derivation, schedule))
