@@ -227,7 +227,9 @@ def linearity(cell: Cell, updates: dict[str, MatrixExpr]) -> Linearity:
         update = updates[name]
         prev = state.prev.symbol
         direction = MatrixSymbol(f"_delta_{name}", *prev.shape)
-        jvp = tangent(update, state.symbol, {prev: direction})
+        # ans = the update written out (not the symbol h), so that a rule such as
+        # tanh' = 1 − ans ∘ ans shows its dependence on h(t−1)
+        jvp = tangent(update, update, {prev: direction})
         try:
             coefficient = (
                 sp.ZeroMatrix(*prev.shape)
@@ -237,7 +239,7 @@ def linearity(cell: Cell, updates: dict[str, MatrixExpr]) -> Linearity:
         except _NotDiagonal:
             reasons[name] = _not_linear_reason(name, update, prev, printer)
             continue
-        if prev in leaves(coefficient) or direction in leaves(coefficient):
+        if leaves(coefficient) & {prev, direction, state.symbol}:
             reasons[name] = _not_linear_reason(name, update, prev, printer)
             continue
         offset = _at_zero(update, prev)
