@@ -85,4 +85,6 @@ def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy", sche
     else:
         kernel = Kernel(derivation, generate_module(derivation), mode)
     kernel.schedule = chosen
+    # the states computed by parallel scans: every linear state under the scan schedule
+    kernel.scanned = tuple(derivation.linear_states.order) if chosen == "scan" else ()
     return kernel

@@ -107,8 +107,9 @@ class Linearity:
             )
         elif self.linear:
             lines.append(
-                "Some states are not linear: the kernel runs the recurrence step by step "
-                "(schedule 'sequential')."
+                f"Some states are not linear: the kernel computes {', '.join(self.linear)} by "
+                "parallel scans over t and the others step by step, reading the scanned states "
+                "(schedule 'scan')."
             )
         else:
             lines.append("No state is linear: the recurrence runs step by step.")

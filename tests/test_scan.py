@@ -46,9 +46,10 @@ COEFFICIENTS = ["one_minus_gate", "gate", "tanh_gate", "param", "constant", "zer
 
 
 @st.composite
-def linear_cells(draw) -> rs.Cell:
+def linear_cells(draw, mixed: bool = False) -> rs.Cell:
     """A random cell whose every state is h(t) = a(t) ∘ h(t−1) + b(t), a and b read x, the
-    parameters and the states before it (current or previous value)."""
+    parameters and the states before it (current or previous value); with ``mixed``, one more
+    state q = tanh(R q(t−1) + ...) that reads them."""
     cell = rs.Cell("random_linear")
     n, m, k = cell.dims("n m k")
     x = cell.input("x", m)
@@ -88,6 +89,19 @@ def linear_cells(draw) -> rs.Cell:
     total = states[0]
     for s in states[1:]:
         total = total + s
+    if mixed:  # and a state that is not linear, reading the linear ones
+        q = cell.state("q", n)
+        update = cell.param("R", n, n) @ q.prev + cell.param("U_q", n, m) @ x
+        for s in states:
+            how = draw(st.sampled_from(["now", "prev", "matrix"]))
+            if how == "now":
+                update = update + gate("sigmoid") * s
+            elif how == "prev":
+                update = update + s.prev
+            else:
+                update = update + cell.param(f"Q{next(ids)}", n, n) @ s
+        cell.update(q, rs.tanh(update))
+        total = total + q
     V = cell.param("V", k, n)
     cell.loss(rs.squared_error(cell.output("o", V @ total), cell.target("y", k)))
     return cell
@@ -123,6 +137,20 @@ def test_random_linear_cells_scan_equals_loop(cell, T, B):
     assert sequential.schedule == "sequential"
     params, inputs, targets = random_problem(cell, T=T, B=B, seed=T + B)
     _agree(scan, sequential, params, inputs, targets)
+
+
+@given(cell=linear_cells(mixed=True), T=st.sampled_from([1, 5, 17]))
+def test_mixed_cells_scan_the_linear_states_and_loop_over_the_others(cell, T):
+    linearity = rs.derive(cell).linear_states
+    assert set(linearity.reasons) == {"q"} and "depends on" in linearity.reasons["q"]
+    kernel = rs.compile(cell)
+    assert kernel.schedule == "scan"
+    assert set(kernel.scanned) == set(cell.states) - {"q"}
+    assert re.search(r"for t in range\(T\)", kernel.source)  # the loop for q
+    assert "_linear_scan(" in kernel.source
+    sequential = rs.compile(cell, schedule="sequential")
+    params, inputs, targets = random_problem(cell, T=T, B=2, seed=T)
+    _agree(kernel, sequential, params, inputs, targets)
 
 
 # ----- cells that are not linear, and why -----

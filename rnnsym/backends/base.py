@@ -76,6 +76,7 @@ class Kernel:
     language = "NumPy"  # in repr
     # "sequential" (a loop over t) or "scan" (every state linear: parallel scans over t)
     schedule = "sequential"
+    scanned: tuple[str, ...] = ()  # the states computed by scans under schedule "scan"
 
     def __init__(self, derivation: Derivation, source: str, mode: str = "reverse"):
         self.derivation = derivation

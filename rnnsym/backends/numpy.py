@@ -677,6 +677,11 @@ class KernelGenerator:
         cell = derivation.cell
         self.cell = cell
         self.state_order = list(cell.updates)
+        # the states the loops over t compute (all of them here; the scan schedule computes
+        # its linear states by scans and loops over the others) and what names the forward
+        # loop gives to the states computed before it ({symbol: "s[t]"})
+        self.loop_states = self.state_order
+        self.loop_sequences: dict = {}
         taken = set(cell._vars) | set(cell._dims) | {"np", "t", "T", "B", "dtype", "loss"}
         taken |= {s.prev.name for s in cell.states.values()}
         taken |= {name for name in dir(_runtime) if not name.startswith("__")}
@@ -933,20 +938,20 @@ class KernelGenerator:
             return [], seq
         steps = self.cite([name for _, name in cell.order])
         stmts: list = [Comment(f"forward recurrence, {steps}: the states for t = 1..T")]
-        for n in self.state_order:
+        for n in self.loop_states:
             size = self.size_text(cell.states[n].shape[0])
             empty = self.backend.empty(f"(T + 1, B, {size})")
             stmts.append(Line(f"{self.all_name[n]} = {empty}"))
             stmts.append(Store(self.all_name[n], "0", f"states[{n!r}]"))
-        variant = {s.prev.symbol for s in cell.states.values()}
-        variant |= {s.symbol for s in cell.states.values()}
+        looped = [cell.states[n] for n in self.loop_states]
+        variant = {s.prev.symbol for s in looped} | {s.symbol for s in looped}
         pre = Phase(self, seq, "v")
         loop_names = {p.symbol: n for n, p in cell.params.items()}
         hoisted: dict = {}
         self.pending = []
         body = [
             self.hoist(self.d.update_expr(n), variant, loop_names, hoisted)
-            for n in self.state_order
+            for n in self.loop_states
         ]
         pre.emit(self.pending)
         accumulated = self.accumulations(body, hoisted) if self.backend.inplace else {}
@@ -960,7 +965,7 @@ class KernelGenerator:
             # which is how the backward pass meets it
             written = [
                 e
-                for e in postorder([self.d.update_expr(m) for m in self.state_order])
+                for e in postorder([self.d.update_expr(m) for m in self.loop_states])
                 if isinstance(e, MatAdd) and set(e.args) == set(full.args)
             ]
             full = written[0] if written else full
@@ -971,6 +976,7 @@ class KernelGenerator:
             stmts.append(Comment("the part of each update that does not depend on t - 1, all t"))
             stmts.extend(pre.stmts)
         loop = Phase(self, loop_names, "a", sequence=False)
+        loop.names.update(self.loop_sequences)
         for var in cell.inputs.values():
             loop.names[var.symbol] = f"{var.name}[t]"
         used = set().union(*(leaves(e) for e in body))
@@ -983,7 +989,7 @@ class KernelGenerator:
         added: set = set()
         allocations: list = []
         self.needed = _backward_values(self.d, self.is_batch) if store else set()
-        for n, expr in zip(self.state_order, body, strict=True):
+        for n, expr in zip(self.loop_states, body, strict=True):
             for placeholder, (node, rest) in accumulated.items():
                 if not _contains(expr, node):
                     continue
@@ -1012,6 +1018,8 @@ class KernelGenerator:
             stmts.extend(allocations)
         stmts.append(Loop("t", "range(T)", tuple(loop.stmts)))
         for n, state in cell.states.items():
+            if n not in self.loop_states:
+                continue
             stmts.append(Line(f"{n} = {self.all_name[n]}[1:]", defines=n))
             stmts.append(
                 Line(f"{state.prev.name} = {self.all_name[n]}[:-1]", defines=state.prev.name)
@@ -1070,17 +1078,18 @@ class KernelGenerator:
         """Emit the backward loop; returns {vector needed later: name of its stored sequence}."""
         cell, d = self.cell, self.d
         states = cell.states
-        adjoint_syms = {adjoint_symbol(states[n].symbol) for n in self.state_order}
-        carry_names = {n: self.namer.fresh(f"carry_{n}") for n in d.carry}
+        adjoint_syms = {adjoint_symbol(states[n].symbol) for n in self.loop_states}
+        carries = {n: e for n, e in d.carry.items() if n in self.loop_states}
+        carry_names = {n: self.namer.fresh(f"carry_{n}") for n in carries}
         self.carry_names = carry_names
         if not states:  # no recurrence: the steps decouple, nothing runs backwards in time
             return {}
         stmts = phase.stmts
         recurrence = self.cite([f"g_{name}" for _, name in cell.order])
         stmts.append(Comment(f"adjoint recurrence, {recurrence}: the only sequential part"))
-        for n in self.state_order:
+        for n in self.loop_states:
             stmts.append(Line(f"g_{n} = {self.backend.empty_like(n)}"))
-        for n in d.carry:
+        for n in carries:
             zeros = self.backend.zeros_like(f"{self.all_name[n]}[0]")
             stmts.append(Line(f"{carry_names[n]} = {zeros}"))
         pre = Phase(self, phase.names, "v")
@@ -1095,7 +1104,7 @@ class KernelGenerator:
             pre.bound[expr] = pre.name(MatrixSymbol(whole, *expr.shape), whole, True)
         self.whole_by_key = {_key(expr): pre.bound[expr] for expr in hoisted}
         self.pending = []
-        order = list(reversed(self.state_order))
+        order = list(reversed(self.loop_states))
         # every forward-only factor of the adjoint step (a gate, 1 - h∘h) is computed for all
         # t before the loop, one array operation instead of T; the loop keeps only what reads
         # an adjoint
@@ -1104,7 +1113,7 @@ class KernelGenerator:
             for n in order
         }
         carry_exprs = {
-            n: self.hoist(e, adjoint_syms, loop_names, hoisted, True) for n, e in d.carry.items()
+            n: self.hoist(e, adjoint_syms, loop_names, hoisted, True) for n, e in carries.items()
         }
         pre.emit(self.pending)
         if pre.stmts:
@@ -1132,7 +1141,7 @@ class KernelGenerator:
                 local = f"{local_names[n]}[t]" if per_step else local_names[n]
                 terms.append(loop.name(MatrixSymbol(local, *shape), local, per_step))
             terms.extend(local_exprs[n])
-            if n in d.carry:
+            if n in carries:
                 terms.append(loop.name(MatrixSymbol(carry_names[n], *shape), carry_names[n], True))
             value = add(*terms) if terms else sp.ZeroMatrix(*shape)
             g_t = self.adjoint_step_name[n]

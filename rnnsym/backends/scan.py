@@ -27,7 +27,7 @@ from ..derive import Derivation, adjoint_symbol, backprop
 from ..errors import DerivationError
 from ..ir.ops import Apply, add, is_zero, postorder
 from .numpy import NUMPY, Backend, KernelGenerator, Phase, _assemble, _gemm_rooted, _key
-from .numpy_printer import Comment, Line
+from .numpy_printer import Assign, Comment, Line
 
 __all__ = [
     "ScanGenerator",
@@ -51,47 +51,59 @@ def choose_schedule(derivation: Derivation, schedule: str) -> str:
         )
     linearity = derivation.linear_states
     if schedule == "auto":
-        return "scan" if linearity.all_linear else "sequential"
-    if schedule == "scan" and not linearity.all_linear:
+        return "scan" if linearity.linear else "sequential"
+    if schedule == "scan" and not linearity.linear:
         if not derivation.cell.states:
             why = "it has no state (every step is computed at once already)"
         else:
             why = "; ".join(f"{n}: {r}" for n, r in linearity.reasons.items())
         raise DerivationError(
-            f"schedule='scan': cell {derivation.cell.name!r} has a state that is not linear, "
-            f"so its recurrence is not a scan: {why}. Use schedule='sequential' (or 'auto')."
+            f"schedule='scan': cell {derivation.cell.name!r} has no linear state, so no part "
+            f"of its recurrence is a scan: {why}. Use schedule='sequential' (or 'auto')."
         )
     return schedule
 
 
 class ScanGenerator(KernelGenerator):
-    """The kernel of a cell whose every state is linear: phases 1 and 3 as parallel scans."""
+    """The kernel of a cell with linear states: those by parallel scans (phases 1 and 3), the
+    others, if any, by the loops over t of the sequential schedule, which read the scanned
+    states as sequences (a linear state never reads a state that is not linear)."""
 
     def __init__(self, derivation: Derivation, backend: Backend = NUMPY):
         super().__init__(derivation, backend)
         self.linearity = self.d.linear_states
-        if not self.linearity.all_linear:  # choose_schedule says why before this point
-            raise DerivationError(f"cell {self.cell.name!r}: not every state is linear")
-        self.state_order = self.linearity.order
+        if not self.linearity.linear:  # choose_schedule says why before this point
+            raise DerivationError(f"cell {self.cell.name!r}: no state is linear")
+        self.scanned = self.linearity.order
+        self.loop_states = [n for n in self.state_order if n not in self.linearity.linear]
+        self.state_order = [*self.scanned, *self.loop_states]
         self.all_name = {n: self.all_name[n] for n in self.state_order}
+        # the loops read a scanned state s(t) from its sequence
+        self.loop_sequences = {self.cell.states[n].symbol: f"{n}[t]" for n in self.scanned}
+        self.scan_lines: list = []
 
     # ----- phase 1: the forward recurrence, a scan per state -----
 
     def forward_phase(self, store: bool = False) -> tuple[list, dict]:
+        loop_stmts: list = []
+        if self.loop_states:  # the states that are not linear: a loop over t, after the scans
+            loop_stmts, _ = super().forward_phase(store)
+        else:
+            self.stored = {}
         cell = self.cell
         seq = self.sequence_names()
-        self.stored = {}
         self.coefficient_names: dict = {}
-        steps = self.cite([name for _, name in cell.order])
+        steps = self.cite(self.scanned)
+        linear = ", ".join(self.scanned)
         stmts: list = [
             Comment(
-                f"forward recurrence, {steps}: every state is linear, h(t) = a(t) ∘ h(t-1) + "
-                "b(t), so the states for t = 1..T are a parallel scan"
+                f"forward recurrence, {steps}: {linear} linear, h(t) = a(t) ∘ h(t-1) + b(t), "
+                "so its states for t = 1..T are a parallel scan"
             )
         ]
         phase = Phase(self, seq, "v")
         phase.in_place = self.backend.inplace
-        for n in self.state_order:
+        for n in self.scanned:
             state = self.linearity.linear[n]
             a_name = self.namer.fresh(f"coef_{n}")
             b_name = self.namer.fresh(f"offset_{n}")
@@ -139,7 +151,7 @@ class ScanGenerator(KernelGenerator):
                 self.hoisted_seq[original] = symbol.name
                 self.unhoist[symbol] = original
                 self.stored[_key(original)] = symbol
-        return stmts, seq
+        return [*stmts, *loop_stmts], seq
 
     # ----- phase 3: the adjoint recurrence, a reverse scan per state -----
 
@@ -163,9 +175,20 @@ class ScanGenerator(KernelGenerator):
     def backward_phase(self, phase: Phase, local_names: dict, wanted: set) -> dict:
         cell, d = self.cell, self.d
         states = cell.states
-        self.carry_names = {n: self.namer.fresh(f"carry_{n}") for n in d.carry}
+        stored: dict = {}
+        loop_carries: dict = {}
+        if self.loop_states:  # their adjoints first: no scanned state reads them
+            stored = super().backward_phase(phase, local_names, wanted)
+            loop_carries = dict(self.carry_names)
+        self.carry_names = {
+            **loop_carries,
+            **{n: self.namer.fresh(f"carry_{n}") for n in d.carry if n in self.linearity.linear},
+        }
         stmts = phase.stmts
-        recurrence = self.cite([f"g_{name}" for _, name in cell.order])
+        first = len(stmts)
+        for n in self.loop_states:  # computed for all t by the loop above
+            phase.name(adjoint_symbol(states[n].symbol), f"g_{n}", True)
+        recurrence = self.cite([f"g_{name}" for name in self.scanned])
         stmts.append(
             Comment(
                 f"adjoint recurrence, {recurrence}: ∇h(t) = c(t) + a(t+1) ∘ ∇h(t+1), a parallel "
@@ -174,7 +197,7 @@ class ScanGenerator(KernelGenerator):
         )
         for expr, name in self.hoisted_seq.items():
             phase.bound.setdefault(expr, phase.name(MatrixSymbol(name, *expr.shape), name, True))
-        for n in reversed(self.state_order):
+        for n in reversed(self.scanned):
             shape = states[n].shape
             size = self.size_text(shape[0])
             terms = []
@@ -220,7 +243,12 @@ class ScanGenerator(KernelGenerator):
                 if cross_name is not None:
                     carry += f" + {cross_name}[0]"
                 stmts.append(Line(f"{self.carry_names[n]} = {carry}"))
-        return {}
+        self.scan_lines = [s for s in stmts[first:] if isinstance(s, (Assign, Line))]
+        return stored
+
+    def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase, tail: list) -> None:
+        # a looped state's ∇ for all t that only a scanned state's adjoint reads is kept too
+        super()._drop_unused_adjoint_sequences(phase, grads, [*tail, *self.scan_lines])
 
 
 def generator_for(schedule: str) -> type[KernelGenerator]:
