@@ -221,6 +221,21 @@ def _run_nested(model, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _schedule_text(kernel) -> str:
+    """Which states are linear (and why the others are not), and how the kernel runs."""
+    linearity = kernel.derivation.linear_states
+    if kernel.schedule == "scan":
+        how = f"parallel scans over t for {', '.join(kernel.scanned)}" + (
+            ", a loop over t for the others" if linearity.reasons else ""
+        )
+    else:
+        how = "a loop over t"
+    return (
+        f"\nLinear recurrences (derivation.linear_states):\n{linearity.text()}\n"
+        f"Kernel schedule: {kernel.schedule} ({how})"
+    )
+
+
 def _run(cell: Cell, args: argparse.Namespace) -> int:
     from .kernel import compile_cell
     from .models.compose import Model
@@ -243,15 +258,20 @@ def _run(cell: Cell, args: argparse.Namespace) -> int:
 
         return cli_order2(cell, args)
 
-    kernel = compile_cell(cell)
+    kernel = compile_cell(cell, schedule=args.schedule)
     checked = _load_kernel(args.kernel, cell) if args.kernel else kernel
     out = sys.stdout
     if args.latex:
         out.write(_latex_output(cell.name, kernel.derivation.latex()))
     else:
         out.write(kernel.derivation.pretty() + "\n")
+    out.write(_comment(_schedule_text(kernel), args.latex) + "\n")
     if args.emit:
-        emitted = kernel if args.backend == "numpy" else compile_cell(cell, backend=args.backend)
+        emitted = (
+            kernel
+            if args.backend == "numpy"
+            else compile_cell(cell, backend=args.backend, schedule=args.schedule)
+        )
         path = emitted.write(args.emit)
         framework = {"numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "numba": "NumPy and Numba"}
         out.write(
@@ -366,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
             "verifies the NumPy kernel and compares this one with it)",
         )
         p.add_argument("--no-verify", action="store_true", help="skip the verification report")
+        p.add_argument(
+            "--schedule",
+            default="auto",
+            choices=["auto", "scan", "sequential"],
+            help="scan: the recurrences of the linear states (h(t) = a(t) ∘ h(t-1) + b(t)) by "
+            "parallel scans over t; sequential: a loop over t; auto (default): scan where a "
+            "state is linear",
+        )
         p.add_argument(
             "--order",
             type=int,

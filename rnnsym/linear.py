@@ -115,6 +115,42 @@ class Linearity:
             lines.append("No state is linear: the recurrence runs step by step.")
         return "\n".join(lines)
 
+    def latex(self, notation: str = "plain") -> str:
+        """The same as :meth:`text`, as LaTeX paragraphs (for ``rnnsym paper``): each linear
+        state's coefficient and offset, and which states are computed step by step."""
+        from .printing import latex_printer
+
+        printer = latex_printer(self.cell, notation)
+        show = printer.doprint
+        parts = []
+        for name, state in self.linear.items():
+            var = self.cell.states[name]
+            now, before = show(var.symbol), show(var.prev.symbol)
+            parts.append(
+                f"The state ${show(var.symbol)}$ is linear: ${now} = a^{{(t)}} \\circ {before} "
+                f"+ b^{{(t)}}$ with the diagonal coefficient and the offset\n"
+                f"\\[ a^{{(t)}} = {show(state.coefficient)}, \\qquad "
+                f"b^{{(t)}} = {show(state.offset)}, \\]\n"
+                f"free of ${before}$ and of every state computed step by step."
+            )
+        looped = [n for n in self.cell.states if n not in self.linear]
+        if looped:
+            names = ", ".join(f"${show(self.cell.states[n].symbol)}$" for n in looped)
+            parts.append(
+                f"Not linear, and computed step by step: {names} (the tangent of each update "
+                "in the direction of its own previous value is not a diagonal product with a "
+                "coefficient free of that value)."
+            )
+        parts.append(
+            "A linear state and its adjoint recurrence, "
+            "$\\nabla_{h^{(t)}}L = c^{(t)} + a^{(t+1)} \\circ \\nabla_{h^{(t+1)}}L$ "
+            "with $c^{(t)}$ the rest of the adjoint, are prefix scans under the associative "
+            "composition of affine maps $(a_1, b_1) \\bullet (a_2, b_2) = "
+            "(a_2 \\circ a_1,\\; a_2 \\circ b_1 + b_2)$, computed in $O(\\log T)$ "
+            "parallel depth instead of $T$ sequential steps."
+        )
+        return "\n\n".join(parts)
+
     def __str__(self) -> str:
         return self.text()
 

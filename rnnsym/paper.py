@@ -498,6 +498,10 @@ def make_paper(
         out.append("\\subsection*{Definition}")
         out.append(_definition(cell, notation))
         out.append(_cell_equations(derivation, notation, label_key("eq", name)))
+        linearity = derivation.linear_states
+        if linearity.linear:  # (a cell with no linear state gets no such section)
+            out.append("\\subsection*{Linear recurrences}")
+            out.append(linearity.latex(latex_notation(notation)))
         braket_text, form = _braket_section(cell, braket_T)
         out.append(braket_text)
         if verify:
