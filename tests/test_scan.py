@@ -375,3 +375,20 @@ def test_jax_scan_equals_numpy():
     _, _, g_in, g_h0 = kernel.vjp(params, inputs, targets)
     _close(g_in["x"], g_in0["x"], "∇x")
     _close(g_h0["h"], g_h00["h"], "∇h0")
+
+
+# ----- the documentation page runs as written, and prints what it shows -----
+
+
+def test_scan_page_runs_and_prints_what_it_shows(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "scan.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```(?:\n\n```text\n(.*?)```)?", text, re.S)
+    namespace = {"__name__": "__scan_doc__"}
+    for i, (code, shown) in enumerate(blocks):
+        exec(compile(code, f"scan-doc-block-{i}", "exec"), namespace)
+        out = capsys.readouterr().out
+        if shown:
+            assert out == shown, f"block {i} prints\n{out}"
+    assert namespace["kernel"].schedule == "scan" and namespace["kernel"].scanned == ("h",)
