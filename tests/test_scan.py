@@ -392,3 +392,29 @@ def test_scan_page_runs_and_prints_what_it_shows(capsys):
         if shown:
             assert out == shown, f"block {i} prints\n{out}"
     assert namespace["kernel"].schedule == "scan" and namespace["kernel"].scanned == ("h",)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 16, 17, 101])
+def test_torch_scans_equal_the_loop(T):
+    """The torch module's own scans (its helpers, copied into every module) for lengths with
+    and without a remainder after the blocks; the adjoint scan walks its blocks backwards."""
+    torch = pytest.importorskip("torch")
+    from rnnsym.backends import torch as torch_backend
+
+    namespace = {"torch": torch}
+    for name in ("_linear_scan", "_linear_scan_reverse"):
+        exec(torch_backend._HELPERS[name], namespace)
+    rng = np.random.default_rng(T)
+    a, b, c = rng.uniform(-1, 1, (T, 2, 3)), rng.normal(size=(T, 2, 3)), rng.normal(size=(T, 2, 3))
+    h0 = rng.normal(size=(2, 3))
+    out = namespace["_linear_scan"](
+        torch.as_tensor(a),
+        torch.as_tensor(b),
+        torch.as_tensor(h0),
+        torch.empty(T + 1, 2, 3, dtype=torch.float64),
+    )
+    _close(out.numpy(), _loop(a, b, h0), "torch scan")
+    g = namespace["_linear_scan_reverse"](
+        torch.as_tensor(a), torch.as_tensor(c), torch.empty(T, 2, 3, dtype=torch.float64)
+    )
+    _close(g.numpy(), _loop(a[1:][::-1], c[:-1][::-1], c[-1])[::-1], "torch adjoint scan")

@@ -269,10 +269,34 @@ def _linear_scan(a, b, h0, out):
     "_linear_scan_reverse": """
 def _linear_scan_reverse(a, c, out):
     # out[t] = c[t] + a[t + 1] * out[t + 1], out[T-1] = c[T-1]: the adjoint recurrence of
-    # h(t) = a(t) h(t-1) + b(t), the same scan on the sequences flipped in time
+    # h(t) = a(t) h(t-1) + b(t), the two-level scan of _linear_scan run from the last step
+    # (torch has no reversed views: the blocks are walked backwards instead)
+    T = c.shape[0]
     a = torch.as_tensor(a, dtype=c.dtype, device=c.device).expand(c.shape)
-    g = _linear_scan(a[1:].flip(0), c[:-1].flip(0), c[-1], torch.empty_like(out))
-    return g.flip(0)""",
+    following = torch.cat([a[1:], torch.zeros_like(a[:1])])  # a(t + 1); 0 after the end
+    out[T - 1] = c[T - 1]
+    size = max(1, int(T**0.5))
+    blocks = (T - 1) // size
+    start = T - 1 - blocks * size if blocks > 1 else T - 1  # blocks cover [start, T - 1)
+    if blocks > 1:
+        split = (blocks, size) + tuple(c.shape[1:])
+        A = following[start : T - 1].reshape(split)
+        C = c[start : T - 1].reshape(split)
+        G = out[start : T - 1].view(split)
+        last, product = C[:, -1].clone(), A[:, -1].clone()
+        for j in range(size - 2, -1, -1):
+            last = torch.addcmul(C[:, j], A[:, j], last)
+            product = product * A[:, j]
+        entering = torch.empty_like(last)  # the adjoint just after each block
+        entering[-1] = out[T - 1]
+        for k in range(blocks - 2, -1, -1):
+            entering[k] = torch.addcmul(last[k + 1], product[k + 1], entering[k + 1])
+        G[:, -1] = torch.addcmul(C[:, -1], A[:, -1], entering)
+        for j in range(size - 2, -1, -1):
+            G[:, j] = torch.addcmul(C[:, j], A[:, j], G[:, j + 1])
+    for t in range(start - 1, -1, -1):
+        out[t] = torch.addcmul(c[t], following[t], out[t + 1])
+    return out""",
     "_erf": """
 def _erf(a):
     return torch.erf(a)""",
