@@ -303,6 +303,12 @@ def test_user_min_gru_compiles_to_a_verified_scan():
     assert kernel.schedule == "scan"
     report = rs.verify(cell, kernel)
     assert report.ok, report
+    # and central finite differences of the scan kernel's own loss, at a length with blocks
+    # and a remainder (T = 40: blocks of 6 steps and 4 more), the check_gradients default
+    # tolerance (1e-6 relative plus the rounding floor it reports)
+    params, inputs, targets = random_problem(cell, T=40, B=2, seed=3)
+    gradients = rs.check_gradients(kernel, params, inputs, targets)
+    assert gradients.ok, gradients
 
 
 MUTANTS = {
