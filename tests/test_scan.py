@@ -424,3 +424,28 @@ def test_torch_scans_equal_the_loop(T):
         torch.as_tensor(a), torch.as_tensor(c), torch.empty(T, 2, 3, dtype=torch.float64)
     )
     _close(g.numpy(), _loop(a[1:][::-1], c[:-1][::-1], c[-1])[::-1], "torch adjoint scan")
+
+
+@pytest.mark.skipif(jax is None, reason="the JAX backend needs jax: pip install 'rnnsym[jax]'")
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+@pytest.mark.parametrize("T", [1, 2, 3, 17, 100])
+def test_jax_scans_equal_the_loop_on_each_platform(platform, T):
+    """The JAX module's scans take jax.lax.scan on a CPU and jax.lax.associative_scan on a GPU
+    or TPU; both branches run here (the platform faked for the branch), against the loop."""
+    import types
+
+    from rnnsym.backends import jax as jax_backend
+
+    fake = types.SimpleNamespace(lax=jax.lax, default_backend=lambda: platform)
+    namespace = {"jax": fake, "jnp": jax.numpy}
+    for name in ("_linear_scan", "_linear_scan_reverse"):
+        exec(jax_backend._JAX_HELPERS[name], namespace)
+    rng = np.random.default_rng(T)
+    a, b, c = rng.uniform(-1, 1, (T, 2, 3)), rng.normal(size=(T, 2, 3)), rng.normal(size=(T, 2, 3))
+    h0 = rng.normal(size=(2, 3))
+    out = namespace["_linear_scan"](a, b, h0, np.empty((T + 1, 2, 3)))
+    _close(np.asarray(out), _loop(a, b, h0), f"jax scan ({platform})")
+    g = namespace["_linear_scan_reverse"](a, c, np.empty((T, 2, 3)))
+    _close(
+        np.asarray(g), _loop(a[1:][::-1], c[:-1][::-1], c[-1])[::-1], f"jax adjoint ({platform})"
+    )

@@ -311,29 +311,48 @@ def _sum_rows(u):
     return u.reshape(-1, u.shape[-1]).sum(axis=0)""",
     "_linear_scan": """
 def _linear_scan(a, b, h0, out):
-    # h(t) = a(t) h(t-1) + b(t) for t = 1..T from h(0) = h0, as (T + 1, B, size) like out:
-    # jax.lax.associative_scan over the pairs (a(t), b(t)) under the associative composition
-    # of affine maps (a1, b1) . (a2, b2) = (a2 a1, a2 b1 + b2), with h(0) folded into b(1)
-    def compose(first, then):
-        return then[0] * first[0], then[0] * first[1] + then[1]
-
+    # h(t) = a(t) h(t-1) + b(t) for t = 1..T from h(0) = h0, as (T + 1, B, size) like out: on
+    # a GPU or TPU jax.lax.associative_scan over the pairs (a(t), b(t)) under the associative
+    # composition of affine maps (a1, b1) . (a2, b2) = (a2 a1, a2 b1 + b2), log2(T) deep; on a
+    # CPU, where XLA runs a loop step in about a microsecond and the log-depth passes are bound
+    # by memory, the same recurrence as a jax.lax.scan over t
     shape = (out.shape[0] - 1,) + out.shape[1:]
     a = jnp.broadcast_to(a, shape).astype(out.dtype)
     b = jnp.broadcast_to(b, shape).astype(out.dtype)
     h0 = jnp.broadcast_to(h0, shape[1:]).astype(out.dtype)
-    _, h = jax.lax.associative_scan(compose, (a, b.at[0].add(a[0] * h0)))
+    if jax.default_backend() == "cpu":
+
+        def step(h, pair):
+            h = pair[0] * h + pair[1]
+            return h, h
+
+        h = jax.lax.scan(step, h0, (a, b))[1]
+    else:
+
+        def compose(first, then):
+            return then[0] * first[0], then[0] * first[1] + then[1]
+
+        h = jax.lax.associative_scan(compose, (a, b.at[0].add(a[0] * h0)))[1]
     return jnp.concatenate([h0[None], h])""",
     "_linear_scan_reverse": """
 def _linear_scan_reverse(a, c, out):
     # g(t) = c(t) + a(t + 1) g(t + 1), g(T) = c(T): the adjoint recurrence of
-    # h(t) = a(t) h(t-1) + b(t), the same associative scan run from the last step
+    # h(t) = a(t) h(t-1) + b(t), the same scan run from the last step (as _linear_scan: an
+    # associative scan on a GPU or TPU, a jax.lax.scan on a CPU)
+    a = jnp.broadcast_to(a, c.shape).astype(c.dtype)
+    following = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a(t + 1), 0 after the end
+    if jax.default_backend() == "cpu":
+
+        def step(g, pair):
+            g = pair[0] * g + pair[1]
+            return g, g
+
+        return jax.lax.scan(step, jnp.zeros_like(c[0]), (following, c), reverse=True)[1]
+
     def compose(first, then):
         return then[0] * first[0], then[0] * first[1] + then[1]
 
-    a = jnp.broadcast_to(a, c.shape).astype(c.dtype)
-    following = jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])  # a(t + 1), 0 after the end
-    _, g = jax.lax.associative_scan(compose, (following, c), reverse=True)
-    return g""",
+    return jax.lax.associative_scan(compose, (following, c), reverse=True)[1]""",
     "_erf": """
 def _erf(a):
     # the error function entry by entry
