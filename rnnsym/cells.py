@@ -27,6 +27,9 @@ __all__ = [
     "gru_original",
     "mgu",
     "indrnn",
+    "min_gru",
+    "min_lstm",
+    "rg_lru",
     "BUILTIN",
     "MODELS",
     "get",
@@ -178,6 +181,75 @@ def indrnn(output: bool = True) -> Cell:
     return cell
 
 
+def min_gru(output: bool = True) -> Cell:
+    """minGRU (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi, "Were RNNs All We Needed?",
+    arXiv:2410.01201, 2024): the GRU with gates and candidate read from x(t) alone.
+
+    z = σ(W_z x + b_z), h̃ = W_h x + b_h, h(t) = (1 − z) ∘ h(t−1) + z ∘ h̃: linear in h(t−1)
+    with a coefficient free of any state, so its kernel is a scan over t.
+    """
+    cell = Cell("min_gru" if output else "min_gru_layer")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W_z, W_h = cell.param("W_z", n, m), cell.param("W_h", n, m)
+    b_z, b_h = cell.param("b_z", n), cell.param("b_h", n)
+    z = cell.define("z", rx.sigmoid(W_z @ x + b_z))
+    h_tilde = cell.define("h_tilde", W_h @ x + b_h)
+    cell.update(h, (1 - z) * h.prev + z * h_tilde)
+    _output_layer(cell, h, n, output)
+    return cell
+
+
+def min_lstm(output: bool = True) -> Cell:
+    """minLSTM (Feng et al., "Were RNNs All We Needed?", arXiv:2410.01201, 2024): forget and
+    input gates from x(t) alone, normalised to sum to one.
+
+    f = σ(a_f), i = σ(a_i) with a_f = W_f x + b_f, a_i = W_i x + b_i; h̃ = W_h x + b_h;
+    h(t) = f′ ∘ h(t−1) + i′ ∘ h̃ with f′ = f / (f + i), i′ = i / (f + i). Cell terms divide
+    by scalars only, so the normalised gates are written with the exact identity
+    f / (f + i) = 1 / (1 + i / f) = σ(log f − log i): with d = log σ(a_f) − log σ(a_i),
+    f′ = σ(d) and i′ = σ(−d) (log σ computed as −softplus(−a), finite for any a).
+    """
+    cell = Cell("min_lstm" if output else "min_lstm_layer")
+    n, m = cell.dims("n m")
+    x, h = cell.input("x", m), cell.state("h", n)
+    W_f, W_i, W_h = (cell.param(f"W_{s}", n, m) for s in "fih")
+    b_f, b_i, b_h = (cell.param(f"b_{s}", n) for s in "fih")
+    a_f = cell.define("a_f", W_f @ x + b_f)
+    a_i = cell.define("a_i", W_i @ x + b_i)
+    d = cell.define("d", rx.log_sigmoid(a_f) - rx.log_sigmoid(a_i))  # log f − log i
+    f_prime = cell.define("f_prime", rx.sigmoid(d))  # f / (f + i)
+    i_prime = cell.define("i_prime", rx.sigmoid(-d))  # i / (f + i)
+    h_tilde = cell.define("h_tilde", W_h @ x + b_h)
+    cell.update(h, f_prime * h.prev + i_prime * h_tilde)
+    _output_layer(cell, h, n, output)
+    return cell
+
+
+def rg_lru(output: bool = True) -> Cell:
+    """The real-gated linear recurrent unit (RG-LRU) of Griffin and Hawk (De et al., "Griffin:
+    Mixing Gated Linear Recurrences with Local Attention for Efficient Language Models",
+    arXiv:2402.19427, 2024), eqs. (1)–(4).
+
+    r = σ(W_a x + b_a), i = σ(W_x x + b_x), log a(t) = −c r ∘ softplus(−Λ) with c = 8 (so
+    a(t) = σ(Λ)^(c r), computed in log space as the paper does), h(t) = a ∘ h(t−1) +
+    sqrt(1 − a ∘ a) ∘ (i ∘ x). The input x has the state's size n.
+    """
+    cell = Cell("rg_lru" if output else "rg_lru_layer")
+    n = cell.dims("n")
+    x, h = cell.input("x", n), cell.state("h", n)
+    W_a, W_x = cell.param("W_a", n, n), cell.param("W_x", n, n)
+    b_a, b_x = cell.param("b_a", n), cell.param("b_x", n)
+    Lambda = cell.param("Lambda", n)
+    r = cell.define("r", rx.sigmoid(W_a @ x + b_a))  # recurrence gate
+    i = cell.define("i", rx.sigmoid(W_x @ x + b_x))  # input gate
+    log_a = cell.define("log_a", -8 * (r * rx.softplus(-Lambda)))  # c = 8
+    a = cell.define("a", rx.exp(log_a))
+    cell.update(h, a * h.prev + rx.sqrt(1 - a * a) * (i * x))
+    _output_layer(cell, h, n, output)
+    return cell
+
+
 @dataclass(frozen=True)
 class Builtin:
     """A built-in cell (or model) and the report's figure it draws, if any."""
@@ -191,6 +263,9 @@ BUILTIN: dict[str, Builtin] = {
     "elman_relu": Builtin(elman_relu),
     "slides": Builtin(slides),
     "indrnn": Builtin(indrnn),
+    "min_gru": Builtin(min_gru),
+    "min_lstm": Builtin(min_lstm),
+    "rg_lru": Builtin(rg_lru),
     "mgu": Builtin(mgu),
     "gru": Builtin(gru),
     "gru_original": Builtin(gru_original),

@@ -232,3 +232,13 @@ register(
         "_softplus",
     )
 )
+register(
+    Activation(
+        "sqrt",
+        sp.sqrt,
+        # sqrt′(z) = 1 / (2 sqrt(z)), from the forward value
+        lambda x, ans: mul(sp.Rational(1, 2), Apply("reciprocal", ans)),
+        r"\operatorname{sqrt}",
+        "np.sqrt",
+    )
+)

@@ -392,6 +392,11 @@ def exp(x) -> Term:
     return apply("exp", x)
 
 
+def sqrt(x) -> Term:
+    """Elementwise square root (of a nonnegative argument)."""
+    return apply("sqrt", x)
+
+
 def log(x) -> Term:
     """Elementwise natural logarithm.
 
