@@ -183,3 +183,26 @@ def test_against_torch_autograd(name):
     np.testing.assert_allclose(loss, tloss.item(), rtol=RTOL)
     for p in params:
         close(grads[p], tp[p].grad.numpy(), p)
+
+
+def test_min_lstm_gates_stay_exact_where_f_and_i_underflow():
+    """With a_f, a_i ≈ −800, σ underflows to 0 and the paper's f / (f + i) is 0 / 0; the cell's
+    σ(log σ(a_f) − log σ(a_i)) is the same number computed in log space. Compared with the
+    gates computed in log space by NumPy's logaddexp: f′ = exp(log f − log(f + i))."""
+    _, params, x, y = problem("min_lstm", seed=3)
+    params = {**params, "b_f": params["b_f"] - 800.0, "b_i": params["b_i"] - 800.0}
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.isnan(reference_loss(np, "min_lstm", params, x, y))  # the direct form fails
+    h, states = np.zeros((B, SIZES["n"])), []
+    for x_t in x:
+        log_f = -np.logaddexp(0, -(x_t @ params["W_f"].T + params["b_f"]))
+        log_i = -np.logaddexp(0, -(x_t @ params["W_i"].T + params["b_i"]))
+        log_sum = np.logaddexp(log_f, log_i)
+        h_tilde = x_t @ params["W_h"].T + params["b_h"]
+        h = np.exp(log_f - log_sum) * h + np.exp(log_i - log_sum) * h_tilde
+        states.append(h)
+    got = kernel("min_lstm").forward(params, {"x": x})["h"]
+    # 1e-10: the same gates by two equal float64 formulas, a few ulp each (as RTOL above)
+    np.testing.assert_allclose(got, np.array(states), rtol=RTOL)
+    loss, grads = kernel("min_lstm").loss_and_grad(params, {"x": x}, {"y": y})
+    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())
