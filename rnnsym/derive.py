@@ -141,7 +141,9 @@ class Derivation:
         if cached is None:
             from .linear import linearity
 
-            cached = linearity(self.cell, {n: self.update_expr(n) for n in self.cell.states})
+            named = {expr: symbol for symbol, expr in self._inline_maps()[0].items()}
+            updates = {n: self.update_expr(n) for n in self.cell.states}
+            cached = linearity(self.cell, updates, named)
             self.__dict__["_linearity"] = cached
         return cached
 

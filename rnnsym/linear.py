@@ -64,6 +64,21 @@ class Linearity:
     cell: Cell
     linear: dict[str, LinearState] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    # for printing: the values the cell named with cell.define, written out -> their names
+    named: dict = field(default_factory=dict)
+
+    @property
+    def _letters(self) -> tuple[str, str, str]:
+        """The names of the coefficient, the offset and the rest of the adjoint in the text:
+        a, b, c, or α, β, γ where the cell has a quantity of each step named a, b or c (a
+        parameter prints without the step, so it does not clash)."""
+        taken = {var.name for var in self.cell._vars.values() if var.kind != "param"}
+        taken |= {symbol.name for symbol in self.named.values()}
+        return ("α", "β", "γ") if taken & {"a", "b", "c"} else ("a", "b", "c")
+
+    def _shown(self, expr: MatrixExpr) -> MatrixExpr:
+        """``expr`` with the values the cell named (``cell.define``) under their names."""
+        return expr.xreplace(self.named) if self.named else expr
 
     @property
     def all_linear(self) -> bool:
@@ -84,17 +99,24 @@ class Linearity:
         lines = []
         if not self.cell.states:
             return "The cell has no state: nothing recurs, every step is computed at once."
+        a, b, c = self._letters
         for name in self.cell.states:
             if name in self.linear:
                 state = self.linear[name]
                 var = self.cell.states[name]
                 now, before = printer.doprint(var.symbol), printer.doprint(var.prev.symbol)
                 lines.append(
-                    f"{name}: linear, {now} = a⁽ᵗ⁾ ∘ {before} + b⁽ᵗ⁾, with a diagonal "
-                    f"coefficient a⁽ᵗ⁾ and an offset b⁽ᵗ⁾ free of {before}:"
+                    f"{name}: linear, {now} = {a}⁽ᵗ⁾ ∘ {before} + {b}⁽ᵗ⁾, with a diagonal "
+                    f"coefficient {a}⁽ᵗ⁾ and an offset {b}⁽ᵗ⁾ free of {before}:"
                 )
-                lines.append(f"    a⁽ᵗ⁾ = {printer.doprint(state.coefficient)}")
-                lines.append(f"    b⁽ᵗ⁾ = {printer.doprint(state.offset)}")
+                shown = [self._shown(state.coefficient), self._shown(state.offset)]
+                lines.append(f"    {a}⁽ᵗ⁾ = {printer.doprint(shown[0])}")
+                lines.append(f"    {b}⁽ᵗ⁾ = {printer.doprint(shown[1])}")
+                for expr, symbol in self.named.items():  # the named values, written out
+                    if symbol in leaves(shown[0]) | leaves(shown[1]):
+                        lines.append(
+                            f"    where {printer.doprint(symbol)} = {printer.doprint(expr)}"
+                        )
                 if state.reads:
                     lines.append(f"    (reads {', '.join(state.reads)}, linear and computed first)")
             else:
@@ -102,7 +124,7 @@ class Linearity:
         if self.all_linear:
             lines.append(
                 "Every state is linear: the forward recurrence and the adjoint recurrence "
-                "(∇_{h⁽ᵗ⁾}L = c⁽ᵗ⁾ + a⁽ᵗ⁺¹⁾ ∘ ∇_{h⁽ᵗ⁺¹⁾}L) are parallel scans over t "
+                f"(∇_{{h⁽ᵗ⁾}}L = {c}⁽ᵗ⁾ + {a}⁽ᵗ⁺¹⁾ ∘ ∇_{{h⁽ᵗ⁺¹⁾}}L) are parallel scans over t "
                 "(schedule 'scan')."
             )
         elif self.linear:
@@ -122,16 +144,24 @@ class Linearity:
 
         printer = latex_printer(self.cell, notation)
         show = printer.doprint
+        a, b, c = {"a": ("a", "b", "c"), "α": ("\\alpha", "\\beta", "\\gamma")}[self._letters[0]]
         parts = []
         for name, state in self.linear.items():
             var = self.cell.states[name]
             now, before = show(var.symbol), show(var.prev.symbol)
+            shown = [self._shown(state.coefficient), self._shown(state.offset)]
+            where = [
+                f"${show(symbol)} = {show(expr)}$"
+                for expr, symbol in self.named.items()
+                if symbol in leaves(shown[0]) | leaves(shown[1])
+            ]
             parts.append(
-                f"The state ${show(var.symbol)}$ is linear: ${now} = a^{{(t)}} \\circ {before} "
-                f"+ b^{{(t)}}$ with the diagonal coefficient and the offset\n"
-                f"\\[ a^{{(t)}} = {show(state.coefficient)}, \\qquad "
-                f"b^{{(t)}} = {show(state.offset)}, \\]\n"
-                f"free of ${before}$ and of every state computed step by step."
+                f"The state ${show(var.symbol)}$ is linear: ${now} = {a}^{{(t)}} \\circ {before} "
+                f"+ {b}^{{(t)}}$ with the diagonal coefficient and the offset\n"
+                f"\\[ {a}^{{(t)}} = {show(shown[0])}, \\qquad "
+                f"{b}^{{(t)}} = {show(shown[1])}, \\]\n"
+                + (f"where {', '.join(where)}, " if where else "")
+                + f"free of ${before}$ and of every state computed step by step."
             )
         looped = [n for n in self.cell.states if n not in self.linear]
         if looped:
@@ -143,8 +173,9 @@ class Linearity:
             )
         parts.append(
             "A linear state and its adjoint recurrence, "
-            "$\\nabla_{h^{(t)}}L = c^{(t)} + a^{(t+1)} \\circ \\nabla_{h^{(t+1)}}L$ "
-            "with $c^{(t)}$ the rest of the adjoint, are prefix scans under the associative "
+            f"$\\nabla_{{h^{{(t)}}}}L = {c}^{{(t)}} + {a}^{{(t+1)}} \\circ "
+            "\\nabla_{h^{(t+1)}}L$ "
+            f"with ${c}^{{(t)}}$ the rest of the adjoint, are prefix scans under the associative "
             "composition of affine maps $(a_1, b_1) \\bullet (a_2, b_2) = "
             "(a_2 \\circ a_1,\\; a_2 \\circ b_1 + b_2)$, computed in $O(\\log T)$ "
             "parallel depth instead of $T$ sequential steps."
@@ -247,9 +278,10 @@ def _not_linear_reason(name: str, update: MatrixExpr, prev: MatrixSymbol, printe
     return f"the tangent of {name} in the direction of {step} is not a diagonal product"
 
 
-def linearity(cell: Cell, updates: dict[str, MatrixExpr]) -> Linearity:
+def linearity(cell: Cell, updates: dict[str, MatrixExpr], named: dict | None = None) -> Linearity:
     """Decide which states of ``cell`` are linear; ``updates`` are the state updates with
-    named intermediates written out (``Derivation.update_expr``)."""
+    named intermediates written out (``Derivation.update_expr``); ``named`` maps such a
+    written-out value to its name, for printing only."""
     from .printing import TextPrinter, _time_tables
 
     names, _ = _time_tables(cell)
@@ -315,4 +347,4 @@ def linearity(cell: Cell, updates: dict[str, MatrixExpr]) -> Linearity:
         for name in ready:
             ordered[name] = pending.pop(name)
     reasons = {n: reasons[n] for n in cell.states if n in reasons}
-    return Linearity(cell, ordered, reasons)
+    return Linearity(cell, ordered, reasons, dict(named or {}))

@@ -298,7 +298,8 @@ def test_user_min_gru_compiles_to_a_verified_scan():
     derivation = rs.derive(cell)
     assert list(derivation.linear_states.linear) == ["h"]
     text = derivation.linear_states.text()
-    assert "h: linear" in text and "a⁽ᵗ⁾ = 1 − sigmoid(W_z x⁽ᵗ⁾ + b_z)" in text
+    assert "h: linear" in text and "a⁽ᵗ⁾ = 1 − z⁽ᵗ⁾" in text
+    assert "where z⁽ᵗ⁾ = sigmoid(W_z x⁽ᵗ⁾ + b_z)" in text
     kernel = rs.compile(cell)
     assert kernel.schedule == "scan"
     report = rs.verify(cell, kernel)
