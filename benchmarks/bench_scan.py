@@ -194,8 +194,9 @@ def torch_impls(problem: Problem) -> list[Impl]:
         ht = g(pre) if model == "g" else pre
         h = x.new_zeros(problem.B, p["b_h"].shape[0])
         hs = []
-        for t in range(problem.T):
-            h = (1 - zt[t]) * h + zt[t] * ht[t]
+        # unbind, not zt[t]: the backward of each zt[t] would fill a whole (T, B, n) gradient
+        for z_t, ht_t in zip(zt.unbind(0), ht.unbind(0), strict=True):
+            h = (1 - z_t) * h + z_t * ht_t
             hs.append(h)
         return loss_of(torch.stack(hs))
 
