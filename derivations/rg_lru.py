@@ -21,7 +21,6 @@ import numpy as np
 import sympy as sp
 
 import rnnsym as rs
-from rnnsym.ir.expr import sqrt
 from rnnsym.verify import check_gradients, random_problem, scalar_oracle
 
 # ## 1. The cell
@@ -36,12 +35,12 @@ r = cell.define("r", rs.sigmoid(W_a @ x + b_a))  # recurrence gate, eq. (1) of D
 i = cell.define("i", rs.sigmoid(W_x @ x + b_x))  # input gate, their eq. (2)
 log_a = cell.define("log_a", -8 * (r * rs.softplus(-Lambda)))  # c = 8: a = σ(Λ)^(8 r)
 a = cell.define("a", rs.exp(log_a))  # their eq. (3)
-cell.update(h, a * h.prev + sqrt(1 - a * a) * (i * x))  # their eq. (4)
+cell.update(h, a * h.prev + rs.sqrt(1 - a * a) * (i * x))  # their eq. (4)
 V, b_V = cell.param("V", k, n), cell.param("b_V", k)
 out = cell.output("out", V @ h + b_V)  # eq. (4) of the report
 cell.loss(rs.squared_error(out, cell.target("y", k)))  # eq. (5)
 
-# It is the built-in `rs.cells.rg_lru()`: the two derivations print identically. (sqrt is the
+# It is the built-in `rs.cells.rg_lru()`: the two derivations print identically. (rs.sqrt is the
 # elementwise square root, with the derivative 1 / (2 sqrt(z)) from its forward value.)
 
 assert rs.derive(cell).latex() == rs.derive(rs.cells.rg_lru()).latex()

@@ -9,7 +9,19 @@ from .cell import Cell
 from .derive import Derivation, derive
 from .errors import CellError, DerivationError, RnnsymError, ShapeError
 from .flow import gradient_flow
-from .ir.expr import Term, concat, elementwise, exp, log, log_sigmoid, relu, sigmoid, softplus, tanh
+from .ir.expr import (
+    Term,
+    concat,
+    elementwise,
+    exp,
+    log,
+    log_sigmoid,
+    relu,
+    sigmoid,
+    softplus,
+    sqrt,
+    tanh,
+)
 from .losses import linear_loss, softmax_cross_entropy, squared_error
 from .models.compose import Model, ModelKernel, bidirectional, generate, last_output, seq2seq, stack
 from .models.nested import NestedModel, NestedSeq2Seq, SequenceLayer
@@ -49,6 +61,7 @@ __all__ = [
     "exp",
     "log",
     "log_sigmoid",
+    "sqrt",
     "squared_error",
     "linear_loss",
     "softmax_cross_entropy",

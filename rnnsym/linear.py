@@ -150,9 +150,9 @@ class Linearity:
             var = self.cell.states[name]
             now, before = show(var.symbol), show(var.prev.symbol)
             shown = [self._shown(state.coefficient), self._shown(state.offset)]
-            where = [
-                f"${show(symbol)} = {show(expr)}$"
-                for expr, symbol in self.named.items()
+            named = [
+                f"${show(symbol)}$"
+                for symbol in self.named.values()
                 if symbol in leaves(shown[0]) | leaves(shown[1])
             ]
             parts.append(
@@ -160,7 +160,7 @@ class Linearity:
                 f"+ {b}^{{(t)}}$ with the diagonal coefficient and the offset\n"
                 f"\\[ {a}^{{(t)}} = {show(shown[0])}, \\qquad "
                 f"{b}^{{(t)}} = {show(shown[1])}, \\]\n"
-                + (f"where {', '.join(where)}, " if where else "")
+                + (f"with {', '.join(named)} as defined above, " if named else "")
                 + f"free of ${before}$ and of every state computed step by step."
             )
         looped = [n for n in self.cell.states if n not in self.linear]

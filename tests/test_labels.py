@@ -74,6 +74,9 @@ CELLS: dict[str, dict] = {
     "gru_original": GATED_OUTPUT,
     "lstm": GATED_OUTPUT,
     "lstm_peephole": GATED_OUTPUT,
+    "min_gru": GATED_OUTPUT,
+    "min_lstm": GATED_OUTPUT,
+    "rg_lru": GATED_OUTPUT,
     # Fig. 4: W reads y(t−1) (teacher forcing) or o(t−1) (free-running), not h(t−1)
     "teacher_forcing": {**output(), **loss()},
     "output_feedback": {**output(), **loss()},
@@ -203,6 +206,10 @@ _ACTIVATIONS = {
     "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
     "relu": lambda v: np.maximum(v, 0),
     "step": lambda v: (v > 0).astype(float),
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "softplus": lambda v: np.logaddexp(0, v),
+    "log_sigmoid": lambda v: -np.logaddexp(0, -v),
 }
 
 

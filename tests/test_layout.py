@@ -51,7 +51,7 @@ PUBLIC = [
     "ModelKernel", "compile", "check_gradients", "verify", "gradient_flow", "cells",
     "elementwise", "concat",
     "tanh", "sigmoid", "relu", "softplus", "exp", "log", "log_sigmoid", "squared_error",
-    "linear_loss", "softmax_cross_entropy", "RnnsymError", "CellError", "ShapeError",
+    "linear_loss", "softmax_cross_entropy", "sqrt", "RnnsymError", "CellError", "ShapeError",
     "DerivationError",
 ]  # fmt: skip
 
