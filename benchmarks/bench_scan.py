@@ -262,8 +262,16 @@ def peak_rss_mib(fn: Callable[[], object]) -> float:
     """Peak resident memory while ``fn`` runs, above the resident memory before it, in MiB.
 
     Sampled every 2 ms from /proc/self/statm (all allocators: NumPy, torch, XLA); NaN where
-    /proc is missing.
+    /proc is missing. glibc's freed heap is returned first (malloc_trim), else memory kept from
+    the warm-up call would hide the call's own use; allocator caches that are not trimmed
+    (torch's, XLA's) can still make this an underestimate.
     """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         page = os.sysconf("SC_PAGE_SIZE")
 
@@ -473,7 +481,7 @@ def part_ratio(rs: ModuleType, cell: Any, args: argparse.Namespace, compiled: di
                 ]
                 for i in impls
             ]
-            head = ["implementation", "ms/call", "µs/step", f"/ {REFERENCE}", "peak MiB"]
+            head = ["implementation", "ms/call", "µs/step", f"/ {REFERENCE}", "peak RSS growth MiB"]
             out.append(table(head, rows, "lrrrr"))
     return "### Scan / sequential, loss_and_grad (median of per-round ratios)\n\n" + "\n".join(out)
 
@@ -516,7 +524,8 @@ def part_scaling(rs: ModuleType, cell: Any, args: argparse.Namespace, compiled: 
         [name, *(cells.get(c, "skipped") for c in columns)] for name, cells in table_rows.items()
     ]
     text = (
-        f"### Time per step as T grows: µs per step (median ms / T), peak MiB in brackets; "
+        "### Time per step as T grows: µs per step (median ms / T), peak RSS growth of one call "
+        f"in MiB in brackets; "
         f"B={args.B}, n=64, m={m}, k={k}, {dtype}\n\n"
         + table(["implementation", *columns], rows, "l" + "r" * len(columns))
     )
