@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from bench_backends import machine, table
+from bench_backends import _converters, _jax, machine, table
 from bench_elman import import_rnnsym, sample
 
 BACKENDS = ("numpy", "torch", "jax")
@@ -123,28 +123,9 @@ class Impl:
         return 1e3 * statistics.median(self.samples)
 
 
-_JAX_READY = False
-
-
-def _jax() -> ModuleType:
-    global _JAX_READY
-    jax = importlib.import_module("jax")
-    if not _JAX_READY:
-        jax.config.update("jax_enable_x64", True)
-        _JAX_READY = True
-    return jax
-
-
 def kernel_impl(kernel: Any, backend: str, problem: Problem, name: str) -> Impl:
     """A generated kernel's ``loss_and_grad`` on the backend's own arrays (converted once)."""
-    if backend == "torch":
-        torch = importlib.import_module("torch")
-        to, back, wait = torch.from_numpy, (lambda t: t.detach().numpy()), (lambda r: r)
-    elif backend == "jax":
-        jax = _jax()
-        to, back, wait = jax.numpy.asarray, np.asarray, jax.block_until_ready
-    else:
-        to, back, wait = (lambda a: a), np.asarray, (lambda r: r)
+    to, back, wait = _converters(backend)
     params = {key: to(value) for key, value in problem.params.items()}
     inputs, targets = {"x": to(problem.x)}, {"y": to(problem.y)}
 
