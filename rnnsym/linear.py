@@ -112,11 +112,11 @@ class Linearity:
                 shown = [self._shown(state.coefficient), self._shown(state.offset)]
                 lines.append(f"    {a}⁽ᵗ⁾ = {printer.doprint(shown[0])}")
                 lines.append(f"    {b}⁽ᵗ⁾ = {printer.doprint(shown[1])}")
+                lead = "    where "
                 for expr, symbol in self.named.items():  # the named values, written out
                     if symbol in leaves(shown[0]) | leaves(shown[1]):
-                        lines.append(
-                            f"    where {printer.doprint(symbol)} = {printer.doprint(expr)}"
-                        )
+                        lines.append(f"{lead}{printer.doprint(symbol)} = {printer.doprint(expr)}")
+                        lead = " " * len(lead)
                 if state.reads:
                     lines.append(f"    (reads {', '.join(state.reads)}, linear and computed first)")
             else:
