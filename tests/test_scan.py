@@ -494,3 +494,32 @@ def test_torch_module_trains_through_the_scan():
     # the targets are random, so part of the loss cannot be fitted: 20 steps lower it by 18%
     # (measured); by 10% is a margin that a gradient of the wrong sign or size cannot reach
     assert float(loss.detach()) < 0.9 * first
+
+
+def test_a_constant_term_in_the_coefficient_on_every_backend():
+    """a(t) = σ(W_a x + b_a) − 0.3: the coefficient has a constant part, which the NumPy kernel
+    writes into its array with a ufunc and the torch kernel must broadcast itself (a review
+    found the torch scan kernel failing on it)."""
+    torch = pytest.importorskip("torch")
+    cell = rs.Cell("constant_in_coefficient")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    a = rs.sigmoid(cell.param("W_a", n, m) @ x + cell.param("b_a", n))
+    cell.update(h, a * h.prev - 0.3 * h.prev + cell.param("U", n, m) @ x)
+    cell.loss(rs.squared_error(cell.output("o", cell.param("V", k, n) @ h), cell.target("y", k)))
+    params, inputs, targets = random_problem(cell, T=9, B=3, seed=2)
+    loss0, grads0 = rs.compile(cell, schedule="sequential").loss_and_grad(params, inputs, targets)
+
+    def tensors(d):
+        return {name: torch.as_tensor(v) for name, v in d.items()}
+
+    results = {"numpy": rs.compile(cell).loss_and_grad(params, inputs, targets)}
+    kernel = rs.compile(cell, backend="torch")
+    loss, grads = kernel.loss_and_grad(tensors(params), tensors(inputs), tensors(targets))
+    results["torch"] = float(loss), {name: g.numpy() for name, g in grads.items()}
+    if jax is not None:
+        results["jax"] = rs.compile(cell, backend="jax").loss_and_grad(params, inputs, targets)
+    for backend, (loss, grads) in results.items():
+        _close(float(loss), loss0, f"{backend} loss")
+        for name in grads0:
+            _close(np.asarray(grads[name]), grads0[name], f"{backend} {name}")

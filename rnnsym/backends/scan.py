@@ -102,7 +102,7 @@ class ScanGenerator(KernelGenerator):
             )
         ]
         phase = Phase(self, seq, "v")
-        phase.in_place = self.backend.inplace
+        phase.in_place = self.backend.name == "numpy"  # ufuncs with out=, as the loop schedule
         for n in self.scanned:
             state = self.linearity.linear[n]
             a_name = self.namer.fresh(f"coef_{n}")
