@@ -87,11 +87,11 @@ def compile(  # noqa: A001 - the public name
     ``"torch"``, ``"jax"`` or ``"numba"``: the same kernel printed for that framework, with
     the same functions and the same (T, B, size) layout. ``truncate=k`` gives truncated BPTT:
     each step's loss back-propagates through at most k steps (k ≥ T is full BPTT exactly).
-    ``schedule="auto"`` (the default) computes the recurrences of a cell whose every state is
-    linear, h(t) = a(t) ∘ h(t−1) + b(t) (``derive(cell).linear_states``), by parallel scans
-    over t and any other cell by a loop over t; ``"scan"`` insists on the scan (an error says
-    which state is not linear and why), ``"sequential"`` forces the loop. ``kernel.schedule``
-    says which one was taken.
+    ``schedule="auto"`` (the default) computes the recurrences of the linear states,
+    h(t) = a(t) ∘ h(t−1) + b(t) (``derive(cell).linear_states``), by parallel scans over t and
+    the others by a loop over t; ``"scan"`` insists on a scan (an error says why no state is
+    linear), ``"sequential"`` forces the loop for every state. ``kernel.schedule`` says which
+    one was taken and ``kernel.scanned`` which states the scans compute.
     """
     from .kernel import compile_cell
 

@@ -49,8 +49,9 @@ def compile_cell(cell: Cell, mode: str = "reverse", backend: str = "numpy", sche
     """Derive ``cell`` and build its kernel; ``mode`` is ``"reverse"`` or ``"forward"``,
     ``backend`` one of :data:`BACKENDS` (``"numpy"``, ``"torch"``, ``"jax"``, ``"numba"``),
     ``schedule`` one of :data:`~rnnsym.backends.scan.SCHEDULES`: ``"scan"`` computes the
-    recurrences of a cell whose every state is linear by parallel scans, ``"sequential"`` by a
-    loop over t, ``"auto"`` takes the scan where it applies."""
+    recurrences of the linear states by parallel scans (and of the others by a loop over t),
+    ``"sequential"`` all of them by a loop over t, ``"auto"`` takes the scan where a state is
+    linear."""
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(
             f"mode={mode!r} is not a differentiation mode; use one of "

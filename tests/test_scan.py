@@ -452,21 +452,38 @@ def test_jax_scans_equal_the_loop_on_each_platform(platform, T):
     )
 
 
-def test_padded_batches_keep_the_scan():
-    """lengths=: the masked cell (h = m ∘ u + (1 − m) ∘ h(t−1)) of a linear cell is linear
-    too, so a padded batch runs the scan as well, and equals the loop's result."""
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_padded_batches_keep_the_scan(backend):
+    """lengths=: the masked cell (each step's loss weighted by a mask input) of a linear cell
+    is linear too, so a padded batch runs the scan as well (a review found it running the
+    loop), and equals the loop's result."""
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+    if backend == "jax" and jax is None:
+        pytest.skip("the JAX backend needs jax: pip install 'rnnsym[jax]'")
+    from rnnsym.backends.lengths import masked_kernel
+
     cell = _user_min_gru()
-    scan, loop = rs.compile(cell), rs.compile(cell, schedule="sequential")
+    scan = rs.compile(cell, backend=backend)
+    loop = rs.compile(cell, schedule="sequential")
     params, inputs, targets = random_problem(cell, T=12, B=3, seed=5)
     lengths = [12, 7, 1]
-    loss, grads = scan.loss_and_grad(params, inputs, targets, lengths=lengths)
     loss0, grads0 = loop.loss_and_grad(params, inputs, targets, lengths=lengths)
-    _close(loss, loss0, "loss")
+    if backend == "torch":
+        as_tensors = (
+            {k: torch.as_tensor(v) for k, v in params.items()},
+            {"x": torch.as_tensor(inputs["x"])},
+            {"y": torch.as_tensor(targets["y"])},
+        )
+        loss, grads = scan.loss_and_grad(*as_tensors, lengths=lengths)
+        grads = {k: v.numpy() for k, v in grads.items()}
+    else:
+        loss, grads = scan.loss_and_grad(params, inputs, targets, lengths=lengths)
+    _close(float(loss), loss0, "loss")
     for name in grads0:
-        _close(grads[name], grads0[name], name)
-    from rnnsym.transform import masked_cell
-
-    assert rs.derive(masked_cell(cell)[0]).linear_states.all_linear
+        _close(np.asarray(grads[name]), grads0[name], name)
+    masked, _ = masked_kernel(scan)
+    assert masked.schedule == "scan" and "_linear_scan(" in masked.source
 
 
 def test_torch_module_trains_through_the_scan():

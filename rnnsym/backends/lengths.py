@@ -66,13 +66,22 @@ def masked_kernel(kernel):
     if cached is None:
         cell, name = masked_cell(kernel.cell)
         derivation = derive(cell)
+        # the same schedule as the kernel's: weighting the loss keeps a linear state linear
+        scan = getattr(kernel, "schedule", "sequential") == "scan"
         if kernel.backend == "numpy":
             from .numpy import generate_module
+            from .scan import generate_scan_module
 
-            compiled = type(kernel)(derivation, generate_module(derivation))
+            generate = generate_scan_module if scan else generate_module
+            compiled = type(kernel)(derivation, generate(derivation))
         else:
             backend = importlib.import_module(f"rnnsym.backends.{kernel.backend}")
-            compiled = backend.compile_derivation(derivation)
+            if scan:
+                compiled = backend.compile_derivation(derivation, "scan")
+            else:
+                compiled = backend.compile_derivation(derivation)
+        compiled.schedule = kernel.schedule
+        compiled.scanned = kernel.scanned
         cached = kernel._masked = (compiled, name)
     return cached
 

@@ -108,7 +108,8 @@ def _linear_scan(a, b, h0, out):
     if full:
         shape = (blocks, size) + a.shape[1:]
         A, Bs = a[:full].reshape(shape), b[:full].reshape(shape)
-        H = np.reshape(out[1 : full + 1], shape, copy=False)
+        part = out[1 : full + 1]  # written through this view: made explicitly, never a copy
+        H = np.lib.stride_tricks.as_strided(part, shape, (part.strides[0] * size,) + part.strides)
         last, product = Bs[:, 0].copy(), A[:, 0].copy()
         for j in range(1, size):
             last *= A[:, j]

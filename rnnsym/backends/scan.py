@@ -1,4 +1,4 @@
-"""The scan schedule: kernels of cells whose every state is linear, without a loop over t.
+"""The scan schedule: the linear states of a cell by parallel scans over t.
 
 For a cell where every state follows h(t) = a(t) ∘ h(t−1) + b(t) with a(t), b(t) free of the
 states computed step by step (:mod:`rnnsym.linear`), nothing in the kernel needs a Python loop
@@ -15,7 +15,9 @@ over t:
 States are scanned in the order :class:`~rnnsym.linear.Linearity` gives (each after the states
 it reads) and their adjoints in the reverse order. The generator is the sequential one
 (:class:`~rnnsym.backends.numpy.KernelGenerator`) with phases 1 and 3 replaced, so the module
-around the functions, its argument checks and its comments are the same.
+around the functions, its argument checks and its comments are the same. A cell with some
+linear states and some that are not gets the scans for the linear ones and the sequential
+loops for the others, which read the scanned states as sequences.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ SCHEDULES = ("auto", "scan", "sequential")
 
 def choose_schedule(derivation: Derivation, schedule: str) -> str:
     """``"scan"`` or ``"sequential"`` for ``schedule`` (one of :data:`SCHEDULES`): ``"auto"``
-    takes the scan when every state is linear; ``"scan"`` on a cell with a state that is not
-    linear is refused with the reason."""
+    takes the scan when some state is linear; ``"scan"`` on a cell with no linear state is
+    refused with the reasons."""
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError(
             f"schedule={schedule!r} is not a schedule; use one of "
@@ -257,7 +259,7 @@ def generator_for(schedule: str) -> type[KernelGenerator]:
 
 
 def generate_scan_module(derivation: Derivation) -> str:
-    """The NumPy module of a cell whose every state is linear, with the scan schedule."""
+    """The NumPy module of a cell with a linear state, with the scan schedule."""
     gen = ScanGenerator(derivation)
     fwd, grad = gen.functions()
     printer = gen.backend.printer({}, gen.batch)
