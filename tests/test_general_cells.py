@@ -137,3 +137,16 @@ def test_a_parameter_vector_stacked_with_per_step_data():
     # verify: the oracle at 40 of 60 digits; kernel checks within 1e-9 (float64), 1e-4 (float32)
     assert rs.verify(cell).ok
     assert rs.verify(cell, rs.compile(cell, mode="forward"), oracle=False).ok
+
+
+def test_a_user_function_with_a_constant_derivative():
+    """f(z) = 3 z + 1: its derivative is the number 3, which the kernel must spread over the
+    entries of its argument (a review found the NumPy kernel indexing a plain 3 per step)."""
+    affine = rs.elementwise("affine_test_fn", lambda z: sp.Integer(3) * z + 1)
+    cell = rs.Cell("constant_derivative")
+    n, m, k = cell.dims("n m k")
+    x, h = cell.input("x", m), cell.state("h", n)
+    cell.update(h, 0.5 * rs.tanh(affine(h.prev)) + cell.param("U", n, m) @ x)
+    cell.loss(rs.squared_error(cell.output("o", cell.param("V", k, n) @ h), cell.target("y", k)))
+    report = rs.verify(cell)
+    assert report.ok, report

@@ -310,10 +310,13 @@ class RowPrinter(Printer):
                 self.used_helpers.add(act.numpy)
             return f"{self.function(act.numpy)}({argument})"
         d = sp.Dummy("d", real=True)
-        code, helpers = scalar_code(act.scalar(d), d, f"({argument})")
+        value = act.scalar(d)
+        code, helpers = scalar_code(value, d, f"({argument})")
         self.used_helpers |= helpers
         if self.module != "np":  # the scalar code is written with NumPy's names
             code = re.sub(r"\bnp\.(\w+)", lambda m: self.function(m.group(0)), code)
+        if d not in value.free_symbols:  # a constant (the derivative of 3 z + 1): one per entry
+            return f"{self.function('np.full_like')}({argument}, {code})"
         # parenthesised: the inlined body may be a sum, and the caller treats Apply as atomic
         return f"({code})"
 
