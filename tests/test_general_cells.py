@@ -150,3 +150,19 @@ def test_a_user_function_with_a_constant_derivative():
     cell.loss(rs.squared_error(cell.output("o", cell.param("V", k, n) @ h), cell.target("y", k)))
     report = rs.verify(cell)
     assert report.ok, report
+
+
+def test_a_parameter_of_one_row():
+    """w declared (1, m) is a 2-D array (1, m), unlike a vector parameter (a 1-D array): the
+    kernel multiplies by w.T, not by a column made of it (found in review)."""
+    cell = rs.Cell("one_row_parameter")
+    m = cell.dims("m")
+    x, h = cell.input("x", m), cell.state("h", 1)
+    gate = rs.sigmoid(cell.param("w", 1, m) @ x)
+    cell.update(h, gate * h.prev + cell.param("u", 1, m) @ x)
+    cell.loss(rs.squared_error(cell.output("o", h), cell.target("y", 1)))
+    params, _, _ = random_problem(cell, T=3, B=2)
+    assert params["w"].shape[0] == 1 and params["w"].ndim == 2
+    for schedule in ("scan", "sequential"):
+        report = rs.verify(cell, rs.compile(cell, schedule=schedule))
+        assert report.ok, (schedule, report)

@@ -356,8 +356,9 @@ class RowPrinter(Printer):
 
     def _right_factor(self, factor) -> str:
         """The array that multiplies a row from the right for the column factor ``factor``."""
-        if factor.shape[0] == 1 and factor.shape[1] != 1:
+        if factor.shape[0] == 1 and factor.shape[1] != 1 and not isinstance(factor, MatrixSymbol):
             # a row vector dᵀ: vector parameters are 1-D arrays, made a one-column matrix here
+            # (a parameter declared (1, m) is a 2-D array already: the general case below)
             column = transpose(factor)
             text = self._literal(column)
             return f"{text}[:, None]" if isinstance(column, MatrixSymbol) else f"({text})[:, None]"
