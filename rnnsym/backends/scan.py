@@ -28,7 +28,7 @@ from sympy import Identity, MatAdd, MatMul, MatrixSymbol
 from ..derive import Derivation, adjoint_symbol, backprop
 from ..errors import DerivationError
 from ..ir.ops import Apply, add, is_zero, postorder
-from .numpy import NUMPY, Backend, KernelGenerator, Phase, _assemble, _gemm_rooted, _key
+from .numpy import NUMPY, Backend, KernelGenerator, Phase, _gemm_rooted, _key
 from .numpy_printer import Assign, Comment, Line
 
 __all__ = [
@@ -260,7 +260,4 @@ def generator_for(schedule: str) -> type[KernelGenerator]:
 
 def generate_scan_module(derivation: Derivation) -> str:
     """The NumPy module of a cell with a linear state, with the scan schedule."""
-    gen = ScanGenerator(derivation)
-    fwd, grad = gen.functions()
-    printer = gen.backend.printer({}, gen.batch)
-    return _assemble(gen, printer.doprint(fwd), printer.doprint(grad), gen.helpers, with_vjp=True)
+    return ScanGenerator(derivation).generate()
