@@ -248,7 +248,7 @@ def _not_linear_reason(name: str, update: MatrixExpr, prev: MatrixSymbol, printe
     for node in postorder([update]):
         if prev not in leaves(node):
             continue
-        if isinstance(node, Apply) and not node.activation.name == "identity":
+        if isinstance(node, Apply):
             return (
                 f"the coefficient of {step} in {name} depends on {step} through "
                 f"{show(node)}: {name} is not affine in {step}"
