@@ -64,6 +64,9 @@ class Linearity:
     cell: Cell
     linear: dict[str, LinearState] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    # the linear states that read a state computed step by step (which reads none of them):
+    # scanned after the loop over t instead of before it
+    after: tuple[str, ...] = ()
     # for printing: the values the cell named with cell.define, written out -> their names
     named: dict = field(default_factory=dict)
 
@@ -117,7 +120,15 @@ class Linearity:
                     if symbol in leaves(shown[0]) | leaves(shown[1]):
                         lines.append(f"{lead}{printer.doprint(symbol)} = {printer.doprint(expr)}")
                         lead = " " * len(lead)
-                if state.reads:
+                if name in self.after:
+                    looped = [r for r in state.reads if r not in self.linear]
+                    lines.append(
+                        f"    (reads {', '.join(state.reads)}; {', '.join(looped)} "
+                        f"{'is' if len(looped) == 1 else 'are'} computed step by step and "
+                        f"{'does' if len(looped) == 1 else 'do'} not read {name}, so {name} is "
+                        "scanned after that loop)"
+                    )
+                elif state.reads:
                     lines.append(f"    (reads {', '.join(state.reads)}, linear and computed first)")
             else:
                 lines.append(f"{name}: not linear: {self.reasons[name]}")
@@ -130,8 +141,7 @@ class Linearity:
         elif self.linear:
             lines.append(
                 f"Some states are not linear: the kernel computes {', '.join(self.linear)} by "
-                "parallel scans over t and the others step by step, reading the scanned states "
-                "(schedule 'scan')."
+                "parallel scans over t and the others step by step (schedule 'scan')."
             )
         else:
             lines.append("No state is linear: the recurrence runs step by step.")
@@ -317,25 +327,53 @@ def linearity(cell: Cell, updates: dict[str, MatrixExpr], named: dict | None = N
             key=list(cell.states).index,
         )
         found[name] = LinearState(name, coefficient, offset, tuple(reads))
-    # a linear state may read only linear states, without a cycle among them
+    affine = dict(found)
+    # scanned before the loop: a linear state that reads only such states
     changed = True
     while changed:
         changed = False
         for name, state in list(found.items()):
-            bad = [r for r in state.reads if r not in found]
-            if bad:
+            if any(r not in found for r in state.reads):
                 del found[name]
-                reasons[name] = (
-                    f"{name} is affine in {printer.doprint(cell.states[name].prev.symbol)} with "
-                    "a diagonal coefficient, but its "
-                    f"coefficient or offset reads {', '.join(bad)}, which is not linear "
-                    "(computed step by step)"
-                )
                 changed = True
+    before = _in_order(found, set(), reasons)
+    # scanned after the loop: one that reads a state computed step by step, when no state of
+    # the loop reads it (the loop then never waits for it)
+    reads_of = {
+        n: {state_of[s] for s in leaves(updates[n]) if s in state_of} - {n} for n in updates
+    }
+    later = {n: s for n, s in affine.items() if n not in before and n not in reasons}
+    changed = True
+    while changed:
+        changed = False
+        looped = set(cell.states) - set(before) - set(later)
+        for name in list(later):
+            readers = sorted(q for q in looped if name in reads_of[q])
+            if readers:
+                del later[name]
+                changed = True
+                prev = printer.doprint(cell.states[name].prev.symbol)
+                bad = [r for r in affine[name].reads if r not in before]
+                reasons[name] = (
+                    f"{name} is affine in {prev} with a diagonal coefficient, but its "
+                    f"coefficient or offset reads {', '.join(bad)}, which is not linear "
+                    f"(computed step by step), and {', '.join(readers)} "
+                    f"read{'s' if len(readers) == 1 else ''} {name} in turn"
+                )
+    after = _in_order(later, set(before) | (set(cell.states) - set(later)), reasons)
+    reasons = {n: reasons[n] for n in cell.states if n in reasons}
+    return Linearity(
+        cell, {**before, **after}, reasons, after=tuple(after), named=dict(named or {})
+    )
+
+
+def _in_order(pending: dict, known: set, reasons: dict) -> dict[str, LinearState]:
+    """``pending`` ordered so that each state comes after the ones it reads (``known`` are
+    computed already); states that read each other across steps get a reason instead."""
+    pending = dict(pending)
     ordered: dict[str, LinearState] = {}
-    pending = dict(found)
     while pending:
-        ready = [n for n, s in pending.items() if all(r in ordered for r in s.reads)]
+        ready = [n for n, s in pending.items() if all(r in ordered or r in known for r in s.reads)]
         if not ready:  # the rest read each other across steps: a coupled, non-diagonal system
             for name in pending:
                 others = ", ".join(r for r in pending[name].reads if r in pending)
@@ -346,5 +384,4 @@ def linearity(cell: Cell, updates: dict[str, MatrixExpr], named: dict | None = N
             break
         for name in ready:
             ordered[name] = pending.pop(name)
-    reasons = {n: reasons[n] for n in cell.states if n in reasons}
-    return Linearity(cell, ordered, reasons, dict(named or {}))
+    return ordered

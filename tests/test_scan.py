@@ -49,7 +49,8 @@ COEFFICIENTS = ["one_minus_gate", "gate", "tanh_gate", "param", "constant", "zer
 def linear_cells(draw, mixed: bool = False) -> rs.Cell:
     """A random cell whose every state is h(t) = a(t) ∘ h(t−1) + b(t), a and b read x, the
     parameters and the states before it (current or previous value); with ``mixed``, one more
-    state q = tanh(R q(t−1) + ...) that reads them."""
+    state q = tanh(R q(t−1) + ...) that reads them, and perhaps a linear state p that reads q
+    (scanned after q's loop)."""
     cell = rs.Cell("random_linear")
     n, m, k = cell.dims("n m k")
     x = cell.input("x", m)
@@ -102,6 +103,12 @@ def linear_cells(draw, mixed: bool = False) -> rs.Cell:
                 update = update + cell.param(f"Q{next(ids)}", n, n) @ s
         cell.update(q, rs.tanh(update))
         total = total + q
+        if draw(st.booleans()):  # a linear state that reads q: scanned after the loop
+            p = cell.state("p", n)
+            gate_q = rs.sigmoid(cell.param("W_p", n, n) @ q + cell.param("b_p", n))
+            offset = cell.param("U_p", n, n) @ draw(st.sampled_from([q, q.prev]))
+            cell.update(p, gate_q * p.prev + offset + 0.5 * states[0].prev)
+            total = total + p
     V = cell.param("V", k, n)
     cell.loss(rs.squared_error(cell.output("o", V @ total), cell.target("y", k)))
     return cell
@@ -143,6 +150,7 @@ def test_random_linear_cells_scan_equals_loop(cell, T, B):
 def test_mixed_cells_scan_the_linear_states_and_loop_over_the_others(cell, T):
     linearity = rs.derive(cell).linear_states
     assert set(linearity.reasons) == {"q"} and "depends on" in linearity.reasons["q"]
+    assert set(linearity.after) == ({"p"} & set(cell.states))  # p reads q: after the loop
     kernel = rs.compile(cell)
     assert kernel.schedule == "scan"
     assert set(kernel.scanned) == set(cell.states) - {"q"}
@@ -178,8 +186,9 @@ def _broken(kind: str) -> tuple[rs.Cell, str]:
     elif kind == "square":
         cell.update(h, 0.5 * h.prev * h.prev + offset)
     else:
+        # q reads h(t−1) and h reads q: h can be scanned neither before nor after q's loop
         q = cell.state("q", n)
-        cell.update(q, rs.tanh(cell.param("R", n, n) @ q.prev + offset))
+        cell.update(q, rs.tanh(cell.param("R", n, n) @ q.prev + offset + h.prev))
         cell.update(h, rs.sigmoid(q) * h.prev + offset)
         target = "h"
     cell.loss(rs.squared_error(cell.output("o", h), cell.target("y", n)))

@@ -77,8 +77,12 @@ class ScanGenerator(KernelGenerator):
         if not self.linearity.linear:  # choose_schedule says why before this point
             raise DerivationError(f"cell {self.cell.name!r}: no state is linear")
         self.scanned = self.linearity.order
+        # scanned after the loop over t: linear states that read looped ones (no looped state
+        # reads them); before it, the others
+        self.after = [n for n in self.scanned if n in self.linearity.after]
+        self.before = [n for n in self.scanned if n not in self.linearity.after]
         self.loop_states = [n for n in self.state_order if n not in self.linearity.linear]
-        self.state_order = [*self.scanned, *self.loop_states]
+        self.state_order = [*self.before, *self.loop_states, *self.after]
         self.all_name = {n: self.all_name[n] for n in self.state_order}
         # the loops read a scanned state s(t) from its sequence
         self.loop_sequences = {self.cell.states[n].symbol: f"{n}[t]" for n in self.scanned}
@@ -88,24 +92,38 @@ class ScanGenerator(KernelGenerator):
 
     def forward_phase(self, store: bool = False) -> tuple[list, dict]:
         loop_stmts: list = []
-        if self.loop_states:  # the states that are not linear: a loop over t, after the scans
+        if self.loop_states:  # the states that are not linear: a loop over t, between the scans
             loop_stmts, _ = super().forward_phase(store)
         else:
             self.stored = {}
-        cell = self.cell
         seq = self.sequence_names()
         self.coefficient_names: dict = {}
-        steps = self.cite(self.scanned)
-        linear = ", ".join(self.scanned)
-        stmts: list = [
-            Comment(
-                f"forward recurrence, {steps}: {linear} linear, h(t) = a(t) ∘ h(t-1) + b(t), "
-                "so its states for t = 1..T are a parallel scan"
-            )
-        ]
         phase = Phase(self, seq, "v")
         phase.in_place = self.backend.name == "numpy"  # ufuncs with out=, as the loop schedule
-        for n in self.scanned:
+        before = self._scans(self.before, phase, store)
+        after = self._scans(self.after, phase, store, "after the loop, ")
+        # the values computed here for all t (a gate, a(t), b(t)) are read again, not recomputed
+        for expr, symbol in phase.bound.items():
+            if self.is_batch(expr):
+                original = self.original(expr, phase.bound)
+                self.hoisted_seq[original] = symbol.name
+                self.unhoist[symbol] = original
+                self.stored[_key(original)] = symbol
+        return [*before, *loop_stmts, *after], seq
+
+    def _scans(self, names: list, phase: Phase, store: bool, when: str = "") -> list:
+        """The statements of the forward scans of the states ``names``, in order."""
+        if not names:
+            return []
+        cell = self.cell
+        stmts: list = [
+            Comment(
+                f"forward recurrence, {self.cite(names)}: {', '.join(names)} linear, "
+                f"h(t) = a(t) ∘ h(t-1) + b(t), so {when}its states for t = 1..T are a parallel "
+                "scan"
+            )
+        ]
+        for n in names:
             state = self.linearity.linear[n]
             a_name = self.namer.fresh(f"coef_{n}")
             b_name = self.namer.fresh(f"offset_{n}")
@@ -146,14 +164,7 @@ class ScanGenerator(KernelGenerator):
             stmts.append(Line(f"{n} = {all_name}[1:]", defines=n))
             prev = cell.states[n].prev.name
             stmts.append(Line(f"{prev} = {all_name}[:-1]", defines=prev))
-        # the values computed here for all t (a gate, a(t), b(t)) are read again, not recomputed
-        for expr, symbol in phase.bound.items():
-            if self.is_batch(expr):
-                original = self.original(expr, phase.bound)
-                self.hoisted_seq[original] = symbol.name
-                self.unhoist[symbol] = original
-                self.stored[_key(original)] = symbol
-        return [*stmts, *loop_stmts], seq
+        return stmts
 
     # ----- phase 3: the adjoint recurrence, a reverse scan per state -----
 
@@ -177,29 +188,46 @@ class ScanGenerator(KernelGenerator):
     def backward_phase(self, phase: Phase, local_names: dict, wanted: set) -> dict:
         cell, d = self.cell, self.d
         states = cell.states
+        scan_carries = {
+            n: self.namer.fresh(f"carry_{n}") for n in d.carry if n in self.linearity.linear
+        }
+        self.scan_lines = []
+        for expr, name in self.hoisted_seq.items():
+            phase.bound.setdefault(expr, phase.name(MatrixSymbol(name, *expr.shape), name, True))
+        # backwards: the states scanned after the loop first (the loop's states read them), then
+        # the loop, then the states scanned before it
+        self._reverse_scans(self.after, phase, local_names, scan_carries)
         stored: dict = {}
         loop_carries: dict = {}
-        if self.loop_states:  # their adjoints first: no scanned state reads them
+        if self.loop_states:
             stored = super().backward_phase(phase, local_names, wanted)
             loop_carries = dict(self.carry_names)
-        self.carry_names = {
-            **loop_carries,
-            **{n: self.namer.fresh(f"carry_{n}") for n in d.carry if n in self.linearity.linear},
-        }
+            for n in self.loop_states:  # computed for all t by the loop above
+                phase.name(adjoint_symbol(states[n].symbol), f"g_{n}", True)
+            for expr, name in self.hoisted_seq.items():
+                phase.bound.setdefault(
+                    expr, phase.name(MatrixSymbol(name, *expr.shape), name, True)
+                )
+        self._reverse_scans(self.before, phase, local_names, scan_carries)
+        self.carry_names = {**loop_carries, **scan_carries}
+        return stored
+
+    def _reverse_scans(self, names: list, phase: Phase, local_names: dict, carries: dict) -> None:
+        """The adjoint recurrences of the scanned states ``names``, last first."""
+        if not names:
+            return
+        cell, d = self.cell, self.d
+        states = cell.states
         stmts = phase.stmts
         first = len(stmts)
-        for n in self.loop_states:  # computed for all t by the loop above
-            phase.name(adjoint_symbol(states[n].symbol), f"g_{n}", True)
-        recurrence = self.cite([f"g_{name}" for name in self.scanned])
+        recurrence = self.cite([f"g_{name}" for name in names])
         stmts.append(
             Comment(
                 f"adjoint recurrence, {recurrence}: ∇h(t) = c(t) + a(t+1) ∘ ∇h(t+1), a parallel "
                 "scan backwards in t"
             )
         )
-        for expr, name in self.hoisted_seq.items():
-            phase.bound.setdefault(expr, phase.name(MatrixSymbol(name, *expr.shape), name, True))
-        for n in reversed(self.scanned):
+        for n in reversed(names):
             shape = states[n].shape
             size = self.size_text(shape[0])
             terms = []
@@ -244,9 +272,8 @@ class ScanGenerator(KernelGenerator):
                 carry = f"{a_first} * {g}[0]"
                 if cross_name is not None:
                     carry += f" + {cross_name}[0]"
-                stmts.append(Line(f"{self.carry_names[n]} = {carry}"))
-        self.scan_lines = [s for s in stmts[first:] if isinstance(s, (Assign, Line))]
-        return stored
+                stmts.append(Line(f"{carries[n]} = {carry}"))
+        self.scan_lines += [s for s in stmts[first:] if isinstance(s, (Assign, Line))]
 
     def _drop_unused_adjoint_sequences(self, phase: Phase, grads: Phase, tail: list) -> None:
         # a looped state's ∇ for all t that only a scanned state's adjoint reads is kept too
