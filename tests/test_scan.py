@@ -161,6 +161,24 @@ def test_mixed_cells_scan_the_linear_states_and_loop_over_the_others(cell, T):
     _agree(kernel, sequential, params, inputs, targets)
 
 
+def test_a_state_scanned_after_the_loop_that_is_a_copy_of_a_looped_state():
+    """h(t) = c(t−1) (coefficient 0, offset a looped state's past): the loop's carry of c is
+    h's adjoint itself, read by the adjoint loop from h's reverse scan (the fuzzer found the
+    adjoint loop without a name for it)."""
+    cell = rs.Cell("copy_of_looped")
+    n, m, k = cell.dims("n m k")
+    x = cell.input("x", m)
+    h, c = cell.state("h", n), cell.state("c", n)
+    cell.update(h, c.prev)
+    cell.update(c, rs.tanh(cell.param("P1", n, m) @ x + cell.param("P2", n, n) @ c.prev))
+    cell.loss(rs.squared_error(cell.output("o0", cell.param("V3", k, n) @ h), cell.target("y0", k)))
+    cell.loss(rs.squared_error(cell.output("o1", cell.param("V4", k, n) @ c), cell.target("y1", k)))
+    assert rs.derive(cell).linear_states.after == ("h",)
+    kernel = rs.compile(cell)
+    params, inputs, targets = random_problem(cell, T=6, B=2, seed=4)
+    _agree(kernel, rs.compile(cell, schedule="sequential"), params, inputs, targets)
+
+
 # ----- cells that are not linear, and why -----
 
 BREAKS = {

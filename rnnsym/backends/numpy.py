@@ -682,6 +682,8 @@ class KernelGenerator:
         # loop gives to the states computed before it ({symbol: "s[t]"})
         self.loop_states = self.state_order
         self.loop_sequences: dict = {}
+        # and what names the adjoint loop gives to adjoints computed before it ({g: "g_s[t]"})
+        self.loop_adjoints: dict = {}
         taken = set(cell._vars) | set(cell._dims) | {"np", "t", "T", "B", "dtype", "loss"}
         taken |= {s.prev.name for s in cell.states.values()}
         taken |= {name for name in dir(_runtime) if not name.startswith("__")}
@@ -1120,6 +1122,7 @@ class KernelGenerator:
             stmts.append(Comment("forward-only factors of the recurrence, all t at once"))
             stmts.extend(pre.stmts)
         loop = Phase(self, loop_names, "d", sequence=False)
+        loop.names.update(self.loop_adjoints)
         for n, state in states.items():
             loop.names[state.symbol] = f"{n}[t]"
             loop.names[state.prev.symbol] = f"{state.prev.name}[t]"

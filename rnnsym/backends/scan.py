@@ -84,8 +84,12 @@ class ScanGenerator(KernelGenerator):
         self.loop_states = [n for n in self.state_order if n not in self.linearity.linear]
         self.state_order = [*self.before, *self.loop_states, *self.after]
         self.all_name = {n: self.all_name[n] for n in self.state_order}
-        # the loops read a scanned state s(t) from its sequence
+        # the loops read a scanned state s(t) from its sequence, and the adjoint loop the
+        # adjoint of a state scanned after the forward loop (its reverse scan runs first)
         self.loop_sequences = {self.cell.states[n].symbol: f"{n}[t]" for n in self.scanned}
+        self.loop_adjoints = {
+            adjoint_symbol(self.cell.states[n].symbol): f"g_{n}[t]" for n in self.after
+        }
         self.scan_lines: list = []
 
     # ----- phase 1: the forward recurrence, a scan per state -----
